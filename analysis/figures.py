@@ -1,0 +1,159 @@
+"""Report figures: matplotlib on the Agg backend, saved byte-stable (no dates, no salts).
+
+Every figure comes back as a Figure; save() writes PNG and PDF and returns the PNG
+bytes for embedding. Heatmaps share one fixed colour scale so conditions compare by eye.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from generation import atomic  # noqa: E402
+
+plt.rcParams.update({"svg.hashsalt": "hearsay", "pdf.compression": 6, "font.size": 9, "figure.dpi": 100})
+PNG_DPI = 110
+
+
+def _size_for_labels(n_rows: int, n_cols: int) -> tuple[float, float]:
+    """Grow the canvas with the label count so every one of 35+ words stays readable."""
+    return (max(5.0, 0.24 * n_cols + 2.6), max(4.0, 0.24 * n_rows + 1.8))
+
+
+def heatmap(matrix: pd.DataFrame, title: str, vmin: float = 0.0, vmax: float = 1.0, cmap: str = "viridis",
+            xlabel: str = "heard", ylabel: str = "intended", colorbar_label: str = "share of answers") -> Figure:
+    """Rows x columns heatmap on a fixed colour scale; a blank (NaN) cell means no answers."""
+    fig = Figure(figsize=_size_for_labels(*matrix.shape))
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(matrix.to_numpy(dtype=float), vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto",
+                      interpolation="nearest")
+    ax.set_xticks(range(matrix.shape[1]), [str(c) for c in matrix.columns], rotation=90, fontsize=7)
+    ax.set_yticks(range(matrix.shape[0]), [str(r) for r in matrix.index], fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label=colorbar_label)
+    fig.tight_layout()
+    return fig
+
+
+def confusion(matrix: pd.DataFrame, title: str) -> Figure:
+    """Intended x heard, rows summing to 1; "can't tell" sits apart as the last column."""
+    labelled = matrix.rename(columns={"none": "can't tell"})
+    fig = heatmap(labelled, title)
+    if "none" in matrix.columns:
+        fig.axes[0].axvline(list(matrix.columns).index("none") - 0.5, color="white", linewidth=3)
+    return fig
+
+
+def confusion_difference(matrix: pd.DataFrame, title: str) -> Figure:
+    """Difference of two row-normalized confusion matrices on a diverging [-1, 1] scale."""
+    return heatmap(matrix, title, vmin=-1.0, vmax=1.0, cmap="RdBu_r", colorbar_label="difference in share")
+
+
+def word_accuracy(matrix: pd.DataFrame, title: str) -> Figure:
+    """Words x conditions accuracy, one fixed [0, 1] scale."""
+    return heatmap(matrix, title, xlabel="condition", ylabel="intended word", colorbar_label="accuracy")
+
+
+def interval_bars(frame: pd.DataFrame, value: str, low: str, high: str, label: str, ylabel: str, title: str,
+                  ylim: tuple[float, float], reference: pd.Series | None = None) -> Figure:
+    """Bars with 95% interval whiskers; optional per-bar reference marks (e.g. chance)."""
+    fig = Figure(figsize=(max(5.0, 0.55 * len(frame) + 2.0), 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(frame))
+    vals = frame[value].to_numpy(dtype=float)
+    err = np.vstack([vals - frame[low].to_numpy(dtype=float), frame[high].to_numpy(dtype=float) - vals])
+    ax.bar(x, vals, color="#4C72B0", yerr=err, capsize=3)
+    if reference is not None:
+        ax.scatter(x, reference.to_numpy(dtype=float), marker="_", s=400, color="#C44E52", label="chance", zorder=3)
+        ax.legend(loc="best")
+    ax.set_xticks(x, frame[label].tolist(), rotation=45, ha="right", fontsize=7)
+    ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def grouped_bars(matrix: pd.DataFrame, ylabel: str, title: str, ylim: tuple[float, float]) -> Figure:
+    """One group of bars per row (word), one bar per column (e.g. original / classifier / decoder)."""
+    n_rows, n_cols = matrix.shape
+    fig = Figure(figsize=(max(6.0, 0.12 * n_rows * max(n_cols, 1) + 2.0), 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(n_cols, 1)
+    x = np.arange(n_rows)
+    for j, col in enumerate(matrix.columns):
+        ax.bar(x + (j - (n_cols - 1) / 2) * width, matrix[col].to_numpy(dtype=float), width, label=str(col))
+    ax.set_xticks(x, [str(r) for r in matrix.index], rotation=90, fontsize=7)
+    ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def rating_histograms(counts: pd.DataFrame, title: str) -> Figure:
+    """Share of answers at each rating 0..4, one bar series per condition."""
+    fig = Figure(figsize=(6.0, 3.8))
+    ax = fig.add_subplot(1, 1, 1)
+    n = counts.shape[1]
+    width = 0.8 / max(n, 1)
+    x = np.arange(counts.shape[0])
+    for j, col in enumerate(counts.columns):
+        total = counts[col].sum()
+        share = counts[col].to_numpy(dtype=float) / total if total else np.zeros(len(x))
+        ax.bar(x + (j - (n - 1) / 2) * width, share, width, label=f"{col} (n={int(total)})")
+    ax.set_xticks(x, ["Bad (0)", "Poor (1)", "Fair (2)", "Good (3)", "Excellent (4)"])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of answers")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def histogram(values: np.ndarray, title: str, xlabel: str) -> Figure:
+    """Plain histogram on [0, 1] (e.g. per-listener gold accuracy)."""
+    fig = Figure(figsize=(5.0, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.hist(np.asarray(values, dtype=float), bins=np.linspace(0, 1, 21), color="#4C72B0")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("listeners")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, stem: Path) -> bytes:
+    """Write stem.png and stem.pdf byte-stably; return the PNG bytes for the HTML report."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=PNG_DPI, metadata={"Software": None})
+    png = buf.getvalue()
+    atomic.write_bytes(stem.with_suffix(".png"), png)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="pdf", metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    atomic.write_bytes(stem.with_suffix(".pdf"), buf.getvalue())
+    return png
+
+
+def save_png_copy(png: bytes, stem: Path) -> None:
+    """Keep a PNG made elsewhere as it is, and wrap it in a PDF page of the same size."""
+    import matplotlib.image as mpimg
+
+    atomic.write_bytes(stem.with_suffix(".png"), png)
+    pixels = mpimg.imread(io.BytesIO(png), format="png")
+    fig = Figure(figsize=(pixels.shape[1] / 100, pixels.shape[0] / 100), dpi=100)
+    fig.figimage(pixels, resize=False)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="pdf", dpi=100, metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    atomic.write_bytes(stem.with_suffix(".pdf"), buf.getvalue())
+

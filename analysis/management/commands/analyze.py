@@ -1,0 +1,71 @@
+"""manage.py analyze: the listening-test report from the database or an MTurk batch CSV."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
+
+from analysis.report import ReportOptions, build_report, sha256_file, table_sha256
+from analysis.table import EXCLUDE_RULES, Exclusion, read_mturk
+from generation.errors import HearsayError
+
+
+class Command(BaseCommand):
+    help = "Accuracy, confusions, ratings and statistical comparisons of a listening test in one report folder."
+
+    def add_arguments(self, parser):
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--experiment", help="slug of an experiment in the database")
+        source.add_argument("--mturk-csv", type=Path, help="MTurk batch results CSV (needs --manifest)")
+        parser.add_argument("--manifest", type=Path, help="stimulus manifest.csv the batch was made from")
+        parser.add_argument("--out", type=Path, required=True, help="report folder (replaced when complete)")
+        parser.add_argument("--exclude", choices=EXCLUDE_RULES, default="gold", help="listener exclusion rule")
+        parser.add_argument("--min-gold-accuracy", type=float, default=0.5)
+        parser.add_argument("--include-machines", action="store_true", help="report machine listeners too")
+        parser.add_argument("--objective", type=Path, help="output folder of manage.py objective")
+        parser.add_argument("--tsne", type=Path, help="folder with t-SNE PNG/CSV files")
+        parser.add_argument("--seed", type=int, default=0, help="seed for bootstrap and subsampling")
+        parser.add_argument("--mixed-max-answers", type=int, default=50_000,
+                            help="subsample answers above this count for the Bayesian mixed model")
+
+    def handle(self, *args, **opts):
+        try:
+            out = run(experiment=opts.get("experiment"), mturk_csv=opts.get("mturk_csv"),
+                      manifest=opts.get("manifest"), out=opts["out"], exclude=opts["exclude"],
+                      min_gold_accuracy=opts["min_gold_accuracy"], include_machines=opts["include_machines"],
+                      objective=opts.get("objective"), tsne=opts.get("tsne"), seed=opts["seed"],
+                      mixed_max_answers=opts["mixed_max_answers"], progress=opts.get("verbosity", 1) > 0)
+        except HearsayError as exc:
+            raise CommandError(str(exc)) from exc
+        except DatabaseError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CommandError(f"cannot read the answers from the database ({first}); has `manage.py migrate` run?") from exc
+        self.stdout.write(f"report written to {out / 'report.html'}")
+
+
+def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None, out: Path, exclude: str = "gold",
+        min_gold_accuracy: float = 0.5, include_machines: bool = False, objective: Path | None = None,
+        tsne: Path | None = None, seed: int = 0, mixed_max_answers: int | None = 50_000,
+        progress: bool = True) -> Path:
+    """Load the answers from either route, then build the report; HearsayError on bad input."""
+    if not 0.0 <= min_gold_accuracy <= 1.0:
+        raise HearsayError("--min-gold-accuracy must lie between 0 and 1")
+    if mixed_max_answers is not None and mixed_max_answers < 100:
+        raise HearsayError("--mixed-max-answers must be at least 100")
+    if experiment:
+        if mturk_csv or manifest:
+            raise HearsayError("give either --experiment or --mturk-csv with --manifest, not both")
+        from evaluation.export import experiment_info, long_table
+
+        table = long_table(experiment)
+        info = experiment_info(experiment)
+        inputs = {f"database:{experiment}:long_table": table_sha256(table)}
+    else:
+        if manifest is None:
+            raise HearsayError("--mturk-csv needs --manifest")
+        table, info = read_mturk(mturk_csv, manifest)
+        inputs = {str(mturk_csv): sha256_file(mturk_csv), str(manifest): sha256_file(manifest)}
+    options = ReportOptions(exclusion=Exclusion(exclude, min_gold_accuracy, include_machines), seed=seed,
+                            bayes_max_answers=mixed_max_answers, objective_dir=objective, tsne_dir=tsne)
+    return build_report(table, info, out, options, inputs, progress=progress)

@@ -1,0 +1,741 @@
+"""Turn the long answer table into a report: tables (CSV), figures (PNG + PDF), report.html, run.json.
+
+analyse() computes everything in memory (stage by stage, timed, with a progress bar);
+write_report() puts it on disk in a temporary folder and renames it into place only
+when complete, so a failed run never leaves a half-written report. No Django here.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from generation.errors import HearsayError
+
+from . import figures, stats
+from .table import NONE_ANSWERS, Exclusion, apply_exclusions, normalize
+
+STAGE_ORDER = {"original": 0, "before": 1, "after": 2}
+FLOAT_FORMAT = "%.6f"
+HTML_ROWS = 60
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Everything that changes the report's numbers, recorded in run.json."""
+
+    exclusion: Exclusion = field(default_factory=Exclusion)
+    seed: int = 0
+    n_boot: int = 2000
+    bayes_max_answers: int | None = 50_000
+    objective_dir: Path | None = None
+    tsne_dir: Path | None = None
+
+
+@dataclass
+class Section:
+    title: str
+    text: str
+    tables: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Analysis:
+    """The report's content before it touches the disk."""
+
+    info: dict
+    options: ReportOptions
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, object] = field(default_factory=dict)
+    images: dict[str, bytes] = field(default_factory=dict)
+    sections: list[Section] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)
+
+
+def cell_label(condition: str, stage: str) -> str:
+    return condition if stage in ("", condition) else f"{condition} / {stage}"
+
+
+def _with_cells(df: pd.DataFrame) -> pd.DataFrame:
+    keys = df[["condition", "stage"]].drop_duplicates()
+    labels = {(c, s): cell_label(c, s) for c, s in keys.itertuples(index=False)}
+    return df.assign(cell=[labels[k] for k in zip(df["condition"], df["stage"])])
+
+
+def _cell_order(df: pd.DataFrame) -> list[str]:
+    cells = df[["cell", "condition", "stage"]].drop_duplicates()
+    cells = cells.assign(_s=cells["stage"].map(lambda s: STAGE_ORDER.get(s, 3)))
+    return cells.sort_values(["condition", "_s", "cell"])["cell"].tolist()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
+
+
+def _words(info: dict, df: pd.DataFrame) -> list[str]:
+    words = [str(w).lower() for w in info.get("words") or [] if str(w).lower() not in NONE_ANSWERS]
+    return words or sorted(set(df["word"]))
+
+
+def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: bool = True) -> Analysis:
+    """Run every stage of the report on the long table; raises HearsayError on bad input."""
+    df = normalize(table)
+    result = Analysis(info=dict(info), options=options)
+    stages: list[tuple[str, Callable]] = [("exclusions", _stage_exclusions)]
+    identification = df["correct"].notna().any()
+    rating = df["rating"].notna().any()
+    if identification:
+        stages += [("accuracy", _stage_accuracy), ("confusion", _stage_confusion), ("word accuracy", _stage_words),
+                   ("models", _stage_models), ("mixed model", _stage_bayes), ("agreement", _stage_agreement)]
+    if rating:
+        stages += [("ratings", _stage_ratings), ("rating tests", _stage_rating_tests),
+                   ("rating agreement", _stage_rating_agreement)]
+    if options.objective_dir is not None:
+        stages.append(("objective", _stage_objective))
+    if options.tsne_dir is not None:
+        stages.append(("t-SNE", _stage_tsne))
+    state = {"df": df}
+    for name, stage in tqdm(stages, desc="analyze", unit="stage", disable=not progress):
+        start = time.perf_counter()
+        stage(result, state)
+        result.timings[name] = time.perf_counter() - start
+    return result
+
+
+def _stage_exclusions(res: Analysis, state: dict) -> None:
+    kept, counts, qc = apply_exclusions(state["df"], res.options.exclusion)
+    state["kept"] = _with_cells(kept)
+    state["words"] = _words(res.info, kept)
+    state["test"] = state["kept"][state["kept"]["stimulus_kind"] == "test"]
+    if state["test"].empty:
+        raise HearsayError("no answers to test clips remain after exclusions")
+    res.tables["exclusions"] = counts
+    res.tables["listener_qc"] = qc
+    figs = []
+    gold = qc["gold_accuracy"].dropna()
+    if not gold.empty:
+        res.figures["gold_accuracy_per_listener"] = figures.histogram(
+            gold.to_numpy(), "Gold accuracy per listener (before exclusions)", "gold accuracy")
+        figs.append("gold_accuracy_per_listener")
+    rule = res.options.exclusion
+    res.sections.append(Section("Listeners and exclusions", (
+        f"Practice trials are never analysed. Exclusion rule: '{rule.rule}'"
+        + (f" (gold accuracy threshold {rule.min_gold_accuracy:g})" if rule.rule == "gold" else "")
+        + ". 'none' keeps every listener; 'traps' drops listeners whose verdict says not fit to analyse or who "
+        "failed any trap clip; 'gold' also drops listeners whose accuracy on gold clips (clean natural words) is "
+        "below the threshold; 'paper' applies only the original study's rule: a listener who rated any "
+        "classifier-from-noise clip Good or Excellent is dropped entirely. A listener can match several reasons, "
+        "so the reason rows may add up to more than the difference between before and after. Machine listeners "
+        "are never judged by these human rules" + ("." if rule.include_machines else
+                                                    " and are left out unless --include-machines is given.")),
+        ["exclusions", "listener_qc"], figs))
+
+
+def _accuracy_table(frame: pd.DataFrame, keys: list[str], chance: float) -> pd.DataFrame:
+    scored = frame.assign(_c=frame["correct"].astype(float))
+    grouped = scored.groupby(keys, sort=True)
+    out = grouped.agg(answers=("_c", "size"), correct=("_c", "sum"), listeners=("listener", "nunique"),
+                      stimuli=("stimulus", "nunique")).reset_index()
+    out["correct"] = out["correct"].astype(int)
+    out["accuracy"] = out["correct"] / out["answers"]
+    out["ci_low"], out["ci_high"] = stats.wilson_arrays(out["correct"], out["answers"])
+    out["chance"] = chance
+    out["chance_corrected"] = stats.chance_corrected(out["accuracy"], chance)
+    return out
+
+
+def _stage_accuracy(res: Analysis, state: dict) -> None:
+    test = state["test"][state["test"]["correct"].notna()]
+    chance = 1.0 / (len(state["words"]) + 1)
+    state["chance"] = chance
+    acc = _accuracy_table(test, ["listener_kind", "cell", "condition", "method", "init", "stage"], chance)
+    acc["p_vs_chance"] = [stats.binomial_vs_chance(k, n, chance) for k, n in zip(acc["correct"], acc["answers"])]
+    acc["p_holm"] = stats.holm(acc["p_vs_chance"])
+    res.tables["accuracy_by_condition"] = acc
+    qc = state["kept"][state["kept"]["stimulus_kind"].isin(["gold", "trap"]) & state["kept"]["correct"].notna()]
+    tables = ["accuracy_by_condition"]
+    if not qc.empty:
+        res.tables["accuracy_gold_trap"] = _accuracy_table(qc, ["listener_kind", "stimulus_kind"], chance)
+        tables.append("accuracy_gold_trap")
+    figs = []
+    order = {c: i for i, c in enumerate(_cell_order(state["test"]))}
+    for kind, part in acc.groupby("listener_kind", sort=True):
+        part = part.sort_values("cell", key=lambda s: s.map(order))
+        name = f"accuracy_{kind}"
+        res.figures[name] = figures.interval_bars(part, "accuracy", "ci_low", "ci_high", "cell", "accuracy",
+                                                  f"Identification accuracy ({kind} listeners), 95% Wilson intervals",
+                                                  (0, 1), reference=part["chance"])
+        figs.append(name)
+    res.sections.append(Section("Identification accuracy", (
+        f"Accuracy is the share of answers naming the intended word; 'can't tell' counts as wrong. Chance is "
+        f"1 / (number of answer options including 'can't tell') = 1/{len(state['words']) + 1} = {chance:.4f}. "
+        "Chance-corrected accuracy rescales accuracy so that chance is 0 and perfect is 1. Intervals are 95% Wilson "
+        "score intervals, which stay inside [0, 1] and keep their coverage for small counts. p_vs_chance is a "
+        "one-sided exact binomial test that accuracy exceeds chance; it treats answers as independent, so the "
+        "clustered models below are the listener-aware check. p_holm is Holm-corrected over all rows. Gold and "
+        "trap clips are quality checks, listed separately and never mixed into the conditions."), tables, figs))
+
+
+def _confusion_matrix(counts: pd.DataFrame, words: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    extra = sorted(set(counts.columns) - set(words) - {"none"})
+    cols = list(words) + (["other"] if extra else []) + ["none"]
+    if extra:
+        counts = counts.assign(other=counts[extra].sum(axis=1)).drop(columns=extra)
+    counts = counts.reindex(index=words, columns=cols, fill_value=0).fillna(0)
+    totals = counts.sum(axis=1)
+    share = counts.div(totals.where(totals > 0), axis=0)
+    return counts.astype(int), share
+
+
+def _stage_confusion(res: Analysis, state: dict) -> None:
+    test = state["test"][state["test"]["correct"].notna()]
+    words = state["words"]
+    grouped = test.groupby(["listener_kind", "cell", "word", "answer"], sort=True).size()
+    long_rows, figs, shares = [], [], {}
+    order = _cell_order(test)
+    for kind in sorted(test["listener_kind"].unique()):
+        for cell in order:
+            if (kind, cell) not in grouped.index.droplevel([2, 3]):
+                continue
+            counts = grouped.loc[(kind, cell)].unstack("answer", fill_value=0)
+            count_m, share_m = _confusion_matrix(counts, words)
+            shares[(kind, cell)] = share_m
+            stacked = pd.DataFrame({"count": count_m.stack(), "share": share_m.stack()}).reset_index()
+            stacked.columns = ["word", "answer", "count", "share"]
+            long_rows.append(stacked.assign(listener_kind=kind, cell=cell))
+            name = f"confusion_{kind}_{_slug(cell)}"
+            res.figures[name] = figures.confusion(share_m, f"Intended x heard: {cell} ({kind}); rows sum to 1")
+            figs.append(name)
+    confusion = pd.concat(long_rows, ignore_index=True)
+    res.tables["confusion"] = confusion[["listener_kind", "cell", "word", "answer", "count", "share"]]
+    attrs = test[["cell", "method", "init", "stage"]].drop_duplicates().set_index("cell")
+    diff_figs, diff_rows = [], []
+    for (kind, a), (kind_b, b) in _single_factor_pairs(shares.keys(), attrs):
+        if kind != kind_b:
+            continue
+        delta = shares[(kind, a)].fillna(0) - shares[(kind, b)].fillna(0)
+        name = f"confusion_diff_{kind}_{_slug(a)}_minus_{_slug(b)}"
+        res.figures[name] = figures.confusion_difference(delta, f"{a} minus {b} ({kind})")
+        diff_figs.append(name)
+        diag = np.diag(delta.reindex(columns=delta.index).to_numpy())
+        diff_rows.append({"listener_kind": kind, "a": a, "b": b, "mean_diagonal_difference": float(np.mean(diag)),
+                          "none_share_difference": float(delta["none"].mean())})
+    tables = ["confusion"]
+    if diff_rows:
+        res.tables["confusion_differences"] = pd.DataFrame(diff_rows)
+        tables.append("confusion_differences")
+    res.sections.append(Section("Confusions", (
+        "Each heatmap crosses the intended word (rows) with the answer (columns); the last column is 'can't tell'"
+        " and an 'other' column appears only if free-text answers fell outside the word list. Rows are normalized "
+        "to sum to 1 and every heatmap uses the same colour scale [0, 1]. Difference heatmaps subtract two "
+        "conditions that differ in exactly one factor (method, start or stage) on a fixed diverging scale "
+        "[-1, 1]: red means the first condition drew more of those answers."), tables, figs + diff_figs))
+
+
+def _single_factor_pairs(keys, attrs: pd.DataFrame):
+    keys = list(keys)
+    for i, (kind_a, a) in enumerate(keys):
+        for kind_b, b in keys[i + 1:]:
+            if a not in attrs.index or b not in attrs.index:
+                continue
+            diff = [f for f in ("method", "init", "stage") if attrs.at[a, f] != attrs.at[b, f]]
+            if len(diff) == 1 and "natural" not in (attrs.at[a, "method"], attrs.at[b, "method"]):
+                yield (kind_a, a), (kind_b, b)
+
+
+def _stage_words(res: Analysis, state: dict) -> None:
+    test = state["test"][state["test"]["correct"].notna()]
+    table = _accuracy_table(test, ["listener_kind", "cell", "word"], state["chance"])
+    res.tables["word_accuracy"] = table
+    figs = []
+    order = _cell_order(test)
+    for kind, part in table.groupby("listener_kind", sort=True):
+        matrix = part.pivot(index="word", columns="cell", values="accuracy")
+        matrix = matrix.reindex(index=state["words"], columns=[c for c in order if c in matrix.columns])
+        name = f"word_accuracy_{kind}"
+        res.figures[name] = figures.word_accuracy(matrix, f"Accuracy per word and condition ({kind})")
+        figs.append(name)
+    res.sections.append(Section("Accuracy per word", (
+        "Accuracy for every intended word in every condition, with 95% Wilson intervals in the table; blank "
+        "cells in the figure had no answers."), ["word_accuracy"], figs))
+
+
+def _contrast_designs(test: pd.DataFrame) -> list[tuple[str, pd.DataFrame, dict[str, str]]]:
+    """The paper's main contrasts as two logistic models on 0/1 predictors."""
+    designs = []
+    after = test[(test["stage"] == "after") & test["method"].isin(["classifier", "decoder"])]
+    cols = {}
+    if after["method"].nunique() == 2:
+        cols["decoder"] = "decoder vs classifier (after maximization)"
+    if after["init"].isin(["noise", "test"]).all() and after["init"].nunique() == 2:
+        cols["test_start"] = "test start vs noise start (after maximization)"
+    if cols:
+        X = pd.DataFrame({"decoder": (after["method"] == "decoder"), "test_start": (after["init"] == "test")})
+        designs.append(("after", after, X[list(cols)], cols))
+    paired = test[(test["init"] == "test") & test["stage"].isin(["before", "after"])
+                  & test["method"].isin(["classifier", "decoder"])]
+    if paired["stage"].nunique() == 2:
+        X = pd.DataFrame({"after": paired["stage"] == "after", "decoder": paired["method"] == "decoder"})
+        use = ["after"] + (["decoder"] if paired["method"].nunique() == 2 else [])
+        designs.append(("test start", paired, X[use], {"after": "after vs before maximization (test start)"}))
+    return designs
+
+
+def _mcnemar(test: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for method in sorted(test["method"].unique()):
+        part = test[(test["method"] == method) & (test["init"] == "test") & test["stage"].isin(["before", "after"])
+                    & (test["pair_id"] != "")]
+        if part["stage"].nunique() < 2:
+            continue
+        scored = part.assign(_c=part["correct"].astype(float))
+        by_listener = scored.pivot_table(index=["listener", "pair_id"], columns="stage", values="_c", aggfunc="mean")
+        by_listener = by_listener.dropna()
+        majority = scored.groupby(["pair_id", "stage"])["_c"].mean().unstack("stage").dropna()
+        majority = majority[(majority["before"] != 0.5) & (majority["after"] != 0.5)] > 0.5
+        for matching, pairs in (("same listener heard both", by_listener >= 0.5),
+                                ("per-pair majority (ties dropped)", majority)):
+            if pairs.empty:
+                continue
+            before, after = pairs["before"].astype(bool), pairs["after"].astype(bool)
+            b, c = int((before & ~after).sum()), int((~before & after).sum())
+            rows.append({"method": method, "matching": matching, "pairs": len(pairs),
+                         "both_right": int((before & after).sum()), "right_before_only": b,
+                         "right_after_only": c, "both_wrong": int((~before & ~after).sum()),
+                         "p_mcnemar_exact": stats.mcnemar_exact(b, c)})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        has_listener = table.groupby("method")["matching"].transform(lambda m: (m == "same listener heard both").any())
+        table["primary"] = (table["matching"] == "same listener heard both") | ~has_listener
+    return table
+
+
+def _stage_models(res: Analysis, state: dict) -> None:
+    test = state["test"][(state["test"]["listener_kind"] == "human") & state["test"]["correct"].notna()]
+    rows = []
+    for model, frame, X, names in _contrast_designs(test):
+        fits = stats.logistic_cluster(frame["correct"].astype(float).to_numpy(), X.reset_index(drop=True),
+                                      {"listener": frame["listener"].to_numpy(), "stimulus": frame["stimulus"].to_numpy()})
+        for clusters, terms in fits.items():
+            for fit in terms:
+                if fit.term in names:
+                    rows.append({"contrast": names[fit.term], "model": model, "clusters": clusters,
+                                 "odds_ratio": fit.odds_ratio, "ci_low": fit.ci_low, "ci_high": fit.ci_high,
+                                 "z": fit.z, "p": fit.p, "answers": fit.answers})
+    mcn = _mcnemar(test)
+    glm = pd.DataFrame(rows, columns=["contrast", "model", "clusters", "odds_ratio", "ci_low", "ci_high", "z", "p",
+                                      "answers"])
+    primary = mcn.index[mcn["primary"]] if not mcn.empty else pd.Index([])
+    mcn_p = mcn.loc[primary, "p_mcnemar_exact"].to_numpy(dtype=float) if len(primary) else np.array([])
+    glm["p_holm"] = np.nan
+    if not mcn.empty:
+        mcn["p_holm"] = np.nan
+        mcn.loc[primary, "p_holm"] = stats.holm(mcn_p)
+    for clusters, idx in glm.groupby("clusters").groups.items():
+        adjusted = stats.holm(np.concatenate([glm.loc[idx, "p"].to_numpy(dtype=float), mcn_p]))
+        glm.loc[idx, "p_holm"] = adjusted[: len(idx)]
+        if clusters == "listener" and len(primary):
+            mcn.loc[primary, "p_holm"] = adjusted[len(idx):]
+    res.tables["contrasts_glm"] = glm
+    tables = ["contrasts_glm"]
+    if not mcn.empty:
+        res.tables["before_after_mcnemar"] = mcn
+        tables.append("before_after_mcnemar")
+    if glm.empty and mcn.empty:
+        res.notes.append("No main contrast could be estimated: the data lack the conditions to compare.")
+    res.sections.append(Section("Main contrasts", (
+        "Human answers to test clips only. A logistic regression (binomial GLM, logit link) predicts whether an "
+        "answer is right. Model 'after' uses clips after maximization and has two 0/1 predictors, decoder (vs "
+        "classifier) and test start (vs noise start), each adjusted for the other; model 'test start' uses "
+        "clips started from real utterances and compares after vs before, adjusted for method. Odds ratios above "
+        "1 favour the first-named level. Because one listener gives many answers and one clip is heard by many "
+        "listeners, answers are not independent: standard errors are cluster-robust by listener (the primary "
+        "analysis), checked by clip and by two-way listener x clip clustering. Before vs after is also tested by "
+        "the exact McNemar test on pairs with matched outcomes: when the same listener heard both clips of a pair "
+        "the pair is (listener, pair) and that matching is primary; otherwise each pair's majority answer (right if "
+        "more than half right, ties dropped) is compared. The Holm correction runs over the family of the model "
+        "contrasts plus the primary McNemar tests, separately for each clustering."), tables, []))
+
+
+def _stage_bayes(res: Analysis, state: dict) -> None:
+    test = state["test"][(state["test"]["listener_kind"] == "human") & state["test"]["correct"].notna()]
+    parts = []
+    cap = res.options.bayes_max_answers
+    for model, frame, X, names in _contrast_designs(test):
+        if frame["listener"].nunique() < 2 or frame["stimulus"].nunique() < 2:
+            continue
+        table, used = stats.bayes_mixed_logistic(frame["correct"].astype(float).to_numpy(), X, frame["listener"],
+                                                 frame["stimulus"], seed=res.options.seed, max_answers=cap)
+        table = table[table["term"].isin(names) | table["term"].str.startswith("sd(")].copy()
+        table["term"] = table["term"].map(lambda t: names.get(t, t))
+        parts.append(table.assign(model=model, answers_used=used, answers_total=len(frame)))
+        if used < len(frame):
+            res.notes.append(f"Mixed model '{model}' was fitted on a fixed-seed random subsample of {used:,} of "
+                             f"{len(frame):,} answers.")
+    if parts:
+        res.tables["contrasts_mixed_bayes"] = pd.concat(parts, ignore_index=True)
+        res.sections.append(Section("Sensitivity check: mixed model", (
+            "The same contrasts from a logistic model with random intercepts for listener and for clip, fitted by "
+            "variational Bayes (statsmodels BinomialBayesMixedGLM.fit_vb; normal priors, sd 2 on fixed effects). "
+            "Intervals are posterior mean ± 1.96 posterior sd on the log-odds scale, shown as odds ratios; the "
+            "sd rows give the estimated spread of listener and clip intercepts. If it agrees with the clustered "
+            "GLM the conclusions do not hinge on how clustering is handled."
+            + (f" Models with more than {cap:,} answers use a fixed-seed random subsample." if cap else "")),
+            ["contrasts_mixed_bayes"], []))
+
+
+def _stage_agreement(res: Analysis, state: dict) -> None:
+    test = state["test"][state["test"]["correct"].notna()]
+    cats = state["words"] + ["none"]
+    rows = []
+    for (kind, cell), part in test.groupby(["listener_kind", "cell"], sort=True):
+        answers = part["answer"].where(part["answer"].isin(cats), "other")
+        rows.append({"listener_kind": kind, "cell": cell,
+                     **stats.agreement(part["stimulus"], answers, cats + ["other"], "nominal")})
+    res.tables["agreement"] = pd.DataFrame(rows)
+    res.sections.append(Section("Agreement between listeners", (
+        "Do listeners give the same answer to the same clip? Fleiss' kappa is used when every clip in a condition "
+        "has the same number of answers, Krippendorff's alpha (nominal) otherwise; both are 0 at chance-level "
+        "agreement and 1 when all listeners agree. Clips with a single answer carry no information on agreement."),
+        ["agreement"], []))
+
+
+def _ratings(state: dict) -> pd.DataFrame:
+    return state["test"][state["test"]["rating"].notna()]
+
+
+def _stage_ratings(res: Analysis, state: dict) -> None:
+    rated = _ratings(state)
+    if rated.empty:
+        return
+    rows = []
+    for (kind, cell, cond, method, init, stage), part in rated.groupby(
+            ["listener_kind", "cell", "condition", "method", "init", "stage"], sort=True):
+        mean, lo, hi = stats.cluster_bootstrap_mean(part["rating"].to_numpy(), part["listener"].to_numpy(),
+                                                    res.options.n_boot, res.options.seed)
+        hist = np.bincount(part["rating"].round().astype(int), minlength=5)
+        rows.append({"listener_kind": kind, "cell": cell, "condition": cond, "method": method, "init": init,
+                     "stage": stage, "answers": len(part), "listeners": part["listener"].nunique(),
+                     "stimuli": part["stimulus"].nunique(), "mean": mean, "ci_low": lo, "ci_high": hi,
+                     "sd": float(part["rating"].std(ddof=1)) if len(part) > 1 else float("nan"),
+                     **{f"n_{i}": int(hist[i]) for i in range(5)}})
+    table = pd.DataFrame(rows)
+    res.tables["rating_by_condition"] = table
+    figs = []
+    order = {c: i for i, c in enumerate(_cell_order(rated))}
+    for kind, part in table.groupby("listener_kind", sort=True):
+        part = part.sort_values("cell", key=lambda s: s.map(order))
+        name = f"rating_mean_{kind}"
+        res.figures[name] = figures.interval_bars(part, "mean", "ci_low", "ci_high", "cell", "mean rating (0-4)",
+                                                  f"Mean rating ({kind}), 95% listener-bootstrap intervals", (0, 4))
+        figs.append(name)
+    words = rated.groupby(["listener_kind", "cell", "method", "stage", "word"], sort=True)["rating"].agg(
+        answers="size", mean="mean").reset_index()
+    res.tables["rating_by_word"] = words
+    for kind, part in words[words["stage"].isin(["original", "after"])].groupby("listener_kind", sort=True):
+        part = part.assign(group=np.where(part["stage"] == "original", "original", part["method"]))
+        weighted = part.assign(_s=part["mean"] * part["answers"]).groupby(["word", "group"])[["_s", "answers"]].sum()
+        sums = (weighted["_s"] / weighted["answers"]).unstack("group")
+        cols = [c for c in ["original", "classifier", "decoder"] if c in sums.columns]
+        cols += sorted(c for c in sums.columns if c not in cols)
+        name = f"rating_per_word_{kind}"
+        res.figures[name] = figures.grouped_bars(sums.reindex(index=state["words"], columns=cols),
+                                                 "mean rating (0-4)", f"Mean rating per word ({kind})", (0, 4))
+        figs.append(name)
+    for label, init in (("1 vs 3 (noise start)", "noise"), ("2 vs 4 (test start)", "test")):
+        for kind, part in rated[(rated["init"] == init) & (rated["stage"] == "after")
+                                & rated["method"].isin(["classifier", "decoder"])].groupby("listener_kind", sort=True):
+            counts = pd.DataFrame({cell: np.bincount(p["rating"].round().astype(int), minlength=5)
+                                   for cell, p in part.groupby("cell", sort=True)})
+            name = f"rating_hist_{_slug(label)}_{kind}"
+            res.figures[name] = figures.rating_histograms(counts, f"Ratings, conditions {label} ({kind})")
+            figs.append(name)
+    res.sections.append(Section("Ratings", (
+        "Ratings run from Bad = 0 to Excellent = 4. Means come with 95% percentile intervals from a bootstrap "
+        f"that resamples whole listeners ({res.options.n_boot} resamples, seed {res.options.seed}), so one "
+        "listener's correlated ratings stay together. Per-word bars compare the original recordings with the "
+        "clips after classifier and decoder maximization; histograms compare condition 1 with 3 and 2 with 4."),
+        ["rating_by_condition", "rating_by_word"], figs))
+
+
+def _rating_contrasts(rated: pd.DataFrame):
+    def sel(method=None, init=None, stage=None):
+        mask = pd.Series(True, index=rated.index)
+        for col, val in (("method", method), ("init", init), ("stage", stage)):
+            if val is not None:
+                mask &= rated[col] == val
+        return rated[mask]
+
+    for init in ("noise", "test"):
+        yield f"classifier vs decoder ({init} start, after)", sel("classifier", init, "after"), sel("decoder", init, "after"), False
+    for method in ("classifier", "decoder"):
+        yield f"noise vs test start ({method}, after)", sel(method, "noise", "after"), sel(method, "test", "after"), False
+        yield f"before vs after ({method}, test start)", sel(method, "test", "before"), sel(method, "test", "after"), True
+        yield f"original vs after ({method}, test start)", sel(stage="original"), sel(method, "test", "after"), True
+
+
+def _stage_rating_tests(res: Analysis, state: dict) -> None:
+    rated = _ratings(state)
+    rated = rated[rated["listener_kind"] == "human"]
+    rows = []
+    for name, a, b, paired in _rating_contrasts(rated):
+        if a.empty or b.empty:
+            continue
+        if paired:
+            pa = a[a["pair_id"] != ""].groupby("pair_id")["rating"].mean()
+            pb = b[b["pair_id"] != ""].groupby("pair_id")["rating"].mean()
+            common = pa.index.intersection(pb.index)
+            if len(common) == 0:
+                continue
+            test, stat, p = stats.rank_test(pa[common].to_numpy(), pb[common].to_numpy(), paired=True)
+            units = f"{len(common)} pairs (mean rating per clip)"
+            ma, mb = float(pa[common].mean()), float(pb[common].mean())
+        else:
+            test, stat, p = stats.rank_test(a["rating"].to_numpy(), b["rating"].to_numpy())
+            units = f"{len(a)} vs {len(b)} answers"
+            ma, mb = float(a["rating"].mean()), float(b["rating"].mean())
+        rows.append({"contrast": name, "test": test, "units": units, "mean_a": ma, "mean_b": mb,
+                     "statistic": stat, "p": p})
+    table = pd.DataFrame(rows, columns=["contrast", "test", "units", "mean_a", "mean_b", "statistic", "p"])
+    table["p_holm"] = stats.holm(table["p"]) if not table.empty else []
+    res.tables["rating_tests"] = table
+    res.sections.append(Section("Rating comparisons", (
+        "Human ratings only. Ratings are ordinal, so comparisons use rank tests rather than means: independent "
+        "groups by the two-sided Mann-Whitney U test on individual answers; before vs after and original vs after "
+        "by the two-sided Wilcoxon signed-rank test on matched clip pairs (same pair_id, each clip's mean rating). "
+        "The Mann-Whitney test treats answers as independent. Holm correction over all rows."),
+        ["rating_tests"], []))
+
+
+def _stage_rating_agreement(res: Analysis, state: dict) -> None:
+    rated = _ratings(state)
+    rows = []
+    for (kind, cell), part in rated.groupby(["listener_kind", "cell"], sort=True):
+        counts, _ = stats.counts_matrix(part["stimulus"], part["rating"], [0.0, 1.0, 2.0, 3.0, 4.0])
+        usable = int((counts.sum(axis=1) >= 2).sum())
+        rows.append({"listener_kind": kind, "cell": cell, "units": usable,
+                     "krippendorff_alpha_ordinal": stats.krippendorff_alpha(counts, "ordinal"),
+                     "krippendorff_alpha_interval": stats.krippendorff_alpha(counts, "interval")})
+    if rows:
+        res.tables["rating_agreement"] = pd.DataFrame(rows)
+        res.sections.append(Section("Agreement on ratings", (
+            "Krippendorff's alpha on the ratings of each clip, ordinal (distances by ranks, no assumption of equal "
+            "steps) and interval (squared differences of the 0-4 values); clips rated fewer than twice drop out."),
+            ["rating_agreement"], []))
+
+
+def _stage_objective(res: Analysis, state: dict) -> None:
+    root = Path(res.options.objective_dir)
+    if not root.is_dir():
+        raise HearsayError(f"--objective folder not found: {root}")
+    tables, figs = [], []
+    summary = root / "summary.csv"
+    used = [p for p in (summary, root / "run.json") if p.is_file()]
+    if summary.is_file():
+        res.tables["objective_summary"] = _read_csv(summary)
+        tables.append("objective_summary")
+    found = {p.stem[len("heatmap_"):]: p for p in sorted(root.glob("heatmap_*.csv"))}
+    found.update({p.parent.name: p for p in sorted(root.glob("*/heatmap.csv"))})
+    pictures = {p.stem[len("heatmap_"):]: p for p in sorted(root.glob("heatmap_*.png"))}
+    pictures.update({p.parent.name: p for p in sorted(root.glob("*/heatmap.png"))})
+    for method in sorted(set(found) | set(pictures)):
+        name = f"objective_{_slug(method)}_heatmap"
+        used.append(found.get(method) or pictures[method])
+        if method in found:
+            matrix = _read_csv(found[method])
+            res.tables[name] = matrix
+            tables.append(name)
+            res.figures[name] = figures.heatmap(
+                matrix.set_index(matrix.columns[0]), f"Objective: classifier B mean softmax after maximization ({method})",
+                xlabel="classifier B class", ylabel="target class", colorbar_label="mean probability")
+        else:
+            res.images[name] = pictures[method].read_bytes()
+        figs.append(name)
+    if not tables and not figs:
+        raise HearsayError(f"--objective folder {root} has no summary.csv and no heatmap_<method>.csv|png")
+    res.inputs.update(_checksums(used))
+    res.sections.append(Section("Objective experiment (from generation)", (
+        f"Copied from {root.name}: how often maximized inputs are classified as their target by the classifier "
+        "that produced them (A) and by an independently trained one (B). Heatmap rows are the target class, "
+        "columns classifier B's mean softmax over the maximized samples."), tables, figs))
+
+
+def _stage_tsne(res: Analysis, state: dict) -> None:
+    root = Path(res.options.tsne_dir)
+    if not root.is_dir():
+        raise HearsayError(f"--tsne folder not found: {root}")
+    tables, figs = [], []
+    for path in sorted(root.glob("*.csv")):
+        name = f"tsne_{_slug(path.stem)}"
+        res.tables[name] = _read_csv(path)
+        tables.append(name)
+    for path in sorted(root.glob("*.png")):
+        name = f"tsne_{_slug(path.stem)}"
+        res.images[name] = path.read_bytes()
+        figs.append(name)
+    if not tables and not figs:
+        raise HearsayError(f"--tsne folder {root} has no .csv or .png files")
+    res.inputs.update(_checksums(sorted(root.glob("*.csv")) + sorted(root.glob("*.png")) + sorted(root.glob("*.json"))))
+    res.sections.append(Section("t-SNE of latents (from generation)", (
+        f"Copied from {root.name}: encoded test utterances and their maximized versions embedded by t-SNE."),
+        tables, figs))
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise HearsayError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checksums(paths: list[Path]) -> dict[str, str]:
+    return {str(p): sha256_file(p) for p in paths}
+
+
+def table_sha256(table: pd.DataFrame) -> str:
+    """Checksum of a long table's canonical CSV, recorded when the input is the database."""
+    return hashlib.sha256(csv_bytes(normalize(table), sort=False)).hexdigest()
+
+
+def csv_bytes(df: pd.DataFrame, sort: bool = True) -> bytes:
+    """Canonical CSV: rows sorted by every column, fixed float format, '\\n' line ends."""
+    if sort and not df.empty:
+        keyed = df.copy()
+        for col in keyed.columns:
+            if keyed[col].dtype == object:
+                keyed[col] = keyed[col].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+        order = keyed.sort_values(list(keyed.columns), kind="mergesort", na_position="last").index
+        df = df.loc[order]
+    return df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n").encode("utf-8")
+
+
+def _versions() -> dict[str, str]:
+    import matplotlib
+    import scipy
+    import statsmodels
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
+            "scipy": scipy.__version__, "statsmodels": statsmodels.__version__, "matplotlib": matplotlib.__version__}
+
+
+def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: bool = True) -> Path:
+    """Write tables, figures, report.html and run.json into a temp folder, then swap it into `out`."""
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise HearsayError(f"--out {out} exists and is not a folder")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        start = time.perf_counter()
+        (tmp / "tables").mkdir()
+        (tmp / "figures").mkdir()
+        for name, df in result.tables.items():
+            (tmp / "tables" / f"{name}.csv").write_bytes(csv_bytes(df))
+        pngs = dict(result.images)
+        for name, data in result.images.items():
+            figures.save_png_copy(data, tmp / "figures" / name)
+        for name in tqdm(list(result.figures), desc="figures", unit="fig", disable=not progress):
+            pngs[name] = figures.save(result.figures[name], tmp / "figures" / name)
+        (tmp / "report.html").write_text(_html(result, pngs), encoding="utf-8")
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        run = {
+            "tool": "hearsay manage.py analyze",
+            "experiment": result.info.get("slug", ""),
+            "task": result.info.get("task", ""),
+            "options": _jsonable(asdict(result.options)),
+            "seed": result.options.seed,
+            "inputs": dict(sorted({**inputs, **result.inputs}.items())),
+            "versions": _versions(),
+            "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+            "notes": result.notes,
+            "outputs": files,
+        }
+        (tmp / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        result.timings["write"] = time.perf_counter() - start
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _html_table(name: str, df: pd.DataFrame) -> str:
+    shown = df.head(HTML_ROWS)
+    body = shown.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}", na_rep="", classes="t")
+    more = f"<p class=more>First {HTML_ROWS} of {len(df)} rows.</p>" if len(df) > HTML_ROWS else ""
+    return f"<h3>{html.escape(name)} <small>(tables/{html.escape(name)}.csv)</small></h3>{body}{more}"
+
+
+def _html(result: Analysis, pngs: dict[str, bytes]) -> str:
+    info = result.info
+    parts = [
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        f"<title>Hearsay analysis: {html.escape(str(info.get('slug', '')))}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+        "table.t{border-collapse:collapse;font-size:12px;margin:.5em 0}table.t td,table.t th{border:1px solid #ccc;"
+        "padding:2px 5px;text-align:right}img{max-width:100%;display:block;margin:1em 0}small{color:#666}"
+        ".more,.note{color:#666;font-size:12px}</style></head><body>",
+        f"<h1>Listening test analysis: {html.escape(str(info.get('slug', '')))}</h1>",
+        f"<p>Task: {html.escape(str(info.get('task', '')))}; {len(info.get('words') or [])} words; "
+        f"seed {result.options.seed}. Every table is also a CSV under tables/, every figure a PNG and PDF under "
+        "figures/, and run.json records versions, options and input checksums.</p>",
+    ]
+    for note in result.notes:
+        parts.append(f"<p class=note>Note: {html.escape(note)}</p>")
+    for section in result.sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2><p>{html.escape(section.text)}</p>")
+        for name in section.tables:
+            parts.append(_html_table(name, result.tables[name]))
+        for name in section.figures:
+            data = base64.b64encode(pngs[name]).decode("ascii")
+            parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption><small>figures/{html.escape(name)}.png</small></figcaption></figure>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def build_report(table: pd.DataFrame, info: dict, out: Path, options: ReportOptions, inputs: dict[str, str],
+                 progress: bool = True) -> Path:
+    """Analyse the long table and write the complete report folder; returns its path."""
+    result = analyse(table, info, options, progress=progress)
+    return write_report(result, out, inputs, progress=progress)

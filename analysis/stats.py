@@ -1,0 +1,324 @@
+"""Statistics for listening tests, each written so a perception researcher can check it.
+
+Pure numpy/scipy/statsmodels (no Django), so the same functions serve the report,
+the benchmark and the tests. Every function says in plain words what it estimates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from scipy import stats as sps
+
+from generation.errors import HearsayError
+
+Z95 = float(sps.norm.ppf(0.975))
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval for k successes out of n.
+
+    Unlike the textbook "p ± 1.96·SE" interval it stays inside [0, 1] and keeps its
+    coverage for small n and for accuracies near 0 or 1, which listening tests produce.
+    """
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def wilson_arrays(k: np.ndarray, n: np.ndarray, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised Wilson interval (NaN where n = 0) for whole tables at once."""
+    k = np.asarray(k, dtype=float)
+    n = np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        denom = 1.0 + z * z / n
+        centre = (p + z * z / (2 * n)) / denom
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+
+def chance_corrected(acc: float | np.ndarray, chance: float) -> float | np.ndarray:
+    """Accuracy rescaled so chance is 0 and perfect is 1: (acc - chance) / (1 - chance)."""
+    return (np.asarray(acc, dtype=float) - chance) / (1.0 - chance)
+
+
+def binomial_vs_chance(k: int, n: int, chance: float) -> float:
+    """One-sided exact binomial p-value that accuracy exceeds chance.
+
+    Treats answers as independent, so with many answers per listener it is optimistic;
+    the clustered logistic model is the check that respects listeners.
+    """
+    if n <= 0:
+        return float("nan")
+    return float(sps.binomtest(int(k), int(n), chance, alternative="greater").pvalue)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pair counts.
+
+    b = pairs right before and wrong after, c = wrong before and right after; under no
+    change each discordant pair is a fair coin, so the test is binomial(b + c, 1/2).
+    """
+    n = int(b) + int(c)
+    if n == 0:
+        return 1.0
+    return float(min(1.0, 2.0 * sps.binom.cdf(min(b, c), n, 0.5)))
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error control, NaNs left out).
+
+    Sort p ascending, multiply the i-th smallest by (m - i), keep the running maximum
+    so adjusted values never decrease, and cap at 1.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = ~np.isnan(p)
+    vals = p[ok]
+    m = vals.size
+    if m == 0:
+        return out
+    order = np.argsort(vals, kind="stable")
+    adj = np.empty(m)
+    running = 0.0
+    for rank, idx in enumerate(order):
+        running = max(running, (m - rank) * vals[idx])
+        adj[idx] = min(1.0, running)
+    out[ok] = adj
+    return out
+
+
+def fleiss_kappa(counts: np.ndarray) -> float:
+    """Fleiss' kappa for a units x categories matrix of answer counts.
+
+    Needs the same number of answers on every unit; kappa is observed agreement
+    between pairs of answers beyond what the overall category shares would give.
+    """
+    counts = np.asarray(counts, dtype=float)
+    n_per = counts.sum(axis=1)
+    if counts.shape[0] < 2 or not np.all(n_per == n_per[0]) or n_per[0] < 2:
+        raise HearsayError("Fleiss' kappa needs at least two units with the same number (>= 2) of answers each")
+    n = n_per[0]
+    p_j = counts.sum(axis=0) / counts.sum()
+    p_i = (np.square(counts).sum(axis=1) - n) / (n * (n - 1))
+    p_bar = p_i.mean()
+    p_e = np.square(p_j).sum()
+    if p_e == 1.0:
+        return float("nan")
+    return float((p_bar - p_e) / (1 - p_e))
+
+
+def counts_matrix(units, values, categories=None) -> tuple[np.ndarray, list]:
+    """Units x categories count matrix from two parallel sequences (one entry per answer)."""
+    frame = pd.DataFrame({"u": list(units), "v": list(values)}).dropna()
+    cats = sorted(frame["v"].unique()) if categories is None else list(categories)
+    table = pd.crosstab(frame["u"], pd.Categorical(frame["v"], categories=cats), dropna=False)
+    return table.to_numpy(dtype=float), cats
+
+
+def krippendorff_alpha(counts: np.ndarray, level: str = "nominal", values=None) -> float:
+    """Krippendorff's alpha from a units x categories count matrix (missing answers allowed).
+
+    alpha = 1 - observed disagreement / disagreement expected by chance, both taken
+    over all pairs of answers within a unit. Units with fewer than two answers carry
+    no pairs and drop out. level: "nominal" (any difference counts 1), "ordinal"
+    (distance by ranks of the pooled answers; categories must be in order), or
+    "interval" (squared difference of the numeric `values` of the categories).
+    """
+    counts = np.asarray(counts, dtype=float)
+    m_u = counts.sum(axis=1)
+    keep = m_u >= 2
+    counts, m_u = counts[keep], m_u[keep]
+    if counts.shape[0] == 0:
+        return float("nan")
+    weighted = counts / (m_u - 1)[:, None]
+    coincidence = counts.T @ weighted - np.diag(weighted.sum(axis=0))
+    n_c = coincidence.sum(axis=1)
+    n = n_c.sum()
+    k = counts.shape[1]
+    if level == "nominal":
+        delta = 1.0 - np.eye(k)
+    elif level == "ordinal":
+        cum = np.concatenate([[0.0], np.cumsum(n_c)])
+        idx = np.arange(k)
+        lo = np.minimum.outer(idx, idx)
+        hi = np.maximum.outer(idx, idx)
+        delta = np.square(cum[hi + 1] - cum[lo] - (n_c[lo] + n_c[hi]) / 2.0)
+    elif level == "interval":
+        v = np.arange(k, dtype=float) if values is None else np.asarray(values, dtype=float)
+        delta = np.square(np.subtract.outer(v, v))
+    else:
+        raise HearsayError(f"unknown Krippendorff level {level!r} (nominal, ordinal, interval)")
+    expected = (np.outer(n_c, n_c) * delta).sum()
+    if expected == 0:
+        return float("nan")
+    return float(1.0 - (n - 1) * (coincidence * delta).sum() / expected)
+
+
+def agreement(units, values, categories=None, level: str = "nominal") -> dict:
+    """Agreement between listeners on the same clips, picking the statistic that fits.
+
+    Fleiss' kappa when every clip has the same number (>= 2) of answers and the scale is
+    nominal; Krippendorff's alpha otherwise (it handles unequal counts and ordinal scales).
+    """
+    counts, cats = counts_matrix(units, values, categories)
+    per = counts.sum(axis=1)
+    per = per[per > 0]
+    usable = int((per >= 2).sum())
+    if usable < 2:
+        return {"statistic": "none", "value": float("nan"), "units": usable, "answers_per_unit": ""}
+    if level == "nominal" and np.all(per == per[0]):
+        return {"statistic": "fleiss_kappa", "value": fleiss_kappa(counts[counts.sum(axis=1) > 0]),
+                "units": usable, "answers_per_unit": str(int(per[0]))}
+    return {"statistic": f"krippendorff_alpha_{level}", "value": krippendorff_alpha(counts, level),
+            "units": usable, "answers_per_unit": f"{int(per.min())}-{int(per.max())}"}
+
+
+def cluster_bootstrap_mean(values: np.ndarray, clusters: np.ndarray, n_boot: int = 2000, seed: int = 0,
+                           ) -> tuple[float, float, float]:
+    """Mean with a 95% percentile interval from resampling whole listeners (fixed seed).
+
+    Resampling listeners rather than answers keeps one listener's many, correlated
+    ratings together, so the interval is not too narrow.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return (float("nan"), float("nan"), float("nan"))
+    codes, _ = pd.factorize(pd.Series(clusters), sort=True)
+    sums = np.bincount(codes, weights=values)
+    cnts = np.bincount(codes).astype(float)
+    n_cl = sums.size
+    mean = float(values.mean())
+    if n_cl < 2:
+        return (mean, float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for start in range(0, n_boot, 250):
+        stop = min(n_boot, start + 250)
+        w = rng.multinomial(n_cl, np.full(n_cl, 1.0 / n_cl), size=stop - start).astype(float)
+        boots[start:stop] = (w @ sums) / (w @ cnts)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return (mean, float(lo), float(hi))
+
+
+def rank_test(a, b, paired: bool = False) -> tuple[str, float, float]:
+    """Compare two sets of ordinal ratings without assuming equal spacing.
+
+    Unpaired: two-sided Mann-Whitney U. Paired (same clips before and after): two-sided
+    Wilcoxon signed-rank on the paired differences (zero differences dropped; exact for
+    up to 50 untied differences, otherwise the tie-corrected normal approximation).
+    Returns (test name, statistic, p-value).
+    """
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    if paired:
+        d = a - b
+        if d.size == 0 or np.all(d == 0):
+            return ("wilcoxon_signed_rank", float("nan"), float("nan"))
+        nonzero = np.abs(d[d != 0])
+        exact = nonzero.size <= 50 and np.unique(nonzero).size == nonzero.size
+        res = sps.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided",
+                           method="exact" if exact else "asymptotic")
+        return ("wilcoxon_signed_rank", float(res.statistic), float(res.pvalue))
+    if a.size == 0 or b.size == 0:
+        return ("mann_whitney_u", float("nan"), float("nan"))
+    res = sps.mannwhitneyu(a, b, alternative="two-sided")
+    return ("mann_whitney_u", float(res.statistic), float(res.pvalue))
+
+
+@dataclass(frozen=True)
+class ContrastFit:
+    """One logistic-model coefficient: odds ratio of the level vs the reference."""
+
+    term: str
+    odds_ratio: float
+    ci_low: float
+    ci_high: float
+    z: float
+    p: float
+    answers: int
+    clusters: str
+
+
+def logistic_cluster(y: np.ndarray, X: pd.DataFrame, groups: dict[str, np.ndarray]) -> dict[str, list[ContrastFit]]:
+    """Logistic GLM of correct (0/1) on 0/1 predictors, with cluster-robust errors.
+
+    One fit (maximum likelihood, binomial family, logit link); standard errors are then
+    recomputed so answers from the same cluster may be correlated: one entry per key in
+    `groups` (e.g. listener, stimulus), plus two-way listener x stimulus when two are given.
+    """
+    import statsmodels.api as sm
+
+    y = np.asarray(y, dtype=float)
+    if y.size == 0 or X.shape[1] == 0:
+        return {}
+    exog = sm.add_constant(X.astype(float), has_constant="add")
+    model = sm.GLM(y, exog, family=sm.families.Binomial())
+    codes = {name: pd.factorize(pd.Series(g), sort=True)[0] for name, g in groups.items()}
+    variants = [(name, c) for name, c in codes.items()]
+    if len(codes) == 2:
+        (n1, c1), (n2, c2) = variants
+        variants.append((f"{n1}+{n2}", np.column_stack([c1, c2])))
+    base = model.fit()
+    out: dict[str, list[ContrastFit]] = {}
+    for name, grp in variants:
+        res = model.fit(start_params=base.params, cov_type="cluster", cov_kwds={"groups": grp})
+        ci = np.asarray(res.conf_int())
+        params = np.asarray(res.params)
+        z = np.asarray(res.tvalues)
+        p = np.asarray(res.pvalues)
+        out[name] = [ContrastFit(term=col, odds_ratio=float(np.exp(params[i])), ci_low=float(np.exp(ci[i, 0])),
+                                 ci_high=float(np.exp(ci[i, 1])), z=float(z[i]), p=float(p[i]),
+                                 answers=int(y.size), clusters=name)
+                     for i, col in enumerate(exog.columns) if col != "const"]
+    return out
+
+
+def bayes_mixed_logistic(y: np.ndarray, X: pd.DataFrame, listener, stimulus, seed: int = 0,
+                         max_answers: int | None = None) -> tuple[pd.DataFrame, int]:
+    """Logistic model with random intercepts for listener and clip (variational Bayes).
+
+    statsmodels' BinomialBayesMixedGLM fitted with fit_vb (L-BFGS-B, which reaches the same
+    optimum as the default BFGS several times faster with thousands of random effects,
+    and a seeded start so reruns agree); the random-effect design is
+    built sparse, so memory grows with answers, not answers x listeners. When
+    max_answers is set and exceeded, a fixed-seed random subsample of answers is used.
+    Returns the fixed-effect table (posterior mean, sd, odds ratio with 95% interval)
+    and the number of answers used.
+    """
+    from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
+
+    y = np.asarray(y, dtype=float)
+    X = X.astype(float).reset_index(drop=True)
+    listener = np.asarray(listener)
+    stimulus = np.asarray(stimulus)
+    if max_answers is not None and y.size > max_answers:
+        pick = np.sort(np.random.default_rng(seed).choice(y.size, size=max_answers, replace=False))
+        y, X, listener, stimulus = y[pick], X.iloc[pick].reset_index(drop=True), listener[pick], stimulus[pick]
+    lc, _ = pd.factorize(pd.Series(listener), sort=True)
+    sc, _ = pd.factorize(pd.Series(stimulus), sort=True)
+    nl, ns = lc.max() + 1, sc.max() + 1
+    rows = np.concatenate([np.arange(y.size), np.arange(y.size)])
+    cols = np.concatenate([lc, nl + sc])
+    exog_vc = sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(y.size, nl + ns))
+    ident = np.concatenate([np.zeros(nl, dtype=int), np.ones(ns, dtype=int)])
+    exog = np.column_stack([np.ones(y.size), X.to_numpy()])
+    names = ["const", *X.columns]
+    model = BinomialBayesMixedGLM(y, exog, exog_vc, ident, vcp_p=1.0, fe_p=2.0,
+                                  fep_names=names, vcp_names=["listener", "stimulus"])
+    res = model.fit_vb(fit_method="L-BFGS-B", rng=seed)
+    mean = np.asarray(res.fe_mean)
+    sd = np.asarray(res.fe_sd)
+    table = pd.DataFrame({"term": names, "posterior_mean": mean, "posterior_sd": sd,
+                          "odds_ratio": np.exp(mean), "ci_low": np.exp(mean - Z95 * sd),
+                          "ci_high": np.exp(mean + Z95 * sd)})
+    vc = pd.DataFrame({"term": ["sd(listener)", "sd(stimulus)"], "posterior_mean": np.exp(np.asarray(res.vcp_mean)),
+                       "posterior_sd": np.nan})
+    return pd.concat([table[table["term"] != "const"], vc], ignore_index=True), int(y.size)

@@ -1,0 +1,229 @@
+"""Load test: many simulated listeners against the survey under gunicorn + PostgreSQL, on loopback only.
+
+Creates a fresh database, loads the fixture stimulus set (replicated to make a bigger
+study), starts gunicorn, and drives listeners concurrently through entry -> consent ->
+instructions -> every trial (fetching each clip before answering, as the pages do).
+Prints answers/s, p50/p99 latency of answer posts, answers lost (acknowledged with a
+303 but missing from the database; must be 0) and the worst over-collection on any
+stimulus (answers beyond N; must be 0). Stops by itself: a fixed number of listeners.
+
+    .venv/bin/python bench/load.py --listeners 64 --concurrency 16
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "fixtures" / "stimuli" / "manifest.csv"
+SLUG = "bench"
+CSRF_RE = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
+TOKEN_RE = re.compile(r'name="token" value="([^"]+)"')
+ANSWER_RE = re.compile(r'name="answer" value="([^"]+)"')
+
+
+def replicated_manifest(copies: int, out: Path) -> Path:
+    """The fixture manifest repeated `copies` times under new ids (same audio files): a bigger study."""
+    with FIXTURE.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = reader.fieldnames, list(reader)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(FIXTURE.parent / "wav", out / "wav", dirs_exist_ok=True)
+    with (out / "manifest.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for copy in range(copies):
+            for row in rows:
+                pair = f"{row['pair_id']}-{copy}" if row["pair_id"] else ""
+                writer.writerow({**row, "stimulus_id": f"{row['stimulus_id']}-{copy}", "pair_id": pair})
+    return out / "manifest.csv"
+
+
+class Browser:
+    """A listener's HTTP client: one keep-alive connection, its own cookies, no redirects followed implicitly."""
+
+    def __init__(self, port: int):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None):
+        headers = dict(headers or {})
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        data = None
+        if body is not None:
+            data = urlencode(body).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            headers["Referer"] = "http://127.0.0.1/"
+        self.conn.request(method, path, body=data, headers=headers)
+        response = self.conn.getresponse()
+        payload = response.read()
+        for name, value in response.getheaders():
+            if name.lower() == "set-cookie":
+                key, _, rest = value.partition("=")
+                self.cookies[key.strip()] = rest.split(";", 1)[0]
+        return response.status, response.getheader("Location") or "", payload.decode("utf-8", "replace")
+
+    def get(self, path: str, **headers):
+        return self.request("GET", path, headers=headers)
+
+    def post(self, path: str, body: dict):
+        return self.request("POST", path, body={**body, "csrfmiddlewaretoken": self.cookies.get("csrftoken", "")})
+
+
+def listener(n: int, port: int, rng: random.Random, lock: threading.Lock, results: dict) -> None:
+    b = Browser(port)
+    status, location, _ = b.get(f"/s/{SLUG}/?" + urlencode({"workerId": f"BENCH{n}", "assignmentId": f"A{n}", "hitId": "H", "turkSubmitTo": "https://www.mturk.com"}))
+    if status != 302:
+        raise RuntimeError(f"entry got {status}")
+    b.get(urlsplit(location).path)
+    b.post(f"/s/{SLUG}/consent", {"agree": "yes"})
+    b.post(f"/s/{SLUG}/instructions", {})
+    while True:
+        status, location, page = b.get(f"/s/{SLUG}/trial")
+        if status == 302 or "This study is full" in page:
+            break
+        if status != 200:
+            raise RuntimeError(f"trial page got {status}")
+        token = TOKEN_RE.search(page).group(1)
+        words = ANSWER_RE.findall(page)
+        audio_status, _, _ = b.get(f"/a/{token}", Range="bytes=0-")
+        if audio_status not in (200, 206):
+            raise RuntimeError(f"audio got {audio_status}")
+        started = time.perf_counter()
+        status, _, _ = b.post(f"/s/{SLUG}/answer", {"token": token, "answer": rng.choice(words), "ended": "on", "response_ms": rng.randint(300, 3000)})
+        elapsed = time.perf_counter() - started
+        with lock:
+            results["latency"].append(elapsed)
+            if status == 303:
+                results["acknowledged"].append(token)
+            elif status == 409:
+                results["conflicts"] += 1
+            else:
+                results["errors"].append(f"answer got {status}")
+                return
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listeners", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=16, help="listeners active at once")
+    parser.add_argument("--copies", type=int, default=20, help="replicate the fixture's 16 clips this many times")
+    parser.add_argument("--ratings-per-stimulus", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=12, help="test trials per listener")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432", help="server URL (no database)")
+    parser.add_argument("--database", default="hearsay_bench")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import psycopg
+
+    work = Path(tempfile.mkdtemp(prefix="hearsay-bench-"))
+    (work / "staticfiles").mkdir()
+    database_url = f"{args.postgres.rstrip('/')}/{args.database}"
+    with psycopg.connect(f"{args.postgres.rstrip('/')}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{args.database}"')
+        admin.execute(f'CREATE DATABASE "{args.database}"')
+    env = {
+        **os.environ, "DATABASE_URL": database_url, "MEDIA_ROOT": str(work / "media"), "HEARSAY_DATA_DIR": str(work),
+        "SECURE_COOKIES": "0", "DEBUG": "0", "ALLOWED_HOSTS": "127.0.0.1", "OMP_NUM_THREADS": "1", "LOG_LEVEL": "ERROR",
+        "DB_CONN_MAX_AGE": "60",
+    }
+    os.environ.update(env)
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    from evaluation.models import Experiment
+    from evaluation.stimuli import load_manifest
+
+    call_command("migrate", verbosity=0)
+    manifest = replicated_manifest(args.copies, work / "set")
+    load_manifest(manifest, SLUG, create=True, ratings_per_stimulus=args.ratings_per_stimulus)
+    Experiment.objects.filter(slug=SLUG).update(status="live", trials_per_listener=args.trials, replay_limit=3)
+    connection.close()
+
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "config.wsgi", "-b", f"127.0.0.1:{args.port}", "-w", str(args.workers),
+         "--threads", str(args.threads), "-k", "gthread", "--log-level", "warning"],
+        cwd=ROOT, env=env, start_new_session=True,
+    )
+    try:
+        for _ in range(100):
+            try:
+                http.client.HTTPConnection("127.0.0.1", args.port, timeout=1).request("GET", "/admin/login/")
+                break
+            except OSError:
+                time.sleep(0.1)
+        results = {"latency": [], "acknowledged": [], "conflicts": 0, "errors": []}
+        lock = threading.Lock()
+        rngs = [random.Random(args.seed * 100_000 + n) for n in range(args.listeners)]
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
+            futures = [pool.submit(listener, n, args.port, rngs[n], lock, results) for n in range(args.listeners)]
+            for f in tqdm(futures, desc="listeners", unit="listener"):
+                try:
+                    f.result(timeout=600)
+                except Exception as exc:  # noqa: BLE001 - counted and printed, the run goes on
+                    results["errors"].append(repr(exc))
+        wall = time.perf_counter() - started
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+    with psycopg.connect(database_url) as db:
+        stored = {row[0] for row in db.execute(
+            "SELECT a.token FROM evaluation_assignment a JOIN evaluation_response r ON r.assignment_id = a.id")}
+        counts = [row[0] for row in db.execute(
+            "SELECT COUNT(r.id) FROM evaluation_stimulus s LEFT JOIN evaluation_response r ON r.stimulus_id = s.id "
+            "WHERE s.kind = 'test' GROUP BY s.id")]
+    lost = len(set(results["acknowledged"]) - stored)
+    over = max(0, max(counts) - args.ratings_per_stimulus)
+    filled = sum(1 for c in counts if c == args.ratings_per_stimulus)
+    latency = sorted(results["latency"])
+    p50 = statistics.median(latency) * 1000
+    p99 = latency[min(len(latency) - 1, int(0.99 * len(latency)))] * 1000
+    report = {
+        "listeners": args.listeners, "concurrency": args.concurrency, "gunicorn": f"{args.workers}x{args.threads} gthread",
+        "test_stimuli": len(counts), "ratings_per_stimulus": args.ratings_per_stimulus, "seed": args.seed,
+        "answers_acknowledged": len(results["acknowledged"]), "answers_refused_409": results["conflicts"],
+        "wall_s": round(wall, 2), "answers_per_s": round(len(results["acknowledged"]) / wall, 1),
+        "answer_post_p50_ms": round(p50, 1), "answer_post_p99_ms": round(p99, 1),
+        "answers_lost": lost, "max_over_collection": over, "stimuli_filled": f"{filled}/{len(counts)}",
+        "errors": results["errors"][:5],
+    }
+    print(json.dumps(report, indent=1))
+    print(f"answers/s {report['answers_per_s']}  p50 {p50:.1f} ms  p99 {p99:.1f} ms  lost {lost}  over-collection {over}")
+    with psycopg.connect(f"{args.postgres.rstrip('/')}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if lost == 0 and over == 0 and not results["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

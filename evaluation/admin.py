@@ -1,0 +1,188 @@
+"""Researchers' side: every model in the (staff-only) admin, live counts per experiment, CSV download."""
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import Count, Q
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from evaluation.export import long_table
+from evaluation.models import Assignment, Experiment, Participant, Response, Stimulus
+from generation.errors import HearsayError
+
+
+def csv_response(slug: str) -> HttpResponse:
+    frame = long_table(slug)
+    response = HttpResponse(frame.to_csv(index=False), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{slug}-responses.csv"'
+    return response
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(admin.ModelAdmin):
+    list_display = ("slug", "title", "task", "status", "ratings_per_stimulus", "stimulus_count", "answer_total", "participant_count", "links")
+    list_filter = ("status", "task")
+    search_fields = ("slug", "title")
+    actions = ["make_live", "make_closed", "download_csv"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            n_stimuli=Count("stimuli", distinct=True), n_participants=Count("participants", distinct=True)
+        )
+
+    @admin.display(description="stimuli", ordering="n_stimuli")
+    def stimulus_count(self, obj):
+        return obj.n_stimuli
+
+    @admin.display(description="listeners", ordering="n_participants")
+    def participant_count(self, obj):
+        return obj.n_participants
+
+    @admin.display(description="answers")
+    def answer_total(self, obj):
+        return Response.objects.filter(stimulus__experiment=obj).count()
+
+    @admin.display(description="")
+    def links(self, obj):
+        return format_html(
+            '<a href="{}">counts</a> · <a href="{}">CSV</a>',
+            reverse("admin:evaluation_experiment_counts", args=[obj.pk]),
+            reverse("admin:evaluation_experiment_csv", args=[obj.pk]),
+        )
+
+    @admin.action(description="Mark live (open to listeners)")
+    def make_live(self, request, queryset):
+        updated = queryset.update(status=Experiment.Status.LIVE)
+        self.message_user(request, f"{updated} experiment(s) are live.")
+
+    @admin.action(description="Mark closed (no more answers)")
+    def make_closed(self, request, queryset):
+        updated = queryset.update(status=Experiment.Status.CLOSED)
+        self.message_user(request, f"{updated} experiment(s) are closed.")
+
+    @admin.action(description="Download responses CSV (one experiment)")
+    def download_csv(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Choose exactly one experiment to download.", messages.ERROR)
+            return None
+        try:
+            return csv_response(queryset.get().slug)
+        except HearsayError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+
+    def get_urls(self):
+        extra = [
+            path("<int:pk>/counts/", self.admin_site.admin_view(self.counts_view), name="evaluation_experiment_counts"),
+            path("<int:pk>/responses.csv", self.admin_site.admin_view(self.csv_view), name="evaluation_experiment_csv"),
+        ]
+        return extra + super().get_urls()
+
+    def csv_view(self, request, pk: int):
+        experiment = get_object_or_404(Experiment, pk=pk)
+        try:
+            return csv_response(experiment.slug)
+        except HearsayError as exc:
+            return HttpResponse(str(exc), status=404, content_type="text/plain")
+
+    def counts_view(self, request, pk: int):
+        """Live progress: answers per stimulus and condition, and per listener with gold/trap accuracy."""
+        experiment = get_object_or_404(Experiment, pk=pk)
+        stimuli = experiment.stimuli.order_by("kind", "condition", "answer_count", "stimulus_id")
+        conditions = (
+            experiment.stimuli.values("kind", "condition")
+            .annotate(stimuli=Count("id"), answers=Count("responses"))
+            .order_by("kind", "condition")
+        )
+        for row in conditions:
+            row["target"] = row["stimuli"] * experiment.ratings_per_stimulus if row["kind"] == Stimulus.Kind.TEST else None
+        listeners = []
+        participants = experiment.participants.annotate(
+            answers=Count("responses"),
+            checks=Count("responses", filter=Q(responses__stimulus__kind__in=["gold", "trap"])),
+        ).order_by("-started_at")
+        for p in participants:
+            checked = Response.objects.filter(participant=p, stimulus__kind__in=["gold", "trap"]).select_related("stimulus")
+            correct = sum(1 for r in checked if _passes(experiment, r))
+            listeners.append({"p": p, "answers": p.answers, "checks": p.checks, "correct": correct,
+                              "accuracy": f"{100 * correct / p.checks:.0f}%" if p.checks else "-"})
+        context = {
+            **self.admin_site.each_context(request), "title": f"Counts: {experiment.slug}", "experiment": experiment,
+            "stimuli": stimuli, "conditions": conditions, "listeners": listeners, "opts": self.model._meta,
+        }
+        return render(request, "evaluation/admin_counts.html", context)
+
+
+def _passes(experiment: Experiment, response: Response) -> bool:
+    expected = response.stimulus.expected_answer or response.stimulus.word
+    if experiment.task == Experiment.Task.RATING:
+        if response.stimulus.kind == Stimulus.Kind.GOLD:
+            return response.rating is not None and response.rating >= 3
+        return str(response.rating) == expected
+    return response.answer == expected
+
+
+@admin.register(Stimulus)
+class StimulusAdmin(admin.ModelAdmin):
+    list_display = ("stimulus_id", "experiment", "kind", "word", "condition", "method", "init", "stage", "pair_id", "answer_count")
+    list_filter = ("experiment", "kind", "condition", "method", "init", "stage")
+    search_fields = ("stimulus_id", "word", "pair_id")
+    readonly_fields = ("sha256", "answer_count")
+
+
+@admin.register(Participant)
+class ParticipantAdmin(admin.ModelAdmin):
+    list_display = ("pk", "experiment", "source", "worker_id", "step", "answers", "headphone_score", "pay_ok", "analyse_ok", "started_at", "finished_at")
+    list_filter = ("experiment", "source", "kind", "step", "pay_ok", "analyse_ok")
+    search_fields = ("worker_id", "assignment_id", "hit_id", "study_id")
+    readonly_fields = ("token", "headphone_key")
+    actions = ["pay_yes", "pay_no", "analyse_yes", "analyse_no"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(n_answers=Count("responses"))
+
+    @admin.display(description="answers", ordering="n_answers")
+    def answers(self, obj):
+        return obj.n_answers
+
+    def _verdict(self, request, queryset, field: str, value: bool):
+        reason = f"set by {request.user.get_username()} in admin"
+        for p in queryset:
+            setattr(p, field, value)
+            reasons = getattr(p, field.replace("_ok", "_reasons"))
+            if reason not in reasons:
+                reasons.append(reason)
+            p.save(update_fields=[field, field.replace("_ok", "_reasons")])
+        self.message_user(request, f"{queryset.count()} participant(s) updated.")
+
+    @admin.action(description="Verdict: fit to pay")
+    def pay_yes(self, request, queryset):
+        self._verdict(request, queryset, "pay_ok", True)
+
+    @admin.action(description="Verdict: not fit to pay")
+    def pay_no(self, request, queryset):
+        self._verdict(request, queryset, "pay_ok", False)
+
+    @admin.action(description="Verdict: fit to analyse")
+    def analyse_yes(self, request, queryset):
+        self._verdict(request, queryset, "analyse_ok", True)
+
+    @admin.action(description="Verdict: not fit to analyse")
+    def analyse_no(self, request, queryset):
+        self._verdict(request, queryset, "analyse_ok", False)
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(admin.ModelAdmin):
+    list_display = ("pk", "participant", "stimulus", "position", "play_count", "answered", "void", "expires_at")
+    list_filter = ("answered", "void", "participant__experiment")
+    raw_id_fields = ("participant", "stimulus")
+
+
+@admin.register(Response)
+class ResponseAdmin(admin.ModelAdmin):
+    list_display = ("pk", "participant", "stimulus", "answer", "rating", "play_count", "listened_to_end", "response_ms", "answered_at")
+    list_filter = ("stimulus__experiment", "stimulus__kind", "listened_to_end")
+    raw_id_fields = ("assignment", "participant", "stimulus")

@@ -1,0 +1,97 @@
+"""Audio delivery: wav encoding, HTTP Range responses, and the headphone-screen tones.
+
+Responses carry nothing that could identify a clip (no file name, no ETag, no
+Last-Modified) and are never cached, so the only handle a listener has is the
+opaque per-listener token in the URL.
+"""
+from __future__ import annotations
+
+import io
+import re
+from functools import lru_cache
+
+import numpy as np
+import soundfile as sf
+from django.http import HttpResponse
+
+RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+HEADPHONE_RATE = 22_050
+HEADPHONE_TRIALS = 6
+HEADPHONE_PASS = 5
+
+
+def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
+    """16-bit PCM wav: every browser plays it, Safari included."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(samples, -1.0, 1.0), rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
+    """(start, end inclusive) for a single byte range, None for no/ignored header, "unsatisfiable" for 416."""
+    if not header:
+        return None
+    match = RANGE_RE.match(header.strip())
+    if not match or (not match.group(1) and not match.group(2)):
+        return None  # multi-range or malformed: RFC 9110 lets us send the whole file
+    first, last = match.groups()
+    if first:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+        if start >= size or (last and int(last) < start):
+            return "unsatisfiable"
+    else:
+        length = int(last)
+        if length == 0:
+            return "unsatisfiable"
+        start, end = max(0, size - length), size - 1
+    return start, end
+
+
+def range_starts_at_zero(header: str | None) -> bool:
+    """A fetch from byte 0 is a (re)play; later ranges are the same play streaming on."""
+    parsed = parse_range(header, 1 << 62)
+    return parsed is None or (isinstance(parsed, tuple) and parsed[0] == 0)
+
+
+def audio_response(data: bytes, range_header: str | None, content_type: str = "audio/wav") -> HttpResponse:
+    size = len(data)
+    parsed = parse_range(range_header, size)
+    if parsed == "unsatisfiable":
+        response = HttpResponse(status=416)
+        response["Content-Range"] = f"bytes */{size}"
+    elif parsed is None:
+        response = HttpResponse(data, content_type=content_type)
+    else:
+        start, end = parsed
+        response = HttpResponse(data[start : end + 1], content_type=content_type, status=206)
+        response["Content-Range"] = f"bytes {start}-{end}/{size}"
+    response["Accept-Ranges"] = "bytes"
+    response["Cache-Control"] = "private, no-store"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@lru_cache(maxsize=2)
+def headphone_trial(quiet: int) -> bytes:
+    """One trial of the antiphase headphone screen (Woods et al. 2017).
+
+    Three 1-s 200 Hz tones 0.5 s apart; one (`quiet`, 0-2) is 6 dB softer, another
+    is played in antiphase across the two channels. Over loudspeakers the
+    antiphase tone cancels and sounds quietest; over headphones the true quiet one does.
+    """
+    rate = HEADPHONE_RATE
+    t = np.arange(rate) / rate
+    ramp = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.1)  # 100 ms raised-linear ramps: no clicks
+    tone = 0.5 * np.sin(2 * np.pi * 200 * t) * ramp
+    gap = np.zeros((rate // 2, 2))
+    antiphase = (quiet + 1) % 3
+    parts = []
+    for i in range(3):
+        gain = 10 ** (-6 / 20) if i == quiet else 1.0
+        left = gain * tone
+        right = -left if i == antiphase else left
+        parts.append(np.stack([left, right], axis=1))
+        if i < 2:
+            parts.append(gap)
+    return wav_bytes(np.concatenate(parts), rate)

@@ -1,0 +1,82 @@
+"""The long answer table: one row per answer, the contract between the survey and the analysis."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from evaluation.models import Experiment, Response, Stimulus
+from generation.errors import HearsayError
+
+COLUMNS = [
+    "listener", "listener_kind", "listener_source", "stimulus", "stimulus_kind", "pair_id", "method", "init", "stage",
+    "condition", "word", "answer", "correct", "rating", "play_count", "listened_to_end", "response_ms", "pay_ok",
+    "analyse_ok", "analyse_reasons", "answered_at",
+]
+
+
+def _experiment(slug: str) -> Experiment:
+    experiment = Experiment.objects.filter(slug=slug).first()
+    if experiment is None:
+        raise HearsayError(f"no experiment named {slug!r}")
+    return experiment
+
+
+def _correct(experiment: Experiment, stimulus: Stimulus, answer: str, rating: int | None):
+    if experiment.task == Experiment.Task.RATING:
+        return None
+    expected = stimulus.expected_answer or stimulus.word
+    return answer == expected
+
+
+def long_table(slug: str) -> pd.DataFrame:
+    """Every answer of experiment `slug`, in answer order; raises HearsayError if there are none."""
+    experiment = _experiment(slug)
+    responses = Response.objects.filter(stimulus__experiment=experiment).select_related("participant", "stimulus").order_by("answered_at", "pk")
+    rows = []
+    for r in responses.iterator(chunk_size=2000):
+        p, s = r.participant, r.stimulus
+        rows.append({
+            "listener": p.worker_id if p.source in ("mturk", "machine") and p.worker_id else f"p{p.pk}",
+            "listener_kind": p.kind,
+            "listener_source": p.source,
+            "stimulus": s.stimulus_id,
+            "stimulus_kind": s.kind,
+            "pair_id": s.pair_id or "",
+            "method": s.method,
+            "init": s.init,
+            "stage": s.stage,
+            "condition": s.condition,
+            "word": s.word,
+            "answer": r.answer if experiment.task == Experiment.Task.IDENTIFICATION else "",
+            "correct": _correct(experiment, s, r.answer, r.rating),
+            "rating": float(r.rating) if r.rating is not None else math.nan,
+            "play_count": int(r.play_count),
+            "listened_to_end": bool(r.listened_to_end),
+            "response_ms": float(r.response_ms) if r.response_ms is not None else math.nan,
+            "pay_ok": p.pay_ok,
+            "analyse_ok": p.analyse_ok,
+            "analyse_reasons": "; ".join(str(x) for x in p.analyse_reasons or []),
+            "answered_at": r.answered_at.isoformat(),
+        })
+    if not rows:
+        raise HearsayError(f"experiment {slug!r} has no answers yet")
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame["rating"] = frame["rating"].astype(float)
+    frame["response_ms"] = frame["response_ms"].astype(float)
+    frame["play_count"] = frame["play_count"].astype(int)
+    frame["listened_to_end"] = frame["listened_to_end"].astype(bool)
+    return frame
+
+
+def experiment_info(slug: str) -> dict:
+    """What the analysis needs besides the answers; raises HearsayError like long_table."""
+    experiment = _experiment(slug)
+    if not Response.objects.filter(stimulus__experiment=experiment).exists():
+        raise HearsayError(f"experiment {slug!r} has no answers yet")
+    return {
+        "slug": experiment.slug,
+        "task": experiment.task,
+        "words": list(experiment.words),
+        "ratings_per_stimulus": experiment.ratings_per_stimulus,
+    }

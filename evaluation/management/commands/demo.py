@@ -1,0 +1,154 @@
+"""The whole study in one command, on the built-in corpus.
+
+corpus -> classifiers A and B and the autoencoder -> the paper's stimulus set ->
+the objective experiment -> an identification experiment -> machine listeners ->
+the analysis report -> the survey served locally. Every step resumes or is skipped
+when its output is complete, so rerunning after an interruption loses nothing.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from evaluation.models import Experiment
+
+EXPERIMENT = "demo"
+
+
+class Command(BaseCommand):
+    help = "Run the whole Hearsay study on the built-in corpus and serve the survey at http://127.0.0.1:8000."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--out", default=str(settings.DATA_DIR / "demo"), help="working folder (default var/demo)")
+        parser.add_argument("--words", default="", help="comma-separated subset of words (default: all 35)")
+        parser.add_argument("--speakers", type=int, default=60, help="synthetic speakers in the corpus")
+        parser.add_argument("--epochs", type=int, default=0, help="classifier epochs (default: the command's own)")
+        parser.add_argument("--ae-epochs", type=int, default=0, help="autoencoder epochs (default: the command's own)")
+        parser.add_argument("--per-class", type=int, default=3, help="stimuli per class and condition")
+        parser.add_argument("--objective-n", type=int, default=50, help="noise starts per class in the objective experiment")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--device", default="auto")
+        parser.add_argument("--no-serve", action="store_true", help="stop after the report instead of serving the survey")
+        parser.add_argument("--port", type=int, default=8000)
+
+    def handle(self, *args, **opts) -> None:
+        started = time.monotonic()
+        out = Path(opts["out"]).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        corpus, models, stimuli = out / "corpus", out / "models", out / "stimuli"
+        objective, report = out / "objective", out / "report"
+        a, b, ae = models / "A.pt", models / "B.pt", models / "AE.pt"
+        words = {"words": opts["words"]} if opts["words"] else {}
+        device = opts["device"]
+        epochs = {"epochs": opts["epochs"]} if opts["epochs"] else {}
+        ae_epochs = {"epochs": opts["ae_epochs"]} if opts["ae_epochs"] else {}
+
+        self.step("migrate the database", lambda: call_command("migrate", verbosity=0))
+        self.step(
+            "build the built-in corpus",
+            lambda: call_command("make_corpus", out=str(corpus), speakers=opts["speakers"], seed=opts["seed"], **words),
+            done=(corpus / "testing_list.txt").exists(),
+        )
+        self.step(
+            "train classifier A",
+            lambda: call_command("train_classifier", data=str(corpus), out=str(a), seed=1, device=device, **epochs),
+            done=a.exists(),
+        )
+        self.step(
+            "train the independent classifier B",
+            lambda: call_command("train_classifier", data=str(corpus), out=str(b), seed=2, device=device, **epochs),
+            done=b.exists(),
+        )
+        self.step(
+            "train the autoencoder (the decoder prior)",
+            lambda: call_command("train_autoencoder", data=str(corpus), out=str(ae), seed=1, device=device, **ae_epochs),
+            done=ae.exists(),
+        )
+        self.step(
+            "generate the paper's stimulus set",
+            lambda: call_command(
+                "generate", classifier=str(a), evaluator=str(b), decoder=str(ae), corpus=str(corpus),
+                design="paper", out=str(stimuli), per_class=opts["per_class"], seed=opts["seed"], device=device,
+            ),
+            done=(stimuli / "manifest.csv").exists(),
+        )
+        self.step(
+            "run the objective experiment",
+            lambda: call_command(
+                "objective", classifier=str(a), evaluator=str(b), decoder=str(ae), n=opts["objective_n"],
+                out=str(objective), seed=opts["seed"], device=device,
+            ),
+            done=(objective / "summary.csv").exists(),
+        )
+        self.step(
+            "load the identification experiment",
+            lambda: call_command(
+                "load_stimuli", str(stimuli / "manifest.csv"), experiment=EXPERIMENT, create=True, task="identification",
+                gold_from_corpus=str(corpus),
+            ),
+            done=Experiment.objects.filter(slug=EXPERIMENT).exists(),
+        )
+        Experiment.objects.filter(slug=EXPERIMENT).update(status=Experiment.Status.LIVE)
+        self.step(
+            "machine listener: classifier B",
+            lambda: call_command("listen", experiment=EXPERIMENT, machine="evaluator", checkpoint=str(b)),
+        )
+        self.step("machine listener: pocketsphinx", lambda: call_command("listen", experiment=EXPERIMENT, machine="asr"))
+        self.step(
+            "write the analysis report",
+            lambda: call_command(
+                "analyze", experiment=EXPERIMENT, out=str(report), include_machines=True, objective=str(objective),
+            ),
+        )
+        user, password = self.researcher(out)
+        minutes = (time.monotonic() - started) / 60
+        self.stdout.write(self.style.SUCCESS(f"Study finished in {minutes:.1f} min. Report: {report / 'report.html'}"))
+        self.stdout.write(f"Survey: http://127.0.0.1:{opts['port']}/s/{EXPERIMENT}/   Researchers: http://127.0.0.1:{opts['port']}/admin/")
+        self.stdout.write(f"Researcher login: {user} / {password}")
+        if not opts["no_serve"]:
+            self.serve(opts["port"])
+
+    def step(self, title: str, action, done: bool = False) -> None:
+        if done:
+            self.stdout.write(f"== {title}: already done, skipped")
+            return
+        self.stdout.write(self.style.MIGRATE_HEADING(f"== {title}"))
+        began = time.monotonic()
+        action()
+        self.stdout.write(f"   ({time.monotonic() - began:.0f} s)")
+
+    def researcher(self, out: Path) -> tuple[str, str]:
+        """A staff login for the admin, created once; its password is kept beside the demo's data."""
+        secret = out / "researcher.txt"
+        name = "researcher"
+        password = secret.read_text().strip() if secret.exists() else secrets.token_urlsafe(12)
+        users = get_user_model()
+        user = users.objects.filter(username=name).first() or users(username=name)
+        user.is_staff = user.is_superuser = True
+        user.set_password(password)
+        user.save()
+        secret.write_text(password + "\n")
+        secret.chmod(0o600)
+        return name, password
+
+    def serve(self, port: int) -> None:
+        call_command("collectstatic", interactive=False, verbosity=0)
+        env = dict(os.environ, SECURE_COOKIES="0")
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        cmd = [str(gunicorn), "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--access-logfile", "-"]
+        self.stdout.write("Serving; press Ctrl-C to stop.")
+        try:
+            subprocess.run(cmd, env=env, cwd=settings.BASE_DIR, check=False)
+        except KeyboardInterrupt:
+            pass
+        except FileNotFoundError:
+            raise CommandError(f"gunicorn not found beside {sys.executable}; run ./hearsay.sh setup") from None

@@ -1,0 +1,75 @@
+"""manage.py make_survey_fixture OUT: a small stimulus set in the generation manifest format, for tests and demos.
+
+The clips are espeak words (clean, and degraded with noise or a low-pass filter to
+stand in for generated audio), so the survey can be exercised before any model is
+trained. Provenance column `status` says so.
+"""
+import csv
+import secrets
+from pathlib import Path
+
+import numpy as np
+from django.core.management.base import BaseCommand, CommandError
+from scipy.signal import butter, sosfilt
+
+from evaluation.audio import wav_bytes
+from evaluation.stimuli import REQUIRED
+from generation import espeak
+from generation import atomic
+
+CONDITIONS = (  # condition, method, init, stage, pairing
+    ("1-classifier-noise", "classifier", "noise", "after", False),
+    ("4-decoder-test", "decoder", "test", "before", True),
+    ("4-decoder-test", "decoder", "test", "after", True),
+    ("original", "natural", "none", "original", True),
+)
+RATE = 16_000
+
+
+def degrade(samples: np.ndarray, condition: str, stage: str, rng: np.random.Generator) -> np.ndarray:
+    if stage == "original":
+        return samples
+    if condition.startswith("1"):
+        return 0.3 * samples + 0.2 * rng.standard_normal(samples.size)
+    sos = butter(4, 1500 if stage == "after" else 3000, fs=RATE, output="sos")
+    return sosfilt(sos, samples) + 0.02 * rng.standard_normal(samples.size)
+
+
+class Command(BaseCommand):
+    help = "Write a small manifest.csv + wav/ stimulus set (espeak words) for tests and demos."
+
+    def add_arguments(self, parser):
+        parser.add_argument("out", help="output folder (created)")
+        parser.add_argument("--words", nargs="+", default=["down", "no", "up", "yes"])
+        parser.add_argument("--seed", type=int, default=0)
+
+    def handle(self, *args, **opts):
+        out = Path(opts["out"])
+        if (out / "manifest.csv").exists():
+            raise CommandError(f"{out / 'manifest.csv'} already exists; choose an empty folder")
+        (out / "wav").mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(opts["seed"])
+        voice = espeak.Voice(language="en-us", rate=160)
+        rows = []
+        for word in sorted(opts["words"]):
+            clean = espeak.synthesize(word, voice, seed=opts["seed"]).astype(np.float64)
+            clean = 0.9 * clean / (np.max(np.abs(clean)) or 1.0)
+            pair = secrets.token_hex(5)
+            for condition, method, init, stage, paired in CONDITIONS:
+                audio = degrade(clean, condition, stage, rng)
+                data = wav_bytes(0.95 * audio / (np.max(np.abs(audio)) or 1.0), RATE)
+                name = f"wav/{secrets.token_hex(5)}.wav"
+                (out / name).write_bytes(data)
+                rows.append({
+                    "stimulus_id": secrets.token_hex(5), "file": name, "word": word, "method": method, "init": init,
+                    "stage": stage, "pair_id": pair if paired else "", "condition": condition, "speaker": voice.name,
+                    "seed": opts["seed"], "status": "fixture: espeak-ng word, degraded; not a generated stimulus",
+                })
+        fields = list(REQUIRED) + ["condition", "speaker", "seed", "status"]
+        def write(handle) -> None:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+        atomic.write_with(out / "manifest.csv", write, binary=False)
+        self.stdout.write(f"wrote {len(rows)} clips of {len(opts['words'])} words to {out / 'manifest.csv'}")

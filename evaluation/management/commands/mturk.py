@@ -1,0 +1,223 @@
+"""`manage.py mturk ...`: post, watch, pay and close HITs; the batch route's export and import.
+
+Sandbox unless --live. Anything that spends money or rejects work asks first (--yes skips;
+without a terminal it refuses). The logic lives in evaluation.mturk; this file parses and prints.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from evaluation import mturk
+from generation.errors import HearsayError
+
+DEFAULT_TITLES = {
+    "identification": "Listen to short recordings and say which word you hear",
+    "rating": "Listen to short recordings and rate how clear a word is",
+}
+
+
+class Command(BaseCommand):
+    help = "Mechanical Turk: create-hits, status, sync, approve, reject, bonus, expire, export-batch, import-results."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+        def action(name: str, help_text: str, api: bool = True):
+            p = sub.add_parser(name, help=help_text, description=help_text)
+            p.add_argument("--experiment", required=True, metavar="SLUG")
+            if api:
+                p.add_argument("--live", action="store_true", help="Use the real marketplace (real money). Default: sandbox.")
+            return p
+
+        p = action("create-hits", "Post ExternalQuestion HITs pointing at the survey.")
+        p.add_argument("--url", required=True, help="The survey's HTTPS entry URL, https://host/s/SLUG/.")
+        p.add_argument("--hits", type=int, required=True)
+        p.add_argument("--assignments-per-hit", type=int, required=True)
+        p.add_argument("--reward", required=True, help="Dollars per assignment, e.g. 0.50.")
+        p.add_argument("--duration-minutes", type=int, default=30)
+        p.add_argument("--lifetime-days", type=float, default=7)
+        p.add_argument("--auto-approve-days", type=float, default=3)
+        p.add_argument("--min-approval", type=int, default=98, help="Minimum approval rate in percent; -1 for none.")
+        p.add_argument("--locale", default="US,GB", help="Comma-separated country codes; empty for any.")
+        p.add_argument("--title")
+        p.add_argument("--description")
+        p.add_argument("--keywords", default="audio, listening, speech, words, headphones")
+        p.add_argument("--batch", default="main", help="Label of this set of HITs; a new label posts new HITs.")
+        p.add_argument("--yes", action="store_true", help="Do not ask before spending.")
+
+        action("status", "HIT counts and the account balance.")
+        action("sync", "Pull submitted/approved/rejected assignments and link them to participants.")
+        p = action("approve", "Approve submitted assignments of participants judged fit to pay.")
+        p = action("reject", "Reject submitted assignments judged unfit to pay, with their reasons.")
+        p.add_argument("--yes", action="store_true", help="Do not ask before rejecting.")
+        p = action("bonus", "Pay each unpaid bonus_cents once.")
+        p.add_argument("--reason", default="Thank you for your careful listening.", help="Shown to the worker.")
+        p.add_argument("--yes", action="store_true", help="Do not ask before spending.")
+        action("expire", "Stop all recorded HITs from taking new workers.")
+
+        p = action("export-batch", "Write batch.csv, layout.html and batch.json for the requester website.", api=False)
+        p.add_argument("--out", required=True, type=Path)
+        p.add_argument("--base-url", required=True, help="Public HTTPS origin serving MEDIA_URL, e.g. https://host.")
+        p.add_argument("--anchors", default="", help="Rating only: five HTTPS clip URLs, Excellent first, Bad last.")
+        p.add_argument("--seed", type=int, default=0, help="Seed of the row order.")
+
+        p = action("import-results", "Read the requester website's results CSV into responses.")
+        p.add_argument("results", type=Path, metavar="Batch_RESULTS.csv")
+
+    def handle(self, *args, **opts):
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            experiment = mturk.get_experiment(opts["experiment"])
+            getattr(self, "do_" + opts["action"].replace("-", "_"))(experiment, opts)
+        except HearsayError as exc:
+            raise CommandError(str(exc)) from exc
+        except BotoCoreError as exc:  # no credentials, no network: work done so far is recorded, a rerun resumes
+            raise CommandError(f"MTurk call failed: {exc}") from exc
+
+    # ------------------------------------------------------------------ helpers
+
+    def _announce(self, live: bool) -> None:
+        style = self.style.ERROR if live else self.style.WARNING
+        self.stdout.write(style(mturk.environment(live)))
+
+    def _confirm(self, question: str, yes: bool) -> None:
+        if yes:
+            return
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise CommandError(f"{question} -- no terminal to ask; rerun with --yes to go ahead")
+        self.stdout.write(f"{question} [y/N] ", ending="")
+        self.stdout.flush()
+        if sys.stdin.readline().strip().lower() not in {"y", "yes"}:
+            raise CommandError("cancelled; nothing was done")
+
+    def _report(self, verb: str, report: mturk.PayReport) -> None:
+        self.stdout.write(f"{verb}: {len(report.done)}; already {verb.lower()} on MTurk: {len(report.skipped)}")
+        if report.failed:
+            raise CommandError(f"{len(report.failed)} could not be {verb.lower()}: " + "; ".join(report.failed))
+
+    # ------------------------------------------------------------------ actions
+
+    def do_create_hits(self, experiment, opts):
+        live = opts["live"]
+        spec = mturk.HitSpec(
+            url=opts["url"],
+            hits=opts["hits"],
+            assignments_per_hit=opts["assignments_per_hit"],
+            reward=mturk.parse_reward(opts["reward"]),
+            title=opts["title"] or DEFAULT_TITLES.get(experiment.task, "Listen to short recordings"),
+            description=opts["description"]
+            or f"Listen to {experiment.trials_per_listener} short recordings with headphones and answer one question about each.",
+            keywords=opts["keywords"],
+            duration_minutes=opts["duration_minutes"],
+            lifetime_days=opts["lifetime_days"],
+            auto_approve_days=opts["auto_approve_days"],
+            min_approval=None if opts["min_approval"] < 0 else opts["min_approval"],
+            locales=mturk.parse_locales(opts["locale"]),
+            batch=opts["batch"],
+        )
+        spec.validate(experiment.slug)
+        mturk.require_live(experiment)
+        self._announce(live)
+        todo = mturk.pending_indices(experiment, spec, live)
+        if not todo:
+            self.stdout.write(f"All {spec.hits} HITs of batch {spec.batch!r} already exist; nothing to create.")
+            return
+        cost = mturk.hit_cost(spec.reward, spec.assignments_per_hit, len(todo))
+        self.stdout.write(f"Experiment {experiment.slug}: {len(todo)} of {spec.hits} HITs of batch {spec.batch!r} to create.")
+        self.stdout.write(f"Cost: {cost.describe()}")
+        needed = mturk.listeners_needed(experiment)
+        self.stdout.write(f"Listeners needed for {experiment.ratings_per_stimulus} answers per clip: {needed}; assignments posted: {cost.assignments}")
+        self._confirm(f"Create {len(todo)} HITs for ${cost.total}{' of REAL money' if live else ' (sandbox)'}?", opts["yes"])
+        made = mturk.create_hits(mturk.make_client(live), experiment, spec, live, progress=opts["verbosity"] > 0)
+        for hit in made:
+            self.stdout.write(f"HIT {hit.hit_id} (batch {hit.batch} #{hit.index})")
+        if made:
+            self.stdout.write(self.style.SUCCESS(f"Created {len(made)} HITs. Workers see them at {mturk.preview_url(made[0])}"))
+
+    def do_status(self, experiment, opts):
+        live = opts["live"]
+        self._announce(live)
+        report = mturk.hit_status(mturk.make_client(live), experiment, live)
+        for hit in report.hits:
+            expires = f"  expires {hit.expires_at:%Y-%m-%d %H:%M}" if hit.expires_at else ""
+            self.stdout.write(
+                f"{hit.hit_id}  {hit.status or '?':<12} available {hit.available:>4}  pending {hit.pending:>4}  "
+                f"completed {hit.completed:>4}{expires}"
+            )
+        self.stdout.write(
+            f"{len(report.hits)} HITs: available {report.available}, pending {report.pending}, completed {report.completed}"
+        )
+        if report.participants:
+            self.stdout.write("Participants: " + ", ".join(f"{k} {v}" for k, v in sorted(report.participants.items())))
+        self.stdout.write(f"Balance: ${report.balance} available, ${report.on_hold} on hold")
+
+    def do_sync(self, experiment, opts):
+        live = opts["live"]
+        self._announce(live)
+        report = mturk.sync(mturk.make_client(live), experiment, live, progress=opts["verbosity"] > 0)
+        states = ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items())) or "none"
+        self.stdout.write(f"Assignments: {report.assignments} ({states}); new {report.new}; linked to participants {report.linked}")
+        if report.unmatched:
+            self.stdout.write(self.style.WARNING(
+                f"{len(report.unmatched)} submitted on MTurk with no survey record (worker/assignment): " + ", ".join(report.unmatched)
+            ))
+
+    def do_approve(self, experiment, opts):
+        live = opts["live"]
+        self._announce(live)
+        self._report("Approved", mturk.approve(mturk.make_client(live), experiment, live, progress=opts["verbosity"] > 0))
+
+    def do_reject(self, experiment, opts):
+        live = opts["live"]
+        self._announce(live)
+        due = mturk.rejections_due(experiment, live)
+        if not due:
+            self.stdout.write("Nothing to reject.")
+            return
+        self._confirm(f"Reject {len(due)} assignments (this lowers the workers' approval rates)?", opts["yes"])
+        self._report("Rejected", mturk.reject(mturk.make_client(live), experiment, live, progress=opts["verbosity"] > 0))
+
+    def do_bonus(self, experiment, opts):
+        live = opts["live"]
+        self._announce(live)
+        due = mturk.bonuses_due(experiment, live)
+        if not due:
+            self.stdout.write("No unpaid bonuses on approved assignments.")
+            return
+        amount, fees = mturk.bonus_cost(p.bonus_cents for p, _ in due)
+        self.stdout.write(f"{len(due)} bonuses: ${amount} + MTurk fee ${fees} = ${amount + fees}")
+        self._confirm(f"Pay ${amount + fees}{' of REAL money' if live else ' (sandbox)'}?", opts["yes"])
+        report = mturk.bonus(mturk.make_client(live), experiment, live, opts["reason"], progress=opts["verbosity"] > 0)
+        self._report("Paid", report)
+
+    def do_expire(self, experiment, opts):
+        live = opts["live"]
+        self._announce(live)
+        expired = mturk.expire(mturk.make_client(live), experiment, live)
+        self.stdout.write(f"Expired {len(expired)} HITs; workers already on them may still submit.")
+
+    def do_export_batch(self, experiment, opts):
+        anchors = [a.strip() for a in opts["anchors"].split(",") if a.strip()]
+        files = mturk.export_batch(experiment, opts["out"], opts["base_url"], anchors, seed=opts["seed"])
+        self.stdout.write(f"Wrote {files.rows} rows to {files.csv}, the layout to {files.layout}, provenance to {files.record}")
+        if experiment.task == "rating" and not anchors:
+            self.stdout.write(self.style.WARNING("No anchor clips (--anchors); the paper played one example per option."))
+        self.stdout.write(
+            f"Answers come back as Answer.{mturk.RATING_FIELD if experiment.task == 'rating' else mturk.IDENTIFICATION_FIELD}.label; "
+            f"the public URLs must serve {opts['base_url'].rstrip('/')}/<MEDIA_URL>."
+        )
+
+    def do_import_results(self, experiment, opts):
+        live = opts["live"]
+        self._announce(live)
+        report = mturk.import_results(experiment, opts["results"], live)
+        self.stdout.write(
+            f"{report.rows} rows: {report.imported} new responses, {report.already} already imported, "
+            f"{report.participants_created} new participants"
+        )
+        for line in report.duplicates:
+            self.stdout.write(self.style.WARNING(f"not stored: {line}"))

@@ -1,0 +1,30 @@
+"""manage.py prolific_url: what to paste into a Prolific study for an experiment."""
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.urls import reverse
+
+from evaluation import prolific
+from evaluation.models import Experiment
+from generation.errors import HearsayError
+
+
+class Command(BaseCommand):
+    help = "Print the study URL (with Prolific's placeholders) and the completion code of an experiment."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--experiment", required=True, help="experiment slug")
+        parser.add_argument("--base-url", required=True, help="public https:// address of this survey, e.g. https://survey.example.org")
+
+    def handle(self, *args, **opts) -> None:
+        experiment = Experiment.objects.filter(slug=opts["experiment"]).first()
+        if experiment is None:
+            raise CommandError(f"no experiment named {opts['experiment']!r}")
+        if not experiment.completion_code:
+            raise CommandError("set the experiment's completion code (admin) first: Prolific matches it to mark submissions complete")
+        path = reverse("evaluation:entry", args=[experiment.slug])
+        try:
+            url = prolific.study_url(opts["base_url"].rstrip("/") + path)
+            prolific.completion_url(experiment.completion_code)
+        except HearsayError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"Study URL:       {url}")
+        self.stdout.write(f"Completion code: {experiment.completion_code}")

@@ -1,0 +1,265 @@
+"""Loading a generation manifest (manifest.csv + wav files) into an experiment.
+
+Everything is validated before anything is written; rows and files are then
+written in one transaction, and files already copied are removed if it fails,
+so a bad manifest loads nothing. Loading the same manifest again is a no-op:
+a stimulus is known by its id and the checksum of its file.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import soundfile as sf
+from tqdm import tqdm
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+
+from evaluation import traps
+from evaluation.audio import wav_bytes
+from evaluation.models import Experiment, Stimulus
+from generation.errors import HearsayError
+
+REQUIRED = ("stimulus_id", "file", "word", "method", "init", "stage", "pair_id")
+INITS = {"noise", "test", "none"}
+STAGES = {"original", "before", "after"}
+MAX_CLIP_SECONDS = 30.0
+TRAPS_SEED = 0
+
+
+@dataclass
+class Row:
+    stimulus_id: str
+    path: Path
+    data: bytes
+    sha256: str
+    word: str
+    method: str
+    init: str
+    stage: str
+    pair_id: str
+    condition: str
+    kind: str
+    provenance: dict
+
+
+@dataclass
+class LoadReport:
+    experiment: str
+    created: bool = False
+    added: dict = field(default_factory=dict)  # kind -> count
+    unchanged: int = 0
+
+    def summary(self) -> str:
+        added = ", ".join(f"{n} {kind}" for kind, n in sorted(self.added.items()) if n) or "nothing new"
+        return f"experiment {self.experiment}: added {added}; {self.unchanged} already loaded"
+
+
+def _read_audio(path: Path, where: str) -> bytes:
+    if not path.is_file():
+        raise HearsayError(f"{where}: audio file {path} does not exist")
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, sf.LibsndfileError) as exc:
+        raise HearsayError(f"{where}: {path} is not a readable audio file ({exc})") from None
+    if info.format != "WAV":
+        raise HearsayError(f"{where}: {path} is {info.format}, not a wav file")
+    if info.frames == 0:
+        raise HearsayError(f"{where}: {path} holds no samples")
+    if info.duration > MAX_CLIP_SECONDS:
+        raise HearsayError(f"{where}: {path} lasts {info.duration:.1f} s, longer than {MAX_CLIP_SECONDS:.0f} s")
+    return path.read_bytes()
+
+
+def read_manifest(manifest: str | Path) -> list[Row]:
+    """Parse and validate every row (columns, values, files) without touching the database."""
+    manifest = Path(manifest).expanduser()
+    if not manifest.is_file():
+        raise HearsayError(f"manifest {manifest} does not exist")
+    try:
+        with manifest.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            records = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise HearsayError(f"cannot read manifest {manifest}: {exc}") from None
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise HearsayError(f"manifest {manifest} lacks required column(s): {', '.join(missing)}")
+    if not records:
+        raise HearsayError(f"manifest {manifest} has no rows")
+    rows, seen = [], set()
+    for line, record in enumerate(tqdm(records, desc="checking clips", unit="clip", disable=None), start=2):
+        where = f"{manifest.name} line {line}"
+        if None in record:
+            raise HearsayError(f"{where}: more fields than columns")
+        values = {k: (v or "").strip() for k, v in record.items()}
+        sid = values["stimulus_id"]
+        if not sid or len(sid) > 64:
+            raise HearsayError(f"{where}: stimulus_id must be 1-64 characters")
+        if sid in seen:
+            raise HearsayError(f"{where}: duplicate stimulus_id {sid!r}")
+        seen.add(sid)
+        if not values["word"]:
+            raise HearsayError(f"{where}: empty word")
+        if values["init"] not in INITS:
+            raise HearsayError(f"{where}: init {values['init']!r} is not one of {', '.join(sorted(INITS))}")
+        if values["stage"] not in STAGES:
+            raise HearsayError(f"{where}: stage {values['stage']!r} is not one of {', '.join(sorted(STAGES))}")
+        if not values["method"]:
+            raise HearsayError(f"{where}: empty method")
+        rel = Path(values["file"])
+        if not values["file"] or rel.is_absolute() or ".." in rel.parts:
+            raise HearsayError(f"{where}: file {values['file']!r} must be a path inside the manifest's folder")
+        path = manifest.parent / rel
+        data = _read_audio(path, where)
+        condition = values.get("condition") or ("original" if values["stage"] == "original" else f"{values['method']}-{values['init']}")
+        provenance = {k: v for k, v in values.items() if k not in REQUIRED and k != "condition"}
+        provenance["manifest_file"] = values["file"]
+        rows.append(
+            Row(
+                stimulus_id=sid, path=path, data=data, sha256=hashlib.sha256(data).hexdigest(), word=values["word"],
+                method=values["method"], init=values["init"], stage=values["stage"], pair_id=values["pair_id"],
+                condition=condition, kind="gold" if values["stage"] == "original" else "test", provenance=provenance,
+            )
+        )
+    return rows
+
+
+def corpus_gold_rows(root: str | Path, words: list[str], per_word: int) -> list[Row]:
+    """Clean natural utterances of the experiment's words from a Speech Commands-layout folder (test split first)."""
+    from generation.corpus import read_corpus
+
+    corpus = read_corpus(root)
+    order = {"test": 0, "validation": 1, "train": 2}
+    rows = []
+    for word in words:
+        pool = sorted((u for u in corpus.utterances if u.word == word), key=lambda u: (order[u.split], u.relpath))
+        for utt in pool[:per_word]:
+            data = _read_audio(utt.path, f"corpus {corpus.root}")
+            rows.append(
+                Row(
+                    stimulus_id=f"corpus:{utt.relpath}"[:64], path=utt.path, data=data, sha256=hashlib.sha256(data).hexdigest(),
+                    word=word, method="natural", init="none", stage="original", pair_id="", condition="gold-corpus",
+                    kind="gold", provenance={"corpus_root": str(corpus.root), "source_file": utt.relpath, "speaker": utt.speaker, "split": utt.split},
+                )
+            )
+    return rows
+
+
+def _opaque_name() -> str:
+    return f"stimuli/{secrets.token_hex(16)}.wav"
+
+
+def load_manifest(
+    manifest: str | Path,
+    slug: str,
+    *,
+    create: bool = False,
+    task: str | None = None,
+    words: list[str] | None = None,
+    ratings_per_stimulus: int | None = None,
+    title: str | None = None,
+    gold_from_corpus: str | Path | None = None,
+    gold_per_word: int = 1,
+) -> LoadReport:
+    """Validate `manifest` fully, then add its stimuli (plus traps, practice and anchors) to experiment `slug`."""
+    rows = read_manifest(manifest)
+    manifest_words = sorted({r.word for r in rows})
+    experiment = Experiment.objects.filter(slug=slug).first()
+    if experiment is None and not create:
+        raise HearsayError(f"no experiment named {slug!r}; pass --create to make it")
+    if experiment is not None and create and task and task != experiment.task:
+        raise HearsayError(f"experiment {slug!r} exists with task {experiment.task}, not {task}")
+    if task and task not in Experiment.Task.values:
+        raise HearsayError(f"unknown task {task!r}: choose identification or rating")
+    if ratings_per_stimulus is not None and ratings_per_stimulus < 1:
+        raise HearsayError("--ratings-per-stimulus must be at least 1")
+    word_list = list(words) if words else (list(experiment.words) if experiment and experiment.words else manifest_words)
+    if len(set(word_list)) != len(word_list):
+        raise HearsayError("the word list names a word twice")
+    unknown = sorted(set(manifest_words) - set(word_list))
+    if unknown:
+        raise HearsayError(f"manifest word(s) not in the experiment's word list: {', '.join(unknown)}")
+    if gold_from_corpus:
+        rows += corpus_gold_rows(gold_from_corpus, manifest_words, gold_per_word)
+
+    if experiment is not None:
+        known = {s.stimulus_id: s for s in experiment.stimuli.all()}
+        for row in rows:
+            old = known.get(row.stimulus_id)
+            if old is not None and old.sha256 != row.sha256:
+                raise HearsayError(f"stimulus {row.stimulus_id!r} is already loaded with different audio ({row.path} changed)")
+            if old is not None and old.word != row.word:
+                raise HearsayError(f"stimulus {row.stimulus_id!r} is already loaded with word {old.word!r}, not {row.word!r}")
+    else:
+        known = {}
+
+    new_rows = [r for r in rows if r.stimulus_id not in known]
+    report = LoadReport(experiment=slug, created=experiment is None, unchanged=len(rows) - len(new_rows))
+    task_name = task or (experiment.task if experiment else Experiment.Task.IDENTIFICATION)
+    need_qc = experiment is None or not experiment.stimuli.filter(kind__in=["trap", "practice"]).exists()
+    synthesized = []
+    anchors = []
+    if need_qc:
+        practice_count = experiment.practice_trials if experiment else Experiment._meta.get_field("practice_trials").default
+        synthesized = traps.trap_clips(task_name, manifest_words, seed=TRAPS_SEED) + traps.practice_clips(
+            task_name, manifest_words, max(practice_count, 1), seed=TRAPS_SEED
+        )
+        if task_name == Experiment.Task.RATING:
+            anchors = traps.anchor_clips(manifest_words[0], seed=TRAPS_SEED)
+
+    saved: list[str] = []
+    try:
+        with transaction.atomic():
+            if experiment is None:
+                experiment = Experiment.objects.create(
+                    slug=slug, task=task_name, words=word_list, title=title or slug,
+                    ratings_per_stimulus=ratings_per_stimulus or Experiment._meta.get_field("ratings_per_stimulus").default,
+                )
+            else:
+                changed = False
+                if words and list(experiment.words) != word_list:
+                    experiment.words, changed = word_list, True
+                if ratings_per_stimulus is not None and experiment.ratings_per_stimulus != ratings_per_stimulus:
+                    experiment.ratings_per_stimulus, changed = ratings_per_stimulus, True
+                if title and experiment.title != title:
+                    experiment.title, changed = title, True
+                if changed:
+                    experiment.save()
+            for row in tqdm(new_rows, desc="loading clips", unit="clip", disable=None):
+                name = default_storage.save(_opaque_name(), ContentFile(row.data))
+                saved.append(name)
+                Stimulus.objects.create(
+                    experiment=experiment, stimulus_id=row.stimulus_id, audio=name, word=row.word, method=row.method,
+                    init=row.init, stage=row.stage, condition=row.condition, pair_id=row.pair_id, kind=row.kind,
+                    expected_answer=row.word if row.kind == "gold" else "", sha256=row.sha256, provenance=row.provenance,
+                )
+                report.added[row.kind] = report.added.get(row.kind, 0) + 1
+            for clip in synthesized:
+                data = wav_bytes(clip.samples, traps.RATE)
+                name = default_storage.save(_opaque_name(), ContentFile(data))
+                saved.append(name)
+                Stimulus.objects.create(
+                    experiment=experiment, stimulus_id=clip.stimulus_id, audio=name, word=clip.word, method="espeak",
+                    init="none", stage="original", condition=clip.kind, kind=clip.kind, expected_answer=clip.expected_answer,
+                    sha256=hashlib.sha256(data).hexdigest(), provenance={"text": clip.text, "synthesizer": "espeak-ng", "seed": TRAPS_SEED},
+                )
+                report.added[clip.kind] = report.added.get(clip.kind, 0) + 1
+            if anchors:
+                entries = []
+                for value, samples in anchors:
+                    name = default_storage.save(_opaque_name(), ContentFile(wav_bytes(samples, traps.RATE)))
+                    saved.append(name)
+                    entries.append({"value": value, "label": traps.RATING_LABELS[value], "audio": name, "word": manifest_words[0]})
+                experiment.anchors = entries
+                experiment.save(update_fields=["anchors"])
+    except BaseException:
+        for name in saved:
+            default_storage.delete(name)
+        raise
+    return report

@@ -1,0 +1,96 @@
+"""Synthesized quality-control clips: traps, practice words and rating anchors.
+
+Traps ask for a given answer out loud ("please select the word left"), so a
+listener who answers without listening is caught. Practice clips and rating
+anchors are clean espeak words (anchors degraded with noise to one level per
+rating option), so no generated stimulus is spent on them.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from generation.errors import HearsayError
+
+RATE = 16_000
+RATING_LABELS = ("Bad", "Poor", "Fair", "Good", "Excellent")
+RATING_HINTS = {
+    "Excellent": "completely clear speech",
+    "Good": "mostly clear speech",
+    "Fair": "equally clear and unclear",
+    "Poor": "mostly unclear speech",
+    "Bad": "completely unclear",
+}
+# Anchor speech-to-noise ratios (dB) per rating value 0..4; None = no speech at all.
+ANCHOR_SNR = (None, -12.0, -3.0, 8.0, 40.0)
+
+
+@dataclass(frozen=True)
+class Clip:
+    kind: str  # trap | practice
+    stimulus_id: str
+    word: str
+    expected_answer: str
+    text: str
+    samples: np.ndarray
+
+
+def _speak(text: str, seed: int) -> np.ndarray:
+    try:
+        from generation import espeak
+    except ImportError as exc:  # pragma: no cover - the corpus engineer ships generation/espeak.py
+        raise HearsayError(f"speech synthesis is unavailable: {exc}") from None
+    samples = espeak.synthesize(text, espeak.Voice(language="en-us", rate=150), seed=seed)
+    if samples.size == 0:
+        raise HearsayError(f"espeak produced no audio for {text!r}")
+    peak = float(np.max(np.abs(samples))) or 1.0
+    return (0.9 * samples / peak).astype(np.float32)
+
+
+def trap_clips(task: str, words: list[str], seed: int = 0, count: int = 3) -> list[Clip]:
+    """Identification: "select the word X" for `count` words plus one "select none"; rating: "select bad/excellent"."""
+    rng = random.Random(seed)
+    clips = []
+    if task == "identification":
+        for word in rng.sample(sorted(words), min(count, len(words))):
+            text = f"please select the word {word}"
+            clips.append(Clip("trap", f"trap-{word}", word, word, text, _speak(text, seed)))
+        text = "please select none of these"
+        clips.append(Clip("trap", "trap-none", "none", "none", text, _speak(text, seed)))
+    else:
+        for value in (0, 4):
+            label = RATING_LABELS[value]
+            word = rng.choice(sorted(words))
+            text = f"please answer {label.lower()}"
+            clips.append(Clip("trap", f"trap-{label.lower()}", word, str(value), text, _speak(text, seed)))
+    return clips
+
+
+def practice_clips(task: str, words: list[str], count: int, seed: int = 0) -> list[Clip]:
+    """Clean synthetic words: the correct practice answer is the word (or Excellent when rating)."""
+    rng = random.Random(seed + 1)
+    chosen = rng.sample(sorted(words), min(count, len(words)))
+    return [
+        Clip("practice", f"practice-{word}", word, word if task == "identification" else "4", word, _speak(word, seed))
+        for word in chosen
+    ]
+
+
+def anchor_clips(word: str, seed: int = 0) -> list[tuple[int, np.ndarray]]:
+    """One example per rating value: the same word under more and more noise (Bad = noise only)."""
+    speech = _speak(word, seed)
+    rng = np.random.default_rng(seed)
+    pad = np.zeros(RATE // 4, dtype=np.float32)
+    speech = np.concatenate([pad, speech, pad])
+    power = float(np.mean(speech**2)) or 1e-6
+    anchors = []
+    for value, snr in enumerate(ANCHOR_SNR):
+        noise = rng.standard_normal(speech.size).astype(np.float32)
+        if snr is None:
+            mix = noise * np.sqrt(power)
+        else:
+            mix = speech + noise * np.sqrt(power / 10 ** (snr / 10))
+        anchors.append((value, (0.9 * mix / (np.max(np.abs(mix)) or 1.0)).astype(np.float32)))
+    return anchors

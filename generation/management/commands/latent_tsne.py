@@ -1,0 +1,41 @@
+"""`manage.py latent_tsne`: the paper's figure of how maximization moves real utterances in latent space."""
+from django.core.management.base import BaseCommand, CommandError
+
+from generation.errors import HearsayError
+
+
+class Command(BaseCommand):
+    help = (
+        "Encode a split's utterances with the autoencoder, maximize each toward its own word through the decoder "
+        "(paper preset), and plot a t-SNE of original and maximized latents coloured by word and by speaker, with "
+        "arrows and utterances misclassified by A marked. Writes OUT/tsne.png, tsne.pdf, tsne.csv and tsne.json."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--encoder", required=True, help="autoencoder checkpoint")
+        parser.add_argument("--classifier", required=True, help="classifier A checkpoint")
+        parser.add_argument("--corpus", required=True, help="Speech Commands V2-layout folder")
+        parser.add_argument("--out", required=True, help="output folder")
+        parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+        parser.add_argument("--max-utterances", type=int, help="random subset of this size (t-SNE gets slow beyond a few thousand)")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    def handle(self, *args, **opts):
+        from generation.train import resolve_device
+        from generation.tsne import run_latent_tsne
+
+        try:
+            record = run_latent_tsne(
+                opts["encoder"], opts["classifier"], opts["corpus"], opts["out"], split=opts["split"],
+                max_utterances=opts["max_utterances"], seed=opts["seed"], device=resolve_device(opts["device"]),
+                progress=opts["verbosity"] > 0,
+            )
+        except HearsayError as exc:
+            raise CommandError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise CommandError("interrupted: nothing was written; rerun the command") from None
+        self.stdout.write(
+            f"{opts['out']}: t-SNE of {record['utterances']} {record['split']} utterances "
+            f"({record['misclassified']} misclassified by A, {record['failed']} failed) -> tsne.png, tsne.pdf, tsne.csv"
+        )

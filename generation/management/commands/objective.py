@@ -1,0 +1,48 @@
+"""`manage.py objective`: the paper's noise-start experiment, judged by an independent classifier."""
+from django.core.management.base import BaseCommand, CommandError
+
+from generation.errors import HearsayError
+from generation.maximize import METHODS, PRESETS
+
+
+class Command(BaseCommand):
+    help = (
+        "For every word and method, maximize N noise starts toward the word for classifier A and record A's and "
+        "B's softmax before and after (OUT/<method>/<word>.npz), B's mean-softmax heatmaps (heatmap_<method>.png/.pdf/.csv) "
+        "and how often A and B pick the target (summary.csv). Rerunning the same command resumes after an interruption."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--classifier", required=True, help="classifier A checkpoint (the one maximized)")
+        parser.add_argument("--evaluator", required=True, help="independent classifier B checkpoint")
+        parser.add_argument("--decoder", help="autoencoder checkpoint (needed for the decoder method)")
+        parser.add_argument("--n", type=int, default=10000, help="noise starts per word and method (paper: 10000)")
+        parser.add_argument("--out", required=True, help="output folder")
+        parser.add_argument("--words", nargs="+", help="target words (default: all of A's classes)")
+        parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated: classifier,decoder")
+        parser.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="maximization settings (paper: the original hyperparameters)")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        parser.add_argument("--batch-size", type=int, default=2048)
+
+    def handle(self, *args, **opts):
+        from generation.objective import format_summary, run_objective
+        from generation.train import resolve_device
+
+        words = [w for item in opts["words"] or [] for w in item.split(",") if w]
+        try:
+            run = run_objective(
+                opts["classifier"], opts["evaluator"], opts["decoder"], opts["out"], n=opts["n"], words=words or None,
+                methods=[m.strip() for m in opts["methods"].split(",") if m.strip()], preset_name=opts["preset"],
+                seed=opts["seed"], device=resolve_device(opts["device"]), batch_size=opts["batch_size"],
+                progress=opts["verbosity"] > 0,
+            )
+        except HearsayError as exc:
+            raise CommandError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise CommandError("interrupted: rerun the same command to resume; finished words are kept") from None
+        self.stdout.write(format_summary(run))
+        self.stdout.write(
+            f"{run.out}: {run.computed} word(s) computed, {run.resumed} resumed, {run.seconds:.1f} s; "
+            f"summary.csv and heatmap_<method>.png/.pdf/.csv written"
+        )

@@ -1,0 +1,420 @@
+"""The paper's perceptual stimulus set, written so a listening test can use it blind.
+
+Per word and per condition (1 classifier/noise, 2 classifier/test, 3 decoder/noise,
+4 decoder/test) `per_class` samples are maximized toward the word with classifier
+A. As in the paper, a sample is retried until A's top class is the word, but
+attempts are counted and capped: the slots of a (word, condition) unit run in
+one batch, in rounds of 1, 1, 2, 4, ... attempts up to `max_attempts`; the first
+attempt A agrees with is kept, and if none does the last finite one is kept and
+marked ``unconverged``. Retries of
+noise starts draw new noise; retries of test starts take the next test
+utterance of the word (the same start would give the same result). Samples that
+hit NaN/inf are never vocoded.
+
+Output folder: ``wav/<id>.wav``, ``features/<id>.npy`` (what was vocoded),
+``manifest.csv`` and ``run.json``. Ids are opaque hex so no name reveals the
+word, condition or stage. Work is journalled one unit at a time, so an
+interrupted run resumes where it stopped and gives the same result.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import atomic, checkpoint
+from .corpus import Corpus, Utterance, read_corpus
+from .errors import HearsayError
+from .features import extract_files, read_wave
+from .maximize import Result, derive_seed, maximize
+from .maximize import preset as preset_settings
+from .vocoder import GriffinLimVocoder, Vocoder, finish, write_wav
+
+REQUIRED_COLUMNS = ["stimulus_id", "file", "word", "method", "init", "stage", "pair_id"]
+PROVENANCE_COLUMNS = [
+    "condition", "source_file", "speaker", "seed", "attempts", "pred_a", "prob_a", "pred_b", "prob_b",
+    "target_prob_a", "classifier_sha256", "evaluator_sha256", "decoder_sha256", "status",
+]
+COLUMNS = REQUIRED_COLUMNS + PROVENANCE_COLUMNS
+JOURNAL = "manifest.journal.jsonl"
+DESIGNS = ("paper",)
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    method: str
+    init: str
+
+    @property
+    def paired(self) -> bool:
+        return self.init == "test"
+
+
+CONDITIONS = (
+    Condition("1-classifier-noise", "classifier", "noise"),
+    Condition("2-classifier-test", "classifier", "test"),
+    Condition("3-decoder-noise", "decoder", "noise"),
+    Condition("4-decoder-test", "decoder", "test"),
+)
+
+
+@dataclass
+class Summary:
+    out: Path
+    clips: int
+    units_run: int
+    units_resumed: int
+    unconverged: int
+    failed: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def stimulus_id(key: str, *parts: object, avoid: Sequence[str] = ()) -> str:
+    """Opaque 16-hex id, deterministic for the run; re-drawn on the rare chance it spells a word (e.g. "bed")."""
+    for salt in range(1000):
+        sid = hashlib.sha256(":".join(map(str, (key, *parts, salt))).encode()).hexdigest()[:16]
+        if not any(w and w.lower() in sid for w in avoid):
+            return sid
+    raise HearsayError("could not draw an opaque stimulus id that spells no word")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array, dtype=np.float32))
+    atomic.write_bytes(path, buf.getvalue())
+
+
+def _write_json(path: Path, data: dict) -> None:
+    atomic.write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+    """manifest.csv per the stimulus-set contract, atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Finished units; a last line cut short by an interruption is dropped (that unit is redone)."""
+    done: dict[str, list[dict[str, Any]]] = {}
+    if not path.is_file():
+        return done
+    good = 0
+    raw = path.read_bytes()
+    for line in raw.splitlines(keepends=True):
+        try:
+            entry = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            break
+        if not line.endswith(b"\n"):
+            break
+        done[entry["unit"]] = entry["rows"]
+        good += len(line)
+    if good != len(raw):
+        with open(path, "r+b") as fh:
+            fh.truncate(good)
+    return done
+
+
+def _files_present(out: Path, rows: list[dict[str, Any]]) -> bool:
+    """A journalled unit whose files were deleted since is redone (same seed, same files)."""
+    return all((out / r["file"]).is_file() and (out / "features" / f"{r['stimulus_id']}.npy").is_file() for r in rows if r["file"])
+
+
+def _append_journal(path: Path, unit: str, rows: list[dict[str, Any]]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"unit": unit, "rows": rows}, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@dataclass
+class _Models:
+    a: checkpoint.Checkpoint
+    b: checkpoint.Checkpoint
+    ae: checkpoint.Checkpoint
+
+
+def _load_models(classifier, evaluator, decoder, device) -> _Models:
+    a = checkpoint.load(classifier, device=device, kind="classifier")
+    b = checkpoint.load(evaluator, device=device, kind="classifier")
+    ae = checkpoint.load(decoder, device=device, kind="autoencoder")
+    checkpoint.require_compatible(a, b, ae)
+    return _Models(a, b, ae)
+
+
+def _choose_words(words: Sequence[str] | None, models: _Models, corpus: Corpus) -> list[str]:
+    if corpus.classes != models.a.classes:
+        extra = sorted(set(corpus.classes) ^ set(models.a.classes))
+        detail = f" (differs in: {', '.join(extra[:5])})" if extra else " (same words, other order)"
+        raise HearsayError(f"the corpus at {corpus.root} has other words than {Path(models.a.path).name} was trained on{detail}")
+    chosen = list(dict.fromkeys(w.strip() for w in words if w.strip())) if words else list(models.a.classes)
+    if not chosen:
+        raise HearsayError("no words given")
+    for w in chosen:
+        models.a.class_index(w)
+    tested = {u.word for u in corpus.split("test")}
+    missing = [w for w in chosen if w not in tested]
+    if missing:
+        raise HearsayError(f"no test utterances of {missing[0]!r} in {corpus.root}: conditions 2 and 4 start from them")
+    return chosen
+
+
+def _test_starts(utts: list[Utterance], count: int, seed: int) -> list[Utterance]:
+    """`count` test utterances in a seeded order, cycling when the word has fewer."""
+    order = np.random.default_rng(seed).permutation(len(utts))
+    return [utts[int(order[k % len(utts)])] for k in range(count)]
+
+
+def _probs(model: torch.nn.Module, feats: torch.Tensor, device) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.softmax(model(feats.to(device)), dim=1).cpu()
+
+
+def generate_stimuli(
+    classifier: str | Path,
+    evaluator: str | Path,
+    decoder: str | Path,
+    corpus: str | Path,
+    out: str | Path,
+    *,
+    design: str = "paper",
+    per_class: int = 3,
+    max_attempts: int = 20,
+    seed: int = 0,
+    device: str = "auto",
+    words: Sequence[str] | None = None,
+    preset: str = "paper",
+    vocoder: Vocoder | None = None,
+    progress: bool = False,
+) -> Summary:
+    """Write the paper's perceptual stimulus set to `out`, resuming a previous run with the same arguments."""
+    from tqdm import tqdm
+
+    from .checkpoint import file_sha256, library_versions
+    from .train import resolve_device
+
+    if design not in DESIGNS:
+        raise HearsayError(f"unknown design {design!r}; choose from {', '.join(DESIGNS)}")
+    if per_class < 1:
+        raise HearsayError(f"--per-class must be at least 1, got {per_class}")
+    if max_attempts < 1:
+        raise HearsayError(f"--max-attempts must be at least 1, got {max_attempts}")
+    settings = {c.method: preset_settings(preset, c.method) for c in CONDITIONS}
+    dev = resolve_device(device)
+    models = _load_models(classifier, evaluator, decoder, dev)
+    data = read_corpus(corpus)
+    chosen = _choose_words(words, models, data)
+    cfg = models.a.feature_config
+    vocoder = vocoder or GriffinLimVocoder(cfg, device=dev)
+    voc_config = vocoder.config() if hasattr(vocoder, "config") else {"vocoder": type(vocoder).__name__, "sample_rate": vocoder.sample_rate}
+
+    identity = {
+        "design": design,
+        "per_class": per_class,
+        "max_attempts": max_attempts,
+        "seed": seed,
+        "words": chosen,
+        "preset": preset,
+        "settings": {m: s.to_dict() for m, s in settings.items()},
+        "classifier_sha256": models.a.sha256,
+        "evaluator_sha256": models.b.sha256,
+        "decoder_sha256": models.ae.sha256,
+        "corpus_fingerprint": data.fingerprint(),
+        "feature_config": cfg.to_dict(),
+        "vocoder": voc_config,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    out = Path(out)
+    run_path, journal_path, manifest_path = out / "run.json", out / JOURNAL, out / "manifest.csv"
+    if run_path.is_file():
+        try:
+            previous = json.loads(run_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            raise HearsayError(f"{run_path} is unreadable; delete {out} or choose another --out") from None
+        old = previous.get("identity", {})
+        if old != identity:
+            differ = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+            raise HearsayError(f"{out} holds a stimulus set made with other settings (differs in: {', '.join(differ)}); choose another --out")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise HearsayError(f"--out {out} exists and is not an empty folder nor a previous stimulus run")
+    for sub in ("wav", "features"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        for stale in (out / sub).glob(".*.tmp"):
+            stale.unlink()
+
+    record = {
+        "identity": identity,
+        "key": key,
+        "paths": {"classifier": str(classifier), "evaluator": str(evaluator), "decoder": str(decoder), "corpus": str(data.root)},
+        "device": str(dev),
+        "versions": library_versions(),
+        "columns": COLUMNS,
+        "conditions": [c.__dict__ for c in CONDITIONS],
+        "complete": False,
+    }
+    if not run_path.is_file():
+        _write_json(run_path, record)
+
+    done = {unit: rows for unit, rows in read_journal(journal_path).items() if _files_present(out, rows)}
+    units = [(w, c) for w in chosen for c in CONDITIONS]
+    resumed = sum(f"{w}|{c.name}" in done for w, c in units)
+    ran = 0
+    started = time.time()
+    avoid = list(models.a.classes) + [c.method for c in CONDITIONS] + ["natural", "noise", "test", "before", "after", "original"]
+    tests = {w: [u for u in data.split("test") if u.word == w] for w in chosen}
+    for word, cond in tqdm(units, desc="stimuli", unit="unit", disable=not progress):
+        unit = f"{word}|{cond.name}"
+        if unit in done:
+            continue
+        rows = _run_unit(word, cond, tests[word], models, settings[cond.method], per_class, max_attempts, seed, key, avoid,
+                         vocoder, dev, out)
+        _append_journal(journal_path, unit, rows)
+        done[unit] = rows
+        ran += 1
+
+    all_rows = [r for w, c in units for r in done[f"{w}|{c.name}"]]
+    kept = [r for r in all_rows if r["status"] != "failed"]
+    write_manifest(manifest_path, kept)
+    counts: dict[str, int] = {}
+    for r in kept:
+        label = f"{r['condition']}/{r['stage']}"
+        counts[label] = counts.get(label, 0) + 1
+    failed = [r for r in all_rows if r["status"] == "failed" and r["stage"] == "after"]
+    unconverged = sum(r["status"] == "unconverged" and r["stage"] == "after" for r in kept)
+    record.update(
+        complete=True,
+        manifest_sha256=file_sha256(manifest_path),
+        clips=len(kept),
+        counts=counts,
+        unconverged=unconverged,
+        failed=[{k: r[k] for k in ("word", "condition", "stage", "attempts")} for r in failed],
+        seconds_last_run=round(time.time() - started, 1),
+    )
+    _write_json(run_path, record)
+    return Summary(out, len(kept), ran, resumed, unconverged, len(failed), counts)
+
+
+def attempt_rounds(max_attempts: int) -> list[tuple[int, int]]:
+    """Attempt ranges [lo, hi) of doubling size: most samples converge at once, so later rounds are rarely run."""
+    rounds, lo = [], 0
+    while lo < max_attempts:
+        hi = min(max_attempts, max(1, 2 * lo))
+        rounds.append((lo, hi))
+        lo = hi
+    return rounds
+
+
+def _run_unit(word, cond, test_utts, models, settings, per_class, max_attempts, seed, key, avoid, vocoder, dev, out) -> list[dict]:
+    """Maximize one (word, condition), all slots batched, in rounds of attempts until A agrees; write one sample per slot."""
+    target = models.a.class_index(word)
+    n = per_class * max_attempts  # attempt j of slot i is sample j * per_class + i (its noise index, its test start)
+    unit_seed = derive_seed(seed, "perceptual", word, cond.name)
+    starts, start_feats = None, None
+    if cond.init == "test":
+        starts = _test_starts(test_utts, n, unit_seed)
+        unique = list(dict.fromkeys(u.path for u in starts))
+        feats = extract_files(unique, models.a.feature_config, device=dev)
+        where = {p: i for i, p in enumerate(unique)}
+        start_feats = torch.from_numpy(feats[[where[u.path] for u in starts]])
+    parts = []
+    for lo, hi in attempt_rounds(max_attempts):
+        a, b = lo * per_class, hi * per_class
+        parts.append(maximize(
+            models.a.model, torch.full((b - a,), target, dtype=torch.long), method=cond.method,
+            decoder=models.ae.model if cond.method == "decoder" else None,
+            start=None if start_feats is None else start_feats[a:b], settings=settings, seed=unit_seed, first_index=a,
+            evaluator=models.b.model, device=dev, shape=models.a.feature_config.shape,
+        ))
+        agree = torch.cat([(p.prob_a.argmax(1) == target) & ~p.failed for p in parts])
+        if bool(agree.view(-1, per_class).any(dim=0).all()):
+            break
+    res = Result(**{f: None if getattr(parts[0], f) is None else torch.cat([getattr(p, f) for p in parts]) for f in Result.__dataclass_fields__})
+    computed = len(agree) // per_class
+    classes = models.a.classes
+    base = {
+        "word": word, "condition": cond.name, "seed": unit_seed,
+        "classifier_sha256": models.a.sha256, "evaluator_sha256": models.b.sha256,
+    }
+    rows: list[dict[str, Any]] = []
+    clips: list[tuple[str, torch.Tensor]] = []
+    originals: list[tuple[str, Utterance, torch.Tensor]] = []
+    for slot in range(per_class):
+        tries = [j * per_class + slot for j in range(computed)]
+        good = [k for k in tries if bool(agree[k])]
+        finite = [k for k in tries if not bool(res.failed[k])]
+        if good:
+            k, status = good[0], "converged"
+        elif finite:
+            k, status = finite[-1], "unconverged"
+        else:
+            k, status = tries[-1], "failed"
+        attempts = tries.index(k) + 1 if status == "converged" else computed
+        utt = starts[k] if starts else None
+        pair = stimulus_id(key, word, cond.name, slot, "pair", avoid=avoid) if cond.paired else ""
+        common = {
+            **base, "pair_id": pair, "attempts": attempts, "status": status,
+            "source_file": utt.relpath if utt else "", "speaker": utt.speaker if utt else "",
+            "decoder_sha256": models.ae.sha256 if cond.method == "decoder" else "",
+        }
+        stages = [("after", res.features[k], res.prob_a[k], res.prob_b[k], float(res.trajectory[k, -1]))]
+        if cond.paired:
+            stages.insert(0, ("before", res.start_features[k], res.start_prob_a[k], res.start_prob_b[k], float(res.trajectory[k, 0])))
+        for stage, feat, pa, pb, traj in stages:
+            sid = stimulus_id(key, word, cond.name, slot, stage, avoid=avoid)
+            row = {
+                **common, "stimulus_id": sid, "method": cond.method, "init": cond.init, "stage": stage,
+                "pred_a": classes[int(pa.argmax())], "prob_a": round(float(pa[target]), 6),
+                "pred_b": classes[int(pb.argmax())], "prob_b": round(float(pb[target]), 6),
+                "target_prob_a": round(traj, 6), "file": "",
+            }
+            if status != "failed" and bool(torch.isfinite(feat).all()):
+                row["file"] = f"wav/{sid}.wav"
+                clips.append((sid, feat))
+            rows.append(row)
+        if cond.init == "test" and cond.method == "decoder" and status != "failed":
+            sid = stimulus_id(key, word, cond.name, slot, "original", avoid=avoid)
+            originals.append((sid, utt, start_feats[k]))
+            rows.append({
+                **common, "stimulus_id": sid, "file": f"wav/{sid}.wav", "method": "natural", "init": "none",
+                "stage": "original", "condition": "original", "attempts": "", "status": "original", "decoder_sha256": "",
+            })
+    _write_clips(clips, originals, rows, models, target, vocoder, dev, out)
+    return rows
+
+
+def _write_clips(clips, originals, rows, models, target, vocoder, dev, out: Path) -> None:
+    """Vocode the unit's clips in one batch; originals keep their own audio, only loudness-matched."""
+    if clips:
+        waves = vocoder(torch.stack([f for _, f in clips]))
+        for (sid, feat), wave in zip(clips, waves):
+            write_wav(out / "wav" / f"{sid}.wav", wave, vocoder.sample_rate)
+            _save_npy(out / "features" / f"{sid}.npy", feat.numpy())
+    if originals:
+        feats = torch.stack([f for _, _, f in originals])
+        pa, pb = _probs(models.a.model, feats, dev), _probs(models.b.model, feats, dev)
+        by_id = {r["stimulus_id"]: r for r in rows}
+        classes = models.a.classes
+        for i, (sid, utt, feat) in enumerate(originals):
+            wave, rate = read_wave(utt.path)
+            tuned = finish(torch.from_numpy(wave)[None], rate, getattr(vocoder, "target_rms_db", -23.0), getattr(vocoder, "fade_ms", 10.0))
+            write_wav(out / "wav" / f"{sid}.wav", tuned[0].numpy(), rate)
+            _save_npy(out / "features" / f"{sid}.npy", feat.numpy())
+            by_id[sid].update(
+                pred_a=classes[int(pa[i].argmax())], prob_a=round(float(pa[i, target]), 6),
+                pred_b=classes[int(pb[i].argmax())], prob_b=round(float(pb[i, target]), 6),
+                target_prob_a=round(float(pa[i, target]), 6),
+            )

@@ -1,0 +1,100 @@
+"""The long answer table (the analysis contract) and the admin's CSV download of it."""
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+
+from evaluation.export import COLUMNS, experiment_info, long_table
+from evaluation.models import Experiment, Participant
+from generation.errors import HearsayError
+from tests.test_survey_flow import Listener, make_experiment, media  # noqa: F401
+
+
+@pytest.fixture
+def answered(media):  # noqa: F811
+    make_experiment(trials_per_listener=3)
+    web = Listener("demo")
+    web.start()
+    first = web.current()
+    web.answer(first, answer="none")  # the practice clip, answered wrongly on purpose
+    web.finish()
+    turk = Listener("demo", workerId="AW1", assignmentId="A1", turkSubmitTo="https://www.mturk.com")
+    turk.start()
+    turk.finish()
+    Participant.objects.filter(worker_id="AW1").update(pay_ok=True, analyse_ok=False, analyse_reasons=["failed trap", "too fast"])
+    return web, turk
+
+
+@pytest.mark.django_db
+def test_long_table_has_the_contract_columns_and_one_row_per_answer(answered):
+    web, _ = answered
+    table = long_table("demo")
+    assert list(table.columns) == COLUMNS
+    assert len(table) == 2 * (1 + 3 + 1 + 1)
+    assert set(table["listener"]) == {f"p{web.participant.pk}", "AW1"}
+    assert set(table["listener_source"]) == {"web", "mturk"} and set(table["listener_kind"]) == {"human"}
+    assert set(table["stimulus_kind"]) == {"practice", "test", "gold", "trap"}
+    tests = table[table.stimulus_kind == "test"]
+    assert set(tests["condition"]) <= {"1-classifier-noise", "4-decoder-test"}
+    assert tests["rating"].isna().all() and tests["play_count"].eq(1).all() and tests["listened_to_end"].all()
+    practice = table[(table.stimulus_kind == "practice") & (table.listener == f"p{web.participant.pk}")].iloc[0]
+    assert practice["answer"] == "none" and not bool(practice["correct"])
+    trap = table[table.stimulus_kind == "trap"].iloc[0]
+    assert bool(trap["correct"]) is True
+    turk_rows = table[table.listener == "AW1"]
+    assert turk_rows["analyse_reasons"].eq("failed trap; too fast").all() and turk_rows["pay_ok"].eq(True).all()
+    assert pd.Timestamp(table["answered_at"].iloc[0]).tzinfo is not None
+    assert table["response_ms"].eq(800.0).all()
+
+
+@pytest.mark.django_db
+def test_rating_answers_carry_ratings_and_no_correctness(media):  # noqa: F811
+    make_experiment("rate", task="rating", trials_per_listener=2)
+    person = Listener("rate")
+    person.start()
+    person.finish()
+    table = long_table("rate")
+    assert table["answer"].eq("").all()
+    assert table["correct"].isna().all()
+    assert table["rating"].between(0, 4).all()
+    assert experiment_info("rate") == {"slug": "rate", "task": "rating", "words": ["down", "no", "up", "yes"], "ratings_per_stimulus": 3}
+
+
+@pytest.mark.django_db
+def test_unknown_and_unanswered_experiments_are_one_line_errors(media):  # noqa: F811
+    with pytest.raises(HearsayError, match="no experiment named 'x'"):
+        long_table("x")
+    with pytest.raises(HearsayError, match="no experiment named 'x'"):
+        experiment_info("x")
+    make_experiment()
+    with pytest.raises(HearsayError, match="no answers"):
+        long_table("demo")
+    with pytest.raises(HearsayError, match="no answers"):
+        experiment_info("demo")
+
+
+@pytest.mark.django_db
+def test_admin_downloads_the_same_table_as_csv_and_shows_live_counts(answered, admin_client):
+    experiment = Experiment.objects.get(slug="demo")
+    csv = admin_client.get(f"/admin/evaluation/experiment/{experiment.pk}/responses.csv")
+    assert csv.status_code == 200 and csv["Content-Type"].startswith("text/csv")
+    frame = pd.read_csv(io.BytesIO(csv.content), keep_default_na=False)
+    assert list(frame.columns) == COLUMNS and len(frame) == len(long_table("demo"))
+    counts = admin_client.get(f"/admin/evaluation/experiment/{experiment.pk}/counts/").content.decode()
+    assert "1-classifier-noise" in counts and "AW1" in counts and "accuracy" in counts
+    action = admin_client.post("/admin/evaluation/experiment/", {"action": "download_csv", "_selected_action": [experiment.pk]})
+    assert action.status_code == 200 and action.content == csv.content
+
+
+@pytest.mark.django_db
+def test_admin_is_staff_only_and_marks_experiments_live_or_closed(answered, client, admin_client):
+    experiment = Experiment.objects.get(slug="demo")
+    assert client.get(f"/admin/evaluation/experiment/{experiment.pk}/responses.csv").status_code == 302
+    admin_client.post("/admin/evaluation/experiment/", {"action": "make_closed", "_selected_action": [experiment.pk]})
+    assert Experiment.objects.get().status == "closed"
+    admin_client.post("/admin/evaluation/participant/", {"action": "pay_no", "_selected_action": list(Participant.objects.values_list("pk", flat=True))})
+    assert set(Participant.objects.values_list("pay_ok", flat=True)) == {False}
+    for model in ("experiment", "stimulus", "participant", "assignment", "response"):
+        assert admin_client.get(f"/admin/evaluation/{model}/").status_code == 200, model

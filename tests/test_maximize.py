@@ -1,0 +1,207 @@
+"""The maximization engine: paper settings, exact updates, batching, determinism and failure handling."""
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from generation.errors import HearsayError
+from generation.maximize import PRESETS, Settings, class_probability, maximize, total_variation, tv_value
+from generation.nets import Autoencoder, PaperClassifier
+
+SHAPE = (6, 4)
+
+
+class Linear(nn.Module):
+    """logits = W x + b on flattened features: gradients are known in closed form."""
+
+    def __init__(self, n_classes: int = 3, shape=SHAPE, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(shape[0] * shape[1], n_classes)
+
+    def forward(self, x):
+        return self.fc(self.flat(x))
+
+
+def trained_mlp(n_classes: int = 3, shape=SHAPE) -> nn.Module:
+    """A tiny classifier fit to three separable random clusters (nontrivial, with dropout to switch off)."""
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.rand(n_classes, *shape, generator=gen)
+    y = torch.arange(90) % n_classes
+    x = (centers[y] + 0.05 * torch.randn(90, *shape, generator=gen)).clamp(0, 1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(shape[0] * shape[1], 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, n_classes))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model
+
+
+def test_paper_preset_reproduces_the_original_hyperparameters():
+    clf, dec = PRESETS["paper"]["classifier"], PRESETS["paper"]["decoder"]
+    for s in (clf, dec):
+        assert (s.steps, s.step, s.objective, s.init_std) == (20, "rms", "probability", 0.1)
+        assert (s.tv_weight, s.l2_weight, s.range_weight, s.clamp) == (0.0, 0.0, 0.0, False)
+    assert clf.lr == 0.01 and dec.lr == 0.1
+    assert PRESETS["hearsay"]["classifier"].clamp is True
+
+
+@pytest.mark.parametrize("objective", ["logit", "probability"])
+def test_rms_step_equals_the_hand_computed_update(objective):
+    model = Linear()
+    x0 = torch.rand(2, *SHAPE)
+    targets = torch.tensor([2, 0])
+    settings = Settings(steps=1, lr=0.01, objective=objective, clamp=False)
+    res = maximize(model, targets, start=x0, settings=settings)
+    W = model.fc.weight.detach()
+    for i, t in enumerate(targets):
+        if objective == "logit":
+            g = W[t]
+        else:
+            p = torch.softmax(model(x0[i : i + 1]), dim=1)[0].detach()
+            g = p[t] * (W[t] - p @ W)
+        expected = x0[i].flatten() + 0.01 * g / g.pow(2).mean().sqrt()
+        torch.testing.assert_close(res.features[i].flatten(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_target_probability_rises_for_a_trained_model():
+    model = trained_mlp()
+    targets = torch.arange(12) % 3
+    res = maximize(model, targets, settings=replace(PRESETS["paper"]["classifier"], lr=0.05), shape=SHAPE)
+    assert model.training, "the caller's training mode is restored"
+    start = res.start_prob_a[torch.arange(12), targets]
+    end = res.prob_a[torch.arange(12), targets]
+    assert (end > start).all()
+    assert end.mean() > 0.9
+    torch.testing.assert_close(res.trajectory[:, 0], start)
+    torch.testing.assert_close(res.trajectory[:, -1], end)
+    assert res.trajectory.shape == (12, 21)
+
+
+def test_adam_step_also_climbs():
+    model = trained_mlp()
+    targets = torch.arange(6) % 3
+    res = maximize(model, targets, settings=Settings(steps=20, lr=0.05, step="adam"), shape=SHAPE)
+    assert (res.trajectory[:, -1] > res.trajectory[:, 0]).all()
+
+
+def test_clamp_keeps_direct_inputs_in_range_and_paper_preset_does_not():
+    model = Linear()
+    targets = torch.zeros(4, dtype=torch.long)
+    clamped = maximize(model, targets, settings=Settings(steps=10, lr=0.5, clamp=True), shape=SHAPE)
+    assert clamped.features.min() >= 0 and clamped.features.max() <= 1
+    assert clamped.start_features.min() >= 0
+    free = maximize(model, targets, settings=replace(Settings(steps=10, lr=0.5), clamp=False), shape=SHAPE)
+    assert free.features.min() < 0 or free.features.max() > 1
+
+
+def test_decoder_outputs_stay_in_range_and_latents_move():
+    torch.manual_seed(0)
+    dec = Autoencoder(latent=8, input_shape=(18, 8))
+    model = Linear(shape=(18, 8))
+    targets = torch.tensor([0, 1, 2])
+    res = maximize(model, targets, method="decoder", decoder=dec, settings=PRESETS["paper"]["decoder"])
+    assert res.features.shape == (3, 18, 8) and res.latents.shape == (3, 8)
+    assert res.features.min() >= 0 and res.features.max() <= 1
+    assert not torch.equal(res.latents, res.start_latents)
+    with torch.no_grad():
+        torch.testing.assert_close(dec.decode(res.latents), res.features)
+    start = torch.rand(3, 18, 8)
+    from_test = maximize(model, targets, method="decoder", decoder=dec, start=start, settings=Settings(steps=0))
+    with torch.no_grad():
+        torch.testing.assert_close(from_test.start_features, dec(start), msg="a test start begins at the AE reconstruction")
+
+
+def test_deterministic_for_a_seed_and_independent_of_batch_size():
+    model = PaperClassifier(3)
+    targets = torch.tensor([0, 1, 2, 1, 0])
+    s = Settings(steps=3)
+    one = maximize(model, targets, settings=s, seed=7, batch_size=5)
+    again = maximize(model, targets, settings=s, seed=7, batch_size=5)
+    split = maximize(model, targets, settings=s, seed=7, batch_size=2)
+    other = maximize(model, targets, settings=s, seed=8, batch_size=5)
+    assert torch.equal(one.features, again.features)
+    torch.testing.assert_close(one.features, split.features, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(one.trajectory, split.trajectory, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(one.start_features, other.start_features)
+    tail = maximize(model, targets[3:], settings=s, seed=7, first_index=3)
+    torch.testing.assert_close(tail.start_features, one.start_features[3:])
+
+
+def test_mixed_targets_in_one_batch_each_pursue_their_own():
+    model = trained_mlp()
+    targets = torch.tensor([0, 1, 2, 2, 1, 0])
+    res = maximize(model, targets, settings=Settings(steps=20, lr=0.05), shape=SHAPE, evaluator=trained_mlp())
+    assert torch.equal(res.prob_a.argmax(1), targets)
+    assert res.prob_b.shape == (6, 3) and res.start_prob_b.shape == (6, 3)
+    alone = maximize(model, targets[2:3], settings=Settings(steps=20, lr=0.05), shape=SHAPE, first_index=2)
+    torch.testing.assert_close(alone.features[0], res.features[2], rtol=1e-5, atol=1e-6)
+
+
+def test_nan_or_inf_marks_only_that_sample_failed():
+    model = Linear()
+    start = torch.rand(3, *SHAPE)
+    start[1, 2, 1] = float("nan")
+    res = maximize(model, torch.tensor([0, 1, 2]), start=start, settings=Settings(steps=3))
+    assert res.failed.tolist() == [False, True, False]
+    assert torch.isfinite(res.features[[0, 2]]).all()
+
+    class Explodes(nn.Module):
+        """Finite at the start, infinite once the input grows past 0.6: failure mid-run."""
+
+        def forward(self, x):
+            m = x.flatten(1).mean(1, keepdim=True)
+            return torch.cat([m, torch.where(m > 0.6, torch.full_like(m, float("inf")), -m)], dim=1)
+
+    start = torch.full((2, *SHAPE), 0.5)
+    start[1] = -2.0
+    res = maximize(Explodes(), torch.tensor([0, 0]), start=start, settings=Settings(steps=20, lr=0.05, objective="logit", clamp=False))
+    assert res.failed.tolist() == [True, False]
+
+
+def test_neuron_objective_raises_the_chosen_units_of_a_named_layer():
+    torch.manual_seed(0)
+    model = PaperClassifier(3)
+    acts = {}
+    model.features[0].register_forward_hook(lambda m, i, o: acts.__setitem__("x", o))
+    s = Settings(steps=5, lr=0.05, objective="neuron", layer="features.0", units=(3, 5))
+    res = maximize(model, torch.zeros(2, dtype=torch.long), settings=s)
+    with torch.no_grad():
+        model.eval()
+        model(res.start_features)
+        before = acts["x"][:, [3, 5]].mean(dim=(1, 2, 3))
+        model(res.features)
+        after = acts["x"][:, [3, 5]].mean(dim=(1, 2, 3))
+    assert (after > before).all()
+    with pytest.raises(HearsayError, match="unknown layer 'nope'"):
+        maximize(model, torch.zeros(1, dtype=torch.long), settings=replace(s, layer="nope"))
+    with pytest.raises(HearsayError, match="out of range"):
+        maximize(model, torch.zeros(1, dtype=torch.long), settings=replace(s, units=(8,)))
+
+
+def test_total_variation_matches_a_hand_computation():
+    x = torch.tensor([[[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]])  # T=3, N=2
+    # time: |0.5-0|+|0.5-1|+|1-0.5|+|0-0.5| = 2 ; frequency: 1 + 0 + 1 = 2 ; / (3*2)
+    assert tv_value(x).item() == pytest.approx(4 / 6)
+    model = Linear()
+    combined = class_probability(torch.tensor([0])) - 0.5 * total_variation()
+    feats = torch.rand(1, *SHAPE)
+    from generation.maximize import Context
+
+    ctx = Context(feats, model(feats), {}, feats)
+    expected = torch.softmax(model(feats), 1)[0, 0] - 0.5 * tv_value(feats)[0]
+    torch.testing.assert_close(combined(ctx)[0], expected)
+
+
+def test_bad_input_is_a_one_line_error():
+    model = Linear()
+    with pytest.raises(HearsayError, match="target class index 3 out of range"):
+        maximize(model, torch.tensor([0, 3]), shape=SHAPE)
+    with pytest.raises(HearsayError, match="needs a decoder"):
+        maximize(model, torch.tensor([0]), method="decoder")
+    with pytest.raises(HearsayError, match="unknown step rule"):
+        maximize(model, torch.tensor([0]), settings=Settings(step="sgd"), shape=SHAPE)

@@ -1,0 +1,253 @@
+"""manage.py analyze end to end: a report from a small experiment, byte-stable, and clean failures."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from django.core.management import CommandError, call_command
+from statsmodels.stats.multitest import multipletests
+
+from analysis.report import ReportOptions, build_report
+from analysis.table import COLUMNS, Exclusion
+
+WORDS = ["yes", "no", "up", "down"]
+CELLS = [("1-classifier-noise", "classifier", "noise", "after", 0.25),
+         ("2-classifier-test", "classifier", "test", "before", 0.8),
+         ("2-classifier-test", "classifier", "test", "after", 0.7),
+         ("3-decoder-noise", "decoder", "noise", "after", 0.45),
+         ("4-decoder-test", "decoder", "test", "before", 0.75),
+         ("4-decoder-test", "decoder", "test", "after", 0.6),
+         ("original", "natural", "none", "original", 0.95)]
+
+
+def stimuli():
+    out = []
+    for w in WORDS:
+        for cond, method, init, stage, p in CELLS:
+            pair = f"{w}-{'decoder' if method == 'natural' else method}" if init != "noise" else ""
+            out.append(dict(stimulus=f"s{len(out):03d}", stimulus_kind="test", pair_id=pair, method=method, init=init,
+                            stage=stage, condition=cond, word=w, p=p))
+    out.append(dict(stimulus="gold", stimulus_kind="gold", pair_id="", method="natural", init="none",
+                    stage="original", condition="", word="yes", p=0.95))
+    out.append(dict(stimulus="practice", stimulus_kind="practice", pair_id="", method="natural", init="none",
+                    stage="original", condition="", word="no", p=0.5))
+    return out
+
+
+def small_table(task="identification", listeners=8, machines=1, seed=0) -> pd.DataFrame:
+    """Every listener answers every clip; accuracy/rating falls with the condition's p."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for li in range(listeners + machines):
+        kind = "machine" if li >= listeners else "human"
+        for s in stimuli():
+            right = rng.random() < s["p"]
+            if task == "identification":
+                ans = s["word"] if right else str(rng.choice([w for w in WORDS if w != s["word"]] + ["none"]))
+                correct, rating = ans == s["word"], np.nan
+            else:
+                ans, correct = "", None
+                rating = float(np.clip(np.round(4 * s["p"] + rng.normal(0, 0.8)), 0, 4))
+            rows.append(dict(listener=f"L{li}", listener_kind=kind, listener_source="machine" if kind == "machine" else "web",
+                             **{k: v for k, v in s.items() if k != "p"}, answer=ans, correct=correct, rating=rating,
+                             play_count=1, listened_to_end=True, response_ms=1200.0, pay_ok=True, analyse_ok=True,
+                             analyse_reasons="", answered_at="2026-01-01T00:00:00+00:00"))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def build(table, out, task="identification", **opts):
+    options = ReportOptions(exclusion=Exclusion(opts.pop("rule", "gold"), include_machines=True), n_boot=300, **opts)
+    return build_report(table, {"slug": "small", "task": task, "words": WORDS}, out, options,
+                        {"test-table": "0" * 64}, progress=False)
+
+
+def files(root: Path, suffix: str) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob(f"*{suffix}"))}
+
+
+def test_identification_report_is_complete_self_contained_and_byte_stable(tmp_path):
+    table = small_table()
+    first = build(table, tmp_path / "a")
+    second = build(table.sample(frac=1.0, random_state=1), tmp_path / "b")  # answer order must not matter
+    html = (first / "report.html").read_text()
+    assert not re.search(r"""\b(src|href)\s*=\s*(?!["']?data:)""", html)
+    assert html.count("<img") == len(list((first / "figures").glob("*.png")))
+    for name in ["accuracy_by_condition", "confusion", "word_accuracy", "contrasts_glm", "before_after_mcnemar",
+                 "contrasts_mixed_bayes", "agreement", "exclusions", "listener_qc"]:
+        assert (first / "tables" / f"{name}.csv").is_file(), name
+    pngs = sorted(p.stem for p in (first / "figures").glob("*.png"))
+    assert pngs == sorted(p.stem for p in (first / "figures").glob("*.pdf"))
+    assert "confusion_human_1_classifier_noise_after" in pngs
+    acc = pd.read_csv(first / "tables" / "accuracy_by_condition.csv")
+    assert set(acc["listener_kind"]) == {"human", "machine"}
+    human = acc[(acc.listener_kind == "human")].set_index("cell")
+    assert human.loc["original", "answers"] == 8 * len(WORDS) and human.loc["original", "listeners"] == 8
+    assert human["chance"].eq(0.2).all()
+    glm = pd.read_csv(first / "tables" / "contrasts_glm.csv")
+    by_listener = glm[glm.clusters == "listener"].set_index("contrast")
+    assert by_listener.loc["test start vs noise start (after maximization)", "odds_ratio"] > 1
+    assert by_listener.loc["after vs before maximization (test start)", "odds_ratio"] < 1
+    assert set(glm["clusters"]) == {"listener", "stimulus", "listener+stimulus"}
+    mcn = pd.read_csv(first / "tables" / "before_after_mcnemar.csv")
+    primary = mcn[mcn["primary"]]
+    assert set(primary["matching"]) == {"same listener heard both"} and set(primary["method"]) == {"classifier", "decoder"}
+    family = np.concatenate([by_listener["p"], primary["p_mcnemar_exact"]])
+    reported = np.concatenate([by_listener["p_holm"], primary["p_holm"]])
+    assert np.allclose(reported, multipletests(family, method="holm")[1], atol=2e-6)
+    for words in ["Wilson", "cluster-robust", "McNemar", "Holm", "Fleiss", "Exclusion rule"]:
+        assert words in html, words
+    assert files(first, ".csv") == files(second, ".csv")
+    assert files(first, ".png") == files(second, ".png") and files(first, ".pdf") == files(second, ".pdf")
+    run = json.loads((first / "run.json").read_text())
+    assert run["inputs"] == {"test-table": "0" * 64} and run["seed"] == 0
+    assert {"numpy", "pandas", "scipy", "statsmodels", "matplotlib"} <= set(run["versions"])
+    assert run["options"]["exclusion"]["rule"] == "gold" and "tables/confusion.csv" in run["outputs"]
+
+
+def test_rating_report_with_paper_rule_and_generation_outputs(tmp_path):
+    table = small_table("rating", machines=0)
+    table.loc[(table.listener == "L0") & (table.condition == "1-classifier-noise"), "rating"] = 4.0
+    objective = tmp_path / "objective"
+    (objective / "decoder").mkdir(parents=True)
+    pd.DataFrame({"method": ["classifier"], "target_rate_a": [0.9], "target_rate_b": [0.2]}).to_csv(
+        objective / "summary.csv", index=False)
+    heat = pd.DataFrame(np.eye(len(WORDS)), index=pd.Index(WORDS, name="target"), columns=WORDS)
+    heat.to_csv(objective / "heatmap_classifier.csv")
+    plt.imsave(objective / "decoder" / "heatmap.png", np.eye(len(WORDS)))
+    tsne = tmp_path / "tsne"
+    tsne.mkdir()
+    pd.DataFrame({"utterance": ["b", "a"], "x": [0.5, -1.0], "y": [2.0, 0.25]}).to_csv(tsne / "tsne.csv", index=False)
+    plt.imsave(tsne / "tsne.png", np.ones((8, 12)))
+    out = build(table, tmp_path / "r", task="rating", rule="paper", objective_dir=objective, tsne_dir=tsne)
+    exclusions = pd.read_csv(out / "tables" / "exclusions.csv").set_index("step")
+    assert exclusions.loc["paper rule: rated a classifier-noise clip Good or Excellent", "listeners"] >= 1
+    qc = pd.read_csv(out / "tables" / "listener_qc.csv").set_index("listener")
+    assert qc.loc["L0", "excluded"]
+    assert exclusions.loc["after exclusions", "listeners"] == 8 - qc["excluded"].sum()
+    ratings = pd.read_csv(out / "tables" / "rating_by_condition.csv").set_index("cell")
+    assert ratings.loc["original", "mean"] > ratings.loc["1-classifier-noise / after", "mean"]
+    assert (ratings["ci_low"] <= ratings["mean"]).all() and (ratings["mean"] <= ratings["ci_high"]).all()
+    tests = pd.read_csv(out / "tables" / "rating_tests.csv")
+    assert (tests["p_holm"] >= tests["p"]).all()
+    for stem in ["rating_hist_1_vs_3_noise_start_human", "rating_hist_2_vs_4_test_start_human",
+                 "rating_per_word_human", "objective_classifier_heatmap", "objective_decoder_heatmap", "tsne_tsne"]:
+        assert (out / "figures" / f"{stem}.png").is_file() and (out / "figures" / f"{stem}.pdf").is_file(), stem
+    assert (out / "figures" / "tsne_tsne.png").read_bytes() == (tsne / "tsne.png").read_bytes()
+    assert pd.read_csv(out / "tables" / "tsne_tsne.csv")["x"].tolist() == [-1.0, 0.5]
+    assert (out / "tables" / "objective_summary.csv").is_file()
+    assert any("objective/summary.csv" in k for k in json.loads((out / "run.json").read_text())["inputs"])
+
+
+def test_failed_run_keeps_the_previous_report_and_leaves_no_temp_folder(tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.html").write_text("previous")
+    with pytest.raises(CommandError, match="--objective folder not found"):
+        call_command("analyze", mturk_csv=str(write_batch(tmp_path)[0]), manifest=str(tmp_path / "manifest.csv"),
+                     out=str(out), objective=str(tmp_path / "missing"), verbosity=0)
+    assert (out / "report.html").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Batch_1_batch_results.csv", "manifest.csv", "report"]
+
+
+def write_batch(tmp_path, rows=None, manifest_rows=None):
+    manifest_rows = manifest_rows or [
+        {"stimulus_id": f"s{i}", "file": f"wav/{i:010x}.wav", "word": w, "method": m, "init": init, "stage": "after",
+         "pair_id": "", "condition": c}
+        for i, (w, m, init, c) in enumerate([("yes", "classifier", "noise", "1-classifier-noise"),
+                                             ("no", "decoder", "noise", "3-decoder-noise"),
+                                             ("up", "classifier", "noise", "1-classifier-noise"),
+                                             ("down", "decoder", "noise", "3-decoder-noise")])]
+    pd.DataFrame(manifest_rows).to_csv(tmp_path / "manifest.csv", index=False)
+    labels = ["Bad", "Poor", "Fair (equally clear and unclear)", "Good (mostly clear)", "Excellent"]
+    rows = rows or [{"WorkerId": f"W{k}", "AssignmentId": f"A{k}{i}", "AssignmentStatus": "Approved",
+                     "Input.audio_url": f"https://cdn.example/x/{i:010x}.wav",
+                     "Answer.audio-naturalness.label": labels[(i + k) % 3 + (2 if i % 2 else 0)]}
+                    for k in range(4) for i in range(4)]
+    path = tmp_path / "Batch_1_batch_results.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path, tmp_path / "manifest.csv"
+
+
+def test_mturk_batch_route_through_the_command(tmp_path):
+    csv_path, manifest = write_batch(tmp_path)
+    call_command("analyze", mturk_csv=str(csv_path), manifest=str(manifest), out=str(tmp_path / "out"),
+                 exclude="none", verbosity=0)
+    ratings = pd.read_csv(tmp_path / "out" / "tables" / "rating_by_condition.csv")
+    assert set(ratings["condition"]) == {"1-classifier-noise", "3-decoder-noise"} and ratings["answers"].sum() == 16
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert set(run["inputs"]) == {str(csv_path), str(manifest)}
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing column", "lacks column.*WorkerId"),
+    ("unknown audio", "not in the manifest"),
+    ("no manifest", "--mturk-csv needs --manifest"),
+    ("bad threshold", "between 0 and 1"),
+])
+def test_bad_batch_input_is_one_command_error(tmp_path, problem, message):
+    csv_path, manifest = write_batch(tmp_path)
+    raw = pd.read_csv(csv_path)
+    if problem == "missing column":
+        raw.drop(columns=["WorkerId"]).to_csv(csv_path, index=False)
+    if problem == "unknown audio":
+        raw.loc[0, "Input.audio_url"] = "https://cdn.example/x/ffffffffff.wav"
+        raw.to_csv(csv_path, index=False)
+    kwargs = {"mturk_csv": str(csv_path), "out": str(tmp_path / "out"), "verbosity": 0}
+    if problem != "no manifest":
+        kwargs["manifest"] = str(manifest)
+    if problem == "bad threshold":
+        kwargs["min_gold_accuracy"] = 1.5
+    with pytest.raises(CommandError, match=message):
+        call_command("analyze", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.django_db
+def test_unknown_and_empty_experiments_are_command_errors(tmp_path):
+    from evaluation.models import Experiment
+
+    with pytest.raises(CommandError, match="no experiment named 'nope'"):
+        call_command("analyze", experiment="nope", out=str(tmp_path / "out"), verbosity=0)
+    Experiment.objects.create(slug="empty", words=WORDS)
+    with pytest.raises(CommandError, match="no answers"):
+        call_command("analyze", experiment="empty", out=str(tmp_path / "out"), verbosity=0)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.django_db
+def test_report_from_an_experiment_in_the_database(tmp_path):
+    from evaluation.models import Assignment, Experiment, Participant, Response, Stimulus
+
+    experiment = Experiment.objects.create(slug="db-small", words=WORDS, task="identification")
+    rows = small_table(listeners=4, machines=1)
+    stims = {}
+    for s in stimuli():
+        stims[s["stimulus"]] = Stimulus.objects.create(
+            experiment=experiment, stimulus_id=s["stimulus"], audio=f"stimuli/{s['stimulus']}.wav", word=s["word"],
+            method=s["method"], init=s["init"], stage=s["stage"], condition=s["condition"], pair_id=s["pair_id"],
+            kind=s["stimulus_kind"])
+    for listener, answers in rows.groupby("listener", sort=True):
+        kind = answers["listener_kind"].iloc[0]
+        participant = Participant.objects.create(experiment=experiment, kind=kind, worker_id=listener,
+                                                 source="machine" if kind == "machine" else "web", analyse_ok=True)
+        for pos, row in enumerate(answers.itertuples()):
+            assignment = Assignment.objects.create(participant=participant, stimulus=stims[row.stimulus], position=pos,
+                                                   play_count=1, played_to_end=True, answered=True)
+            Response.objects.create(assignment=assignment, participant=participant, stimulus=stims[row.stimulus],
+                                    answer=row.answer, play_count=1, listened_to_end=True, response_ms=1000)
+    out = tmp_path / "db-report"
+    call_command("analyze", experiment="db-small", out=str(out), include_machines=True, verbosity=0)
+    acc = pd.read_csv(out / "tables" / "accuracy_by_condition.csv")
+    assert set(acc["listener_kind"]) == {"human", "machine"}
+    human = acc[acc.listener_kind == "human"]
+    assert human["answers"].sum() == 4 * len(WORDS) * len(CELLS)
+    expected = rows[(rows.listener_kind == "human") & (rows.stimulus_kind == "test")]["correct"].astype(bool).sum()
+    assert human["correct"].sum() == expected
+    run = json.loads((out / "run.json").read_text())
+    (key, digest), = run["inputs"].items()
+    assert key == "database:db-small:long_table" and len(digest) == 64

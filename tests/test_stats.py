@@ -1,0 +1,147 @@
+"""The report's statistics against hand-computed and published textbook values."""
+import numpy as np
+import pandas as pd
+import pytest
+from statsmodels.stats.multitest import multipletests
+
+from analysis import stats
+from generation.errors import HearsayError
+
+# Fleiss (1971) example as in Wikipedia's "Fleiss' kappa": 10 subjects, 14 raters, 5 categories.
+FLEISS = np.array([[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
+                   [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]])
+
+# Krippendorff (2011), "Computing Krippendorff's alpha-reliability": 4 coders x 12 units, values 1-5, gaps.
+N = np.nan
+KRIPP = np.array([[1, 2, 3, 3, 2, 1, 4, 1, 2, N, N, N],
+                  [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, N, 3],
+                  [N, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, N],
+                  [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, N]])
+
+
+def kripp_counts():
+    coder, unit = np.nonzero(~np.isnan(KRIPP))
+    return stats.counts_matrix(unit, KRIPP[coder, unit], [1.0, 2.0, 3.0, 4.0, 5.0])[0]
+
+
+def test_wilson_matches_hand_computation():
+    lo, hi = stats.wilson_interval(8, 10)
+    assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)
+    lo, hi = stats.wilson_interval(0, 10)
+    assert lo == 0.0 and round(hi, 3) == 0.278
+    vlo, vhi = stats.wilson_arrays(np.array([8, 0]), np.array([10, 10]))
+    assert np.allclose(vlo, [0.490162, 0.0], atol=1e-6) and np.allclose(vhi, [0.943318, 0.277533], atol=1e-6)
+
+
+def test_chance_corrected_accuracy():
+    assert stats.chance_corrected(0.5, 0.25) == pytest.approx(1 / 3)
+    assert stats.chance_corrected(0.25, 0.25) == 0.0
+
+
+def test_binomial_vs_chance_is_exact_one_sided():
+    # P(X >= 3 | n = 3, p = 0.5) = 1/8
+    assert stats.binomial_vs_chance(3, 3, 0.5) == pytest.approx(0.125)
+    # P(X >= 8 | n = 10, p = 0.5) = (45 + 10 + 1) / 1024
+    assert stats.binomial_vs_chance(8, 10, 0.5) == pytest.approx(56 / 1024)
+
+
+def test_mcnemar_exact_on_hand_made_table():
+    # discordant 1 vs 9: two-sided p = 2 * P(X <= 1 | n = 10, 1/2) = 2 * 11 / 1024
+    assert stats.mcnemar_exact(1, 9) == pytest.approx(22 / 1024)
+    assert stats.mcnemar_exact(5, 5) == 1.0
+    assert stats.mcnemar_exact(0, 0) == 1.0
+
+
+def test_holm_by_hand_and_against_statsmodels():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # sorted 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1 -> running max 0.06
+    assert np.allclose(stats.holm(p), [0.03, 0.06, 0.06, 0.02])
+    rng = np.random.default_rng(1)
+    many = rng.random(25) ** 3
+    assert np.allclose(stats.holm(many), multipletests(many, method="holm")[1])
+    with_nan = stats.holm([0.01, np.nan, 0.02])
+    assert np.isnan(with_nan[1]) and np.allclose(with_nan[[0, 2]], [0.02, 0.02])
+
+
+def test_fleiss_kappa_textbook_value():
+    assert stats.fleiss_kappa(FLEISS) == pytest.approx(0.210, abs=5e-4)
+
+
+def test_fleiss_refuses_unequal_answer_counts():
+    with pytest.raises(HearsayError):
+        stats.fleiss_kappa(np.array([[2, 0], [1, 2]]))
+
+
+def test_krippendorff_alpha_textbook_values():
+    counts = kripp_counts()
+    assert stats.krippendorff_alpha(counts, "nominal") == pytest.approx(0.743, abs=5e-4)
+    assert stats.krippendorff_alpha(counts, "ordinal") == pytest.approx(0.815, abs=5e-4)
+    assert stats.krippendorff_alpha(counts, "interval", [1, 2, 3, 4, 5]) == pytest.approx(0.849, abs=5e-4)
+
+
+def test_krippendorff_equals_fleiss_scale_on_complete_data():
+    # with equal counts per unit nominal alpha and kappa differ only by the small-sample term
+    alpha = stats.krippendorff_alpha(FLEISS, "nominal")
+    n = FLEISS.sum()
+    kappa = stats.fleiss_kappa(FLEISS)
+    assert alpha == pytest.approx(1 - (1 - kappa) * (n - 1) / n, abs=1e-3)
+
+
+def test_agreement_picks_the_fitting_statistic():
+    units = ["a", "a", "b", "b", "c", "c"]
+    same = stats.agreement(units, ["x", "x", "y", "y", "x", "x"], ["x", "y"])
+    assert same["statistic"] == "fleiss_kappa" and same["value"] == pytest.approx(1.0)
+    ragged = stats.agreement(units + ["c"], ["x", "x", "y", "y", "x", "x", "y"], ["x", "y"])
+    assert ragged["statistic"] == "krippendorff_alpha_nominal"
+
+
+def test_cluster_bootstrap_is_seeded_and_covers_mean():
+    values = np.array([0, 1, 2, 3, 4, 4, 3, 2, 1, 0], dtype=float)
+    clusters = np.repeat(np.arange(5), 2)
+    a = stats.cluster_bootstrap_mean(values, clusters, 500, seed=3)
+    b = stats.cluster_bootstrap_mean(values, clusters, 500, seed=3)
+    assert a == b and a[1] <= a[0] <= a[2] and a[0] == 2.0
+
+
+def test_rank_tests():
+    name, _, p = stats.rank_test([0, 0, 1, 1, 0], [4, 4, 3, 4, 3])
+    assert name == "mann_whitney_u" and p < 0.05
+    name, _, p = stats.rank_test([1, 2, 1, 2, 1, 2, 1, 1], [3, 4, 4, 3, 4, 4, 3, 4], paired=True)
+    assert name == "wilcoxon_signed_rank" and p < 0.05
+
+
+def tiny_clustered(seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for listener in range(20):
+        skill = rng.normal(0, 0.5)
+        for stim in range(16):
+            decoder = stim % 2
+            p = 1 / (1 + np.exp(-(-0.5 + 1.5 * decoder + skill)))
+            rows.append({"listener": listener, "stimulus": stim, "decoder": decoder, "correct": rng.random() < p})
+    return pd.DataFrame(rows)
+
+
+def test_glm_cluster_robust_has_right_sign_and_all_clusterings():
+    df = tiny_clustered()
+    fits = stats.logistic_cluster(df["correct"].astype(float).to_numpy(), df[["decoder"]],
+                                  {"listener": df["listener"].to_numpy(), "stimulus": df["stimulus"].to_numpy()})
+    assert set(fits) == {"listener", "stimulus", "listener+stimulus"}
+    for terms in fits.values():
+        (fit,) = terms
+        assert fit.term == "decoder" and fit.odds_ratio > 1 and fit.ci_low < fit.odds_ratio < fit.ci_high
+        assert fit.p < 0.05
+    # same point estimate whatever the clustering; only the errors change
+    assert len({round(t[0].odds_ratio, 9) for t in fits.values()}) == 1
+
+
+def test_bayes_mixed_model_agrees_in_sign_and_subsamples():
+    df = tiny_clustered()
+    table, used = stats.bayes_mixed_logistic(df["correct"].astype(float).to_numpy(), df[["decoder"]],
+                                             df["listener"], df["stimulus"], seed=0, max_answers=200)
+    assert used == 200
+    row = table.set_index("term").loc["decoder"]
+    assert row["odds_ratio"] > 1 and row["ci_low"] < row["odds_ratio"] < row["ci_high"]
+    again, _ = stats.bayes_mixed_logistic(df["correct"].astype(float).to_numpy(), df[["decoder"]],
+                                          df["listener"], df["stimulus"], seed=0, max_answers=200)
+    assert np.allclose(table["posterior_mean"], again["posterior_mean"])

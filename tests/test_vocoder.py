@@ -1,0 +1,107 @@
+"""The built-in vocoder: what listeners hear must re-extract to what the network saw."""
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from generation.errors import HearsayError
+from generation.features import PAPER, LogMel, prepare_waves
+from generation.vocoder import GriffinLimVocoder, Vocoder, write_wav
+
+
+def _word_like(seed: int, sr: int = 16000) -> np.ndarray:
+    """A voiced, gliding, amplitude-shaped tone with a noisy onset: a stand-in for a short word."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(0.8 * sr)) / sr
+    f0 = 150 + 60 * seed
+    voiced = sum(np.sin(2 * np.pi * k * (f0 + 80 * t) * t) / k for k in range(1, 6))
+    env = np.exp(-((t - 0.45) / 0.18) ** 2)
+    burst = rng.standard_normal(len(t)) * (t < 0.08) * 0.3
+    return ((voiced * env + burst) * 0.5).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def features():
+    with torch.no_grad():
+        return LogMel(PAPER)(prepare_waves([_word_like(i) for i in range(3)], 16000, PAPER))
+
+
+@pytest.fixture(scope="module")
+def vocoder():
+    return GriffinLimVocoder(PAPER, n_iter=32)
+
+
+def test_output_shape_rate_and_finite(vocoder, features):
+    waves = vocoder(features)
+    assert isinstance(vocoder, Vocoder)
+    assert vocoder.sample_rate == PAPER.sample_rate
+    assert waves.dtype == np.float32
+    assert waves.shape == (3, (PAPER.n_frames - 1) * PAPER.hop_length)
+    assert np.isfinite(waves).all()
+
+
+def test_loudness_normalized_peak_limited_and_faded(vocoder, features):
+    waves = vocoder(features)
+    rms_db = 20 * np.log10(np.sqrt((waves**2).mean(axis=1)))
+    assert np.allclose(rms_db, -23.0, atol=0.1) or (np.abs(waves).max(axis=1) <= 0.99 + 1e-6).all()
+    assert np.abs(waves).max() <= 0.99 + 1e-6
+    assert (np.abs(waves[:, 0]) < 1e-6).all() and (np.abs(waves[:, -1]) < 1e-6).all()
+    fade = int(0.010 * vocoder.sample_rate)
+    assert np.abs(waves[:, : fade // 10]).max() < np.abs(waves).max() / 5
+
+
+def test_silence_stays_silent(vocoder):
+    waves = vocoder(torch.zeros(1, *PAPER.shape))
+    assert np.abs(waves).max() < 1e-3
+
+
+def test_round_trip_reextracts_close_to_original(vocoder, features):
+    waves = vocoder(features)
+    again = LogMel(PAPER)(prepare_waves(list(waves), vocoder.sample_rate, PAPER))
+    assert float((again - features).abs().mean()) < 0.03
+    # A vocoded clip must be closer to its own features than to another clip's.
+    assert float((again[0] - features[0]).abs().mean()) < float((again[0] - features[1]).abs().mean())
+
+
+def test_batched_equals_one_at_a_time(features):
+    batched = GriffinLimVocoder(PAPER, n_iter=16, batch_size=2)(features)
+    single = GriffinLimVocoder(PAPER, n_iter=16)
+    for i in range(len(features)):
+        np.testing.assert_allclose(batched[i], single(features[i : i + 1])[0], atol=1e-4)
+
+
+def test_refuses_nan_and_wrong_shape(vocoder, features):
+    bad = features.clone()
+    bad[0, 3, 4] = float("nan")
+    with pytest.raises(HearsayError, match="NaN"):
+        vocoder(bad)
+    with pytest.raises(HearsayError, match="expects features"):
+        vocoder(torch.zeros(1, 10, 80))
+
+
+def test_write_wav_is_pcm16_and_atomic(tmp_path, vocoder, features):
+    waves = vocoder(features[:1])
+    path = tmp_path / "x.wav"
+    write_wav(path, waves[0], vocoder.sample_rate)
+    info = sf.info(str(path))
+    assert (info.samplerate, info.channels, info.subtype) == (vocoder.sample_rate, 1, "PCM_16")
+    data, _ = sf.read(str(path), dtype="float32")
+    np.testing.assert_allclose(data, waves[0], atol=1 / 16000)
+    with pytest.raises(HearsayError):
+        write_wav(tmp_path / "y.wav", np.array([0.0, np.nan], dtype=np.float32), 16000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.wav"]
+
+
+def test_round_trip_reports_accuracy_before_and_after_vocoding(tmp_path):
+    from generation.vocoder import round_trip
+    from tests.test_generate import make_corpus, save_classifier
+
+    corpus = make_corpus(tmp_path / "corpus")
+    model = save_classifier(tmp_path / "A.pt", 1)
+    rt = round_trip(model, corpus, n=4, vocoder=GriffinLimVocoder(PAPER, n_iter=16))
+    assert rt["n"] == 4
+    assert 0.0 <= rt["original_accuracy"] <= 1.0 and 0.0 <= rt["vocoded_accuracy"] <= 1.0 and 0.0 <= rt["agreement"] <= 1.0
+    assert rt["mean_abs_feature_difference"] < 0.05
+    other = save_classifier(tmp_path / "O.pt", 1, classes=["a", "b", "c"])
+    with pytest.raises(HearsayError, match="other words"):
+        round_trip(other, corpus)

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -67,12 +68,15 @@ ASGI_APPLICATION = "config.asgi.application"
 DATA_DIR = Path(os.environ.get("HEARSAY_DATA_DIR", BASE_DIR / "var"))
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
-DATABASES = {
-    "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'hearsay.sqlite3'}",
-        conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "0")),
-    )
-}
+try:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            os.environ.get("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'hearsay.sqlite3'}",
+            conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "0")),
+        )
+    }
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL or DB_CONN_MAX_AGE is not valid ({exc})") from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
 
@@ -95,8 +99,37 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", DATA_DIR / "media"))
 
+
+
+def _file_storage() -> dict:
+    """Where stimulus audio lives: this disk (default), an S3 bucket ("s3"), or any Django storage class.
+
+    The app always serves the audio itself, under per-trial tokens, so plays are counted
+    and a bucket stays private: listeners never see its address or the file names.
+    """
+    backend = os.environ.get("HEARSAY_FILE_STORAGE", "filesystem")
+    if backend == "filesystem":
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    if backend != "s3":
+        return {"BACKEND": backend}
+    bucket = os.environ.get("HEARSAY_S3_BUCKET", "")
+    if not bucket:
+        raise ImproperlyConfigured("HEARSAY_FILE_STORAGE=s3 needs HEARSAY_S3_BUCKET, the bucket that holds the audio")
+    options = {
+        "bucket_name": bucket,
+        "location": os.environ.get("HEARSAY_S3_PREFIX", "hearsay"),
+        "default_acl": "private",
+        "file_overwrite": False,
+        "querystring_auth": True,
+    }
+    for option, variable in (("endpoint_url", "HEARSAY_S3_ENDPOINT_URL"), ("region_name", "AWS_DEFAULT_REGION")):
+        if os.environ.get(variable):
+            options[option] = os.environ[variable]
+    return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
+
+
 STORAGES = {
-    "default": {"BACKEND": os.environ.get("HEARSAY_FILE_STORAGE", "django.core.files.storage.FileSystemStorage")},
+    "default": _file_storage(),
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 

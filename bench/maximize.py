@@ -36,6 +36,27 @@ def rate(fn, samples: int, device: torch.device) -> float:
     return samples / (time.perf_counter() - t0)
 
 
+def step_flops(clf: torch.nn.Module, dec: torch.nn.Module | None, cfg: FeatureConfig, n_classes: int, device: torch.device) -> float:
+    """Floating-point operations of one maximization step for one sample, counted by torch itself.
+
+    The ceiling on any batching speed-up: once a batch runs near the machine's peak rate,
+    no reordering of the same arithmetic makes it faster.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    clf = clf.to(device).eval().requires_grad_(False)
+    if dec is None:
+        x = torch.rand(1, cfg.n_frames, cfg.n_mels, device=device, requires_grad=True)
+        make = lambda: x  # noqa: E731
+    else:
+        dec = dec.to(device).eval().requires_grad_(False)
+        x = torch.randn(1, dec.latent, device=device, requires_grad=True)
+        make = lambda: dec.decode(x)  # noqa: E731
+    with FlopCounterMode(display=False) as counter:
+        clf(make())[0, n_classes - 1].backward()
+    return float(counter.get_total_flops())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -73,6 +94,10 @@ def main() -> None:
             fast = max(fast, rate(batched, batch, device))
             slow = max(slow, rate(one_by_one, loop, device))
         print(f"{method:>10}: batched (batch {batch}) {fast:9.1f} samples/s | one at a time {slow:7.1f} samples/s | ratio {fast / slow:6.1f}x", flush=True)
+        work = step_flops(clf, dec, cfg, args.classes, device) * settings.steps
+        print(f"{'':>10}  {work / 1e6:.0f} MFLOP per sample (forward + input gradient, {settings.steps} steps): "
+              f"batched runs at {fast * work / 1e9:.1f} GFLOP/s, one at a time at {slow * work / 1e9:.1f} GFLOP/s; "
+              f"a 50x ratio would need {50 * slow * work / 1e9:.0f} GFLOP/s", flush=True)
 
     try:
         from generation.vocoder import GriffinLimVocoder, real_time_factor

@@ -167,7 +167,7 @@ class Response(models.Model):
         indexes = [models.Index(fields=["stimulus"]), models.Index(fields=["participant"])]
 
 
-# --- Mechanical Turk records (appended for evaluation/mturk.py) -------------------------------
+# --- Mechanical Turk records ------------------------------------------------------------------
 # HITs made through the API are invisible on the requester website, so every HIT and every
 # worker assignment is recorded here: retries, syncs and payments consult these rows first.
 

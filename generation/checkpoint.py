@@ -103,13 +103,14 @@ def load(path: str | Path, device: torch.device | str = "cpu", kind: str | None 
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise HearsayError(f"{path} is not a readable checkpoint ({_first_line(exc)})") from None
+        detail = "not written by torch.save, or damaged" if isinstance(exc, (KeyError, EOFError)) else _first_line(exc)
+        raise HearsayError(f"{path} is not a readable checkpoint ({detail})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise HearsayError(f"{path} is not a Hearsay checkpoint")
     if raw.get("version") != VERSION:
         raise HearsayError(f"{path} has checkpoint format version {raw.get('version')}, this Hearsay reads {VERSION}")
     if kind is not None and raw["kind"] != kind:
-        raise HearsayError(f"{path} holds a {raw['kind']}, but a {kind} is needed here")
+        raise HearsayError(f"{path} holds {_a(raw['kind'])}, but {_a(kind)} is needed here")
     model = nets.build(raw["kind"], raw["arch"], dict(raw["arch_kwargs"]))
     try:
         model.load_state_dict(raw["state_dict"])
@@ -130,6 +131,10 @@ def load(path: str | Path, device: torch.device | str = "cpu", kind: str | None 
         sha256=file_sha256(path),
         path=str(path),
     )
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -67,7 +67,7 @@ def test_foreign_and_wrong_kind_files_are_refused(tmp_path):
     with pytest.raises(HearsayError, match="not a Hearsay checkpoint"):
         checkpoint.load(tmp_path / "foreign.pt")
     _ckpt(tmp_path, "ae.pt", kind="autoencoder")
-    with pytest.raises(HearsayError, match="holds a autoencoder, but a classifier is needed"):
+    with pytest.raises(HearsayError, match="holds an autoencoder, but a classifier is needed"):
         checkpoint.load(tmp_path / "ae.pt", kind="classifier")
     with pytest.raises(HearsayError, match="checkpoint not found"):
         checkpoint.load(tmp_path / "missing.pt")

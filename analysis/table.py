@@ -257,7 +257,11 @@ def apply_exclusions(table: pd.DataFrame, rule: Exclusion) -> tuple[pd.DataFrame
     qc["excluded"] = qc["listener"].isin(dropped)
     qc["exclusion_reasons"] = qc["listener"].map(lambda l: "; ".join(r for r, ls in reasons.items() if l in ls))
     if kept.empty:
-        raise HearsayError("every listener was excluded: nothing left to analyse (try --exclude none)")
+        if humans:
+            hint = "--exclude none keeps every human listener"
+        else:
+            hint = "only machine listeners answered: add --include-machines"
+        raise HearsayError(f"every listener was excluded: nothing left to analyse ({hint})")
     return kept.reset_index(drop=True), pd.DataFrame(rows).rename_axis("order").reset_index(), qc
 
 

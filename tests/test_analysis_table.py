@@ -147,8 +147,11 @@ def test_trap_gold_and_verdict_rules():
 
 def test_everyone_excluded_is_a_clear_error():
     table = normalize(pd.DataFrame([answer("A", "s1", analyse_ok=False, ans="yes", correct=True)]))
-    with pytest.raises(HearsayError, match="every listener was excluded"):
+    with pytest.raises(HearsayError, match="every listener was excluded.*--exclude none"):
         apply_exclusions(table, Exclusion("traps"))
+    machines_only = normalize(pd.DataFrame([answer("bot", "s1", listener_kind="machine", ans="yes", correct=True)]))
+    with pytest.raises(HearsayError, match="only machine listeners answered: add --include-machines"):
+        apply_exclusions(machines_only, Exclusion("gold"))
 
 
 def test_normalize_rejects_missing_columns_and_bad_values():

@@ -234,3 +234,10 @@ def test_headphone_screen_passes_at_five_of_six_and_screens_out_below(media):
     assert p.step == "screened" and p.analyse_ok is False and p.headphone_score == 0
     assert bad.client.get("/s/demo/trial").status_code == 302
     assert not p.assignments.exists()
+
+
+def test_survey_script_and_style_are_served_without_collectstatic(client):
+    """The script gates answering on playback; without it listeners would face a dead page."""
+    for name in ("survey.js", "survey.css"):
+        got = client.get(f"/static/evaluation/{name}")
+        assert got.status_code == 200 and b"".join(got.streaming_content if got.streaming else [got.content])

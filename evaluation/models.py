@@ -79,6 +79,7 @@ class Stimulus(models.Model):
     answer_count = models.PositiveIntegerField(default=0, help_text="Completed answers (kept in step under row locks).")
 
     class Meta:
+        verbose_name_plural = "stimuli"
         constraints = [models.UniqueConstraint(fields=["experiment", "stimulus_id"], name="unique_stimulus_per_experiment")]
         indexes = [models.Index(fields=["experiment", "kind", "answer_count"])]
 

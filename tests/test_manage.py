@@ -33,3 +33,9 @@ def test_an_unreachable_database_is_one_line(tmp_path):
                  DATABASE_URL="postgres://postgres@127.0.0.1:1/test")
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.startswith("hearsay: database error: ") and "refused" in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_every_model_change_has_its_migration(tmp_path):
+    """A deployment runs `migrate` only: a model change without a migration would break it silently."""
+    run = manage(tmp_path, "makemigrations", "--check", "--dry-run")
+    assert run.returncode == 0, run.stdout + run.stderr

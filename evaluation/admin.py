@@ -90,13 +90,17 @@ class ExperimentAdmin(admin.ModelAdmin):
     def counts_view(self, request, pk: int):
         """Live progress: answers per stimulus and condition, and per listener with gold/trap accuracy."""
         experiment = get_object_or_404(Experiment, pk=pk)
-        stimuli = experiment.stimuli.order_by("kind", "condition", "answer_count", "stimulus_id")
-        conditions = (
+        by_kind = {
+            "human": Count("responses", filter=Q(responses__participant__kind=Participant.Kind.HUMAN)),
+            "machine": Count("responses", filter=Q(responses__participant__kind=Participant.Kind.MACHINE)),
+        }
+        stimuli = experiment.stimuli.annotate(**by_kind).order_by("kind", "condition", "human", "stimulus_id")
+        conditions = list(
             experiment.stimuli.values("kind", "condition")
-            .annotate(stimuli=Count("id"), answers=Count("responses"))
+            .annotate(stimuli=Count("id", distinct=True), **by_kind)
             .order_by("kind", "condition")
         )
-        for row in conditions:
+        for row in conditions:  # the N answers per clip are people's: machine answers never fill a quota
             row["target"] = row["stimuli"] * experiment.ratings_per_stimulus if row["kind"] == Stimulus.Kind.TEST else None
         listeners = []
         participants = experiment.participants.annotate(

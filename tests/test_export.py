@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import io
+from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
 
 from evaluation.export import COLUMNS, experiment_info, long_table
-from evaluation.models import Experiment, Participant
+from evaluation.machine import listen
+from evaluation.models import Experiment, Participant, Stimulus
 from generation.errors import HearsayError
 from tests.test_survey_flow import Listener, make_experiment, media  # noqa: F401
 
@@ -98,3 +100,52 @@ def test_admin_is_staff_only_and_marks_experiments_live_or_closed(answered, clie
     assert set(Participant.objects.values_list("pay_ok", flat=True)) == {False}
     for model in ("experiment", "stimulus", "participant", "assignment", "response"):
         assert admin_client.get(f"/admin/evaluation/{model}/").status_code == 200, model
+
+
+@pytest.mark.django_db
+def test_live_counts_separate_people_from_machines(answered, admin_client):
+    """The N answers per clip are people's; a machine listener's answers are shown beside them, never in them."""
+    experiment = Experiment.objects.get(slug="demo")
+    listen(experiment, "machine:perfect", lambda wave, rate, stimulus: (stimulus.word, None), progress=False)
+    page = admin_client.get(f"/admin/evaluation/experiment/{experiment.pk}/counts/").content.decode()
+    table = html_table(page, "conditions").set_index(["kind", "condition"])
+    tests = table.loc["test"]
+    assert tests["stimuli"].sum() == Stimulus.objects.filter(kind="test").count() == 12
+    assert tests["human answers"].sum() == 2 * 3  # two listeners, three test trials each
+    assert tests["machine answers"].sum() == 12 and table.loc["gold", "machine answers"].sum() == 4
+    assert (tests["target"] == tests["stimuli"] * 3).all()
+    clips = html_table(page, "stimuli")
+    assert len(clips) == Stimulus.objects.count()
+    assert clips.loc[clips["kind"] == "test", "human answers"].sum() == 6
+
+
+def html_table(page: str, table_id: str) -> pd.DataFrame:
+    """The cells of one <table id=...> of a page, numbers as numbers."""
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.inside, self.rows, self.cell = False, [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.inside = dict(attrs).get("id") == table_id
+            elif self.inside and tag == "tr":
+                self.rows.append([])
+            elif self.inside and tag in ("td", "th"):
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag == "table":
+                self.inside = False
+            elif self.inside and tag in ("td", "th"):
+                self.rows[-1].append(self.cell.strip())
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    cells = Cells()
+    cells.feed(page)
+    header, *rows = cells.rows
+    return pd.read_csv(io.StringIO(pd.DataFrame(rows, columns=header).to_csv(index=False)), na_values=["-"])

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,8 +24,9 @@ def test_a_malformed_database_url_is_a_one_line_configuration_error(tmp_path):
     assert run.stderr.startswith("hearsay: configuration error: DATABASE_URL") and run.stderr.count("\n") == 1
 
 
-def test_a_database_that_was_never_migrated_says_to_migrate(tmp_path):
-    run = manage(tmp_path, "listen", "--experiment", "demo", "--machine", "asr")
+@pytest.mark.parametrize("command", [("listen", "--machine", "asr"), ("analyze", "--out", "report")])
+def test_a_database_that_was_never_migrated_says_to_migrate(tmp_path, command):
+    run = manage(tmp_path, command[0], "--experiment", "demo", *command[1:])
     assert run.returncode == 1
     assert run.stderr == "hearsay: database error: no such table: evaluation_experiment; run `manage.py migrate` first\n"
 

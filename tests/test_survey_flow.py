@@ -240,4 +240,4 @@ def test_survey_script_and_style_are_served_without_collectstatic(client):
     """The script gates answering on playback; without it listeners would face a dead page."""
     for name in ("survey.js", "survey.css"):
         got = client.get(f"/static/evaluation/{name}")
-        assert got.status_code == 200 and b"".join(got.streaming_content if got.streaming else [got.content])
+        assert got.status_code == 200 and got.getvalue()

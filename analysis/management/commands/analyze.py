@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import DatabaseError
 
 from analysis.report import ReportOptions, build_report, sha256_file, table_sha256
 from analysis.table import EXCLUDE_RULES, Exclusion, read_mturk
@@ -38,9 +37,6 @@ class Command(BaseCommand):
                       mixed_max_answers=opts["mixed_max_answers"], progress=opts.get("verbosity", 1) > 0)
         except HearsayError as exc:
             raise CommandError(str(exc)) from exc
-        except DatabaseError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CommandError(f"cannot read the answers from the database ({first}); has `manage.py migrate` run?") from exc
         self.stdout.write(f"report written to {out / 'report.html'}")
 
 

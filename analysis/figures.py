@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from generation import atomic  # noqa: E402
+from hearsay import atomic  # noqa: E402
 
 plt.rcParams.update({"svg.hashsalt": "hearsay", "pdf.compression": 6, "font.size": 9, "figure.dpi": 100})
 PNG_DPI = 110

@@ -11,7 +11,6 @@ import hashlib
 import html
 import json
 import os
-import platform
 import re
 import shutil
 import tempfile
@@ -24,10 +23,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 from . import figures, stats
-from .table import NONE_ANSWERS, Exclusion, apply_exclusions, normalize
+from hearsay.answers import NONE_ALIASES as NONE_ANSWERS
+from hearsay.csvsafe import safe_frame
+from hearsay.provenance import file_sha256 as sha256_file
+from hearsay.provenance import library_versions
+
+from .table import Exclusion, apply_exclusions, normalize
 
 STAGE_ORDER = {"original": 0, "before": 1, "after": 2}
 FLOAT_FORMAT = "%.6f"
@@ -605,14 +609,6 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise HearsayError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _checksums(paths: list[Path]) -> dict[str, str]:
     return {str(p): sha256_file(p) for p in paths}
 
@@ -631,16 +627,11 @@ def csv_bytes(df: pd.DataFrame, sort: bool = True) -> bytes:
                 keyed[col] = keyed[col].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
         order = keyed.sort_values(list(keyed.columns), kind="mergesort", na_position="last").index
         df = df.loc[order]
-    return df.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n").encode("utf-8")
+    return safe_frame(df).to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n").encode("utf-8")
 
 
 def _versions() -> dict[str, str]:
-    import matplotlib
-    import scipy
-    import statsmodels
-
-    return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
-            "scipy": scipy.__version__, "statsmodels": statsmodels.__version__, "matplotlib": matplotlib.__version__}
+    return library_versions(("numpy", "pandas", "scipy", "statsmodels", "matplotlib"))
 
 
 def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: bool = True) -> Path:

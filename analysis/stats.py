@@ -12,7 +12,7 @@ import pandas as pd
 from scipy import sparse
 from scipy import stats as sps
 
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 Z95 = float(sps.norm.ppf(0.975))
 

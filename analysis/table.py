@@ -1,29 +1,24 @@
-"""The long answer table (one row per answer): validation, the MTurk batch reader, exclusions.
+"""The long answer table (one row per answer): validation, the MTurk batch route, exclusions.
 
 The database route gets the table from evaluation.export.long_table; the batch route
-builds the same columns here from an MTurk results CSV joined to the stimulus manifest,
-so everything downstream sees one format. No Django here.
+builds the same columns here from an MTurk results CSV (read by hearsay.mturk_results,
+the reader `mturk import-results` uses too) joined to the stimulus manifest, so both
+routes give the same table. No Django here.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from urllib.parse import urlparse
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from generation.errors import HearsayError
+from hearsay.answers import ANSWER_COLUMNS as COLUMNS
+from hearsay.answers import LISTENER_KINDS, NONE_ALIASES, NONE_ANSWER, RATING_MAX, RATING_MIN, STIMULUS_KINDS
+from hearsay.errors import HearsayError
+from hearsay.manifest import ORIGINAL_CONDITION, read_manifest
+from hearsay.mturk_results import Reading, interpret, read_batch_key, read_results
 
-COLUMNS = [
-    "listener", "listener_kind", "listener_source", "stimulus", "stimulus_kind", "pair_id", "method", "init",
-    "stage", "condition", "word", "answer", "correct", "rating", "play_count", "listened_to_end", "response_ms",
-    "pay_ok", "analyse_ok", "analyse_reasons", "answered_at",
-]
-MANIFEST_REQUIRED = ["stimulus_id", "file", "word", "method", "init", "stage", "pair_id"]
-RATING_LABELS = {"bad": 0.0, "poor": 1.0, "fair": 2.0, "good": 3.0, "excellent": 4.0}
-NONE_ANSWERS = {"none", "can't tell", "cant tell", "can’t tell", "unknown", "?"}
 EXCLUDE_RULES = ("none", "traps", "gold", "paper")
 
 
@@ -56,12 +51,12 @@ def normalize(table: pd.DataFrame) -> pd.DataFrame:
         raise HearsayError(f"answer table lacks column(s): {', '.join(missing)}")
     if table.empty:
         raise HearsayError("answer table is empty: no answers to analyse")
-    df = table[COLUMNS].copy()
+    df = table[list(COLUMNS)].copy()
     for col in ["listener", "listener_kind", "listener_source", "stimulus", "stimulus_kind", "pair_id", "method",
                 "init", "stage", "condition", "word", "answer", "analyse_reasons", "answered_at"]:
         df[col] = _text(df[col])
     df["answer"] = df["answer"].str.lower()
-    df.loc[df["answer"].isin(NONE_ANSWERS), "answer"] = "none"
+    df.loc[df["answer"].isin(NONE_ALIASES), "answer"] = NONE_ANSWER
     df["word"] = df["word"].str.lower()
     df["rating"] = pd.to_numeric(df["rating"], errors="coerce").astype(float)
     df["response_ms"] = pd.to_numeric(df["response_ms"], errors="coerce").astype(float)
@@ -69,136 +64,78 @@ def normalize(table: pd.DataFrame) -> pd.DataFrame:
     df["listened_to_end"] = _bool_column(df["listened_to_end"]).eq(True)
     for col in ("correct", "pay_ok", "analyse_ok"):
         df[col] = _bool_column(df[col])
-    bad_kind = sorted(set(df["listener_kind"]) - {"human", "machine"})
+    bad_kind = sorted(set(df["listener_kind"]) - set(LISTENER_KINDS))
     if bad_kind:
-        raise HearsayError(f"listener_kind must be human or machine, got {bad_kind[0]!r}")
-    bad_stim = sorted(set(df["stimulus_kind"]) - {"test", "gold", "trap", "practice"})
+        raise HearsayError(f"listener_kind must be {' or '.join(LISTENER_KINDS)}, got {bad_kind[0]!r}")
+    bad_stim = sorted(set(df["stimulus_kind"]) - set(STIMULUS_KINDS))
     if bad_stim:
-        raise HearsayError(f"stimulus_kind must be test, gold, trap or practice, got {bad_stim[0]!r}")
+        raise HearsayError(f"stimulus_kind must be one of {', '.join(STIMULUS_KINDS)}, got {bad_stim[0]!r}")
     bad_rating = df["rating"].dropna()
-    if ((bad_rating < 0) | (bad_rating > 4)).any():
-        raise HearsayError("ratings must lie between 0 (Bad) and 4 (Excellent)")
-    df["condition"] = np.where(df["condition"] == "", df["method"] + "-" + df["init"], df["condition"])
+    if ((bad_rating < RATING_MIN) | (bad_rating > RATING_MAX)).any():
+        raise HearsayError(f"ratings must lie between {RATING_MIN} (Bad) and {RATING_MAX} (Excellent)")
+    derived = np.where(df["stage"] == "original", ORIGINAL_CONDITION, df["method"] + "-" + df["init"])
+    df["condition"] = np.where(df["condition"] == "", derived, df["condition"])
     return df.reset_index(drop=True)
 
 
-def read_manifest(path: Path) -> pd.DataFrame:
-    """Load a stimulus manifest (the generation contract) with its required columns checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise HearsayError(f"manifest not found: {path}")
-    try:
-        manifest = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise HearsayError(f"cannot read manifest {path}: {str(exc).splitlines()[0]}") from exc
-    missing = [c for c in MANIFEST_REQUIRED if c not in manifest.columns]
-    if missing:
-        raise HearsayError(f"manifest {path} lacks column(s): {', '.join(missing)}")
-    if manifest.empty:
-        raise HearsayError(f"manifest {path} lists no stimuli")
-    dup = manifest["stimulus_id"][manifest["stimulus_id"].duplicated()]
-    if not dup.empty:
-        raise HearsayError(f"manifest {path} repeats stimulus_id {dup.iloc[0]!r}")
-    manifest["basename"] = manifest["file"].map(lambda f: PurePosixPath(f.replace("\\", "/")).name)
-    dup = manifest["basename"][manifest["basename"].duplicated()]
-    if not dup.empty:
-        raise HearsayError(f"manifest {path} has two stimuli with the file name {dup.iloc[0]!r}")
-    return manifest
+def read_mturk(csv_path: Path, manifest_path: Path, key_path: Path | None = None,
+               strict: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Turn an MTurk results CSV plus its manifest into the long table and experiment info.
 
-
-def _rating_value(label: str) -> float:
-    match = re.match(r"\s*([A-Za-z]+)", label or "")
-    if not match or match.group(1).lower() not in RATING_LABELS:
-        raise HearsayError(f"unknown rating label {label!r} (expected Excellent, Good, Fair, Poor or Bad)")
-    return RATING_LABELS[match.group(1).lower()]
-
-
-def _submit_time(value: str) -> str:
-    if not value:
-        return ""
-    parts = value.split()
-    if len(parts) == 6:  # MTurk: "Sun Nov 22 04:04:22 PST 2026"; the zone name is not parseable, keep local time
-        value = " ".join(parts[:4] + parts[5:])
-    stamp = pd.to_datetime(value, errors="coerce")
-    return "" if pd.isna(stamp) else stamp.isoformat()
-
-
-def read_mturk(csv_path: Path, manifest_path: Path) -> tuple[pd.DataFrame, dict]:
-    """Turn an MTurk batch results CSV plus its manifest into the long table and experiment info.
-
-    Rows join the manifest by an `Input.stimulus_id` column when present, otherwise by
-    the audio URL's file name. Approved assignments are fit to pay; rejected ones are
-    neither paid nor analysed (reason recorded); submitted ones are undecided.
+    Rows join the manifest through the batch key file (opaque audio name -> stimulus id) when
+    given, else by an `Input.stimulus_id` column, else by the audio URL's file name. The rules are
+    those of the database route (`mturk import-results`): rejected assignments are left out and
+    counted, never dragging the worker's other answers out; unreadable rows are left out and
+    counted, or refuse the file when `strict`.
     """
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise HearsayError(f"MTurk results CSV not found: {csv_path}")
     manifest = read_manifest(manifest_path)
-    try:
-        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise HearsayError(f"cannot read MTurk CSV {csv_path}: {str(exc).splitlines()[0]}") from exc
-    has_rating = "Answer.audio-naturalness.label" in raw.columns
-    has_ident = "Answer.heard-word" in raw.columns
-    key_col = "Input.stimulus_id" if "Input.stimulus_id" in raw.columns else "Input.audio_url"
-    required = ["WorkerId", "AssignmentId", "AssignmentStatus", key_col]
-    missing = [c for c in required if c not in raw.columns]
-    if not (has_rating or has_ident):
-        missing.append("Answer.audio-naturalness.label or Answer.heard-word")
-    if missing:
-        raise HearsayError(f"MTurk CSV {csv_path} lacks column(s): {', '.join(missing)}")
-    if raw.empty:
-        raise HearsayError(f"MTurk CSV {csv_path} has no answers")
-    if key_col == "Input.stimulus_id":
-        keys = _text(raw[key_col])
-        lookup = manifest.set_index("stimulus_id")
-    else:
-        keys = _text(raw[key_col]).map(lambda u: PurePosixPath(urlparse(u).path).name)
-        lookup = manifest.set_index("basename")
-    unknown = keys[~keys.isin(lookup.index)]
-    if not unknown.empty:
-        raise HearsayError(f"{len(unknown)} MTurk answer(s) refer to audio not in the manifest, e.g. {unknown.iloc[0]!r}")
-    stim = lookup.loc[keys.to_numpy()].reset_index()
-    status = _text(raw["AssignmentStatus"]).str.lower()
-    kind_col = next((c for c in ("stimulus_kind", "kind") if c in manifest.columns), None)
-    df = pd.DataFrame({
-        "listener": _text(raw["WorkerId"]).to_numpy(),
-        "listener_kind": "human",
-        "listener_source": "mturk",
-        "stimulus": stim["stimulus_id"].to_numpy(),
-        "stimulus_kind": (_text(stim[kind_col]).replace("", "test") if kind_col else pd.Series("test", index=stim.index)).to_numpy(),
-        "pair_id": stim["pair_id"].to_numpy(),
-        "method": stim["method"].to_numpy(),
-        "init": stim["init"].to_numpy(),
-        "stage": stim["stage"].to_numpy(),
-        "condition": (stim["condition"] if "condition" in stim.columns else pd.Series("", index=stim.index)).to_numpy(),
-        "word": stim["word"].str.lower().to_numpy(),
-        "play_count": 0,
-        "listened_to_end": False,
-        "response_ms": (pd.to_numeric(raw["WorkTimeInSeconds"], errors="coerce") * 1000.0).to_numpy()
-        if "WorkTimeInSeconds" in raw.columns else np.nan,
-        "pay_ok": status.map(lambda s: True if s == "approved" else (False if s == "rejected" else None)).to_numpy(),
-        "analyse_ok": status.map(lambda s: False if s == "rejected" else None).astype(object).to_numpy(),
-        "analyse_reasons": status.map(lambda s: "assignment rejected on MTurk" if s == "rejected" else "").to_numpy(),
-        "answered_at": _text(raw["SubmitTime"]).map(_submit_time).to_numpy() if "SubmitTime" in raw.columns else "",
-    })
-    if df["listener"].eq("").any():
-        raise HearsayError(f"MTurk CSV {csv_path} has rows without a WorkerId")
-    if has_ident and _text(raw["Answer.heard-word"]).ne("").any():
-        task = "identification"
-        answers = _text(raw["Answer.heard-word"]).str.lower()
-        df["answer"] = answers.map(lambda a: "none" if a in NONE_ANSWERS else a).to_numpy()
-        df["correct"] = (df["answer"] == df["word"]).astype(object)
-        df["rating"] = np.nan
-    else:
-        task = "rating"
-        df["answer"] = ""
-        df["correct"] = None
-        df["rating"] = _text(raw["Answer.audio-naturalness.label"]).map(_rating_value).to_numpy()
-    words = sorted(set(manifest["word"].str.lower()))
+    results = read_results(csv_path)
+    task = results.task()
+    by_id, by_name = manifest.by_id(), manifest.by_basename()
+    key = read_batch_key(key_path) if key_path else None
+
+    def resolve(row) -> str | None:
+        if key is not None:
+            sid = key.get(row.audio_name)
+        elif row.inputs.get("stimulus_id"):
+            sid = row.inputs["stimulus_id"]
+        else:
+            entry = by_name.get(row.audio_name)
+            sid = entry.stimulus_id if entry else None
+        return sid if sid in by_id else None
+
+    reading: Reading = interpret(results, task, manifest.words, resolve)
+    if strict and reading.invalid:
+        raise HearsayError(f"{csv_path}: {reading.summary()}; first: {reading.invalid[0].describe()}")
+    unresolved = [i for i in reading.invalid if "is not a clip" in i.reason]
+    if unresolved and len(unresolved) == len(results.rows):
+        hint = "" if key_path else " (give the batch key file that export-batch wrote beside batch.csv)"
+        raise HearsayError(f"{len(unresolved)} MTurk answer(s) refer to audio not in the manifest, "
+                           f"e.g. {unresolved[0].row.audio_name!r}{hint}")
+    kept = [a for a in reading.answers if a.row.status != "Rejected"]
+    rejected = len(reading.answers) - len(kept)
+    if not kept:
+        first = f"; first: {reading.invalid[0].describe()}" if reading.invalid else ""
+        raise HearsayError(f"{csv_path}: no answers to analyse ({rejected} rejected, {reading.summary()}){first}")
+    records = []
+    for a in kept:
+        s = by_id[a.key]
+        records.append({
+            "listener": a.row.worker_id, "listener_kind": "human", "listener_source": "mturk",
+            "stimulus": s.stimulus_id, "stimulus_kind": s.kind, "pair_id": s.pair_id, "method": s.method,
+            "init": s.init, "stage": s.stage, "condition": s.condition, "word": s.word,
+            "answer": a.answer if task == "identification" else "",
+            "correct": (a.answer == s.word) if task == "identification" else None,
+            "rating": float(a.rating) if a.rating is not None else np.nan,
+            "play_count": a.play_count, "listened_to_end": a.played_to_end, "response_ms": np.nan,
+            "pay_ok": True if a.row.status == "Approved" else None, "analyse_ok": None, "analyse_reasons": "",
+            "answered_at": a.row.submitted.isoformat() if a.row.submitted else "",
+        })
+    df = pd.DataFrame(records, columns=list(COLUMNS))
     counts = df.groupby("stimulus").size()
-    info = {"slug": csv_path.stem, "task": task, "words": words,
-            "ratings_per_stimulus": int(counts.median()) if not counts.empty else 0}
+    info = {"slug": Path(csv_path).stem, "task": task, "words": [w.lower() for w in manifest.words],
+            "ratings_per_stimulus": int(counts.median()) if not counts.empty else 0,
+            "rejected_answers": rejected, "invalid_rows": [i.describe() for i in reading.invalid]}
     return normalize(df), info
 
 

@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generation.errors import HearsayError  # noqa: E402
+from hearsay.errors import HearsayError  # noqa: E402
 from generation.features import PAPER, LogMel, prepare_waves  # noqa: E402
 from generation.vocoder import GriffinLimVocoder, round_trip  # noqa: E402
 

@@ -8,14 +8,13 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from evaluation.export import long_table
+from evaluation.export import long_table_csv
 from evaluation.models import Assignment, Experiment, Participant, Response, Stimulus
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 
 def csv_response(slug: str) -> HttpResponse:
-    frame = long_table(slug)
-    response = HttpResponse(frame.to_csv(index=False), content_type="text/csv; charset=utf-8")
+    response = HttpResponse(long_table_csv(slug), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{slug}-responses.csv"'
     return response
 

@@ -26,7 +26,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from evaluation.models import Assignment, Experiment, Participant, Response, Stimulus
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 T = TypeVar("T")
 RETRIES = 20

@@ -6,13 +6,10 @@ import math
 import pandas as pd
 
 from evaluation.models import Experiment, Response, Stimulus
-from generation.errors import HearsayError
+from hearsay.answers import ANSWER_COLUMNS
+from hearsay.csvsafe import safe_frame
+from hearsay.errors import HearsayError
 
-COLUMNS = [
-    "listener", "listener_kind", "listener_source", "stimulus", "stimulus_kind", "pair_id", "method", "init", "stage",
-    "condition", "word", "answer", "correct", "rating", "play_count", "listened_to_end", "response_ms", "pay_ok",
-    "analyse_ok", "analyse_reasons", "answered_at",
-]
 
 
 def _experiment(slug: str) -> Experiment:
@@ -61,12 +58,17 @@ def long_table(slug: str) -> pd.DataFrame:
         })
     if not rows:
         raise HearsayError(f"experiment {slug!r} has no answers yet")
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame = pd.DataFrame(rows, columns=list(ANSWER_COLUMNS))
     frame["rating"] = frame["rating"].astype(float)
     frame["response_ms"] = frame["response_ms"].astype(float)
     frame["play_count"] = frame["play_count"].astype(int)
     frame["listened_to_end"] = frame["listened_to_end"].astype(bool)
     return frame
+
+
+def long_table_csv(slug: str) -> bytes:
+    """The long table as the CSV researchers download: cells a spreadsheet would run as formulas are neutralized."""
+    return safe_frame(long_table(slug)).to_csv(index=False).encode("utf-8")
 
 
 def experiment_info(slug: str) -> dict:

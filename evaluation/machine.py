@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from evaluation.assignment import record_answer
 from evaluation.models import Assignment, Experiment, Participant, Stimulus
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 from generation.features import read_wave
 
 NONE = "none"

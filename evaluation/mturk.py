@@ -41,8 +41,8 @@ from evaluation.models import (
     Response,
     Stimulus,
 )
-from generation.errors import HearsayError
-from generation import atomic
+from hearsay.errors import HearsayError
+from hearsay import atomic
 
 SANDBOX_ENDPOINT = "https://mturk-requester-sandbox.us-east-1.amazonaws.com"
 LIVE_ENDPOINT = "https://mturk-requester.us-east-1.amazonaws.com"

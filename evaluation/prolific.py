@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 COMPLETE_URL = "https://app.prolific.com/submissions/complete"
 URL_PARAMETERS = ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")

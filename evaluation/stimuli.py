@@ -7,7 +7,6 @@ a stimulus is known by its id and the checksum of its file.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import secrets
 from dataclasses import dataclass, field
@@ -22,11 +21,9 @@ from django.db import transaction
 from evaluation import traps
 from evaluation.audio import wav_bytes
 from evaluation.models import Experiment, Stimulus
-from generation.errors import HearsayError
+from hearsay import manifest as manifest_contract
+from hearsay.errors import HearsayError
 
-REQUIRED = ("stimulus_id", "file", "word", "method", "init", "stage", "pair_id")
-INITS = {"noise", "test", "none"}
-STAGES = {"original", "before", "after"}
 MAX_CLIP_SECONDS = 30.0
 TRAPS_SEED = 0
 
@@ -77,54 +74,18 @@ def _read_audio(path: Path, where: str) -> bytes:
 
 def read_manifest(manifest: str | Path) -> list[Row]:
     """Parse and validate every row (columns, values, files) without touching the database."""
-    manifest = Path(manifest).expanduser()
-    if not manifest.is_file():
-        raise HearsayError(f"manifest {manifest} does not exist")
-    try:
-        with manifest.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            records = list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise HearsayError(f"cannot read manifest {manifest}: {exc}") from None
-    missing = [c for c in REQUIRED if c not in header]
-    if missing:
-        raise HearsayError(f"manifest {manifest} lacks required column(s): {', '.join(missing)}")
-    if not records:
-        raise HearsayError(f"manifest {manifest} has no rows")
-    rows, seen = [], set()
-    for line, record in enumerate(tqdm(records, desc="checking clips", unit="clip", disable=None), start=2):
-        where = f"{manifest.name} line {line}"
-        if None in record:
-            raise HearsayError(f"{where}: more fields than columns")
-        values = {k: (v or "").strip() for k, v in record.items()}
-        sid = values["stimulus_id"]
-        if not sid or len(sid) > 64:
-            raise HearsayError(f"{where}: stimulus_id must be 1-64 characters")
-        if sid in seen:
-            raise HearsayError(f"{where}: duplicate stimulus_id {sid!r}")
-        seen.add(sid)
-        if not values["word"]:
-            raise HearsayError(f"{where}: empty word")
-        if values["init"] not in INITS:
-            raise HearsayError(f"{where}: init {values['init']!r} is not one of {', '.join(sorted(INITS))}")
-        if values["stage"] not in STAGES:
-            raise HearsayError(f"{where}: stage {values['stage']!r} is not one of {', '.join(sorted(STAGES))}")
-        if not values["method"]:
-            raise HearsayError(f"{where}: empty method")
-        rel = Path(values["file"])
-        if not values["file"] or rel.is_absolute() or ".." in rel.parts:
-            raise HearsayError(f"{where}: file {values['file']!r} must be a path inside the manifest's folder")
-        path = manifest.parent / rel
+    parsed = manifest_contract.read_manifest(manifest)
+    rows = []
+    for entry in tqdm(parsed.rows, desc="checking clips", unit="clip", disable=None):
+        where = f"{parsed.path}:{entry.line}"
+        path = parsed.folder / entry.file
         data = _read_audio(path, where)
-        condition = values.get("condition") or ("original" if values["stage"] == "original" else f"{values['method']}-{values['init']}")
-        provenance = {k: v for k, v in values.items() if k not in REQUIRED and k != "condition"}
-        provenance["manifest_file"] = values["file"]
+        provenance = dict(entry.provenance, manifest_file=entry.file)
         rows.append(
             Row(
-                stimulus_id=sid, path=path, data=data, sha256=hashlib.sha256(data).hexdigest(), word=values["word"],
-                method=values["method"], init=values["init"], stage=values["stage"], pair_id=values["pair_id"],
-                condition=condition, kind="gold" if values["stage"] == "original" else "test", provenance=provenance,
+                stimulus_id=entry.stimulus_id, path=path, data=data, sha256=hashlib.sha256(data).hexdigest(),
+                word=entry.word, method=entry.method, init=entry.init, stage=entry.stage, pair_id=entry.pair_id,
+                condition=entry.condition, kind=entry.kind, provenance=provenance,
             )
         )
     return rows

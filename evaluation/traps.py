@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 RATE = 16_000
 RATING_LABELS = ("Bad", "Poor", "Fair", "Good", "Excellent")

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from scipy.signal import resample_poly
 
-from .errors import HearsayError
+from hearsay.errors import HearsayError
 
 NONE = "none"
 RATE = 16000

@@ -19,8 +19,8 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint
-from . import atomic
-from .errors import HearsayError
+from hearsay import atomic
+from hearsay.errors import HearsayError
 from .features import FeatureConfig, extract_files
 
 CHUNK = 512

@@ -6,8 +6,6 @@ nothing else and mismatched models are refused before they produce nonsense.
 """
 from __future__ import annotations
 
-import hashlib
-import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,8 +15,9 @@ import torch
 from torch import nn
 
 from . import nets
-from . import atomic
-from .errors import HearsayError
+from hearsay import atomic
+from hearsay.errors import HearsayError
+from hearsay.provenance import file_sha256, library_versions
 from .features import FeatureConfig
 
 FORMAT = "hearsay-checkpoint"
@@ -45,27 +44,6 @@ class Checkpoint:
             return self.classes.index(word)
         except ValueError:
             raise HearsayError(f"unknown word {word!r}; {Path(self.path).name or 'the model'} knows: {', '.join(self.classes)}") from None
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of what computed a model or feature; read from metadata so Django is never imported here."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for name in ("torch", "torchaudio", "numpy", "librosa", "django"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

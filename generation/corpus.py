@@ -25,8 +25,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from generation.errors import HearsayError
-from generation import atomic
+from hearsay.errors import HearsayError
+from hearsay import atomic
 from generation.espeak import LANGUAGES, SAMPLE_RATE, VARIANTS, Synthesizer, Voice
 
 SPLITS = ("train", "validation", "test")

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from .errors import HearsayError
+from hearsay.errors import HearsayError
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import HearsayError
+from hearsay.errors import HearsayError
 from .nets import Autoencoder
 
 STEPS = ("rms", "adam")

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import HearsayError
+from hearsay.errors import HearsayError
 
 
 class PaperClassifier(nn.Module):

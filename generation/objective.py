@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from . import checkpoint
-from . import atomic
+from hearsay import atomic
 from .checkpoint import Checkpoint
-from .errors import HearsayError
+from hearsay.errors import HearsayError
 from .maximize import METHODS, Result, derive_seed, maximize, preset
 
 ARRAYS = ("prob_a_before", "prob_a_after", "prob_b_before", "prob_b_after", "failed", "trajectory")

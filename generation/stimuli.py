@@ -18,7 +18,6 @@ interrupted run resumes where it stopped and gives the same result.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -31,41 +30,21 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from . import atomic, checkpoint
+from hearsay import atomic
+from hearsay.manifest import MANIFEST_COLUMNS as COLUMNS
+from hearsay.manifest import MANIFEST_NAME, PAPER_CONDITIONS, REVEALING_WORDS, write_manifest
+
+from . import checkpoint
 from .corpus import Corpus, Utterance, read_corpus
-from .errors import HearsayError
+from hearsay.errors import HearsayError
 from .features import extract_files, read_wave
 from .maximize import Result, derive_seed, maximize
 from .maximize import preset as preset_settings
 from .vocoder import GriffinLimVocoder, Vocoder, finish, write_wav
 
-REQUIRED_COLUMNS = ["stimulus_id", "file", "word", "method", "init", "stage", "pair_id"]
-PROVENANCE_COLUMNS = [
-    "condition", "source_file", "speaker", "seed", "attempts", "pred_a", "prob_a", "pred_b", "prob_b",
-    "target_prob_a", "classifier_sha256", "evaluator_sha256", "decoder_sha256", "status",
-]
-COLUMNS = REQUIRED_COLUMNS + PROVENANCE_COLUMNS
 JOURNAL = "manifest.journal.jsonl"
 DESIGNS = ("paper",)
-
-
-@dataclass(frozen=True)
-class Condition:
-    name: str
-    method: str
-    init: str
-
-    @property
-    def paired(self) -> bool:
-        return self.init == "test"
-
-
-CONDITIONS = (
-    Condition("1-classifier-noise", "classifier", "noise"),
-    Condition("2-classifier-test", "classifier", "test"),
-    Condition("3-decoder-noise", "decoder", "noise"),
-    Condition("4-decoder-test", "decoder", "test"),
-)
+CONDITIONS = PAPER_CONDITIONS
 
 
 @dataclass
@@ -96,15 +75,6 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def _write_json(path: Path, data: dict) -> None:
     atomic.write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-
-
-def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
-    """manifest.csv per the stimulus-set contract, atomically."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic.write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
 def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -239,7 +209,7 @@ def generate_stimuli(
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     out = Path(out)
-    run_path, journal_path, manifest_path = out / "run.json", out / JOURNAL, out / "manifest.csv"
+    run_path, journal_path, manifest_path = out / "run.json", out / JOURNAL, out / MANIFEST_NAME
     if run_path.is_file():
         try:
             previous = json.loads(run_path.read_text(encoding="utf-8"))
@@ -262,7 +232,7 @@ def generate_stimuli(
         "paths": {"classifier": str(classifier), "evaluator": str(evaluator), "decoder": str(decoder), "corpus": str(data.root)},
         "device": str(dev),
         "versions": library_versions(),
-        "columns": COLUMNS,
+        "columns": list(COLUMNS),
         "conditions": [c.__dict__ for c in CONDITIONS],
         "complete": False,
     }
@@ -274,7 +244,7 @@ def generate_stimuli(
     resumed = sum(f"{w}|{c.name}" in done for w, c in units)
     ran = 0
     started = time.time()
-    avoid = list(models.a.classes) + [c.method for c in CONDITIONS] + ["natural", "noise", "test", "before", "after", "original"]
+    avoid = list(models.a.classes) + list(REVEALING_WORDS)
     tests = {w: [u for u in data.split("test") if u.word == w] for w in chosen}
     for word, cond in tqdm(units, desc="stimuli", unit="unit", disable=not progress):
         unit = f"{word}|{cond.name}"

@@ -23,10 +23,10 @@ from torch import nn
 from tqdm import tqdm
 
 from . import cache, checkpoint, nets
-from . import atomic
+from hearsay import atomic
 from .checkpoint import Checkpoint
 from .corpus import Corpus, read_corpus
-from .errors import HearsayError
+from hearsay.errors import HearsayError
 from .features import PAPER, FeatureConfig
 
 EpochCallback = Callable[[dict[str, Any]], None]

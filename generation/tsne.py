@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from . import checkpoint
-from . import atomic
+from hearsay import atomic
 from .corpus import read_corpus
-from .errors import HearsayError
+from hearsay.errors import HearsayError
 from .maximize import PRESETS, maximize
 from .objective import save_figure, write_csv
 

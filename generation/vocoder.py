@@ -16,8 +16,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from . import atomic
-from .errors import HearsayError
+from hearsay import atomic
+from hearsay.errors import HearsayError
 from .features import PAPER, FeatureConfig, unit_to_amp
 
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from analysis.table import COLUMNS, Exclusion, apply_exclusions, normalize, read_mturk
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 MANIFEST = pd.DataFrame([
     {"stimulus_id": "s1", "file": "wav/3f9c1a2b7d.wav", "word": "yes", "method": "classifier", "init": "noise",
@@ -38,14 +38,15 @@ def test_mturk_rating_batch_joins_manifest_by_file_name(tmp_path):
         rating_row("W2", "ffee001122.wav", "Fair (equally clear and unclear)", status="Rejected"),
     ])
     table, info = read_mturk(csv_path, manifest_path)
-    assert list(table.columns) == COLUMNS
-    assert table["stimulus"].tolist() == ["s1", "s2", "s3"]
-    assert table["rating"].tolist() == [4.0, 1.0, 2.0]
+    assert list(table.columns) == list(COLUMNS)
+    # the rejected assignment (W2) is left out and counted; W1's answers stay
+    assert table["stimulus"].tolist() == ["s1", "s2"]
+    assert table["rating"].tolist() == [4.0, 1.0]
     assert table["listener_source"].eq("mturk").all() and table["listener_kind"].eq("human").all()
-    assert table["pay_ok"].tolist() == [True, True, False]
-    assert table["analyse_ok"].tolist() == [None, None, False]
-    assert table["answered_at"].iloc[0].startswith("2026-11-22T04:04:22")
-    assert info["task"] == "rating" and info["words"] == ["no", "up", "yes"]
+    assert table["pay_ok"].tolist() == [True, True]
+    assert table["analyse_ok"].tolist() == [None, None]
+    assert table["answered_at"].iloc[0] == "2026-11-22T12:04:22+00:00"  # PST is UTC-8
+    assert info["task"] == "rating" and info["words"] == ["no", "up", "yes"] and info["rejected_answers"] == 1
 
 
 def test_mturk_identification_batch_scores_answers(tmp_path):
@@ -68,32 +69,42 @@ def test_mturk_stimulus_id_column_takes_precedence(tmp_path):
     assert table["stimulus"].tolist() == ["s2"] and table["rating"].tolist() == [3.0]
 
 
-@pytest.mark.parametrize("drop", ["WorkerId", "Input.audio_url", "Answer.audio-naturalness.label"])
-def test_mturk_csv_missing_column_is_one_clear_error(tmp_path, drop):
+@pytest.mark.parametrize("drop, message", [("WorkerId", "lacks column"), ("Input.audio_url", "lacks column"),
+                                           ("Answer.audio-naturalness.label", "no answer column")])
+def test_mturk_csv_missing_column_is_one_clear_error(tmp_path, drop, message):
     row = rating_row("W1", "3f9c1a2b7d.wav", "Good")
     del row[drop]
     csv_path, manifest_path = write_batch(tmp_path, [row])
-    with pytest.raises(HearsayError, match="lacks column"):
+    with pytest.raises(HearsayError, match=message):
         read_mturk(csv_path, manifest_path)
 
 
 def test_manifest_not_matching_csv_is_one_clear_error(tmp_path):
-    csv_path, manifest_path = write_batch(tmp_path, [rating_row("W1", "3f9c1a2b7d.wav", "Good"),
-                                                     rating_row("W1", "deadbeef00.wav", "Good")])
+    csv_path, manifest_path = write_batch(tmp_path, [rating_row("W1", "deadbeef00.wav", "Good")])
     with pytest.raises(HearsayError, match="not in the manifest.*deadbeef00.wav"):
         read_mturk(csv_path, manifest_path)
+
+
+def test_rows_of_unknown_audio_are_left_out_and_counted_or_refused_when_strict(tmp_path):
+    csv_path, manifest_path = write_batch(tmp_path, [rating_row("W1", "3f9c1a2b7d.wav", "Good"),
+                                                     rating_row("W1", "deadbeef00.wav", "Good")])
+    table, info = read_mturk(csv_path, manifest_path)
+    assert table["stimulus"].tolist() == ["s1"]
+    assert len(info["invalid_rows"]) == 1 and "line 3" in info["invalid_rows"][0] and "deadbeef00.wav" in info["invalid_rows"][0]
+    with pytest.raises(HearsayError, match="1 invalid row.*lines 3"):
+        read_mturk(csv_path, manifest_path, strict=True)
 
 
 def test_manifest_missing_required_column(tmp_path):
     csv_path, manifest_path = write_batch(tmp_path, [rating_row("W1", "3f9c1a2b7d.wav", "Good")],
                                           manifest=MANIFEST.drop(columns=["pair_id"]))
-    with pytest.raises(HearsayError, match="manifest .* lacks column.*pair_id"):
+    with pytest.raises(HearsayError, match="manifest .* lacks required column.*pair_id"):
         read_mturk(csv_path, manifest_path)
 
 
 def test_unknown_rating_label(tmp_path):
     csv_path, manifest_path = write_batch(tmp_path, [rating_row("W1", "3f9c1a2b7d.wav", "Superb")])
-    with pytest.raises(HearsayError, match="unknown rating label"):
+    with pytest.raises(HearsayError, match="line 2.*'Superb' is not one of the five ratings"):
         read_mturk(csv_path, manifest_path)
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from generation.asr import NONE, Recognizer
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 from generation.espeak import Voice, synthesize
 
 WORDS = ["yes", "no", "up", "down", "left", "right", "stop", "go"]

@@ -8,7 +8,7 @@ import torch
 
 from generation import checkpoint, nets
 from generation.checkpoint import Checkpoint, require_compatible
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 from generation.features import PAPER
 
 

@@ -8,7 +8,7 @@ import soundfile as sf
 from django.core.management import CommandError, call_command
 
 from generation.corpus import CorpusSettings, build_corpus, draw_speakers, read_corpus
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 
 def _wav(path: Path, seconds: float = 0.1) -> None:

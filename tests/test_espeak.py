@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from generation import espeak
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 
 def test_word_is_voiced_audio_at_16k():

@@ -7,10 +7,11 @@ from html.parser import HTMLParser
 import pandas as pd
 import pytest
 
-from evaluation.export import COLUMNS, experiment_info, long_table
+from evaluation.export import experiment_info, long_table
+from hearsay.answers import ANSWER_COLUMNS
 from evaluation.machine import listen
 from evaluation.models import Experiment, Participant, Stimulus
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 from tests.test_survey_flow import Listener, make_experiment, media  # noqa: F401
 
 
@@ -33,7 +34,7 @@ def answered(media):  # noqa: F811
 def test_long_table_has_the_contract_columns_and_one_row_per_answer(answered):
     web, _ = answered
     table = long_table("demo")
-    assert list(table.columns) == COLUMNS
+    assert list(table.columns) == list(ANSWER_COLUMNS)
     assert len(table) == 2 * (1 + 3 + 1 + 1)
     assert set(table["listener"]) == {f"p{web.participant.pk}", "AW1"}
     assert set(table["listener_source"]) == {"web", "mturk"} and set(table["listener_kind"]) == {"human"}
@@ -83,7 +84,7 @@ def test_admin_downloads_the_same_table_as_csv_and_shows_live_counts(answered, a
     csv = admin_client.get(f"/admin/evaluation/experiment/{experiment.pk}/responses.csv")
     assert csv.status_code == 200 and csv["Content-Type"].startswith("text/csv")
     frame = pd.read_csv(io.BytesIO(csv.content), keep_default_na=False)
-    assert list(frame.columns) == COLUMNS and len(frame) == len(long_table("demo"))
+    assert list(frame.columns) == list(ANSWER_COLUMNS) and len(frame) == len(long_table("demo"))
     counts = admin_client.get(f"/admin/evaluation/experiment/{experiment.pk}/counts/").content.decode()
     assert "1-classifier-noise" in counts and "AW1" in counts and "accuracy" in counts
     action = admin_client.post("/admin/evaluation/experiment/", {"action": "download_csv", "_selected_action": [experiment.pk]})

@@ -102,7 +102,7 @@ def done(setup):
 def test_manifest_follows_the_paper_design(done):
     rows = read_manifest(done / "manifest.csv")
     with open(done / "manifest.csv", newline="", encoding="utf-8") as fh:
-        assert next(csv.reader(fh)) == COLUMNS
+        assert next(csv.reader(fh)) == list(COLUMNS)
     counts = {}
     for r in rows:
         key = (r["word"], r["condition"], r["method"], r["init"], r["stage"])

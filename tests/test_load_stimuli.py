@@ -14,7 +14,7 @@ from django.core.management.base import CommandError
 
 from evaluation.models import Experiment, Stimulus
 from evaluation.stimuli import load_manifest
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 from tests.test_survey_flow import FIXTURE, media  # noqa: F401
 
 

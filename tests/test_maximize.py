@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 from generation.maximize import PRESETS, Settings, class_probability, maximize, total_variation, tv_value
 from generation.nets import Autoencoder, PaperClassifier
 

@@ -5,7 +5,7 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 
 from analysis import stats
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 # Fleiss (1971) example as in Wikipedia's "Fleiss' kappa": 10 subjects, 14 raters, 5 categories.
 FLEISS = np.array([[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],

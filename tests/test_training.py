@@ -12,7 +12,7 @@ import torch
 from django.core.management import CommandError, call_command
 
 from generation import checkpoint
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 from generation.features import extract_files
 from generation.train import partial_path, resolve_device, train_autoencoder, train_classifier
 

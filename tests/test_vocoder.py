@@ -4,7 +4,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 from generation.features import PAPER, LogMel, prepare_waves
 from generation.vocoder import GriffinLimVocoder, Vocoder, write_wav
 

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from analysis.report import ReportOptions, build_report, sha256_file, table_sha256
 from analysis.table import EXCLUDE_RULES, Exclusion, read_mturk
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 
 class Command(BaseCommand):

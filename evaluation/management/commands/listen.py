@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from evaluation.machine import asr_judge, evaluator_judge, listen
 from evaluation.models import Experiment
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 
 class Command(BaseCommand):

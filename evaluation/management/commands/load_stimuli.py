@@ -2,7 +2,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from evaluation.stimuli import load_manifest
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 
 class Command(BaseCommand):

@@ -4,7 +4,6 @@ The clips are espeak words (clean, and degraded with noise or a low-pass filter 
 stand in for generated audio), so the survey can be exercised before any model is
 trained. Provenance column `status` says so.
 """
-import csv
 import secrets
 from pathlib import Path
 
@@ -13,15 +12,15 @@ from django.core.management.base import BaseCommand, CommandError
 from scipy.signal import butter, sosfilt
 
 from evaluation.audio import wav_bytes
-from evaluation.stimuli import REQUIRED
 from generation import espeak
-from generation import atomic
+from hearsay.manifest import MANIFEST_NAME, ORIGINAL_CONDITION, PAPER_CONDITIONS, write_manifest
 
+_NOISE, _DECODER_TEST = PAPER_CONDITIONS[0], PAPER_CONDITIONS[3]
 CONDITIONS = (  # condition, method, init, stage, pairing
-    ("1-classifier-noise", "classifier", "noise", "after", False),
-    ("4-decoder-test", "decoder", "test", "before", True),
-    ("4-decoder-test", "decoder", "test", "after", True),
-    ("original", "natural", "none", "original", True),
+    (_NOISE.name, _NOISE.method, _NOISE.init, "after", False),
+    (_DECODER_TEST.name, _DECODER_TEST.method, _DECODER_TEST.init, "before", True),
+    (_DECODER_TEST.name, _DECODER_TEST.method, _DECODER_TEST.init, "after", True),
+    (ORIGINAL_CONDITION, "natural", "none", "original", True),
 )
 RATE = 16_000
 
@@ -45,8 +44,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **opts):
         out = Path(opts["out"])
-        if (out / "manifest.csv").exists():
-            raise CommandError(f"{out / 'manifest.csv'} already exists; choose an empty folder")
+        if (out / MANIFEST_NAME).exists():
+            raise CommandError(f"{out / MANIFEST_NAME} already exists; choose an empty folder")
         (out / "wav").mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(opts["seed"])
         voice = espeak.Voice(language="en-us", rate=160)
@@ -65,11 +64,5 @@ class Command(BaseCommand):
                     "stage": stage, "pair_id": pair if paired else "", "condition": condition, "speaker": voice.name,
                     "seed": opts["seed"], "status": "fixture: espeak-ng word, degraded; not a generated stimulus",
                 })
-        fields = list(REQUIRED) + ["condition", "speaker", "seed", "status"]
-        def write(handle) -> None:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-
-        atomic.write_with(out / "manifest.csv", write, binary=False)
-        self.stdout.write(f"wrote {len(rows)} clips of {len(opts['words'])} words to {out / 'manifest.csv'}")
+        write_manifest(out / MANIFEST_NAME, rows)
+        self.stdout.write(f"wrote {len(rows)} clips of {len(opts['words'])} words to {out / MANIFEST_NAME}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from evaluation import mturk
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 DEFAULT_TITLES = {
     "identification": "Listen to short recordings and say which word you hear",

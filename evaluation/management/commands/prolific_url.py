@@ -4,7 +4,7 @@ from django.urls import reverse
 
 from evaluation import prolific
 from evaluation.models import Experiment
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 
 class Command(BaseCommand):

@@ -1,7 +1,7 @@
 """`manage.py generate`: the paper's perceptual stimulus set (conditions 1-4 plus originals)."""
 from django.core.management.base import BaseCommand, CommandError
 
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 from generation.maximize import PRESETS
 from generation.stimuli import DESIGNS
 

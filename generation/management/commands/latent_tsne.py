@@ -1,7 +1,7 @@
 """`manage.py latent_tsne`: the paper's figure of how maximization moves real utterances in latent space."""
 from django.core.management.base import BaseCommand, CommandError
 
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 
 class Command(BaseCommand):

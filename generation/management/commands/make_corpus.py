@@ -2,7 +2,7 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from generation.corpus import SPEECH_COMMANDS_WORDS, CorpusSettings, build_corpus
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 
 def _words(text: str) -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 """`manage.py objective`: the paper's noise-start experiment, judged by an independent classifier."""
 from django.core.management.base import BaseCommand, CommandError
 
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 from generation.maximize import METHODS, PRESETS
 
 

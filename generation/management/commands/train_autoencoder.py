@@ -1,7 +1,7 @@
 """`manage.py train_autoencoder`: the paper's autoencoder, whose decoder is the prior for maximization."""
 from django.core.management.base import BaseCommand, CommandError
 
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 
 class Command(BaseCommand):

@@ -1,7 +1,7 @@
 """`manage.py train_classifier`: one speech-command classifier per run (A, or B with another seed)."""
 from django.core.management.base import BaseCommand, CommandError
 
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 from generation.nets import CLASSIFIERS
 
 

@@ -1,8 +1,0 @@
-"""One exception type for problems with what the user gave us.
-
-Management commands turn it into a one-line CommandError; anything else is a bug.
-"""
-
-
-class HearsayError(Exception):
-    """Bad input (path, file, checkpoint, option): reported as one line, never a traceback."""

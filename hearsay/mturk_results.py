@@ -1,0 +1,351 @@
+"""The one reader of MTurk results CSVs, shared by `mturk import-results` and `analyze --mturk-csv`.
+
+It reads what the requester website gives back (every field quoted, possibly a UTF-8 BOM and CRLF
+after a spreadsheet round trip, cells spanning lines) and the original study's batch format
+(`experiment,timestamp,class_label,audio_url,pred_1_class,pred_2_class` inputs with
+`Answer.audio-naturalness.label`). Answers arrive in any of the shapes MTurk writes:
+`Answer.x` (plain input), `Answer.x.label` (crowd-classifier), `Answer.x.<option>` = true/false
+(radio group) or one JSON column `Answer.taskAnswers` (a crowd-form without
+answer-format="flatten-objects"). Times carry a zone abbreviation and are converted to UTC.
+
+Rows whose answer cannot be read are reported as invalid (with their file line) instead of
+stopping the whole file; the caller decides whether to refuse the file. Structural problems (not
+a results file, a duplicate AssignmentId, an unknown time zone) stop the whole file.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+from hearsay.answers import parse_identification, parse_rating
+from hearsay.errors import HearsayError
+
+# The names our batch layout gives its answers (and the original study's rating field).
+RATING_FIELD = "audio-naturalness"
+IDENTIFICATION_FIELD = "heard-word"
+PLAY_COUNT_FIELD = "play-count"
+PLAYED_TO_END_FIELD = "played-to-end"
+TASK_ANSWERS = "Answer.taskAnswers"
+
+REQUIRED_COLUMNS = ("AssignmentId", "WorkerId", "AssignmentStatus")
+STATUSES = ("Submitted", "Approved", "Rejected")
+ORIGINAL_STUDY_INPUTS = ("experiment", "timestamp", "class_label", "audio_url", "pred_1_class", "pred_2_class")
+
+# UTC offsets in minutes of the zone abbreviations Java's Date.toString (which MTurk uses) prints.
+ZONE_OFFSETS: dict[str, int] = {
+    "UTC": 0, "GMT": 0, "UT": 0, "Z": 0, "WET": 0, "WEST": 60, "BST": 60, "IST": 330, "CET": 60, "CEST": 120,
+    "MET": 60, "MEST": 120, "EET": 120, "EEST": 180, "MSK": 180, "TRT": 180, "GST": 240, "PKT": 300, "NPT": 345,
+    "BDT": 360, "ICT": 420, "WIB": 420, "CST": -360, "CDT": -300, "HKT": 480, "SGT": 480, "PHT": 480, "AWST": 480,
+    "JST": 540, "KST": 540, "ACST": 570, "ACDT": 630, "AEST": 600, "AEDT": 660, "NZST": 720, "NZDT": 780,
+    "HST": -600, "HDT": -540, "AKST": -540, "AKDT": -480, "PST": -480, "PDT": -420, "MST": -420, "MDT": -360,
+    "EST": -300, "EDT": -240, "AST": -240, "ADT": -180, "NST": -210, "NDT": -150, "BRT": -180, "ART": -180,
+    "CLT": -240, "CLST": -180, "COT": -300, "PET": -300, "SAST": 120, "WAT": 60, "CAT": 120, "EAT": 180,
+}
+_MTURK_TIME = re.compile(r"(\w{3}) (\w{3}) +(\d{1,2}) (\d{2}):(\d{2}):(\d{2}) ([A-Za-z]{1,5}) (\d{4})")
+
+
+def parse_mturk_time(text: str, where: str = "") -> datetime | None:
+    """'Tue Mar 05 10:20:30 PST 2019' (or ISO 8601) as an aware UTC datetime; '' gives None."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    prefix = f"{where}: " if where else ""
+    match = _MTURK_TIME.fullmatch(text)
+    if match:
+        zone = match.group(7).upper()
+        if zone not in ZONE_OFFSETS:
+            raise HearsayError(f"{prefix}time {text!r} has an unknown time zone {zone!r}")
+        try:
+            naive = datetime.strptime(" ".join(match.group(i) for i in (2, 3, 4, 5, 6, 8)), "%b %d %H %M %S %Y")
+        except ValueError:
+            raise HearsayError(f"{prefix}unreadable MTurk time {text!r}") from None
+        return naive.replace(tzinfo=timezone(timedelta(minutes=ZONE_OFFSETS[zone]))).astimezone(UTC)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise HearsayError(f"{prefix}unreadable MTurk time {text!r}") from None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _flatten(prefix: str, value, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    elif isinstance(value, bool):
+        out[prefix] = "true" if value else "false"
+    elif value is None:
+        out[prefix] = ""
+    elif isinstance(value, list):
+        out[prefix] = ",".join(str(v) for v in value)
+    else:
+        out[prefix] = str(value)
+
+
+def _task_answers(text: str, where: str) -> dict[str, str]:
+    """Answer.taskAnswers: a JSON list holding one object per assignment, flattened like flatten-objects does."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{TASK_ANSWERS} is not JSON ({exc.msg})") from None
+    if isinstance(data, list):
+        if len(data) != 1 or not isinstance(data[0], dict):
+            raise ValueError(f"{TASK_ANSWERS} holds {len(data)} answer objects, expected one")
+        data = data[0]
+    if not isinstance(data, dict):
+        raise ValueError(f"{TASK_ANSWERS} is not an object of answers")
+    out: dict[str, str] = {}
+    for k, v in data.items():
+        _flatten(k, v, out)
+    return out
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One assignment of a results file, answers flattened to names like 'heard-word.label'."""
+
+    line: int
+    hit_id: str
+    assignment_id: str
+    worker_id: str
+    status: str
+    accepted: datetime | None
+    submitted: datetime | None
+    inputs: dict[str, str]
+    answers: dict[str, str]
+    problem: str = ""  # why the answers could not be read ('' when they could)
+
+    @property
+    def audio_url(self) -> str:
+        return self.inputs.get("audio_url", "")
+
+    @property
+    def audio_name(self) -> str:
+        """The file name the audio URL ends in (query strings and hosts ignored)."""
+        return PurePosixPath(urlsplit(self.audio_url).path).name
+
+    def answer(self, name: str) -> str:
+        """The answer `name` in whichever shape it came: .label, plain, or exactly one radio option set to true."""
+        for key in (f"{name}.label", name):
+            if self.answers.get(key, "").strip():
+                return self.answers[key].strip()
+        prefix = f"{name}."
+        chosen = [k[len(prefix):] for k, v in self.answers.items() if k.startswith(prefix) and v.strip().lower() == "true"]
+        return chosen[0] if len(chosen) == 1 else ""
+
+    def has_answer_field(self, name: str) -> bool:
+        return any(k == name or k.startswith(f"{name}.") for k in self.answers)
+
+
+@dataclass(frozen=True)
+class ResultsFile:
+    path: Path
+    columns: tuple[str, ...]
+    rows: tuple[ResultRow, ...]
+
+    def task(self) -> str:
+        """identification or rating, from the answer fields present."""
+        names = {k.split(".")[0] for r in self.rows for k in r.answers}
+        if IDENTIFICATION_FIELD in names:
+            return "identification"
+        if RATING_FIELD in names:
+            return "rating"
+        raise HearsayError(
+            f"{self.path}: no answer column Answer.{IDENTIFICATION_FIELD} or Answer.{RATING_FIELD} "
+            f"(nor {TASK_ANSWERS} holding one); is this the results file of a Hearsay batch?"
+        )
+
+
+def _records(path: Path, text: str) -> Iterable[tuple[int, list[str]]]:
+    """(first file line, fields) per record; multi-line cells keep the line numbers right."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    line = 0
+    while True:
+        start = line + 1
+        try:
+            record = next(reader, None)
+        except csv.Error as exc:
+            raise HearsayError(f"{path}:{start}: malformed CSV: {exc}") from None
+        line = reader.line_num
+        if record is None:
+            return
+        yield start, record
+
+
+def read_results(path: str | Path) -> ResultsFile:
+    """Read a results CSV; structural problems raise HearsayError naming the file and line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise HearsayError(f"MTurk results file {path} does not exist")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HearsayError(f"cannot read MTurk results file {path}: {exc}") from None
+    if "\x00" in text:
+        raise HearsayError(f"cannot read MTurk results file {path}: it contains a NUL byte")
+    records = _records(path, text)
+    first = next(records, None)
+    if first is None:
+        raise HearsayError(f"{path} is empty")
+    header = [h.strip() for h in first[1]]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise HearsayError(f"{path} is not an MTurk results file: it lacks column(s) {', '.join(missing)}")
+    if "Input.audio_url" not in header:
+        raise HearsayError(f"{path} lacks column(s) Input.audio_url: the rows cannot be joined to their clips")
+    if len(set(header)) != len(header):
+        raise HearsayError(f"{path}:1: a column name appears twice")
+    rows: list[ResultRow] = []
+    seen: dict[str, int] = {}
+    for line, record in records:
+        if not any(cell.strip() for cell in record):
+            continue
+        where = f"{path}:{line}"
+        if len(record) != len(header):
+            raise HearsayError(f"{where}: {len(record)} fields where the header has {len(header)}")
+        cells = dict(zip(header, record))
+        ids = {c: cells.get(c, "").strip() for c in ("HITId", "AssignmentId", "WorkerId", "AssignmentStatus")}
+        if not ids["AssignmentId"] or not ids["WorkerId"]:
+            raise HearsayError(f"{where}: empty AssignmentId or WorkerId")
+        if ids["AssignmentId"] in seen:
+            raise HearsayError(f"{where}: AssignmentId {ids['AssignmentId']} already appeared on line {seen[ids['AssignmentId']]}")
+        seen[ids["AssignmentId"]] = line
+        status = ids["AssignmentStatus"].capitalize()
+        if status not in STATUSES:
+            raise HearsayError(f"{where}: unknown AssignmentStatus {ids['AssignmentStatus']!r} (expected {', '.join(STATUSES)})")
+        answers = {k[len("Answer."):]: v for k, v in cells.items() if k.startswith("Answer.") and k != TASK_ANSWERS}
+        problem = ""
+        if cells.get(TASK_ANSWERS, "").strip():
+            try:
+                answers.update(_task_answers(cells[TASK_ANSWERS], where))
+            except ValueError as exc:
+                problem = str(exc)
+        rows.append(ResultRow(
+            line=line, hit_id=ids["HITId"], assignment_id=ids["AssignmentId"], worker_id=ids["WorkerId"], status=status,
+            accepted=parse_mturk_time(cells.get("AcceptTime", ""), where),
+            submitted=parse_mturk_time(cells.get("SubmitTime", ""), where),
+            inputs={k[len("Input."):]: v.strip() for k, v in cells.items() if k.startswith("Input.")},
+            answers=answers, problem=problem,
+        ))
+    if not rows:
+        raise HearsayError(f"{path} has no assignments")
+    return ResultsFile(path=path, columns=tuple(header), rows=tuple(rows))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A readable answer of one assignment: what both routes store and analyse."""
+
+    row: ResultRow
+    key: str  # the clip, as the resolver named it (a stimulus id)
+    answer: str  # identification: a word or "none"; rating: ""
+    rating: int | None
+    play_count: int
+    played_to_end: bool
+
+
+@dataclass(frozen=True)
+class Invalid:
+    row: ResultRow
+    reason: str
+
+    def describe(self) -> str:
+        return f"line {self.row.line} ({self.row.assignment_id}): {self.reason}"
+
+
+@dataclass
+class Reading:
+    task: str
+    answers: list[Answer] = field(default_factory=list)
+    invalid: list[Invalid] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = ", ".join(str(i.row.line) for i in self.invalid[:20]) + (" ..." if len(self.invalid) > 20 else "")
+        return f"{len(self.invalid)} invalid row(s), file lines {lines}" if self.invalid else "no invalid rows"
+
+
+def interpret(results: ResultsFile, task: str, words: list[str], resolve: Callable[[ResultRow], str | None],
+              experiment: str | None = None) -> Reading:
+    """Each row's clip (through `resolve`, None = unknown) and answer; unreadable rows become Invalid.
+
+    A row of another experiment (Input.experiment naming a different one) is invalid too.
+    """
+    reading = Reading(task=task)
+    name = RATING_FIELD if task == "rating" else IDENTIFICATION_FIELD
+    for row in results.rows:
+        reason = row.problem
+        key = None
+        answer, score, plays = "", None, 0
+        if not reason and experiment and row.inputs.get("experiment") and row.inputs["experiment"] != experiment:
+            reason = f"row belongs to experiment {row.inputs['experiment']!r}, not {experiment!r}"
+        if not reason:
+            key = resolve(row)
+            if key is None:
+                reason = f"audio {row.audio_name or row.audio_url!r} is not a clip of this study"
+        if not reason:
+            label = row.answer(name)
+            try:
+                if not label:
+                    raise HearsayError(f"no answer in Answer.{name}")
+                if task == "rating":
+                    score = parse_rating(label)
+                else:
+                    answer = parse_identification(label, words)
+                text = row.answer(PLAY_COUNT_FIELD) or "0"
+                plays = int(text)
+                if plays < 0:
+                    raise ValueError
+            except HearsayError as exc:
+                reason = str(exc)
+            except ValueError:
+                reason = f"play count {row.answer(PLAY_COUNT_FIELD)!r} is not a whole number"
+        if reason:
+            reading.invalid.append(Invalid(row, reason))
+            continue
+        reading.answers.append(Answer(row=row, key=key, answer=answer, rating=score, play_count=plays,
+                                      played_to_end=row.answer(PLAYED_TO_END_FIELD).lower() == "true"))
+    return reading
+
+
+# The researcher's key from each opaque batch audio name to its stimulus; written by export-batch beside
+# batch.csv, never uploaded (workers see only the opaque names).
+BATCH_KEY = "batch_key.csv"
+KEY_COLUMNS = ("audio_name", "stimulus_id")
+
+
+def batch_key_bytes(pairs: Iterable[tuple[str, str]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(KEY_COLUMNS)
+    writer.writerows(pairs)
+    return buf.getvalue().encode("utf-8")
+
+
+def read_batch_key(path: str | Path) -> dict[str, str]:
+    """audio name -> stimulus id, from a key file export-batch wrote."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise HearsayError(f"batch key file {path} does not exist")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HearsayError(f"cannot read batch key file {path}: {exc}") from None
+    records = _records(path, text)
+    first = next(records, None)
+    if first is None or tuple(h.strip() for h in first[1]) != KEY_COLUMNS:
+        raise HearsayError(f"{path} is not a batch key file (expected the columns {', '.join(KEY_COLUMNS)})")
+    key: dict[str, str] = {}
+    for line, record in records:
+        if len(record) != 2 or not all(c.strip() for c in record):
+            raise HearsayError(f"{path}:{line}: expected an audio name and a stimulus id")
+        name, sid = (c.strip() for c in record)
+        if name in key:
+            raise HearsayError(f"{path}:{line}: audio name {name!r} appears twice")
+        key[name] = sid
+    return key

@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from evaluation.models import Experiment, Response, Stimulus
+from evaluation.models import Experiment, MturkAssignment, Participant, Response, Stimulus
 from hearsay.answers import ANSWER_COLUMNS
 from hearsay.csvsafe import safe_frame
 from hearsay.errors import HearsayError
@@ -26,10 +26,42 @@ def _correct(experiment: Experiment, stimulus: Stimulus, answer: str, rating: in
     return answer == expected
 
 
+def analysable_responses(experiment: Experiment):
+    """Every answer except those of assignments MTurk rejected (the one rule for rejected work).
+
+    A rejected assignment stays stored and flagged (MturkAssignment.status); only its own answers
+    leave the analysis. On the batch route one assignment is one answer, so a worker's other
+    assignments stay; on the survey route the assignment is the participant's whole session.
+    """
+    rejected = MturkAssignment.Status.REJECTED
+    return (
+        Response.objects.filter(stimulus__experiment=experiment)
+        .exclude(mturk_assignment__status=rejected)
+        .exclude(participant__source=Participant.Source.MTURK, participant__paid_state=rejected.lower(),
+                 mturk_assignment__isnull=True)
+    )
+
+
+def rejected_answer_count(experiment: Experiment) -> int:
+    return Response.objects.filter(stimulus__experiment=experiment).count() - analysable_responses(experiment).count()
+
+
+def _pay_ok(response: Response) -> bool | None:
+    """Batch answers: paid when MTurk approved their assignment; survey answers: the participant's verdict."""
+    batch = getattr(response, "mturk_assignment", None)
+    if batch is not None:
+        return True if batch.status == MturkAssignment.Status.APPROVED else None
+    return response.participant.pay_ok
+
+
 def long_table(slug: str) -> pd.DataFrame:
     """Every answer of experiment `slug`, in answer order; raises HearsayError if there are none."""
     experiment = _experiment(slug)
-    responses = Response.objects.filter(stimulus__experiment=experiment).select_related("participant", "stimulus").order_by("answered_at", "pk")
+    responses = (
+        analysable_responses(experiment)
+        .select_related("participant", "stimulus", "mturk_assignment")
+        .order_by("answered_at", "pk")
+    )
     rows = []
     for r in responses.iterator(chunk_size=2000):
         p, s = r.participant, r.stimulus
@@ -51,7 +83,7 @@ def long_table(slug: str) -> pd.DataFrame:
             "play_count": int(r.play_count),
             "listened_to_end": bool(r.listened_to_end),
             "response_ms": float(r.response_ms) if r.response_ms is not None else math.nan,
-            "pay_ok": p.pay_ok,
+            "pay_ok": _pay_ok(r),
             "analyse_ok": p.analyse_ok,
             "analyse_reasons": "; ".join(str(x) for x in p.analyse_reasons or []),
             "answered_at": r.answered_at.isoformat(),
@@ -81,4 +113,5 @@ def experiment_info(slug: str) -> dict:
         "task": experiment.task,
         "words": list(experiment.words),
         "ratings_per_stimulus": experiment.ratings_per_stimulus,
+        "rejected_answers": rejected_answer_count(experiment),
     }

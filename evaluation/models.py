@@ -226,6 +226,11 @@ class MturkAssignment(models.Model):
     via_batch = models.BooleanField(default=False, help_text="Imported from a requester-website results CSV.")
     submitted_at = models.DateTimeField(null=True, blank=True)
     synced_at = models.DateTimeField(auto_now=True)
+    response = models.OneToOneField(
+        Response, on_delete=models.SET_NULL, null=True, blank=True, related_name="mturk_assignment",
+        help_text="Batch route: the answer this assignment gave (one clip per HIT).",
+    )
+    invalid_reason = models.TextField(blank=True, help_text="Batch route: why the row's answer could not be read.")
 
     class Meta:
         ordering = ["experiment", "hit_id", "assignment_id"]
@@ -233,3 +238,28 @@ class MturkAssignment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.assignment_id} ({self.status})"
+
+
+class MturkBatch(models.Model):
+    """A set of HITs made on the requester website from one export-batch: its clips go by opaque names."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="mturk_batches")
+    label = models.CharField(max_length=64)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["experiment", "label"], name="unique_mturk_batch_label")]
+
+    def __str__(self) -> str:
+        return f"{self.experiment.slug}:{self.label}"
+
+
+class MturkBatchClip(models.Model):
+    """One clip of a batch under the opaque file name workers' pages load it by (served as long as the batch exists)."""
+
+    batch = models.ForeignKey(MturkBatch, on_delete=models.CASCADE, related_name="clips")
+    stimulus = models.ForeignKey(Stimulus, on_delete=models.CASCADE, related_name="batch_clips")
+    name = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["batch", "stimulus"], name="one_name_per_clip_and_batch")]

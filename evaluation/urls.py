@@ -1,7 +1,7 @@
 """Survey routes: listener pages under /s/<slug>/, clips under opaque per-listener tokens /a/<token>."""
 from django.urls import path
 
-from evaluation import views
+from evaluation import batch_audio, views
 
 app_name = "evaluation"
 urlpatterns = [
@@ -16,4 +16,5 @@ urlpatterns = [
     path("s/<slug:slug>/example/<int:value>", views.anchor, name="anchor"),
     path("s/<slug:slug>/sample", views.sample, name="sample"),
     path("a/<str:token>", views.audio, name="audio"),
+    batch_audio.urlpattern,
 ]

@@ -62,7 +62,7 @@ def test_rating_answers_carry_ratings_and_no_correctness(media):  # noqa: F811
     assert table["answer"].eq("").all()
     assert table["correct"].isna().all()
     assert table["rating"].between(0, 4).all()
-    assert experiment_info("rate") == {"slug": "rate", "task": "rating", "words": ["down", "no", "up", "yes"], "ratings_per_stimulus": 3}
+    assert experiment_info("rate") == {"slug": "rate", "task": "rating", "words": ["down", "no", "up", "yes"], "ratings_per_stimulus": 3, "rejected_answers": 0}
 
 
 @pytest.mark.django_db

@@ -5,6 +5,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -392,7 +393,12 @@ def test_identification_batch_reveals_no_word(experiment, tmp_path):
     text = (out / "batch.csv").read_text()
     rows = list(csv.DictReader(io.StringIO(text)))
     assert list(rows[0]) == ["audio_url"] and len(rows) == 4  # practice clips stay out
-    assert all(r["audio_url"].startswith("https://cdn.example.org/media/stimuli/") for r in rows)
+    assert all(re.fullmatch(r"https://cdn\.example\.org/batch-audio/[0-9a-f]{32}\.wav", r["audio_url"]) for r in rows)
+    key = dict(csv.reader((out / "batch_key.csv").open()))
+    names = {r["audio_url"].rsplit("/", 1)[1] for r in rows}
+    assert set(key) - {"audio_name"} == names
+    assert set(key.values()) - {"stimulus_id"} == set(
+        experiment.stimuli.exclude(kind__in=["practice", "trap"]).values_list("stimulus_id", flat=True))
     tokens = set(" ".join([text, *(p.name for p in out.iterdir())]).replace("/", " ").replace(".", " ").replace("_", " ").split())
     assert not tokens & set(WORDS) and "classifier" not in text and "noise" not in text
     layout = (out / "layout.html").read_text()
@@ -401,10 +407,9 @@ def test_identification_batch_reveals_no_word(experiment, tmp_path):
     assert record["sha256"]["batch.csv"] == hashlib.sha256((out / "batch.csv").read_bytes()).hexdigest()
 
 
-def test_identification_export_refuses_audio_names_that_name_a_word(experiment, tmp_path):
-    Stimulus.objects.filter(word="dog").update(audio="stimuli/dog_01.wav")
+def test_identification_export_refuses_a_base_url_that_names_a_word(experiment, tmp_path):
     with pytest.raises(CommandError, match="names a word"):
-        call_command("mturk", "export-batch", "--experiment", SLUG, "--out", str(tmp_path / "b"), "--base-url", "https://h.org")
+        call_command("mturk", "export-batch", "--experiment", SLUG, "--out", str(tmp_path / "b"), "--base-url", "https://dog.h.org")
     assert not (tmp_path / "b" / "batch.csv").exists()
 
 
@@ -419,8 +424,8 @@ def test_rating_batch_has_the_papers_question_and_anchors(experiment, tmp_path):
     layout = (tmp_path / "layout.html").read_text()
     assert "How clear and audible is the word &#x27;${class_label}&#x27; in this recording?" in layout or \
         "How clear and audible is the word '${class_label}' in this recording?" in layout
-    for label in ["Excellent - Completely clear speech", "Good - Mostly clear speech", "Fair - Equally clear and unclear speech",
-                  "Poor - Mostly unclear speech", "Bad - Completely unclear speech", *anchors]:
+    for label in ["Excellent (completely clear speech)", "Good (mostly clear)", "Fair (equally clear and unclear)",
+                  "Poor (mostly unclear)", "Bad (completely unclear)", *anchors]:
         assert label in layout
     assert 'name="audio-naturalness"' in layout
 
@@ -481,12 +486,11 @@ def test_imported_rating_results_keep_the_papers_scores(experiment, tmp_path):
 @pytest.mark.parametrize(
     "mangle, message",
     [
-        (lambda t: t.replace("Input.audio_url", "Input.url"), "missing column"),
-        (lambda t: t.replace("Answer.heard-word.label", "Answer.naturalness.label"), "no Answer.heard-word"),
-        (lambda t: t.replace("00c4f7a91e3", "deadbeef00"), "not a stimulus"),
-        (lambda t: t.replace(",dog,2,", ",cat,2,"), "not a word"),
+        (lambda t: t.replace("Input.audio_url", "Input.url"), "lacks column"),
+        (lambda t: t.replace("Answer.heard-word.label", "Answer.naturalness.label"), "no answer column Answer.heard-word"),
         (lambda t: t.replace("Submitted", "Pending", 1), "AssignmentStatus"),
-        (lambda t: t + "H9,T,A9,W9\n", "wrong number of fields"),
+        (lambda t: t + "H9,T,A9,W9\n", "fields where the header has"),
+        (lambda t: t.replace("AW21", "AW10"), "already appeared on line 2"),
         (lambda t: t.replace("Mon Jan 05 03:01:10 PST 2026", "yesterday", 1), "time"),
     ],
 )
@@ -499,8 +503,33 @@ def test_bad_results_files_write_nothing(experiment, tmp_path, mangle, message):
 
 
 def test_missing_results_file_is_one_line_error(experiment, tmp_path):
-    with pytest.raises(CommandError, match="cannot read"):
+    with pytest.raises(CommandError, match="does not exist"):
         call_command("mturk", "import-results", str(tmp_path / "nope.csv"), "--experiment", SLUG)
+
+
+@pytest.mark.parametrize(
+    "mangle, reason",
+    [
+        (lambda t: "".join(t.splitlines(True)[:-1]) + re.sub(r"/[^/,]*\.wav", "/deadbeef00.wav", t.splitlines(True)[-1]),
+         "not a clip of this study"),
+        (lambda t: t.replace(",dog,2,", ",cat,2,"), "not a word of this experiment"),
+        (lambda t: t.replace(",dog,2,", ",,2,"), "no answer"),
+    ],
+)
+def test_invalid_rows_are_recorded_as_invalid_and_strict_refuses_the_file(experiment, tmp_path, mangle, reason):
+    path = results_csv(tmp_path / "r.csv", experiment, {("W1", "yes"): "yes", ("W2", "yes"): "dog"})
+    path.write_text(mangle(path.read_text()))
+    with pytest.raises(CommandError, match="1 invalid row.*lines 3"):
+        call_command("mturk", "import-results", str(path), "--experiment", SLUG, "--strict", stdout=io.StringIO())
+    assert not Response.objects.exists() and not MturkAssignment.objects.exists()
+    out = io.StringIO()
+    call_command("mturk", "import-results", str(path), "--experiment", SLUG, stdout=out)
+    assert "1 invalid row(s)" in out.getvalue() and "line 3" in out.getvalue()
+    assert Response.objects.count() == 1
+    bad = MturkAssignment.objects.get(worker_id="W2")
+    assert bad.response is None and reason in bad.invalid_reason and bad.invalid_reason.startswith("line 3")
+    call_command("mturk", "import-results", str(path), "--experiment", SLUG, stdout=io.StringIO())
+    assert MturkAssignment.objects.count() == 2 and Response.objects.count() == 1
 
 
 # ---------------------------------------------------------------- Prolific

@@ -18,6 +18,9 @@ class Command(BaseCommand):
         source.add_argument("--experiment", help="slug of an experiment in the database")
         source.add_argument("--mturk-csv", type=Path, help="MTurk batch results CSV (needs --manifest)")
         parser.add_argument("--manifest", type=Path, help="stimulus manifest.csv the batch was made from")
+        parser.add_argument("--batch-key", type=Path,
+                            help="batch_key.csv written by mturk export-batch (audio name -> stimulus)")
+        parser.add_argument("--strict", action="store_true", help="refuse an MTurk CSV with any invalid row")
         parser.add_argument("--out", type=Path, required=True, help="report folder (replaced when complete)")
         parser.add_argument("--exclude", choices=EXCLUDE_RULES, default="gold", help="listener exclusion rule")
         parser.add_argument("--min-gold-accuracy", type=float, default=0.5)
@@ -31,7 +34,8 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         try:
             out = run(experiment=opts.get("experiment"), mturk_csv=opts.get("mturk_csv"),
-                      manifest=opts.get("manifest"), out=opts["out"], exclude=opts["exclude"],
+                      manifest=opts.get("manifest"), batch_key=opts.get("batch_key"), strict=opts["strict"],
+                      out=opts["out"], exclude=opts["exclude"],
                       min_gold_accuracy=opts["min_gold_accuracy"], include_machines=opts["include_machines"],
                       objective=opts.get("objective"), tsne=opts.get("tsne"), seed=opts["seed"],
                       mixed_max_answers=opts["mixed_max_answers"], progress=opts.get("verbosity", 1) > 0)
@@ -40,7 +44,8 @@ class Command(BaseCommand):
         self.stdout.write(f"report written to {out / 'report.html'}")
 
 
-def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None, out: Path, exclude: str = "gold",
+def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None, out: Path,
+        batch_key: Path | None = None, strict: bool = False, exclude: str = "gold",
         min_gold_accuracy: float = 0.5, include_machines: bool = False, objective: Path | None = None,
         tsne: Path | None = None, seed: int = 0, mixed_max_answers: int | None = 50_000,
         progress: bool = True) -> Path:
@@ -50,7 +55,7 @@ def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None
     if mixed_max_answers is not None and mixed_max_answers < 100:
         raise HearsayError("--mixed-max-answers must be at least 100")
     if experiment:
-        if mturk_csv or manifest:
+        if mturk_csv or manifest or batch_key:
             raise HearsayError("give either --experiment or --mturk-csv with --manifest, not both")
         from evaluation.export import experiment_info, long_table
 
@@ -60,8 +65,8 @@ def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None
     else:
         if manifest is None:
             raise HearsayError("--mturk-csv needs --manifest")
-        table, info = read_mturk(mturk_csv, manifest)
-        inputs = {str(mturk_csv): sha256_file(mturk_csv), str(manifest): sha256_file(manifest)}
+        table, info = read_mturk(mturk_csv, manifest, batch_key, strict=strict)
+        inputs = {str(p): sha256_file(p) for p in (mturk_csv, manifest, batch_key) if p}
     options = ReportOptions(exclusion=Exclusion(exclude, min_gold_accuracy, include_machines), seed=seed,
                             bayes_max_answers=mixed_max_answers, objective_dir=objective, tsne_dir=tsne)
     return build_report(table, info, out, options, inputs, progress=progress)

@@ -58,14 +58,16 @@ class Command(BaseCommand):
         p.add_argument("--yes", action="store_true", help="Do not ask before spending.")
         action("expire", "Stop all recorded HITs from taking new workers.")
 
-        p = action("export-batch", "Write batch.csv, layout.html and batch.json for the requester website.", api=False)
+        p = action("export-batch", "Write batch.csv, layout.html, batch_key.csv and batch.json for the requester website.", api=False)
         p.add_argument("--out", required=True, type=Path)
-        p.add_argument("--base-url", required=True, help="Public HTTPS origin serving MEDIA_URL, e.g. https://host.")
+        p.add_argument("--base-url", required=True, help="This site's public HTTPS origin, e.g. https://host; it serves the clips.")
+        p.add_argument("--batch", default="main", help="Label of the batch; the same label keeps the same audio names.")
         p.add_argument("--anchors", default="", help="Rating only: five HTTPS clip URLs, Excellent first, Bad last.")
         p.add_argument("--seed", type=int, default=0, help="Seed of the row order.")
 
-        p = action("import-results", "Read the requester website's results CSV into responses.")
+        p = action("import-results", "Read the requester website's results CSV into responses.", api=False)
         p.add_argument("results", type=Path, metavar="Batch_RESULTS.csv")
+        p.add_argument("--strict", action="store_true", help="Refuse the whole file if any row is invalid.")
 
     def handle(self, *args, **opts):
         from botocore.exceptions import BotoCoreError
@@ -202,22 +204,27 @@ class Command(BaseCommand):
 
     def do_export_batch(self, experiment, opts):
         anchors = [a.strip() for a in opts["anchors"].split(",") if a.strip()]
-        files = mturk.export_batch(experiment, opts["out"], opts["base_url"], anchors, seed=opts["seed"])
+        files = mturk.export_batch(experiment, opts["out"], opts["base_url"], anchors, seed=opts["seed"], label=opts["batch"])
         self.stdout.write(f"Wrote {files.rows} rows to {files.csv}, the layout to {files.layout}, provenance to {files.record}")
+        self.stdout.write(f"Keep {files.key} to yourself: it maps each audio name to its stimulus (analyze --batch-key).")
         if experiment.task == "rating" and not anchors:
             self.stdout.write(self.style.WARNING("No anchor clips (--anchors); the paper played one example per option."))
         self.stdout.write(
-            f"Answers come back as Answer.{mturk.RATING_FIELD if experiment.task == 'rating' else mturk.IDENTIFICATION_FIELD}.label; "
-            f"the public URLs must serve {opts['base_url'].rstrip('/')}/<MEDIA_URL>."
+            f"Answers come back as Answer.{mturk.answer_field(experiment)}.label; this site must be reachable at "
+            f"{opts['base_url'].rstrip('/')} while the batch runs (it serves the clips)."
         )
 
     def do_import_results(self, experiment, opts):
-        live = opts["live"]
-        self._announce(live)
-        report = mturk.import_results(experiment, opts["results"], live)
+        report = mturk.import_results(experiment, opts["results"], strict=opts["strict"])
         self.stdout.write(
-            f"{report.rows} rows: {report.imported} new responses, {report.already} already imported, "
-            f"{report.participants_created} new participants"
+            f"{report.rows} rows: {report.imported} new responses ({report.rejected} from rejected assignments, "
+            f"stored but never analysed), {report.already} already imported, {report.participants_created} new participants"
         )
         for line in report.duplicates:
             self.stdout.write(self.style.WARNING(f"not stored: {line}"))
+        if report.invalid:
+            self.stdout.write(self.style.WARNING(
+                f"{len(report.invalid)} invalid row(s) recorded as invalid, no answer stored (--strict refuses the file):"
+            ))
+            for line in report.invalid:
+                self.stdout.write(self.style.WARNING(f"  {line}"))

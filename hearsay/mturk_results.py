@@ -274,10 +274,12 @@ def interpret(results: ResultsFile, task: str, words: list[str], resolve: Callab
               experiment: str | None = None) -> Reading:
     """Each row's clip (through `resolve`, None = unknown) and answer; unreadable rows become Invalid.
 
-    A row of another experiment (Input.experiment naming a different one) is invalid too.
+    Invalid too: a row of another experiment (Input.experiment naming a different one), and a worker's
+    second answer to a clip already answered (only the first counts, on both routes).
     """
     reading = Reading(task=task)
     name = RATING_FIELD if task == "rating" else IDENTIFICATION_FIELD
+    answered: dict[tuple[str, str], int] = {}
     for row in results.rows:
         reason = row.problem
         key = None
@@ -288,6 +290,10 @@ def interpret(results: ResultsFile, task: str, words: list[str], resolve: Callab
             key = resolve(row)
             if key is None:
                 reason = f"audio {row.audio_name or row.audio_url!r} is not a clip of this study"
+            elif (row.worker_id, key) in answered:
+                reason = f"{row.worker_id} answered this clip before (line {answered[row.worker_id, key]})"
+            else:
+                answered[row.worker_id, key] = row.line
         if not reason:
             label = row.answer(name)
             try:

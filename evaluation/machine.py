@@ -17,11 +17,12 @@ from tqdm import tqdm
 
 from evaluation.assignment import record_answer
 from evaluation.models import Assignment, Experiment, Participant, Stimulus
-from hearsay.errors import HearsayError
 from generation.features import read_wave
+from hearsay.answers import NONE_ANSWER as NONE
+from hearsay.answers import RATING_SCALE
+from hearsay.errors import HearsayError
 
-NONE = "none"
-RATING_OPTIONS = 5
+RATING_OPTIONS = len(RATING_SCALE)
 
 
 @dataclass

@@ -12,17 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hearsay.answers import RATING_HINTS, RATING_LABELS  # noqa: F401  (the views read them here)
 from hearsay.errors import HearsayError
 
 RATE = 16_000
-RATING_LABELS = ("Bad", "Poor", "Fair", "Good", "Excellent")
-RATING_HINTS = {
-    "Excellent": "completely clear speech",
-    "Good": "mostly clear speech",
-    "Fair": "equally clear and unclear",
-    "Poor": "mostly unclear speech",
-    "Bad": "completely unclear",
-}
 # Anchor speech-to-noise ratios (dB) per rating value 0..4; None = no speech at all.
 ANCHOR_SNR = (None, -12.0, -3.0, 8.0, 40.0)
 

@@ -150,3 +150,22 @@ def html_table(page: str, table_id: str) -> pd.DataFrame:
     cells.feed(page)
     header, *rows = cells.rows
     return pd.read_csv(io.StringIO(pd.DataFrame(rows, columns=header).to_csv(index=False)), na_values=["-"])
+
+
+@pytest.mark.django_db
+def test_the_responses_csv_neutralizes_formula_cells(answered):
+    from evaluation.export import long_table_csv
+
+    Participant.objects.filter(worker_id="AW1").update(worker_id='=HYPERLINK("http://x.example","click")')
+    frame = pd.read_csv(io.BytesIO(long_table_csv("demo")), dtype=str, keep_default_na=False)
+    listeners = set(frame["listener"])
+    assert "'=HYPERLINK(\"http://x.example\",\"click\")" in listeners
+    assert not any(v.startswith(("=", "+", "-", "@", "\t", "\r")) for col in frame.columns for v in frame[col])
+
+
+def test_safe_cell_covers_every_formula_start():
+    from hearsay.csvsafe import safe_cell
+
+    for start in ("=", "+", "-", "@", "\t", "\r"):
+        assert safe_cell(start + "1+1") == "'" + start + "1+1"
+    assert safe_cell("yes") == "yes" and safe_cell(-3) == -3 and safe_cell(None) is None

@@ -5,6 +5,7 @@ import csv
 import io
 from pathlib import Path
 
+import boto3
 import pytest
 from django.core.management import call_command
 from django.test import Client
@@ -14,6 +15,13 @@ from evaluation.stimuli import load_manifest
 from tests.test_s3_storage import BUCKET, bucket  # noqa: F401
 
 MANIFEST = Path(__file__).resolve().parent.parent / "fixtures" / "stimuli" / "manifest.csv"
+
+
+@pytest.fixture(autouse=True)
+def fresh_boto3_session():
+    """boto3's default session caches the fake credentials; later tests must not inherit them."""
+    yield
+    boto3.DEFAULT_SESSION = None
 
 
 @pytest.mark.django_db

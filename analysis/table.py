@@ -104,10 +104,11 @@ def read_mturk(csv_path: Path, manifest_path: Path, key_path: Path | None = None
             sid = entry.stimulus_id if entry else None
         return sid if sid in by_id else None
 
-    reading: Reading = interpret(results, task, manifest.words, resolve)
+    clips = "the manifest" + (" or the batch key" if key is not None else "")
+    reading: Reading = interpret(results, task, manifest.words, resolve, clips=clips)
     if strict and reading.invalid:
         raise HearsayError(f"{csv_path}: {reading.summary()}; first: {reading.invalid[0].describe()}")
-    unresolved = [i for i in reading.invalid if "is not a clip" in i.reason]
+    unresolved = [i for i in reading.invalid if f"is not in {clips}" in i.reason]
     if unresolved and len(unresolved) == len(results.rows):
         hint = "" if key_path else " (give the batch key file that export-batch wrote beside batch.csv)"
         raise HearsayError(f"{len(unresolved)} MTurk answer(s) refer to audio not in the manifest, "

@@ -271,7 +271,7 @@ class Reading:
 
 
 def interpret(results: ResultsFile, task: str, words: list[str], resolve: Callable[[ResultRow], str | None],
-              experiment: str | None = None) -> Reading:
+              experiment: str | None = None, clips: str = "the study's clips") -> Reading:
     """Each row's clip (through `resolve`, None = unknown) and answer; unreadable rows become Invalid.
 
     Invalid too: a row of another experiment (Input.experiment naming a different one), and a worker's
@@ -289,7 +289,7 @@ def interpret(results: ResultsFile, task: str, words: list[str], resolve: Callab
         if not reason:
             key = resolve(row)
             if key is None:
-                reason = f"audio {row.audio_name or row.audio_url!r} is not a clip of this study"
+                reason = f"audio {row.audio_name or row.audio_url!r} is not in {clips}"
             elif (row.worker_id, key) in answered:
                 reason = f"{row.worker_id} answered this clip before (line {answered[row.worker_id, key]})"
             else:

@@ -17,15 +17,18 @@ from tests.test_s3_storage import BUCKET, bucket  # noqa: F401
 MANIFEST = Path(__file__).resolve().parent.parent / "fixtures" / "stimuli" / "manifest.csv"
 
 
-@pytest.fixture(autouse=True)
-def fresh_boto3_session():
-    """boto3's default session caches the fake credentials; later tests must not inherit them."""
-    yield
+@pytest.fixture
+def s3(bucket):  # noqa: F811
+    """The bucket, emptied afterwards (moto keeps state per process) and boto3's cached fake credentials dropped."""
+    yield bucket
+    for item in bucket.list_objects_v2(Bucket=BUCKET).get("Contents", []):
+        bucket.delete_object(Bucket=BUCKET, Key=item["Key"])
+    bucket.delete_bucket(Bucket=BUCKET)
     boto3.DEFAULT_SESSION = None
 
 
 @pytest.mark.django_db
-def test_export_batch_on_s3_writes_lasting_urls_served_by_the_app(bucket, tmp_path):  # noqa: F811
+def test_export_batch_on_s3_writes_lasting_urls_served_by_the_app(s3, tmp_path):
     load_manifest(MANIFEST, "s3b", create=True, task="identification")
     Experiment.objects.filter(slug="s3b").update(status="live")
     out = tmp_path / "batch"
@@ -36,6 +39,6 @@ def test_export_batch_on_s3_writes_lasting_urls_served_by_the_app(bucket, tmp_pa
         assert leak not in written
     url = next(csv.DictReader((out / "batch.csv").open()))["audio_url"]
     clip = MturkBatchClip.objects.get(name=url.rsplit("/", 1)[1])
-    body = bucket.get_object(Bucket=BUCKET, Key=f"hearsay/{clip.stimulus.audio.name}")["Body"].read()
+    body = s3.get_object(Bucket=BUCKET, Key=f"hearsay/{clip.stimulus.audio.name}")["Body"].read()
     served = Client().get(url.removeprefix("https://survey.example.org"), HTTP_RANGE="bytes=0-")
     assert served.status_code == 206 and served.content == body

@@ -511,7 +511,7 @@ def test_missing_results_file_is_one_line_error(experiment, tmp_path):
     "mangle, reason",
     [
         (lambda t: "".join(t.splitlines(True)[:-1]) + re.sub(r"/[^/,]*\.wav", "/deadbeef00.wav", t.splitlines(True)[-1]),
-         "not a clip of this study"),
+         "not in the study's clips"),
         (lambda t: t.replace(",dog,2,", ",cat,2,"), "not a word of this experiment"),
         (lambda t: t.replace(",dog,2,", ",,2,"), "no answer"),
     ],

@@ -19,8 +19,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from evaluation import traps
-from evaluation.audio import wav_bytes
+from evaluation import clean_audio, traps
 from evaluation.models import Experiment, Stimulus
 from generation.errors import HearsayError
 
@@ -213,6 +212,7 @@ def load_manifest(
         if task_name == Experiment.Task.RATING:
             anchors = traps.anchor_clips(manifest_words[0], seed=TRAPS_SEED)
 
+    stored = clean_audio.for_load(new_rows, synthesized, anchors, traps.RATE)  # bare wav, one rate, check lengths = test lengths
     saved: list[str] = []
     try:
         with transaction.atomic():
@@ -232,7 +232,7 @@ def load_manifest(
                 if changed:
                     experiment.save()
             for row in tqdm(new_rows, desc="loading clips", unit="clip", disable=None):
-                name = default_storage.save(_opaque_name(), ContentFile(row.data))
+                name = default_storage.save(_opaque_name(), ContentFile(stored[row.stimulus_id]))
                 saved.append(name)
                 Stimulus.objects.create(
                     experiment=experiment, stimulus_id=row.stimulus_id, audio=name, word=row.word, method=row.method,
@@ -241,7 +241,7 @@ def load_manifest(
                 )
                 report.added[row.kind] = report.added.get(row.kind, 0) + 1
             for clip in synthesized:
-                data = wav_bytes(clip.samples, traps.RATE)
+                data = stored[clip.stimulus_id]
                 name = default_storage.save(_opaque_name(), ContentFile(data))
                 saved.append(name)
                 Stimulus.objects.create(
@@ -253,7 +253,7 @@ def load_manifest(
             if anchors:
                 entries = []
                 for value, samples in anchors:
-                    name = default_storage.save(_opaque_name(), ContentFile(wav_bytes(samples, traps.RATE)))
+                    name = default_storage.save(_opaque_name(), ContentFile(stored[clean_audio.anchor_key(value)]))
                     saved.append(name)
                     entries.append({"value": value, "label": traps.RATING_LABELS[value], "audio": name, "word": manifest_words[0]})
                 experiment.anchors = entries

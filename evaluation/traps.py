@@ -3,7 +3,9 @@
 Traps ask for a given answer out loud ("please select the word left"), so a
 listener who answers without listening is caught. Practice clips and rating
 anchors are clean espeak words (anchors degraded with noise to one level per
-rating option), so no generated stimulus is spent on them.
+rating option), so no generated stimulus is spent on them. Trap sentences are spoken
+briskly so they last about as long as a single test word; `clean_audio` then stores
+every one of these clips at the test clips' rate and within their lengths.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import numpy as np
 
 from generation.errors import HearsayError
 
-RATE = 16_000
+RATE = 16_000  # espeak.synthesize's rate; clean_audio resamples to the experiment's
+WORD_RATE = 175  # words per minute for single words (practice, anchors)
+SENTENCE_RATE = 230  # trap sentences: still clear, and short enough to pass for a one-word clip
 RATING_LABELS = ("Bad", "Poor", "Fair", "Good", "Excellent")
 RATING_HINTS = {
     "Excellent": "completely clear speech",
@@ -37,12 +41,12 @@ class Clip:
     samples: np.ndarray
 
 
-def _speak(text: str, seed: int) -> np.ndarray:
+def _speak(text: str, seed: int, words_per_minute: int = WORD_RATE) -> np.ndarray:
     try:
         from generation import espeak
     except ImportError as exc:  # pragma: no cover - the corpus engineer ships generation/espeak.py
         raise HearsayError(f"speech synthesis is unavailable: {exc}") from None
-    samples = espeak.synthesize(text, espeak.Voice(language="en-us", rate=150), seed=seed)
+    samples = espeak.synthesize(text, espeak.Voice(language="en-us", rate=words_per_minute), seed=seed)
     if samples.size == 0:
         raise HearsayError(f"espeak produced no audio for {text!r}")
     peak = float(np.max(np.abs(samples))) or 1.0
@@ -56,15 +60,15 @@ def trap_clips(task: str, words: list[str], seed: int = 0, count: int = 3) -> li
     if task == "identification":
         for word in rng.sample(sorted(words), min(count, len(words))):
             text = f"please select the word {word}"
-            clips.append(Clip("trap", f"trap-{word}", word, word, text, _speak(text, seed)))
+            clips.append(Clip("trap", f"trap-{word}", word, word, text, _speak(text, seed, SENTENCE_RATE)))
         text = "please select none of these"
-        clips.append(Clip("trap", "trap-none", "none", "none", text, _speak(text, seed)))
+        clips.append(Clip("trap", "trap-none", "none", "none", text, _speak(text, seed, SENTENCE_RATE)))
     else:
         for value in (0, 4):
             label = RATING_LABELS[value]
             word = rng.choice(sorted(words))
             text = f"please answer {label.lower()}"
-            clips.append(Clip("trap", f"trap-{label.lower()}", word, str(value), text, _speak(text, seed)))
+            clips.append(Clip("trap", f"trap-{label.lower()}", word, str(value), text, _speak(text, seed, SENTENCE_RATE)))
     return clips
 
 

@@ -140,28 +140,43 @@ def _pad(samples: np.ndarray, frames: int, key: str, seed: int) -> np.ndarray:
     return np.concatenate([samples, dither])
 
 
+def resampled_length(frames: int, rate: int, target: int) -> int:
+    """How many samples `resample` returns for `frames` input samples (scipy's resample_poly rule)."""
+    g = np.gcd(int(rate), int(target))
+    return -(-frames * (target // g) // (rate // g))
+
+
 def conform(sources: Sequence[Source], seed: int = 0) -> dict[str, bytes]:
-    """Every source as bare wav at the experiment's rate, checks as long as test clips (see module doc)."""
+    """Every source as bare wav at the experiment's rate, checks as long as test clips (see module doc).
+
+    Clips are resampled one at a time, so memory holds the encoded results, not every float copy.
+    """
     keys = [s.key for s in sources]
     if len(set(keys)) != len(keys):
         raise HearsayError("two clips of one load share a key")
     if not sources:
         return {}
     rate = experiment_rate(sources)
-    mono = {s.key: resample(s.samples, s.rate, rate) for s in sources}
-    peak = {key: float(np.max(np.abs(x))) if x.size else 0.0 for key, x in mono.items()}
-    for key, x in mono.items():
-        if peak[key] > 1.0:  # resampling can overshoot a full-scale clip slightly: scale rather than clip
-            mono[key] = x / peak[key]
-    lengths = target_lengths({s.key: (s.kind, mono[s.key].size) for s in sources}, seed)
-    return {key: bare_wav(_pad(x, lengths[key], key, seed), rate) for key, x in mono.items()}
+    lengths = target_lengths({s.key: (s.kind, resampled_length(len(s.samples), s.rate, rate)) for s in sources}, seed)
+    stored = {}
+    for source in sources:
+        samples = resample(source.samples, source.rate, rate)
+        peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+        if peak > 1.0:  # resampling can overshoot a full-scale clip slightly: scale rather than clip
+            samples = samples / peak
+        stored[source.key] = bare_wav(_pad(samples, lengths[source.key], source.key, seed), rate)
+    return stored
 
 
 def for_load(
     rows: Iterable[ManifestRow], clips: Iterable[SynthesizedClip], anchors: Iterable[tuple[int, np.ndarray]], clip_rate: int
 ) -> dict[str, bytes]:
     """The stored bytes of one load_stimuli run: manifest rows and corpus gold by stimulus id, synthesized
-    traps and practice words by stimulus id, rating anchors by `anchor_key(value)`."""
+    traps and practice words by stimulus id, rating anchors by `anchor_key(value)`.
+
+    Rate and lengths are decided over the clips of this run; a later run that adds clips to an
+    experiment decides them over its own clips (load test clips and checks together to match them all).
+    """
     sources = [Source(r.stimulus_id, r.kind, *decode(r.data, r.stimulus_id)) for r in rows]
     sources += [Source(c.stimulus_id, c.kind, c.samples, clip_rate) for c in clips]
     sources += [Source(anchor_key(value), "anchor", samples, clip_rate) for value, samples in anchors]

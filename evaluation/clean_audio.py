@@ -183,5 +183,11 @@ def for_load(
     return conform(sources)
 
 
+def longest_test_seconds(rows: Iterable[ManifestRow]) -> float | None:
+    """The duration of the longest test clip among `rows` (None without test clips): what a trap should fit in."""
+    durations = [sf.info(io.BytesIO(r.data)).duration for r in rows if r.kind == TEST]
+    return max(durations) if durations else None
+
+
 def anchor_key(value: int) -> str:
     return f"anchor:{value}"

@@ -206,7 +206,7 @@ def load_manifest(
     anchors = []
     if need_qc:
         practice_count = experiment.practice_trials if experiment else Experiment._meta.get_field("practice_trials").default
-        synthesized = traps.trap_clips(task_name, manifest_words, seed=TRAPS_SEED) + traps.practice_clips(
+        synthesized = traps.trap_clips(task_name, manifest_words, seed=TRAPS_SEED, max_seconds=clean_audio.longest_test_seconds(rows)) + traps.practice_clips(
             task_name, manifest_words, max(practice_count, 1), seed=TRAPS_SEED
         )
         if task_name == Experiment.Task.RATING:

@@ -18,7 +18,7 @@ from generation.errors import HearsayError
 
 RATE = 16_000  # espeak.synthesize's rate; clean_audio resamples to the experiment's
 WORD_RATE = 175  # words per minute for single words (practice, anchors)
-SENTENCE_RATE = 230  # trap sentences: still clear, and short enough to pass for a one-word clip
+SENTENCE_RATES = (230, 260, 290, 320)  # trap sentences, words per minute: the slowest that fits a test clip's length
 RATING_LABELS = ("Bad", "Poor", "Fair", "Good", "Excellent")
 RATING_HINTS = {
     "Excellent": "completely clear speech",
@@ -53,22 +53,34 @@ def _speak(text: str, seed: int, words_per_minute: int = WORD_RATE) -> np.ndarra
     return (0.9 * samples / peak).astype(np.float32)
 
 
-def trap_clips(task: str, words: list[str], seed: int = 0, count: int = 3) -> list[Clip]:
-    """Identification: "select the word X" for `count` words plus one "select none"; rating: "select bad/excellent"."""
+def _speak_within(text: str, seed: int, max_seconds: float | None) -> np.ndarray:
+    """The sentence at the slowest rate that lasts at most `max_seconds` (the fastest rate when none does)."""
+    for words_per_minute in SENTENCE_RATES:
+        samples = _speak(text, seed, words_per_minute)
+        if max_seconds is None or samples.size <= max_seconds * RATE:
+            break
+    return samples
+
+
+def trap_clips(task: str, words: list[str], seed: int = 0, count: int = 3, max_seconds: float | None = None) -> list[Clip]:
+    """Identification: "select the word X" for `count` words plus one "select none"; rating: "select bad/excellent".
+
+    `max_seconds` (the longest test clip) makes each sentence brisk enough to last no longer, when it can.
+    """
     rng = random.Random(seed)
     clips = []
     if task == "identification":
         for word in rng.sample(sorted(words), min(count, len(words))):
             text = f"please select the word {word}"
-            clips.append(Clip("trap", f"trap-{word}", word, word, text, _speak(text, seed, SENTENCE_RATE)))
+            clips.append(Clip("trap", f"trap-{word}", word, word, text, _speak_within(text, seed, max_seconds)))
         text = "please select none of these"
-        clips.append(Clip("trap", "trap-none", "none", "none", text, _speak(text, seed, SENTENCE_RATE)))
+        clips.append(Clip("trap", "trap-none", "none", "none", text, _speak_within(text, seed, max_seconds)))
     else:
         for value in (0, 4):
             label = RATING_LABELS[value]
             word = rng.choice(sorted(words))
             text = f"please answer {label.lower()}"
-            clips.append(Clip("trap", f"trap-{label.lower()}", word, str(value), text, _speak(text, seed, SENTENCE_RATE)))
+            clips.append(Clip("trap", f"trap-{label.lower()}", word, str(value), text, _speak_within(text, seed, max_seconds)))
     return clips
 
 

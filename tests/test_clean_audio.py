@@ -117,6 +117,7 @@ def test_gold_trap_practice_and_test_clips_share_rate_format_and_lengths(loaded)
         lengths.setdefault(stim.kind, []).append(info.duration)
     assert set(shape) == {"test", "gold", "trap", "practice"}
     assert all(s == {(1, 1, TEST_RATE, 16)} for s in shape.values()), shape  # PCM, mono, 22.05 kHz, 16-bit
+    assert {round(d * TEST_RATE) for d in lengths["test"]} == {round(TEST_SECONDS * TEST_RATE)}  # traps spoken to fit: tests unpadded
     test_low, test_high = min(lengths["test"]), max(lengths["test"])
     for kind in ("gold", "trap", "practice"):
         assert all(test_low <= d <= test_high for d in lengths[kind]), (kind, lengths[kind], test_low, test_high)

@@ -74,7 +74,7 @@ class ExperimentAdmin(admin.ModelAdmin):
         for experiment in experiments:
             gaps = listener_page_gaps(experiment)
             if gaps:
-                self.message_user(request, f"{experiment.slug}: before listeners see it, add " + "; ".join(gaps) + ".", messages.WARNING)
+                self.message_user(request, f"Experiment {experiment.slug}: before listeners see it, add " + "; ".join(gaps) + ".", messages.WARNING)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         if request.method == "GET":

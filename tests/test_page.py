@@ -45,6 +45,8 @@ def test_the_admin_warns_until_title_and_consent_name_researcher_contact_pay_and
     assert "not ready for listeners" in listing and "consent text naming who the researcher is" in listing
     change = admin_client.get(f"/admin/evaluation/experiment/{experiment.pk}/change/").content.decode()
     assert "before listeners see it, add" in change and "a contact address" in change
+    live = admin_client.post("/admin/evaluation/experiment/", {"action": "make_live", "_selected_action": [experiment.pk]}, follow=True)
+    assert "1 experiment(s) are live." in live.content.decode() and "Experiment demo: before listeners see it, add" in live.content.decode()
 
     experiment.consent_text = "You may stop at any time. Questions: ada@example.org"
     experiment.title = "How words sound"

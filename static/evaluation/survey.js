@@ -87,8 +87,13 @@
       });
     });
 
+    var confirmPressed = false;  // for browsers without SubmitEvent.submitter (Safari before 15.4)
+    confirm.addEventListener("click", function () { confirmPressed = true; });
+
     form.addEventListener("submit", function (event) {
-      if (sent || !unlocked() || chosen === null || event.submitter !== confirm) { event.preventDefault(); return; }
+      var fromConfirm = event.submitter ? event.submitter === confirm : confirmPressed;
+      confirmPressed = false;
+      if (sent || !unlocked() || chosen === null || !fromConfirm) { event.preventDefault(); return; }
       sent = true;
       form.elements.response_ms.value = String(Math.round(performance.now() - endedAt));
       chosenLabel.textContent = "Sending…";

@@ -123,3 +123,21 @@ def test_without_javascript_one_tap_posts_one_answer(live_server, browser_settin
         page.locator("button.answer").first.click()
     assert Response.objects.count() == 1
     context.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_after_the_last_play_a_reload_lets_the_listener_answer(live_server, browser_settings, chromium):  # noqa: F811
+    make_experiment(replay_limit=1)
+    context = chromium.new_context(**PHONE)
+    page = context.new_page()
+    to_first_trial(page, f"{live_server.url}/s/demo/")
+    page.locator("#play").click()
+    page.locator("button.answer:enabled").first.wait_for(timeout=15_000)
+    page.reload()
+    assert page.locator("#play").is_disabled() and "No plays left" in page.locator("#state").inner_text()
+    assert page.locator("#plays").inner_text() == "0 plays left"
+    page.locator("button.answer").first.click()
+    with page.expect_navigation():
+        page.locator("#confirm").click()
+    assert Response.objects.count() == 1
+    context.close()

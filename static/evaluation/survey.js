@@ -32,11 +32,23 @@
       return endedAt !== null;
     }
 
+    function unlock() {
+      if (endedAt === null) { endedAt = performance.now(); }
+      answers.forEach(function (b) { b.disabled = false; });
+    }
+
+    function failed(what) {
+      play.disabled = left <= 0;
+      if (left > 0) { say(what + " Press Play to try again."); return; }
+      unlock();  // nothing left to try: the listener answers, the server judges the listening
+      say(what + " No plays left: please answer.");
+    }
+
     answers.forEach(function (b) {
-      b.disabled = left > 0;  // no plays left (a reload after the last play): answer now
+      b.disabled = true;
       b.setAttribute("aria-pressed", "false");
     });
-    if (left <= 0) { endedAt = performance.now(); }
+    if (left <= 0) { unlock(); }  // a reload after the last play: answer now
     bar.hidden = false;
 
     play.addEventListener("click", function () {
@@ -49,25 +61,18 @@
       audio.src = audio.dataset.src + "?play=" + plays;
       var started = audio.play();
       if (started && started.catch) {
-        started.catch(function () {
-          play.disabled = left <= 0;
-          say("The recording could not start. " + (left > 0 ? "Press Play to try again." : "Please answer."));
-        });
+        started.catch(function () { failed("The recording could not start."); });
       }
     });
 
     audio.addEventListener("ended", function () {
-      if (endedAt === null) { endedAt = performance.now(); }
+      unlock();
       form.elements.ended.value = "on";
-      answers.forEach(function (b) { b.disabled = false; });
       play.disabled = left <= 0;
       say(chosen ? "Finished. Your choice is kept: press Confirm to send it." : "Finished: the answers are unlocked. Choose one, then press Confirm.");
     });
 
-    audio.addEventListener("error", function () {
-      play.disabled = left <= 0;
-      say("The recording could not be loaded. " + (left > 0 ? "Press Play to try again." : ""));
-    });
+    audio.addEventListener("error", function () { failed("The recording could not be loaded."); });
 
     answers.forEach(function (button) {
       button.addEventListener("click", function (event) {

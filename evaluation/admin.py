@@ -1,7 +1,10 @@
 """Researchers' side: every model in the (staff-only) admin, live counts per experiment, CSV download."""
 from __future__ import annotations
 
+import re
+
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import Count, Q
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -19,17 +22,74 @@ def csv_response(slug: str) -> HttpResponse:
     return response
 
 
+# What informed consent must tell a listener, each with a pattern that a consent text naming it will match.
+CONSENT_NEEDS = (
+    ("who the researcher is", re.compile(r"research(er|ers|group)|investigator|\blab\b|laborator|universit|institut|department|\bdr\b|\bprof", re.I)),
+    ("a contact address", re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+|https?://", re.I)),
+    ("the pay", re.compile(r"\bpa(y|id|yment)\b|reward|compensat|[$£€]\s?\d|\d\s?(usd|gbp|eur)\b", re.I)),
+    ("how long the answers are kept", re.compile(r"\bkept\b|\bkeep\b|retain|retention|\bstored?\b|delet|destroy", re.I)),
+)
+
+
+def listener_page_gaps(experiment: Experiment) -> list[str]:
+    """What the listener's pages still lack before a study should go live (empty when ready).
+
+    The built-in consent text is a placeholder: it names no researcher, contact, pay or retention,
+    so an experiment without its own consent text lacks all four.
+    """
+    gaps = []
+    if not experiment.title.strip() or experiment.title.strip() == experiment.slug:
+        gaps.append("a title for listeners (they see 'Listening study' until then, never the slug)")
+    text = experiment.consent_text.strip()
+    missing = [need for need, pattern in CONSENT_NEEDS if not pattern.search(text)] if text else [n for n, _ in CONSENT_NEEDS]
+    if missing:
+        gaps.append("consent text naming " + ", ".join(missing) + ("" if text else " (the built-in text names none of these)"))
+    return gaps
+
+
 @admin.register(Experiment)
 class ExperimentAdmin(admin.ModelAdmin):
-    list_display = ("slug", "title", "task", "status", "ratings_per_stimulus", "stimulus_count", "answer_total", "participant_count", "links")
+    list_display = (
+        "slug", "title", "task", "status", "ready", "ratings_per_stimulus", "stimulus_count", "answer_total", "participant_count", "links",
+    )
     list_filter = ("status", "task")
     search_fields = ("slug", "title")
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}  # a redirect typed without a scheme is https
     actions = ["make_live", "make_closed", "download_csv"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
             n_stimuli=Count("stimuli", distinct=True), n_participants=Count("participants", distinct=True)
         )
+
+    @admin.display(description="ready for listeners")
+    def ready(self, obj):
+        gaps = listener_page_gaps(obj)
+        if not gaps:
+            return format_html('<span class="hs-ready">{}</span>', "yes")
+        return format_html('<strong class="hs-gaps" style="color:#b00020">⚠ needs {}</strong>', "; ".join(gaps))
+
+    def _warn_gaps(self, request, experiments) -> None:
+        for experiment in experiments:
+            gaps = listener_page_gaps(experiment)
+            if gaps:
+                self.message_user(request, f"Experiment {experiment.slug}: before listeners see it, add " + "; ".join(gaps) + ".", messages.WARNING)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method == "GET":
+            experiment = self.get_object(request, object_id)
+            if experiment is not None:
+                self._warn_gaps(request, [experiment])
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def changelist_view(self, request, extra_context=None):
+        if request.method == "GET":
+            unready = [e for e in Experiment.objects.exclude(status=Experiment.Status.CLOSED) if listener_page_gaps(e)]
+            if unready:
+                self.message_user(
+                    request, f"{len(unready)} experiment(s) are not ready for listeners: see the 'ready for listeners' column.", messages.WARNING,
+                )
+        return super().changelist_view(request, extra_context)
 
     @admin.display(description="stimuli", ordering="n_stimuli")
     def stimulus_count(self, obj):
@@ -55,6 +115,7 @@ class ExperimentAdmin(admin.ModelAdmin):
     def make_live(self, request, queryset):
         updated = queryset.update(status=Experiment.Status.LIVE)
         self.message_user(request, f"{updated} experiment(s) are live.")
+        self._warn_gaps(request, queryset)
 
     @admin.action(description="Mark closed (no more answers)")
     def make_closed(self, request, queryset):

@@ -18,8 +18,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 
-from evaluation import traps
-from evaluation.audio import wav_bytes
+from evaluation import clean_audio, traps
 from evaluation.models import Experiment, Stimulus
 from hearsay import manifest as manifest_contract
 from hearsay.errors import HearsayError
@@ -168,12 +167,13 @@ def load_manifest(
     anchors = []
     if need_qc:
         practice_count = experiment.practice_trials if experiment else Experiment._meta.get_field("practice_trials").default
-        synthesized = traps.trap_clips(task_name, manifest_words, seed=TRAPS_SEED) + traps.practice_clips(
+        synthesized = traps.trap_clips(task_name, manifest_words, seed=TRAPS_SEED, max_seconds=clean_audio.longest_test_seconds(rows)) + traps.practice_clips(
             task_name, manifest_words, max(practice_count, 1), seed=TRAPS_SEED
         )
         if task_name == Experiment.Task.RATING:
             anchors = traps.anchor_clips(manifest_words[0], seed=TRAPS_SEED)
 
+    stored = clean_audio.for_load(new_rows, synthesized, anchors, traps.RATE)  # bare wav, one rate, check lengths = test lengths
     saved: list[str] = []
     try:
         with transaction.atomic():
@@ -193,7 +193,7 @@ def load_manifest(
                 if changed:
                     experiment.save()
             for row in tqdm(new_rows, desc="loading clips", unit="clip", disable=None):
-                name = default_storage.save(_opaque_name(), ContentFile(row.data))
+                name = default_storage.save(_opaque_name(), ContentFile(stored[row.stimulus_id]))
                 saved.append(name)
                 Stimulus.objects.create(
                     experiment=experiment, stimulus_id=row.stimulus_id, audio=name, word=row.word, method=row.method,
@@ -202,7 +202,7 @@ def load_manifest(
                 )
                 report.added[row.kind] = report.added.get(row.kind, 0) + 1
             for clip in synthesized:
-                data = wav_bytes(clip.samples, traps.RATE)
+                data = stored[clip.stimulus_id]
                 name = default_storage.save(_opaque_name(), ContentFile(data))
                 saved.append(name)
                 Stimulus.objects.create(
@@ -214,7 +214,7 @@ def load_manifest(
             if anchors:
                 entries = []
                 for value, samples in anchors:
-                    name = default_storage.save(_opaque_name(), ContentFile(wav_bytes(samples, traps.RATE)))
+                    name = default_storage.save(_opaque_name(), ContentFile(stored[clean_audio.anchor_key(value)]))
                     saved.append(name)
                     entries.append({"value": value, "label": traps.RATING_LABELS[value], "audio": name, "word": manifest_words[0]})
                 experiment.anchors = entries

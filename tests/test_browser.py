@@ -69,7 +69,8 @@ def _answer_current(page, participant: Participant, task: str) -> str:
     page.locator("button.answer:enabled").first.wait_for(timeout=15_000)  # unlocked by the clip's ended event
     value = right_answer(trial.stimulus, task)
     name, choice = next(iter(value.items()))
-    page.locator(f"button.answer[name={name}][value='{choice}']").click()
+    page.locator(f"button.answer[name={name}][value='{choice}']").click()  # selects
+    page.locator("#confirm").click()  # and sends
     page.wait_for_load_state("domcontentloaded")
     return token
 

@@ -93,7 +93,7 @@ class Command(BaseCommand):
             "load the identification experiment",
             lambda: call_command(
                 "load_stimuli", str(stimuli / "manifest.csv"), experiment=EXPERIMENT, create=True, task="identification",
-                gold_from_corpus=str(corpus),
+                gold_from_corpus=str(corpus), title="Short spoken words",
             ),
             done=Experiment.objects.filter(slug=EXPERIMENT).exists(),
         )

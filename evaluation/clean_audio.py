@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 
 SAMPLE_WIDTH = 2  # bytes: 16-bit signed PCM, which every browser plays, Safari included
 FULL_SCALE = 32767

@@ -13,7 +13,7 @@ import soundfile as sf
 from evaluation import clean_audio
 from evaluation.models import Experiment, Stimulus
 from evaluation.stimuli import load_manifest
-from generation.errors import HearsayError
+from hearsay.errors import HearsayError
 from tests.test_survey_flow import Listener, media  # noqa: F401
 
 WORDS = ("down", "up")

@@ -14,6 +14,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from evaluation import assignment as assigning
+from evaluation.answers import Heard, store_answer
 from evaluation.models import Assignment, Participant, Response, Stimulus
 from tests.test_survey_flow import Listener, make_experiment, media  # noqa: F401
 
@@ -60,7 +61,7 @@ def test_machine_listeners_do_not_use_up_the_human_answers(media):  # noqa: F811
     machine = Participant.objects.create(experiment=experiment, source="machine", kind="machine", worker_id="machine:asr")
     for position, stim in enumerate(experiment.stimuli.filter(kind="test")):
         slot = Assignment.objects.create(participant=machine, stimulus=stim, position=position, play_count=1)
-        assigning.record_answer(slot, answer=stim.word)
+        store_answer(slot, answer=stim.word, heard=Heard())
     person = Listener("demo")
     person.start()
     assert person.finish() == 1 + 12 + 1 + 1

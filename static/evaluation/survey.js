@@ -23,7 +23,8 @@
       plays += 1;
       label();
       play.disabled = true;
-      audio.src = audio.dataset.src + "?play=" + plays;
+      // the clip's URL may carry the listener (?p=...) where the frame refuses cookies
+      audio.src = audio.dataset.src + (audio.dataset.src.indexOf("?") < 0 ? "?" : "&") + "play=" + plays;
       var started = audio.play();
       if (started && started.catch) {
         started.catch(function () { play.disabled = left <= 0; });
@@ -32,7 +33,6 @@
 
     audio.addEventListener("ended", function () {
       if (endedAt === null) { endedAt = performance.now(); }
-      form.elements.ended.value = "on";
       answers.forEach(function (b) { b.disabled = false; });
       play.disabled = left <= 0;
       document.getElementById("hint").hidden = true;

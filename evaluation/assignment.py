@@ -5,8 +5,14 @@ A stimulus's load = answers given + in-flight assignments (handed out, unanswere
 unexpired). A listener gets test stimuli whose load is below N, least loaded first and,
 within a load level, round-robin over conditions so each listener hears a balanced mix, plus
 gold and trap trials at random positions. Answers are only accepted while the
-stimulus has fewer than N answers (checked under a row lock), so expiry and
-re-issue can never over-collect.
+stimulus has fewer than N answers (checked under a row lock, by evaluation.answers),
+so expiry and re-issue can never over-collect. A visitor who has not answered yet
+holds their clips for UNSTARTED_HOLD_MINUTES only (each answer extends the hold to the
+experiment's timeout), so visits that never play anything cannot keep a study full;
+"full" is never stored, it is decided again at each visit.
+
+Audio fetches are counted here too (register_fetch): plays against the replay limit,
+and when a clip was first served in full, which the answer writer checks.
 
 Concurrency: on PostgreSQL the experiment row (for handing out) and the stimulus
 row (for answering) are locked with SELECT ... FOR UPDATE. SQLite has no row locks
@@ -23,10 +29,10 @@ from datetime import timedelta
 from typing import Callable, TypeVar
 
 from django.db import OperationalError, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
-from evaluation.models import Assignment, Experiment, Participant, Response, Stimulus
+from evaluation.models import Assignment, Experiment, Participant, Stimulus
 from generation.errors import HearsayError
 
 T = TypeVar("T")

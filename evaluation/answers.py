@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Max
 from django.utils import timezone
 
 from evaluation.assignment import take_write_lock, with_retries
@@ -66,6 +66,20 @@ def validate(experiment: Experiment, answer: str, rating: int | None) -> tuple[s
     if rating not in RATINGS:
         raise InvalidAnswer("a rating from 0 (Bad) to 4 (Excellent) is required")
     return "", int(rating)
+
+
+def slot_for(participant: Participant, stimulus: Stimulus) -> Assignment:
+    """The participant's trial for this clip, made at the end of their list when there is none yet.
+
+    For routes that answer clips nobody handed out through evaluation.assignment: machine
+    listeners, and results of batches run on the requester site.
+    """
+    with transaction.atomic():
+        existing = Assignment.objects.filter(participant=participant, stimulus=stimulus).first()
+        if existing is not None:
+            return existing
+        last = participant.assignments.aggregate(m=Max("position"))["m"]
+        return Assignment.objects.create(participant=participant, stimulus=stimulus, position=0 if last is None else last + 1)
 
 
 def listening_gap_ms(assignment: Assignment, now: datetime) -> int | None:

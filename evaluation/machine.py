@@ -11,13 +11,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from django.db import transaction
-from django.db.models import Max
 from django.utils import timezone
 from tqdm import tqdm
 
-from evaluation.answers import Heard, store_answer
-from evaluation.models import Assignment, Experiment, Participant, Stimulus
+from evaluation.answers import Heard, slot_for, store_answer
+from evaluation.models import Experiment, Participant, Stimulus
 from generation.errors import HearsayError
 from generation.features import read_wave
 
@@ -98,7 +96,7 @@ def listen(experiment: Experiment, listener: str, judge: Judge, progress: bool =
         with stimulus.audio.open("rb") as fh:
             wave, rate = read_wave(fh)
         answer, rating = judge(wave, rate, stimulus)
-        assignment = _slot(participant, stimulus)
+        assignment = slot_for(participant, stimulus)
         if experiment.task == Experiment.Task.RATING:
             store_answer(assignment, rating=rating, heard=HEARD_WHOLE_FILE)
         else:
@@ -111,15 +109,3 @@ def listen(experiment: Experiment, listener: str, judge: Judge, progress: bool =
         participant.finished_at = timezone.now()
     participant.save(update_fields=["step", "finished_at"])
     return ListenReport(listener=listener, answered=answered, skipped=len(heard), correct=correct, scored=scored)
-
-
-def _slot(participant: Participant, stimulus: Stimulus) -> Assignment:
-    """The machine's assignment for this clip (the same record a person leaves)."""
-    with transaction.atomic():
-        existing = Assignment.objects.filter(participant=participant, stimulus=stimulus).first()
-        if existing is not None:
-            return existing
-        last = participant.assignments.aggregate(m=Max("position"))["m"]
-        return Assignment.objects.create(
-            participant=participant, stimulus=stimulus, position=0 if last is None else last + 1
-        )

@@ -85,7 +85,8 @@ def test_one_writer_stores_machine_answers_as_reported_and_checks_options(media)
     experiment = make_experiment(ratings_per_stimulus=1)
     machine = Participant.objects.create(experiment=experiment, source="machine", kind="machine", worker_id="m")
     stim = experiment.stimuli.filter(kind=Stimulus.Kind.TEST).first()
-    slot = Assignment.objects.create(participant=machine, stimulus=stim, position=0)
+    slot = answers.slot_for(machine, stim)
+    assert answers.slot_for(machine, stim).pk == slot.pk
     with pytest.raises(answers.InvalidAnswer):
         answers.store_answer(slot, answer="banana", heard=answers.Heard())
     stored = answers.store_answer(slot, answer=stim.word, heard=answers.Heard(play_count=1, listened_to_end=True))

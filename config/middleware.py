@@ -64,6 +64,9 @@ class ParticipantCsrfViewMiddleware(CsrfViewMiddleware):
     is then checked exactly as Django checks it against a cookie, and the origin checks
     are unchanged. A cross-site page cannot know a listener's carried token, and a request
     that does carry a CSRF cookie is checked against the cookie as always.
+
+    It overrides Django's private `_get_secret`; tests/test_survey_field.py and
+    tests/test_browser_frame.py fail should a Django upgrade change that hook.
     """
 
     def _get_secret(self, request):

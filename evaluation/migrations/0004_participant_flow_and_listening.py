@@ -23,6 +23,9 @@ def settle_old_rows(apps, schema_editor):
             row.worker_id = f"{row.worker_id}~duplicate-{row.pk}"
             row.analyse_ok = False
             row.save(update_fields=["worker_id", "analyse_ok", "analyse_reasons"])
+    if schema_editor.connection.vendor == "postgresql":
+        # the updates leave deferred foreign-key checks pending, and PostgreSQL builds no index while they are
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 class Migration(migrations.Migration):

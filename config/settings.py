@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import dj_database_url
@@ -18,7 +19,33 @@ def _flag(name: str, default: bool) -> bool:
 
 
 DEBUG = _flag("DEBUG", False)
-SECRET_KEY = os.environ.get("SECRET_KEY") or "hearsay-insecure-development-key-set-SECRET_KEY-in-production"
+DATA_DIR = Path(os.environ.get("HEARSAY_DATA_DIR", BASE_DIR / "var"))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """SECRET_KEY from the environment, else a random key made on first run and kept in the data folder.
+
+    Never a published default: sessions, CSRF and the participant tokens carried in URLs are
+    signed with it. Servers that share a database must share the key: set SECRET_KEY there.
+    """
+    if os.environ.get("SECRET_KEY"):
+        return os.environ["SECRET_KEY"]
+    path = DATA_DIR / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text(encoding="ascii").strip()
+        if len(key) < 50:
+            raise ImproperlyConfigured(f"{path} holds no usable secret key: delete it to make a new one, or set SECRET_KEY")
+        return key
+    key = secrets.token_urlsafe(50)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver,[::1]").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 
@@ -37,9 +64,10 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "config.middleware.RequestSanityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
+    "config.middleware.ParticipantCsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -64,9 +92,6 @@ TEMPLATES = [
 
 WSGI_APPLICATION = "config.wsgi.application"
 ASGI_APPLICATION = "config.asgi.application"
-
-DATA_DIR = Path(os.environ.get("HEARSAY_DATA_DIR", BASE_DIR / "var"))
-DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 try:
     DATABASES = {
@@ -144,6 +169,14 @@ CSRF_COOKIE_SAMESITE = SESSION_COOKIE_SAMESITE
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if _flag("BEHIND_HTTPS_PROXY", False) else None
 
 LOGIN_URL = "admin:login"
+
+# Mechanical Turk's sites may frame the survey and receive its externalSubmit; more origins
+# (e.g. a local stand-in for tests) come from HEARSAY_MTURK_ORIGINS, comma-separated.
+MTURK_FRAME_ORIGINS = ["https://www.mturk.com", "https://worker.mturk.com", "https://workersandbox.mturk.com", "https://sandbox.mturk.com"]
+MTURK_SUBMIT_HOSTS = ["https://www.mturk.com", "https://workersandbox.mturk.com"]
+_extra_mturk = [o.strip().rstrip("/") for o in os.environ.get("HEARSAY_MTURK_ORIGINS", "").split(",") if o.strip()]
+MTURK_FRAME_ORIGINS += _extra_mturk
+MTURK_SUBMIT_HOSTS += _extra_mturk
 
 LOGGING = {
     "version": 1,

@@ -5,8 +5,14 @@ A stimulus's load = answers given + in-flight assignments (handed out, unanswere
 unexpired). A listener gets test stimuli whose load is below N, least loaded first and,
 within a load level, round-robin over conditions so each listener hears a balanced mix, plus
 gold and trap trials at random positions. Answers are only accepted while the
-stimulus has fewer than N answers (checked under a row lock), so expiry and
-re-issue can never over-collect.
+stimulus has fewer than N answers (checked under a row lock, by evaluation.answers),
+so expiry and re-issue can never over-collect. A visitor who has not answered yet
+holds their clips for UNSTARTED_HOLD_MINUTES only (each answer extends the hold to the
+experiment's timeout), so visits that never play anything cannot keep a study full;
+"full" is never stored, it is decided again at each visit.
+
+Audio fetches are counted here too (register_fetch): plays against the replay limit,
+and when a clip was first served in full, which the answer writer checks.
 
 Concurrency: on PostgreSQL the experiment row (for handing out) and the stimulus
 row (for answering) are locked with SELECT ... FOR UPDATE. SQLite has no row locks
@@ -15,6 +21,7 @@ write lock up front, and "database is locked" is retried.
 """
 from __future__ import annotations
 
+import enum
 import random
 import time
 from collections import defaultdict
@@ -22,23 +29,20 @@ from datetime import timedelta
 from typing import Callable, TypeVar
 
 from django.db import OperationalError, transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
-from evaluation.models import Assignment, Experiment, Participant, Response, Stimulus
+from evaluation.models import Assignment, Experiment, Participant, Stimulus
 from hearsay.errors import HearsayError
 
 T = TypeVar("T")
 RETRIES = 20
 RETRYABLE = ("locked", "deadlock detected")
+UNSTARTED_HOLD_MINUTES = 5
 
 
 class StudyFull(HearsayError):
     """No test stimulus still needs answers: the listener is thanked, not given trials."""
-
-
-class Conflict(HearsayError):
-    """The request contradicts what is already stored (answered differently, stimulus full)."""
 
 
 def with_retries(fn: Callable[[], T]) -> T:
@@ -53,7 +57,7 @@ def with_retries(fn: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def _take_write_lock(participant: Participant) -> None:
+def take_write_lock(participant: Participant) -> None:
     """First statement of a transaction is a write: SQLite grants the write lock now, not mid-way."""
     Participant.objects.filter(pk=participant.pk).update(last_seen_at=timezone.now())
 
@@ -61,7 +65,8 @@ def _take_write_lock(participant: Participant) -> None:
 def _loads(experiment: Experiment, now) -> dict[int, int]:
     inflight = Count(
         "assignments",
-        filter=Q(assignments__answered=False, assignments__void=False, assignments__expires_at__gt=now, assignments__participant__kind="human"),
+        filter=Q(assignments__answered=False, assignments__void=False, assignments__expires_at__gt=now, assignments__participant__kind="human",
+                 assignments__participant__preview=False),
     )
     rows = experiment.stimuli.filter(kind=Stimulus.Kind.TEST).annotate(inflight=inflight).values_list("pk", "answer_count", "inflight")
     return {pk: answers + inflight for pk, answers, inflight in rows}
@@ -103,7 +108,7 @@ def assign(participant: Participant, rng: random.Random | None = None) -> list[A
 
     def run() -> list[Assignment]:
         with transaction.atomic():
-            _take_write_lock(participant)
+            take_write_lock(participant)
             experiment = Experiment.objects.select_for_update().get(pk=participant.experiment_id)
             existing = list(participant.assignments.select_related("stimulus").order_by("position"))
             if existing:
@@ -117,7 +122,7 @@ def assign(participant: Participant, rng: random.Random | None = None) -> list[A
             )
             candidates = [
                 s for s in experiment.stimuli.filter(kind=Stimulus.Kind.TEST)
-                if loads[s.pk] < experiment.ratings_per_stimulus and s.pk not in heard
+                if (participant.preview or loads[s.pk] < experiment.ratings_per_stimulus) and s.pk not in heard
             ]
             tests = pick_balanced(candidates, loads, experiment.trials_per_listener, rng)
             if not tests:
@@ -128,7 +133,8 @@ def assign(participant: Participant, rng: random.Random | None = None) -> list[A
             practice = list(experiment.stimuli.filter(kind=Stimulus.Kind.PRACTICE).order_by("stimulus_id")[: experiment.practice_trials])
             main = tests + gold + traps
             rng.shuffle(main)
-            expires = now + timedelta(minutes=experiment.assignment_timeout_minutes)
+            # a visitor who never answers holds clips only briefly; the first answer extends the hold to the full timeout
+            expires = now + timedelta(minutes=min(UNSTARTED_HOLD_MINUTES, experiment.assignment_timeout_minutes))
             Assignment.objects.bulk_create(
                 Assignment(participant=participant, stimulus=stim, position=i, expires_at=expires)
                 for i, stim in enumerate(practice + main)
@@ -151,59 +157,46 @@ def next_assignment(participant: Participant) -> Assignment | None:
         return pending
 
 
-def record_answer(
-    assignment: Assignment, *, answer: str = "", rating: int | None = None, response_ms: int | None = None, ended: bool = True
-) -> tuple[Response, bool]:
-    """Save one answer exactly once. Returns (response, created); an identical repeat returns the stored one.
+class Fetch(enum.Enum):
+    """What one audio request is to the replay rule."""
 
-    Raises Conflict for a different answer to an answered trial, for a trial whose
-    audio was never fetched, and for a test stimulus that already has its N answers.
+    PLAY = "a new play (counted)"
+    CONTINUE = "the current play streaming on"
+    REFUSED = "no plays left"
+
+
+def register_fetch(assignment: Assignment, start: int, end: int, size: int, clip_ms: int, limit: int) -> Fetch:
+    """Count plays and note a clip served in full, for bytes start..end (inclusive) of a size-byte clip.
+
+    A range from byte 0 starts a play; a range that begins exactly where the current play's
+    bytes stopped continues it; any other range (a seek, a replay of the middle) is a play
+    too, so partial fetches cannot get round the replay limit. The first time one play
+    has delivered every byte from 0 to the end is kept, with the clip's duration: the
+    answer writer refuses answers sooner than that duration after the first play began.
     """
 
-    def run() -> tuple[Response, bool]:
+    def run() -> Fetch:
         with transaction.atomic():
-            _take_write_lock(assignment.participant)
-            # of=("self",): lock only these rows, never the joined experiment (assign() locks that one)
-            locked = Assignment.objects.select_for_update(of=("self",)).select_related("stimulus", "participant").get(pk=assignment.pk)
-            stimulus = Stimulus.objects.select_for_update(of=("self",)).select_related("experiment").get(pk=locked.stimulus_id)
-            if locked.answered:
-                previous = Response.objects.get(assignment=locked)
-                if previous.answer == answer and previous.rating == rating:
-                    return previous, False
-                raise Conflict("this clip was already answered differently; answers cannot be changed")
-            if locked.void:
-                raise Conflict("this clip is no longer needed; please continue with the next one")
-            if locked.play_count == 0:
-                raise Conflict("please listen to the clip before answering")
-            n = stimulus.experiment.ratings_per_stimulus
-            human = locked.participant.kind == Participant.Kind.HUMAN  # machine listeners never use up the N human answers
-            if human and stimulus.kind == Stimulus.Kind.TEST and stimulus.answer_count >= n:
-                Assignment.objects.filter(pk=locked.pk).update(void=True)
-                raise Conflict("this clip already has all the answers it needs; please continue with the next one")
+            locked = Assignment.objects.select_for_update().get(pk=assignment.pk)
             now = timezone.now()
-            response = Response.objects.create(
-                assignment=locked, participant=locked.participant, stimulus=stimulus, answer=answer, rating=rating,
-                play_count=locked.play_count, listened_to_end=bool(ended), response_ms=response_ms, presented_at=locked.created,
-            )
-            Assignment.objects.filter(pk=locked.pk).update(answered=True, played_to_end=bool(ended))
-            if human:
-                Stimulus.objects.filter(pk=stimulus.pk).update(answer_count=F("answer_count") + 1)
-            # an active listener keeps their remaining slots
-            Assignment.objects.filter(participant=locked.participant, answered=False).update(
-                expires_at=now + timedelta(minutes=stimulus.experiment.assignment_timeout_minutes)
-            )
-            return response, True
-
-    return with_retries(run)
-
-
-def count_play(assignment: Assignment, limit: int) -> bool:
-    """Count a fetch from byte 0 as one play; False once the replay limit is used up."""
-
-    def run() -> bool:
-        with transaction.atomic():
-            return bool(
-                Assignment.objects.filter(pk=assignment.pk, play_count__lt=limit, answered=False, void=False).update(play_count=F("play_count") + 1)
-            )
+            continues = start > 0 and 0 <= locked.play_served_to < size - 1 and start <= locked.play_served_to + 1
+            if continues:
+                locked.play_served_to = max(locked.play_served_to, end)
+                kind = Fetch.CONTINUE
+            else:
+                if locked.answered or locked.void:
+                    kind = Fetch.CONTINUE  # after the answer, plays no longer matter; nothing is counted
+                elif locked.play_count >= limit:
+                    return Fetch.REFUSED
+                else:
+                    locked.play_count += 1
+                    kind = Fetch.PLAY
+                locked.play_served_to = end if start == 0 else -1
+                if start == 0 and locked.first_played_at is None:
+                    locked.first_played_at = now
+            if locked.play_served_to >= size - 1 and locked.served_full_at is None:
+                locked.served_full_at, locked.clip_ms = now, clip_ms
+            locked.save(update_fields=["play_count", "play_served_to", "first_played_at", "served_full_at", "clip_ms"])
+            return kind
 
     return with_retries(run)

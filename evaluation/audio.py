@@ -48,10 +48,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     return start, end
 
 
-def range_starts_at_zero(header: str | None) -> bool:
-    """A fetch from byte 0 is a (re)play; later ranges are the same play streaming on."""
-    parsed = parse_range(header, 1 << 62)
-    return parsed is None or (isinstance(parsed, tuple) and parsed[0] == 0)
+def clip_duration_ms(data: bytes) -> int:
+    """How long a clip plays, from its header; 0 when the format is unknown (then only a full serving is required)."""
+    try:
+        info = sf.info(io.BytesIO(data))
+    except (RuntimeError, sf.LibsndfileError):
+        return 0
+    return int(1000 * info.frames / info.samplerate) if info.samplerate else 0
 
 
 def audio_response(data: bytes, range_header: str | None, content_type: str = "audio/wav") -> HttpResponse:

@@ -12,13 +12,6 @@ from hearsay.errors import HearsayError
 
 
 
-def _experiment(slug: str) -> Experiment:
-    experiment = Experiment.objects.filter(slug=slug).first()
-    if experiment is None:
-        raise HearsayError(f"no experiment named {slug!r}")
-    return experiment
-
-
 def _correct(experiment: Experiment, stimulus: Stimulus, answer: str, rating: int | None):
     if experiment.task == Experiment.Task.RATING:
         return None
@@ -56,7 +49,7 @@ def _pay_ok(response: Response) -> bool | None:
 
 def long_table(slug: str) -> pd.DataFrame:
     """Every answer of experiment `slug`, in answer order; raises HearsayError if there are none."""
-    experiment = _experiment(slug)
+    experiment = Experiment.objects.by_slug(slug)
     responses = (
         analysable_responses(experiment)
         .select_related("participant", "stimulus", "mturk_assignment")
@@ -105,7 +98,7 @@ def long_table_csv(slug: str) -> bytes:
 
 def experiment_info(slug: str) -> dict:
     """What the analysis needs besides the answers; raises HearsayError like long_table."""
-    experiment = _experiment(slug)
+    experiment = Experiment.objects.by_slug(slug)
     if not Response.objects.filter(stimulus__experiment=experiment).exists():
         raise HearsayError(f"experiment {slug!r} has no answers yet")
     return {

@@ -11,18 +11,17 @@ from typing import Callable
 
 import numpy as np
 import torch
-from django.db import transaction
-from django.db.models import Max
+from django.utils import timezone
 from tqdm import tqdm
 
-from evaluation.assignment import record_answer
-from evaluation.models import Assignment, Experiment, Participant, Stimulus
+from evaluation.answers import Heard, slot_for, store_answer
+from evaluation.models import Experiment, Participant, Stimulus
 from generation.features import read_wave
-from hearsay.answers import NONE_ANSWER as NONE
 from hearsay.answers import RATING_SCALE
 from hearsay.errors import HearsayError
 
 RATING_OPTIONS = len(RATING_SCALE)
+HEARD_WHOLE_FILE = Heard(play_count=1, listened_to_end=True)  # a model reads every sample of the clip once
 
 
 @dataclass
@@ -87,7 +86,7 @@ def listen(experiment: Experiment, listener: str, judge: Judge, progress: bool =
         experiment=experiment,
         worker_id=listener,
         source=Participant.Source.MACHINE,
-        defaults={"kind": Participant.Kind.MACHINE, "step": "trials", "pay_ok": False, "pay_reasons": ["machine listener"]},
+        defaults={"kind": Participant.Kind.MACHINE, "step": Participant.Step.TRIALS, "pay_ok": False, "pay_reasons": ["machine listener"]},
     )
     heard = set(participant.assignments.filter(answered=True).values_list("stimulus_id", flat=True))
     stimuli = list(
@@ -98,30 +97,16 @@ def listen(experiment: Experiment, listener: str, judge: Judge, progress: bool =
         with stimulus.audio.open("rb") as fh:
             wave, rate = read_wave(fh)
         answer, rating = judge(wave, rate, stimulus)
-        assignment = _slot(participant, stimulus)
+        assignment = slot_for(participant, stimulus)
         if experiment.task == Experiment.Task.RATING:
-            record_answer(assignment, rating=rating)
+            store_answer(assignment, rating=rating, heard=HEARD_WHOLE_FILE)
         else:
-            record_answer(assignment, answer=answer)
+            store_answer(assignment, answer=answer, heard=HEARD_WHOLE_FILE)
             scored += 1
             correct += answer == stimulus.word
         answered += 1
-    participant.step = "done"
+    participant.step = Participant.Step.DONE
     if participant.finished_at is None:
-        from django.utils import timezone
-
         participant.finished_at = timezone.now()
     participant.save(update_fields=["step", "finished_at"])
     return ListenReport(listener=listener, answered=answered, skipped=len(heard), correct=correct, scored=scored)
-
-
-def _slot(participant: Participant, stimulus: Stimulus) -> Assignment:
-    """The machine's assignment for this clip, heard once to the end (the same record a person leaves)."""
-    with transaction.atomic():
-        existing = Assignment.objects.filter(participant=participant, stimulus=stimulus).first()
-        if existing is not None:
-            return existing
-        last = participant.assignments.aggregate(m=Max("position"))["m"]
-        return Assignment.objects.create(
-            participant=participant, stimulus=stimulus, position=0 if last is None else last + 1, play_count=1, played_to_end=True
-        )

@@ -12,9 +12,24 @@ import secrets
 from django.core.validators import RegexValidator
 from django.db import models
 
+from hearsay.errors import HearsayError
+
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+class UnknownExperiment(HearsayError):
+    """No experiment has the slug asked for."""
+
+
+class ExperimentQuerySet(models.QuerySet):
+    def by_slug(self, slug: str) -> "Experiment":
+        """The one way to find an experiment by its slug; a missing one raises UnknownExperiment (a HearsayError)."""
+        experiment = self.filter(slug=slug).first() if isinstance(slug, str) and "\x00" not in slug else None
+        if experiment is None:
+            raise UnknownExperiment(f"no experiment named {slug!r}")
+        return experiment
 
 
 class Experiment(models.Model):
@@ -48,6 +63,8 @@ class Experiment(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
     anchors = models.JSONField(default=list, blank=True, help_text="Rating task: [{label, value, audio}] example clips, one per option.")
     created = models.DateTimeField(auto_now_add=True)
+
+    objects = ExperimentQuerySet.as_manager()
 
     def __str__(self) -> str:
         return self.slug
@@ -98,6 +115,16 @@ class Participant(models.Model):
         HUMAN = "human", "Human"
         MACHINE = "machine", "Machine"
 
+    class Step(models.TextChoices):
+        """Where a listener is in the flow (evaluation.flow moves them on)."""
+
+        CONSENT = "consent", "Consent"
+        INSTRUCTIONS = "instructions", "Instructions"
+        HEADPHONES = "headphones", "Headphone screen"
+        TRIALS = "trials", "Trials"
+        DONE = "done", "Finished"
+        SCREENED = "screened", "Screened out (headphones)"
+
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="participants")
     token = models.CharField(max_length=64, unique=True, default=new_token)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.WEB)
@@ -108,7 +135,10 @@ class Participant(models.Model):
     study_id = models.CharField(max_length=128, blank=True)
     session_id = models.CharField(max_length=128, blank=True)
     turk_submit_to = models.URLField(blank=True, help_text="MTurk's submission host for this assignment.")
-    step = models.CharField(max_length=20, default="consent")
+    step = models.CharField(max_length=20, choices=Step.choices, default=Step.CONSENT)
+    preview = models.BooleanField(
+        default=False, help_text="Staff trying the study: answers are never stored, counted or analysed.",
+    )
     headphone_key = models.JSONField(default=list, blank=True, help_text="Per trial, which of the three tones is the quiet one.")
     consented_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(auto_now_add=True)
@@ -125,6 +155,11 @@ class Participant(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["experiment", "worker_id"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["experiment", "source", "worker_id"], condition=~models.Q(worker_id=""), name="one_participant_per_worker",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.experiment.slug}:{self.source}:{self.worker_id or self.pk}"
@@ -139,7 +174,11 @@ class Assignment(models.Model):
     token = models.CharField(max_length=64, unique=True, default=new_token, help_text="Opaque audio token.")
     created = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)
-    play_count = models.PositiveIntegerField(default=0, help_text="Audio fetches that started at byte 0.")
+    play_count = models.PositiveIntegerField(default=0, help_text="Plays: fetches from byte 0, and ranges that do not continue the current play.")
+    play_served_to = models.BigIntegerField(default=-1, help_text="Last byte served contiguously from byte 0 in the current play (-1: none).")
+    first_played_at = models.DateTimeField(null=True, blank=True, help_text="When the clip was first fetched from byte 0.")
+    served_full_at = models.DateTimeField(null=True, blank=True, help_text="When every byte of the clip was first served within one play.")
+    clip_ms = models.PositiveIntegerField(null=True, blank=True, help_text="The clip's duration, measured when it was served.")
     played_to_end = models.BooleanField(default=False)
     answered = models.BooleanField(default=False)
     void = models.BooleanField(default=False, help_text="Expired and its stimulus filled up meanwhile: skipped, never answered.")

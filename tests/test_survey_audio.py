@@ -33,7 +33,7 @@ def test_range_requests_get_partial_content(trial_and_listener):
 @pytest.mark.django_db
 def test_safaris_two_byte_probe_is_not_counted_as_a_play(trial_and_listener):
     trial, person = trial_and_listener
-    assert person.client.get(f"/a/{trial.token}", HTTP_RANGE="bytes=0-1").status_code == 416  # nothing played yet
+    assert person.client.get(f"/a/{trial.token}", HTTP_RANGE="bytes=0-1").status_code == 206  # before the play: served, not counted
     person.client.get(f"/a/{trial.token}", HTTP_RANGE="bytes=0-")
     probe = person.client.get(f"/a/{trial.token}", HTTP_RANGE="bytes=0-1")
     assert probe.status_code == 206 and len(probe.content) == 2

@@ -120,10 +120,21 @@ def test_draft_and_unknown_experiments_are_not_found(media):  # noqa: F811
 def test_plays_beyond_the_replay_limit_are_refused(listener):
     Experiment.objects.filter(slug="demo").update(replay_limit=2)
     trial = listener.current()
-    assert listener.client.get(f"/a/{trial.token}").status_code == 200
+    assert listener.client.get(f"/a/{trial.token}", HTTP_RANGE="bytes=0-99").status_code == 206
     assert listener.client.get(f"/a/{trial.token}", HTTP_RANGE="bytes=100-").status_code == 206  # same play streaming on
     assert listener.client.get(f"/a/{trial.token}", HTTP_RANGE="bytes=0-").status_code == 206
     assert listener.client.get(f"/a/{trial.token}", HTTP_RANGE="bytes=0-").status_code == 403
+    assert Assignment.objects.get(pk=trial.pk).play_count == 2
+
+
+@pytest.mark.django_db
+def test_ranges_that_do_not_start_at_byte_0_count_as_plays_too(listener):
+    """Fetching the middle again (or first) is hearing the clip again: it may not get round the replay limit."""
+    Experiment.objects.filter(slug="demo").update(replay_limit=2)
+    trial = listener.current()
+    assert listener.client.get(f"/a/{trial.token}", HTTP_RANGE="bytes=200-").status_code == 206  # a first play, mid-file
+    assert listener.client.get(f"/a/{trial.token}").status_code == 200
+    assert listener.client.get(f"/a/{trial.token}", HTTP_RANGE="bytes=100-").status_code == 403  # after the whole clip: a replay
     assert Assignment.objects.get(pk=trial.pk).play_count == 2
 
 

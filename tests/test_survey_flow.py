@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,14 @@ def right_answer(stimulus: Stimulus, task: str) -> dict:
     if task == "identification":
         return {"answer": stimulus.expected_answer or stimulus.word}
     return {"rating": stimulus.expected_answer if stimulus.expected_answer.isdigit() else "3"}
+
+
+def let_clip_play(trial: Assignment) -> None:
+    """The clip's duration passes, as if the listener heard it (the server refuses answers sooner); the test does not wait."""
+    served = Assignment.objects.get(pk=trial.pk)
+    if served.first_played_at is not None:
+        earlier = served.first_played_at - timedelta(milliseconds=served.clip_ms or 0)
+        Assignment.objects.filter(pk=trial.pk).update(first_played_at=earlier)
 
 
 class Listener:
@@ -68,6 +77,7 @@ class Listener:
 
     def answer(self, trial, **fields):
         self.client.get(f"/a/{trial.token}")
+        let_clip_play(trial)
         data = fields or right_answer(trial.stimulus, trial.stimulus.experiment.task)
         return self.client.post(f"/s/{self.slug}/answer", {"token": trial.token, "ended": "on", "response_ms": 800, **data})
 
@@ -128,7 +138,7 @@ def test_reload_and_return_resume_at_the_same_trial(media):
     second = listener.current()
     assert listener.current().pk == second.pk  # reload
     again = Listener("demo", workerId="W1", assignmentId="A1", hitId="H1", turkSubmitTo="https://workersandbox.mturk.com")
-    assert again.entry["Location"] == "/s/demo/trial"  # another browser, same worker: resumes
+    assert again.entry["Location"].startswith("/s/demo/trial?p=")  # another browser, same worker: resumes
     assert again.current().pk == second.pk
     assert Participant.objects.count() == 1
 

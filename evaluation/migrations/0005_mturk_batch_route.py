@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('evaluation', '0003_stimuli_plural'),
+        ('evaluation', '0004_participant_flow_and_listening'),
     ]
 
     operations = [

@@ -51,7 +51,4 @@ def error_text(exc) -> str:
 
 
 def get_experiment(slug: str) -> Experiment:
-    try:
-        return Experiment.objects.get(slug=slug)
-    except Experiment.DoesNotExist:
-        raise HearsayError(f"no experiment with slug {slug!r}") from None
+    return Experiment.objects.by_slug(slug)

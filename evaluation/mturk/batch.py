@@ -19,11 +19,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from django.db import transaction
-from django.db.models import F
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone as dj_timezone
 
+from evaluation.answers import Heard, slot_for, store_answer
+from evaluation.flow import normalize_worker_id
 from evaluation.models import (
     Assignment,
     Experiment,
@@ -238,9 +239,16 @@ def import_results(experiment: Experiment, path: Path, strict: bool = False) -> 
                 record.invalid_reason = f"line {row.line}: {item.reason}"
                 record.save()
                 continue
+            try:
+                worker_id = normalize_worker_id(row.worker_id, Participant.Source.MTURK)
+            except HearsayError as exc:
+                record.invalid_reason = f"line {row.line}: {exc}"
+                record.save()
+                report.invalid.append(record.invalid_reason)
+                continue
             participant, created = Participant.objects.get_or_create(
-                experiment=experiment, source=Participant.Source.MTURK, worker_id=row.worker_id,
-                defaults={"step": "done", "finished_at": row.submitted},
+                experiment=experiment, source=Participant.Source.MTURK, worker_id=worker_id,
+                defaults={"step": Participant.Step.DONE, "finished_at": row.submitted},
             )
             record.participant = participant
             report.participants_created += created
@@ -258,17 +266,12 @@ def import_results(experiment: Experiment, path: Path, strict: bool = False) -> 
 
 
 def _store_response(participant: Participant, stimulus: Stimulus, a: Answer) -> Response:
-    last = Assignment.objects.filter(participant=participant).order_by("-position").values_list("position", flat=True).first()
-    slot = Assignment.objects.create(
-        participant=participant, stimulus=stimulus, position=0 if last is None else last + 1,
-        play_count=a.play_count, played_to_end=a.played_to_end, answered=True,
-    )
-    response = Response.objects.create(
-        assignment=slot, participant=participant, stimulus=stimulus, answer=a.answer, rating=a.rating,
-        play_count=a.play_count, listened_to_end=a.played_to_end, presented_at=a.row.accepted,
-    )
+    """Through the one answer writer: the work was done and paid for on the requester site, so it counts
+    even past the clip's N, and the site's play log stands in for ours."""
+    heard = Heard(play_count=a.play_count, listened_to_end=a.played_to_end, presented_at=a.row.accepted,
+                  answered_at=a.row.submitted)
+    stored = store_answer(slot_for(participant, stimulus), answer=a.answer, rating=a.rating, heard=heard,
+                          enforce_quota=False)
     if a.row.submitted is not None:
-        Response.objects.filter(pk=response.pk).update(answered_at=a.row.submitted)
         Participant.objects.filter(pk=participant.pk, finished_at__lt=a.row.submitted).update(finished_at=a.row.submitted)
-    Stimulus.objects.filter(pk=stimulus.pk).update(answer_count=F("answer_count") + 1)
-    return response
+    return stored.response

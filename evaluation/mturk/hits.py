@@ -21,6 +21,7 @@ from django.db import transaction
 from django.utils import timezone as dj_timezone
 from tqdm import tqdm
 
+from evaluation.flow import normalize_worker_id
 from evaluation.models import Experiment, MturkAssignment, MturkHit, Participant, Stimulus
 from evaluation.mturk.api import LIVE_WORKER_SITE, SANDBOX_WORKER_SITE, Api, error_text
 from hearsay.errors import HearsayError
@@ -338,13 +339,13 @@ class SyncReport:
     statuses: Counter = field(default_factory=Counter)
 
 
-def _find_participant(experiment: Experiment, worker_id: str, assignment_id: str) -> Participant | None:
-    qs = Participant.objects.filter(experiment=experiment, worker_id=worker_id)
-    exact = qs.filter(assignment_id=assignment_id).first()
-    if exact is not None:
-        return exact
-    mturk = list(qs.filter(source=Participant.Source.MTURK, assignment_id=""))
-    return mturk[0] if len(mturk) == 1 else None
+def _find_participant(experiment: Experiment, worker_id: str) -> Participant | None:
+    """The experiment's one participant for this worker (IDs compared in MTurk's canonical form)."""
+    try:
+        canonical = normalize_worker_id(worker_id, Participant.Source.MTURK)
+    except HearsayError:
+        return None
+    return Participant.objects.filter(experiment=experiment, source=Participant.Source.MTURK, worker_id=canonical).first()
 
 
 def sync(client, experiment: Experiment, live: bool, progress: bool = True) -> SyncReport:
@@ -395,7 +396,7 @@ def _store_assignment(experiment: Experiment, live: bool, a: dict, report: SyncR
     report.new += created
     row.status = a["AssignmentStatus"]
     if row.participant_id is None:
-        row.participant = _find_participant(experiment, a["WorkerId"], a["AssignmentId"])
+        row.participant = _find_participant(experiment, a["WorkerId"])
     row.save()
     if row.participant_id is None:
         report.unmatched.append(f"{a['WorkerId']}/{a['AssignmentId']}")

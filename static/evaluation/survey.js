@@ -58,7 +58,8 @@
       playsLabel.textContent = playsText(left);
       play.disabled = true;
       say("Playing…");
-      audio.src = audio.dataset.src + "?play=" + plays;
+      // the clip's URL may carry the listener (?p=...) where the frame refuses cookies
+      audio.src = audio.dataset.src + (audio.dataset.src.indexOf("?") < 0 ? "?" : "&") + "play=" + plays;
       var started = audio.play();
       if (started && started.catch) {
         started.catch(function () { failed("The recording could not start."); });
@@ -67,7 +68,6 @@
 
     audio.addEventListener("ended", function () {
       unlock();
-      form.elements.ended.value = "on";
       play.disabled = left <= 0;
       say(chosen ? "Finished. Your choice is kept: press Confirm to send it." : "Finished: the answers are unlocked. Choose one, then press Confirm.");
     });

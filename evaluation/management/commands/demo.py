@@ -17,14 +17,15 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from evaluation.management.base import HearsayCommand
 from evaluation.models import Experiment
 
 EXPERIMENT = "demo"
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = "Run the whole Hearsay study on the built-in corpus and serve the survey at http://127.0.0.1:8000."
 
     def add_arguments(self, parser: CommandParser) -> None:

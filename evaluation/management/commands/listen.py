@@ -1,12 +1,12 @@
 """manage.py listen: a machine listener answers an experiment like a person would."""
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from evaluation.machine import asr_judge, evaluator_judge, listen
+from evaluation.management.base import HearsayCommand
 from evaluation.models import Experiment
-from hearsay.errors import HearsayError
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = (
         "Let a machine answer every test and gold clip of an experiment through the survey's own answer path: "
         "--machine evaluator (a classifier checkpoint, e.g. the independent B) or --machine asr (pocketsphinx)."
@@ -20,19 +20,14 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0, help="seed of the recognizer's dither")
 
     def handle(self, *args, **opts) -> None:
-        experiment = Experiment.objects.filter(slug=opts["experiment"]).first()
-        if experiment is None:
-            raise CommandError(f"no experiment named {opts['experiment']!r}")
-        try:
-            if opts["machine"] == "evaluator":
-                if not opts["checkpoint"]:
-                    raise CommandError("--machine evaluator needs --checkpoint FILE")
-                name, judge = evaluator_judge(opts["checkpoint"], experiment, device=opts["device"])
-            else:
-                name, judge = asr_judge(experiment, seed=opts["seed"])
-            report = listen(experiment, name, judge, progress=opts["verbosity"] > 0)
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
+        experiment = Experiment.objects.by_slug(opts["experiment"])
+        if opts["machine"] == "evaluator":
+            if not opts["checkpoint"]:
+                raise CommandError("--machine evaluator needs --checkpoint FILE")
+            name, judge = evaluator_judge(opts["checkpoint"], experiment, device=opts["device"])
+        else:
+            name, judge = asr_judge(experiment, seed=opts["seed"])
+        report = listen(experiment, name, judge, progress=opts["verbosity"] > 0)
         summary = f"{report.listener}: {report.answered} answers saved"
         if report.skipped:
             summary += f", {report.skipped} already answered before"

@@ -1,13 +1,13 @@
 """manage.py prolific_url: what to paste into a Prolific study for an experiment."""
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.urls import reverse
 
 from evaluation import prolific
+from evaluation.management.base import HearsayCommand
 from evaluation.models import Experiment
-from hearsay.errors import HearsayError
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = "Print the study URL (with Prolific's placeholders) and the completion code of an experiment."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -15,16 +15,11 @@ class Command(BaseCommand):
         parser.add_argument("--base-url", required=True, help="public https:// address of this survey, e.g. https://survey.example.org")
 
     def handle(self, *args, **opts) -> None:
-        experiment = Experiment.objects.filter(slug=opts["experiment"]).first()
-        if experiment is None:
-            raise CommandError(f"no experiment named {opts['experiment']!r}")
+        experiment = Experiment.objects.by_slug(opts["experiment"])
         if not experiment.completion_code:
             raise CommandError("set the experiment's completion code (admin) first: Prolific matches it to mark submissions complete")
         path = reverse("evaluation:entry", args=[experiment.slug])
-        try:
-            url = prolific.study_url(opts["base_url"].rstrip("/") + path)
-            prolific.completion_url(experiment.completion_code)
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
+        url = prolific.study_url(opts["base_url"].rstrip("/") + path)
+        prolific.completion_url(experiment.completion_code)
         self.stdout.write(f"Study URL:       {url}")
         self.stdout.write(f"Completion code: {experiment.completion_code}")

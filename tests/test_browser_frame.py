@@ -155,7 +155,8 @@ def test_a_hit_is_completed_inside_a_cross_site_frame_without_cookies(two_sites)
             frame.locator("#play").click()
             frame.locator("button.answer:enabled").first.wait_for(timeout=15_000)
             name, choice = next(iter(right_answer(trial.stimulus, "identification").items()))
-            frame.locator(f"button.answer[name={name}][value='{choice}']").click()
+            frame.locator(f"button.answer[name={name}][value='{choice}']").click()  # selects
+            frame.locator("#confirm").click()  # and sends
             frame.locator(f"input[name=token]:not([value='{token}']), #mturk-submit").first.wait_for(state="attached", timeout=15_000)
             answered += 1
         frame.locator("#mturk-submit button").click()

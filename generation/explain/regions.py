@@ -60,7 +60,9 @@ def extract(relevance: np.ndarray, params: RegionParams) -> list[Rect]:
     points = np.argwhere((rel >= cut) & (rel > 0))
     if len(points) < max(params.min_cluster_size, params.min_samples + 1, 2):
         return []
-    labels = HDBSCAN(min_cluster_size=params.min_cluster_size, min_samples=params.min_samples, copy=True).fit_predict(points)
+    # One compact blob is a legitimate explanation: HDBSCAN would call it all noise unless allowed a single cluster.
+    labels = HDBSCAN(min_cluster_size=params.min_cluster_size, min_samples=params.min_samples, allow_single_cluster=True,
+                     copy=True).fit_predict(points)
     rects = []
     for label in sorted(set(labels) - {-1}):
         members = points[labels == label]

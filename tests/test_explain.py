@@ -1,0 +1,188 @@
+"""`manage.py explain` on a tiny corpus with a known answer: "beep" is a tone in one mel band (BAND)."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from django.core.management import CommandError, call_command
+
+from evaluation.stimuli import read_manifest
+from generation import checkpoint
+from generation.explain import regions as R
+from generation.explain.attribution import METHODS, AttributionSettings, Explainer, lime_mask, lrp_unsupported
+from generation.features import extract_files
+from generation.corpus import read_corpus
+
+from .explain_fixtures import BAND, CFG, make_corpus, train_classifier
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("explain")
+    corpus = make_corpus(root / "corpus")
+    return {"root": root, "corpus": corpus, "paper": train_classifier(root / "paper.pt", corpus, "paper", steps=100),
+            "conv": train_classifier(root / "conv.pt", corpus, "conv", steps=60)}
+
+
+def _beep_features(setup):
+    data = read_corpus(setup["corpus"])
+    beep = [u for u in data.split("test") if u.word == "beep"]
+    return torch.from_numpy(extract_files([u.path for u in beep], CFG))
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "grad_cam"])
+def test_attributions_of_a_band_classifier_fall_on_the_band(setup, method):
+    """Chance is 3 of 16 bands (0.19); every pixel-level method must put most positive relevance on BAND +-1."""
+    ckpt = checkpoint.load(setup["paper"])
+    x = _beep_features(setup)
+    assert (ckpt.model(x).argmax(1) == 0).all(), "the fixture classifier must recognise every beep"
+    rel = Explainer(ckpt.model, AttributionSettings(lime_samples=200)).attribute(method, x, torch.zeros(len(x), dtype=torch.long)).numpy()
+    assert rel.shape == tuple(x.shape) and np.isfinite(rel).all()
+    pos = np.clip(rel, 0, None)
+    share = pos[:, :, BAND - 1 : BAND + 2].sum(axis=(1, 2)) / pos.sum(axis=(1, 2))
+    assert share.min() > 0.4, share
+
+
+def test_grad_cam_is_upsampled_to_the_input_and_lrp_names_missing_rules(setup):
+    conv = checkpoint.load(setup["conv"])
+    x = _beep_features(setup)
+    cam = Explainer(conv.model).attribute("grad_cam", x, torch.zeros(len(x), dtype=torch.long))
+    assert cam.shape == x.shape and (cam >= 0).all()
+    assert torch.allclose(cam[:, :, 0], cam[:, :, -1]), "the conv net's Grad-CAM has time resolution only"
+    assert lrp_unsupported(conv.model) == ["AdaptiveAvgPool1d", "BatchNorm1d", "Conv1d", "functional residual addition"]
+    assert lrp_unsupported(checkpoint.load(setup["paper"]).model) == []
+
+
+def test_random_controls_have_exactly_the_area_of_the_regions():
+    rng = np.random.default_rng(0)
+    shape = (36, 16)
+    for _ in range(50):
+        rects = [R.Rect(int(a), int(a) + int(h), int(b), int(b) + int(w)) for a, h, b, w in
+                 zip(rng.integers(0, 30, 3), rng.integers(1, 7, 3), rng.integers(0, 12, 3), rng.integers(1, 5, 3))]
+        mask = R.mask_of(rects, shape)
+        control = R.random_control(mask, rng)
+        assert control.sum() == mask.sum() and control.shape == shape
+    assert not R.random_control(np.zeros(shape, bool), rng).any()
+
+
+def test_regions_are_rectangles_around_the_relevant_bins():
+    rel = np.zeros((36, 16))
+    rel[10:20, 8:10] = 1.0 + np.random.default_rng(0).random((10, 2))
+    rel[30:33, 0:3] = -5.0  # negative evidence is never a region
+    rects = R.extract(rel, R.RegionParams(90.0, 4, 2))
+    assert rects == [R.Rect(10, 20, 8, 10)]
+    assert R.extract(np.zeros((36, 16)), R.RegionParams(90.0, 4, 2)) == []
+
+
+def test_lime_cells_tile_the_input():
+    mask = lime_mask((36, 16), (10, 8))
+    assert mask.shape == (36, 16) and mask.unique().numel() == 80
+
+
+def _explain(setup, out, *extra, arch="paper"):
+    args = ["--classifier", str(setup[arch]), "--corpus", str(setup["corpus"]), "--out", str(out), "--n", "6",
+            "--tune-n", "0", "--percentiles", "97", "--min-cluster-sizes", "4", "--min-samples", "2",
+            "--lime-samples", "60", "--ig-steps", "8", "--device", "cpu", *extra]
+    call_command("explain", *args, verbosity=0)
+
+
+def _csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def explained(setup):
+    out = setup["root"] / "explained"
+    _explain(setup, out, "--methods", "integrated_gradients,occlusion,lrp")
+    return out
+
+
+def test_regions_of_beeps_lie_on_the_band_and_matter_more_than_random(explained):
+    for method in ("integrated_gradients", "occlusion"):
+        rows = _csv(explained / "regions" / f"{method}.csv")
+        beeps = {r["source_file"] for r in rows if r["source_file"].startswith("beep/")}
+        assert len(beeps) == 3
+        for clip in beeps:
+            assert any(int(r["mel_start"]) <= BAND < int(r["mel_end"]) for r in rows if r["source_file"] == clip), (method, clip)
+    table = {r["method"]: r for r in _csv(explained / "faithfulness.csv")}
+    ig = table["integrated_gradients"]
+    assert float(ig["mean_drop_regions"]) > float(ig["mean_drop_random"])
+    per_clip = [r for r in _csv(explained / "per_clip.csv") if r["method"] == "integrated_gradients" and r["word"] == "beep"]
+    assert all(float(r["drop_regions"]) > float(r["drop_random_mean"]) for r in per_clip)
+
+
+def test_manifest_pairs_each_region_with_an_equal_area_control_and_loads(explained):
+    rows = _csv(explained / "manifest.csv")
+    loaded = read_manifest(explained / "manifest.csv")
+    assert len(loaded) == len(rows)
+    originals = [r for r in rows if r["stage"] == "original"]
+    assert len(originals) == 6 and all(r["method"] == "natural" and r["init"] == "none" for r in originals)
+    expl = [r for r in rows if r["stage"] == "after"]
+    assert {r["method"] for r in expl} == {"integrated_gradients", "occlusion", "lrp"}
+    assert {r["strategy"] for r in expl} == {"identification", "reconstruction"}
+    by_key = {}
+    for r in expl:
+        by_key.setdefault((r["method"], r["strategy"], r["source_file"]), {})[r["control"]] = r
+    for pair in by_key.values():
+        assert set(pair) == {"region", "random"}
+        assert pair["region"]["region_area"] == pair["random"]["region_area"] and int(pair["region"]["region_area"]) > 0
+        assert pair["region"]["pair_id"] == pair["random"]["pair_id"]
+    pair_ids = {r["pair_id"] for r in originals}
+    assert {r["pair_id"] for r in expl} <= pair_ids
+    for r in rows:
+        assert r["word"] not in r["file"] and r["method"] not in r["file"]
+    run = json.loads((explained / "run.json").read_text())
+    assert run["complete"] and run["lrp"] == "supported" and len(run["identity"]["classifier_sha256"]) == 64
+    assert run["versions"]["captum"].startswith("0.9")
+    for name in ("faithfulness", "integrated_gradients_regions", "lrp_regions"):
+        assert (explained / "figures" / f"{name}.png").stat().st_size > 0 and (explained / "figures" / f"{name}.pdf").is_file()
+
+
+def test_rerun_resumes_and_redoes_only_a_method_whose_audio_went_missing(setup, explained, capsys):
+    occl = next(r for r in _csv(explained / "manifest.csv") if r["method"] == "occlusion")
+    kept = explained / "methods" / "integrated_gradients.json"
+    mtime = kept.stat().st_mtime_ns
+    (explained / occl["file"]).unlink()
+    call_command("explain", "--classifier", str(setup["paper"]), "--corpus", str(setup["corpus"]), "--out", str(explained),
+                 "--n", "6", "--tune-n", "0", "--percentiles", "97", "--min-cluster-sizes", "4", "--min-samples", "2",
+                 "--lime-samples", "60", "--ig-steps", "8", "--device", "cpu", "--methods", "integrated_gradients,occlusion,lrp")
+    out = capsys.readouterr().out
+    assert "1 method(s) computed, 2 resumed" in out
+    assert (explained / occl["file"]).is_file() and kept.stat().st_mtime_ns == mtime
+
+
+def test_conv_architecture_skips_lrp_with_the_reason_and_searches_regions(setup, tmp_path):
+    out = tmp_path / "conv"
+    call_command("explain", "--classifier", str(setup["conv"]), "--corpus", str(setup["corpus"]), "--out", str(out),
+                 "--n", "4", "--tune-n", "4", "--percentiles", "97,90", "--min-cluster-sizes", "4,8", "--min-samples", "2",
+                 "--methods", "saliency,lrp", "--audio", "identification", "--device", "cpu", verbosity=0)
+    run = json.loads((out / "run.json").read_text())
+    assert "Conv1d" in run["skipped"]["lrp"]
+    tuning = _csv(out / "tuning" / "saliency.csv")
+    assert len(tuning) == 4 and {float(r["percentile"]) for r in tuning} == {97.0, 90.0}
+    assert {r["method"] for r in _csv(out / "faithfulness.csv")} == {"saliency"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--methods": "saliency,shap"}, "unknown attribution method 'shap'"),
+    ({"--percentiles": "95,abc"}, "--percentiles must be a comma-separated list"),
+    ({"--percentiles": "100"}, "bad region search value"),
+    ({"--n": "0"}, "--n must be at least 1"),
+    ({"--audio": "vocode"}, "unknown audio strategy 'vocode'"),
+    ({"--classifier": "missing.pt"}, "checkpoint not found"),
+    ({"--corpus": "nowhere"}, "does not exist"),
+])
+def test_bad_options_fail_with_one_line(setup, tmp_path, change, message):
+    opts = {"--classifier": str(setup["paper"]), "--corpus": str(setup["corpus"]), "--out": str(tmp_path / "o"),
+            "--methods": "saliency", "--device": "cpu", "--tune-n": "0", **change}
+    with pytest.raises(CommandError, match=message.replace("(", r"\(")):
+        call_command("explain", *[x for kv in opts.items() for x in kv], verbosity=0)
+
+
+def test_other_settings_on_a_finished_folder_are_refused(setup, explained):
+    with pytest.raises(CommandError, match="other settings"):
+        _explain(setup, explained, "--methods", "saliency")

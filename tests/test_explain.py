@@ -186,3 +186,56 @@ def test_bad_options_fail_with_one_line(setup, tmp_path, change, message):
 def test_other_settings_on_a_finished_folder_are_refused(setup, explained):
     with pytest.raises(CommandError, match="other settings"):
         _explain(setup, explained, "--methods", "saliency")
+
+
+# ----------------------------------------------------------------------------- importance masks
+
+
+@pytest.fixture(scope="module")
+def masked(setup):
+    out = setup["root"] / "masks"
+    call_command("importance_masks", "--classifier", str(setup["paper"]), "--corpus", str(setup["corpus"]), "--out", str(out),
+                 "--n", "6", "--steps", "120", "--batch-size", "4", "--animations", "2", "--device", "cpu", verbosity=0)
+    return out
+
+
+def test_importance_masks_of_beeps_keep_only_the_band_and_keep_the_decision(masked):
+    rows = _csv(masked / "masks.csv")
+    assert len(rows) == 6 and all(r["verified"] == "True" and r["pred_a"] == r["word"] for r in rows)
+    binary = np.concatenate([np.load(p)["binary"] for p in sorted((masked / "masks").glob("batch_*.npz"))])
+    for row, mask in zip(rows, binary):
+        if row["word"] == "beep":
+            assert 0 < mask.sum() and set(np.argwhere(mask)[:, 1]) <= {BAND - 1, BAND, BAND + 1}, np.argwhere(mask)
+            assert float(row["kept_share"]) == pytest.approx(mask.mean(), abs=1e-6) and float(row["kept_share"]) < 0.05
+
+
+def test_importance_mask_audio_comes_with_equal_size_controls_and_loads(masked):
+    rows = _csv(masked / "manifest.csv")
+    read_manifest(masked / "manifest.csv")
+    after = [r for r in rows if r["stage"] == "after"]
+    assert after and {r["method"] for r in after} == {"importance_mask"}
+    pairs = {}
+    for r in after:
+        pairs.setdefault((r["strategy"], r["source_file"]), {})[r["control"]] = r["region_area"]
+    assert all(set(p) == {"region", "random"} and p["region"] == p["random"] for p in pairs.values())
+    assert (masked / "figures" / "mask_000.gif").read_bytes()[:6] == b"GIF89a"
+    assert (masked / "figures" / "muting.png").stat().st_size > 0
+
+
+def test_mask_optimization_is_verified_after_binarization():
+    """When the relaxed mask binarizes to a mask that loses the decision, the threshold drops until one keeps it."""
+    from generation.explain.masks import MaskSettings, optimize_masks
+
+    class HalfTheEnergy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):  # class 0 while the input keeps more than half of a 6 x 4 input of 0.5
+            s = self.scale * (x.flatten(1).sum(dim=1) - 6.0)
+            return torch.stack([s, torch.zeros_like(s)], dim=1)
+
+    x = torch.full((2, 6, 4), 0.5)
+    res = optimize_masks(HalfTheEnergy(), x, torch.zeros(2, dtype=torch.long), MaskSettings(steps=100, sparsity=1000.0))
+    assert (res.soft < 0.05).all(), "the penalty drives the relaxed mask to zero, which alone would lose the decision"
+    assert res.binary.all() and res.keeps_decision.all() and (res.threshold == 0).all()

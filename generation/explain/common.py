@@ -202,3 +202,19 @@ def plt():
     import matplotlib.pyplot as pyplot
 
     return pyplot
+
+
+def render(fig):
+    """The figure as it looks now, as a PIL image (one animation frame)."""
+    from PIL import Image
+
+    fig.canvas.draw()
+    return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("P", palette=Image.ADAPTIVE)
+
+
+def write_gif(path: Path, frames: list, ms_per_frame: int = 120) -> None:
+    """An animated GIF (looping, the last frame held), written atomically."""
+    buf = io.BytesIO()
+    durations = [ms_per_frame] * (len(frames) - 1) + [ms_per_frame * 10]
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    atomic.write_bytes(path, buf.getvalue())

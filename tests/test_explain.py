@@ -239,3 +239,44 @@ def test_mask_optimization_is_verified_after_binarization():
     res = optimize_masks(HalfTheEnergy(), x, torch.zeros(2, dtype=torch.long), MaskSettings(steps=100, sparsity=1000.0))
     assert (res.soft < 0.05).all(), "the penalty drives the relaxed mask to zero, which alone would lose the decision"
     assert res.binary.all() and res.keeps_decision.all() and (res.threshold == 0).all()
+
+
+# ----------------------------------------------------------------------------- layer visualization
+
+
+def test_visualize_learns_inputs_that_excite_the_units_and_finds_the_clips_that_do(setup, tmp_path):
+    out = tmp_path / "vis"
+    call_command("visualize", "--classifier", str(setup["paper"]), "--out", str(out), "--layer", "features.8,logits",
+                 "--units", "0", "--tv", "0,0.05", "--steps", "24", "--frames", "4", "--corpus", str(setup["corpus"]),
+                 "--top", "3", "--device", "cpu", verbosity=0)
+    learned = _csv(out / "learned.csv")
+    assert [(r["layer"], float(r["tv"])) for r in learned] == [("features.8", 0.0), ("features.8", 0.05), ("logits", 0.0), ("logits", 0.05)]
+    for r in learned:
+        assert float(r["activation"]) > float(r["activation_start"]), r
+        assert (out / r["file"]).is_file()
+    tops = _csv(out / "top_examples.csv")
+    logit_tops = [r for r in tops if r["layer"] == "logits"]
+    assert [r["source_file"].split("/")[0] for r in logit_tops] == ["beep"] * 3, "unit 0 of the logits is 'beep'"
+    acts = [float(r["activation"]) for r in logit_tops]
+    assert acts == sorted(acts, reverse=True)
+    for name in ("learning_tv0.gif", "learning_tv0.05.gif"):
+        assert (out / "figures" / name).read_bytes()[:6] == b"GIF89a"
+    assert (out / "figures" / "grid.png").is_file() and (out / "figures" / "grid.pdf").is_file()
+
+
+def test_default_layers_run_from_the_first_convolution_to_the_logits(setup):
+    from generation.explain.layers import default_layers
+
+    assert default_layers(checkpoint.load(setup["paper"]).model) == ["features.0", "features.4", "features.8", "head.1", "head.4", "head.7", "logits"]
+    conv = default_layers(checkpoint.load(setup["conv"]).model)
+    assert conv[0] == "features.0" and conv[-1] == "logits" and not any("skip" in n for n in conv)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layer", "nowhere"], "unknown layer 'nowhere'"),
+    (["--layer", "logits", "--units", "5"], "unit 5 out of range"),
+    (["--tv", "x"], "--tv must be a comma-separated list"),
+])
+def test_visualize_bad_options_fail_with_one_line(setup, tmp_path, args, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("visualize", "--classifier", str(setup["paper"]), "--out", str(tmp_path / "v"), "--device", "cpu", *args, verbosity=0)

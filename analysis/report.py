@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from generation.errors import HearsayError
 
-from . import figures, stats
+from . import explanations, figures, stats
 from .table import NONE_ANSWERS, Exclusion, apply_exclusions, normalize
 
 STAGE_ORDER = {"original": 0, "before": 1, "after": 2}
@@ -103,7 +103,8 @@ def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: b
     rating = df["rating"].notna().any()
     if identification:
         stages += [("accuracy", _stage_accuracy), ("confusion", _stage_confusion), ("word accuracy", _stage_words),
-                   ("models", _stage_models), ("mixed model", _stage_bayes), ("agreement", _stage_agreement)]
+                   ("models", _stage_models), ("mixed model", _stage_bayes), ("agreement", _stage_agreement),
+                   ("explanations", explanations.stage)]
     if rating:
         stages += [("ratings", _stage_ratings), ("rating tests", _stage_rating_tests),
                    ("rating agreement", _stage_rating_agreement)]

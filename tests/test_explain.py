@@ -280,3 +280,86 @@ def test_default_layers_run_from_the_first_convolution_to_the_logits(setup):
 def test_visualize_bad_options_fail_with_one_line(setup, tmp_path, args, message):
     with pytest.raises(CommandError, match=message):
         call_command("visualize", "--classifier", str(setup["paper"]), "--out", str(tmp_path / "v"), "--device", "cpu", *args, verbosity=0)
+
+
+# ----------------------------------------------------------------------------- veracity
+
+
+@pytest.fixture(scope="module")
+def veracity_spec(setup):
+    out = setup["root"] / "veracity"
+    call_command("veracity", "--classifier", str(setup["paper"]), "--corpus", str(setup["corpus"]), "--out", str(out),
+                 "--attack", "spec", "--n", "4", "--steps", "60", "--lime-samples", "60", "--k", "1,3", "--device", "cpu", verbosity=0)
+    return out
+
+
+def test_spec_attack_succeeds_within_its_bound_and_the_veracity_table_is_complete(veracity_spec):
+    attacks = _csv(veracity_spec / "attacks.csv")
+    assert len(attacks) == 4 and all(r["success"] == "True" and r["target"] != r["pred_a"] for r in attacks)
+    with np.load(veracity_spec / "attack.npz") as saved:
+        assert saved["adversarial"].shape == (4, *CFG.shape)
+    rows = {r["segmentation"]: r for r in _csv(veracity_spec / "veracity.csv")}
+    assert set(rows) == {"time", "time_frequency"}
+    for r in rows.values():
+        assert r["adversarial_clips"] == "4"
+        for key in ("lime_top1", "lime_top3", "largest_top1", "largest_top3", "lime_positive", "largest_positive"):
+            assert 0.0 <= float(r[key]) <= 1.0
+    run = json.loads((veracity_spec / "run.json").read_text())
+    assert run["complete"] and run["identity"]["epsilon"] == 0.1 and run["attack_success"] == 1.0
+    assert (veracity_spec / "figures" / "veracity.png").is_file()
+
+
+def test_a_drawn_pattern_that_flips_the_label_is_where_the_explanations_point(veracity_spec):
+    horses = {r["method"]: r for r in _csv(veracity_spec / "horses.csv")}
+    assert set(horses) == {"saliency", "integrated_gradients", "occlusion", "lime"}
+    for method in ("saliency", "integrated_gradients", "occlusion"):
+        h = horses[method]
+        assert float(h["pointing_game"]) == 1.0, h
+        assert float(h["relevance_share_on_pattern"]) > 5 * float(h["pattern_area_share"]), h
+
+
+def test_restoring_every_segment_undoes_the_attack_and_the_largest_perturbation_is_found():
+    from generation.explain.veracity import flips_back, perturbation_ranking, segment_map
+
+    segments = segment_map((36, 16), "time_frequency", 6, 4)
+    assert segments.max() == 23 and (np.bincount(segments.ravel()) == 24).all()
+    assert (segment_map((36, 16), "time", 6, 4)[:, 0] == segment_map((36, 16), "time", 6, 4)[:, -1]).all()
+    clean = torch.zeros(36, 16)
+    adv = clean.clone()
+    adv[segments == 5] = 0.3
+    adv[segments == 17] = 0.1
+    assert list(perturbation_ranking(adv, clean, segments)[:2]) == [5, 17]
+
+    def probs(x):  # class 1 whenever cell 5 is perturbed
+        on = (x[:, torch.from_numpy(segments == 5)].mean(1) > 0.2).float()
+        return torch.stack([1 - on, on], dim=1)
+
+    assert flips_back(probs, adv, clean, segments, [5], target=1)
+    assert not flips_back(probs, adv, clean, segments, [17], target=1)
+    assert flips_back(probs, adv, clean, segments, list(range(24)), target=1)
+
+
+def test_wave_attack_goes_through_the_feature_pipeline_and_reports_snr(setup):
+    from generation.explain.veracity import attack
+    from generation.features import LogMel
+
+    ckpt = checkpoint.load(setup["paper"])
+    data = read_corpus(setup["corpus"])
+    hush = [u for u in data.split("test") if u.word == "hush"][:2]
+    from generation.explain.common import load_clips
+
+    clips = load_clips(ckpt, hush, torch.device("cpu"))
+    waves = clips.waves(CFG)
+    res = attack(ckpt.model, clips.features, waves, torch.zeros(2, dtype=torch.long), "wave", CFG, epsilon=0.05, steps=80, lr=0.005)
+    assert res.success.all() and (res.waves - waves).abs().max() <= 0.05 + 1e-6
+    assert torch.allclose(res.adversarial, LogMel(CFG)(res.waves), atol=1e-5)
+    assert (res.snr_db > 10).all()
+
+
+def test_veracity_bad_options_fail_with_one_line(setup, tmp_path):
+    with pytest.raises(CommandError, match="--k must be comma-separated"):
+        call_command("veracity", "--classifier", str(setup["paper"]), "--corpus", str(setup["corpus"]), "--out", str(tmp_path / "v"),
+                     "--k", "a", verbosity=0)
+    with pytest.raises(CommandError, match="unknown attribution method"):
+        call_command("veracity", "--classifier", str(setup["paper"]), "--corpus", str(setup["corpus"]), "--out", str(tmp_path / "v"),
+                     "--horse-methods", "magic", verbosity=0)

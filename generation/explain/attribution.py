@@ -16,6 +16,7 @@ rule for `nn.Flatten`.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -110,7 +111,9 @@ class Explainer:
         x = x.to(self.device, torch.float32)
         targets = torch.as_tensor(targets, device=self.device).long()
         run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = getattr(self, f"_{method}")
-        out = run(x, targets).detach()
+        with warnings.catch_warnings():  # captum's notes that it set requires_grad or hooked ReLUs: expected here
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
+            out = run(x, targets).detach()
         if out.shape != x.shape:
             raise AssertionError(f"{method} returned {list(out.shape)} for input {list(x.shape)}")
         return torch.nan_to_num(out.float()).cpu()

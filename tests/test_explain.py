@@ -363,3 +363,16 @@ def test_veracity_bad_options_fail_with_one_line(setup, tmp_path):
     with pytest.raises(CommandError, match="unknown attribution method"):
         call_command("veracity", "--classifier", str(setup["paper"]), "--corpus", str(setup["corpus"]), "--out", str(tmp_path / "v"),
                      "--horse-methods", "magic", verbosity=0)
+
+
+@pytest.mark.django_db
+def test_explanation_manifest_loads_into_an_experiment_with_its_conditions(explained, settings, tmp_path):
+    from evaluation.models import Stimulus
+
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    call_command("load_stimuli", str(explained / "manifest.csv"), "--experiment", "explain1", "--create", verbosity=0)
+    test = Stimulus.objects.filter(experiment__slug="explain1", kind="test")
+    rows = _csv(explained / "manifest.csv")
+    assert test.count() == sum(r["stage"] == "after" for r in rows)
+    s = test.get(stimulus_id=next(r["stimulus_id"] for r in rows if r["control"] == "random"))
+    assert s.condition.startswith("explain-") and s.condition.endswith("-random") and s.provenance["control"] == "random"

@@ -9,7 +9,8 @@ first binary mask that keeps the decision is the result, so every reported mask
 is verified after binarization.
 
 Sound: the masked clip (vocoded), and the clip itself with the time windows
-muted whose mask mean falls below 0.1, 0.2, 0.3 (the seed's muting figure), each
+muted whose mean of the optimized (relaxed) mask falls below 0.1, 0.2, 0.3 (the
+seed's muting figure), each
 with a random control of equal size (the mask or the muted frames circularly
 shifted), and the classifier's verdict on every muted clip.
 """
@@ -159,11 +160,11 @@ def run_importance_masks(classifier, corpus, out, *, n: int = 50, split: str = "
             save_npz(path, **saved)
         for j in range(hi - lo):
             i = lo + j
-            r, pc = _sound_clip(out, i, clips, waves, saved["binary"][j], ckpt, cfg, vocoder, folder.key, avoid, rng, device)
+            r, pc = _sound_clip(out, i, clips, waves, saved["binary"][j], saved["soft"][j], ckpt, cfg, vocoder, folder.key, avoid, rng, device)
             rows += r
             per_clip.append({**pc, "threshold": float(saved["threshold"][j]), "verified": bool(saved["keeps"][j])})
             if len(shown) < 3:
-                shown.append(saved["binary"][j])
+                shown.append(saved["soft"][j])
             if i < animations:
                 _animate(out / "figures" / f"mask_{i:03d}.gif", saved["history"][j], clips.features[i].numpy(), clips.utterances[i].relpath)
     _write_manifest(out / "manifest.csv", rows)
@@ -176,7 +177,7 @@ def run_importance_masks(classifier, corpus, out, *, n: int = 50, split: str = "
     return MasksSummary(out, len(clips), share, verified, time.time() - started)
 
 
-def _sound_clip(out, i, clips, waves, mask: np.ndarray, ckpt, cfg, vocoder, key, avoid, rng, device):
+def _sound_clip(out, i, clips, waves, mask: np.ndarray, soft: np.ndarray, ckpt, cfg, vocoder, key, avoid, rng, device):
     """Masked and muted audio of one clip plus equal-size random controls; returns manifest rows and a CSV row."""
     u = clips.utterances[i]
     control = random_control(mask, rng)
@@ -184,7 +185,7 @@ def _sound_clip(out, i, clips, waves, mask: np.ndarray, ckpt, cfg, vocoder, key,
     waves_out = vocoder(torch.stack([feats * torch.from_numpy(mask), feats * torch.from_numpy(control)]))
     items = [("masked", "region", waves_out[0], vocoder.sample_rate, int(mask.sum())),
              ("masked", "random", waves_out[1], vocoder.sample_rate, int(control.sum()))]
-    frame_mean = mask.mean(axis=1)
+    frame_mean = soft.mean(axis=1)  # the seed muted by the optimized (relaxed) mask's mean per time window
     verdicts = {}
     muted_feats = []
     for level in MUTE_LEVELS:
@@ -242,10 +243,11 @@ def _animate(path: Path, history: np.ndarray, feats: np.ndarray, title: str) -> 
 
 
 def _waveform_figure(stem: Path, clips, waves, masks: list[np.ndarray], per_clip, cfg) -> None:
-    """The seed's muting figure: each clip, then the clip with low-mask windows muted at each level."""
+    """The seed's muting figure: each clip, then the clip with low-mask windows muted at each level (`masks`: relaxed)."""
     pyplot = plt()
     count = len(masks)
-    fig, axes = pyplot.subplots(len(MUTE_LEVELS) + 1, count, figsize=(3.2 * count, 1.3 * (len(MUTE_LEVELS) + 1)), squeeze=False)
+    fig, axes = pyplot.subplots(len(MUTE_LEVELS) + 1, count, figsize=(3.2 * count, 1.3 * (len(MUTE_LEVELS) + 1)),
+                                 squeeze=False, sharey="col")
     for col, mask in enumerate(masks):
         axes[0][col].plot(waves[col], linewidth=0.4)
         axes[0][col].set_title(f"{clips.utterances[col].relpath}: no mask", fontsize=7)

@@ -27,7 +27,7 @@ from ..errors import HearsayError
 from ..stimuli import stimulus_id
 from ..vocoder import GriffinLimVocoder, Vocoder, finish, write_wav
 from .common import RunFolder, render, write_gif, load_clips, load_classifier, load_npz, pick, plt, predict, read_split, save_figure, save_npz, write_csv
-from .pipeline import _pair, _write_manifest, _write_originals
+from .pipeline import pair_of, write_manifest, write_originals
 from .regions import random_control
 
 THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.0)
@@ -145,7 +145,7 @@ def run_importance_masks(classifier, corpus, out, *, n: int = 50, split: str = "
     clips = load_clips(ckpt, chosen, device)
     waves = clips.waves(cfg).numpy()
     avoid = list(ckpt.classes) + ["natural", "random", "region", "original", "mask", "muted"]
-    rows = _write_originals(out, clips, folder.key, avoid, ckpt, vocoder)
+    rows = write_originals(out, clips, folder.key, avoid, ckpt, vocoder)
     per_clip = []
     rng = np.random.default_rng(seed)
     shown: list[np.ndarray] = []  # binary masks of the clips in the muting figure
@@ -167,7 +167,7 @@ def run_importance_masks(classifier, corpus, out, *, n: int = 50, split: str = "
                 shown.append(saved["soft"][j])
             if i < animations:
                 _animate(out / "figures" / f"mask_{i:03d}.gif", saved["history"][j], clips.features[i].numpy(), clips.utterances[i].relpath)
-    _write_manifest(out / "manifest.csv", rows)
+    write_manifest(out / "manifest.csv", rows)
     cols = list(per_clip[0])
     write_csv(out / "masks.csv", cols, [[r[c] for c in cols] for r in per_clip])
     _waveform_figure(out / "figures" / "muting", clips, waves, shown, per_clip, cfg)
@@ -214,7 +214,7 @@ def _sound_clip(out, i, clips, waves, mask: np.ndarray, soft: np.ndarray, ckpt, 
         write_wav(out / "wav" / f"{sid}.wav", wave, rate)
         rows.append({
             "stimulus_id": sid, "file": f"wav/{sid}.wav", "word": u.word, "method": "importance_mask", "init": "test", "stage": "after",
-            "pair_id": _pair(key, u.relpath, avoid), "condition": f"importance_mask-{strategy}-{control_name}", "control": control_name,
+            "pair_id": pair_of(key, u.relpath, avoid), "condition": f"importance_mask-{strategy}-{control_name}", "control": control_name,
             "strategy": strategy, "source_file": u.relpath, "speaker": u.speaker, "target_word": ckpt.classes[int(clips.predicted[i])],
             "pred_a": ckpt.classes[int(clips.predicted[i])], "prob_a": round(float(clips.probs[i].max()), 6),
             "region_area": size, "n_regions": "", "drop": "", "classifier_sha256": ckpt.sha256,

@@ -138,7 +138,7 @@ def run_explain(classifier: str | Path, corpus: str | Path, out: str | Path, opt
     targets = clips.predicted if options.target == "predicted" else clips.labels
     explainer = Explainer(ckpt.model, options.attribution)
     avoid = list(ckpt.classes) + list(options.methods) + ["natural", "random", "region", "original", "identification", "reconstruction"]
-    originals = _write_originals(out, clips, folder.key, avoid, ckpt, vocoder)
+    originals = write_originals(out, clips, folder.key, avoid, ckpt, vocoder)
 
     table, skipped, computed, resumed, all_rows, per_clip = [], {}, [], [], list(originals), []
     for method in tqdm(options.methods, desc="explain", unit="method", disable=not progress):
@@ -157,7 +157,7 @@ def run_explain(classifier: str | Path, corpus: str | Path, out: str | Path, opt
         all_rows += finished["rows"]
         per_clip += finished["per_clip"]
 
-    _write_manifest(out / "manifest.csv", all_rows)
+    write_manifest(out / "manifest.csv", all_rows)
     write_csv(out / "faithfulness.csv", FAITHFULNESS_COLUMNS, [[r[c] for c in FAITHFULNESS_COLUMNS] for r in table])
     if per_clip:
         cols = list(per_clip[0])
@@ -186,7 +186,7 @@ def _finished(path: Path, out: Path) -> dict | None:
     return data
 
 
-def _write_originals(out: Path, clips: Clips, key: str, avoid, ckpt, vocoder) -> list[dict]:
+def write_originals(out: Path, clips: Clips, key: str, avoid, ckpt, vocoder) -> list[dict]:
     """The natural clips, loudness-matched like every stimulus: what listeners hear as the reference."""
     from ..features import read_wave
 
@@ -201,7 +201,7 @@ def _write_originals(out: Path, clips: Clips, key: str, avoid, ckpt, vocoder) ->
             write_wav(path, finish(torch.from_numpy(wave)[None], rate, target_rms, fade)[0].numpy(), rate)
         rows.append({
             "stimulus_id": sid, "file": f"wav/{sid}.wav", "word": u.word, "method": "natural", "init": "none", "stage": "original",
-            "pair_id": _pair(key, u.relpath, avoid), "condition": "original", "control": "", "strategy": "", "source_file": u.relpath,
+            "pair_id": pair_of(key, u.relpath, avoid), "condition": "original", "control": "", "strategy": "", "source_file": u.relpath,
             "speaker": u.speaker, "target_word": "", "pred_a": ckpt.classes[int(clips.predicted[i])],
             "prob_a": round(float(clips.probs[i, clips.labels[i]]), 6), "region_area": "", "n_regions": "", "drop": "",
             "classifier_sha256": ckpt.sha256,
@@ -209,7 +209,7 @@ def _write_originals(out: Path, clips: Clips, key: str, avoid, ckpt, vocoder) ->
     return rows
 
 
-def _pair(key: str, relpath: str, avoid) -> str:
+def pair_of(key: str, relpath: str, avoid) -> str:
     """One pair id per source clip: its natural version, every method's regions and their random controls."""
     return stimulus_id(key, relpath, "pair", avoid=avoid)
 
@@ -278,7 +278,7 @@ def _explain_method(method, out: Path, explainer: Explainer, clips: Clips, tune:
                 write_wav(out / "wav" / f"{sid}.wav", wave, rate)
                 rows.append({
                     "stimulus_id": sid, "file": f"wav/{sid}.wav", "word": u.word, "method": method, "init": "test", "stage": "after",
-                    "pair_id": _pair(key, u.relpath, avoid), "condition": f"explain-{method}-{strategy}-{control}", "control": control,
+                    "pair_id": pair_of(key, u.relpath, avoid), "condition": f"explain-{method}-{strategy}-{control}", "control": control,
                     "strategy": strategy, "source_file": u.relpath, "speaker": u.speaker, "target_word": ckpt.classes[int(targets[i])],
                     "pred_a": ckpt.classes[int(clips.predicted[i])], "prob_a": round(float(faith.prob[i]), 6),
                     "region_area": int(faith.area[i]), "n_regions": len(rects[i]), "drop": round(float(drop), 6),
@@ -323,7 +323,7 @@ def _mel_edges_hz(cfg) -> list[tuple[float, float]]:
     return [(float(hz[col].min()), float(hz[col].max())) if col.any() else (0.0, 0.0) for col in support.T]
 
 
-def _write_manifest(path: Path, rows: list[dict]) -> None:
+def write_manifest(path: Path, rows: list[dict]) -> None:
     import csv
     import io
 

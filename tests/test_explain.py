@@ -376,3 +376,14 @@ def test_explanation_manifest_loads_into_an_experiment_with_its_conditions(expla
     assert test.count() == sum(r["stage"] == "after" for r in rows)
     s = test.get(stimulus_id=next(r["stimulus_id"] for r in rows if r["control"] == "random"))
     assert s.condition.startswith("explain-") and s.condition.endswith("-random") and s.provenance["control"] == "random"
+
+
+def test_importance_masks_rerun_keeps_finished_batches_and_rewrites_the_same_manifest(setup, masked):
+    batch = masked / "masks" / "batch_000000.npz"
+    mtime = batch.stat().st_mtime_ns
+    before = (masked / "manifest.csv").read_bytes()
+    (masked / "masks" / "batch_000004.npz").unlink()
+    call_command("importance_masks", "--classifier", str(setup["paper"]), "--corpus", str(setup["corpus"]), "--out", str(masked),
+                 "--n", "6", "--steps", "120", "--batch-size", "4", "--animations", "2", "--device", "cpu", verbosity=0)
+    assert batch.stat().st_mtime_ns == mtime and (masked / "masks" / "batch_000004.npz").is_file()
+    assert (masked / "manifest.csv").read_bytes() == before

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from hearsay.errors import HearsayError
 
-from . import figures, stats
+from . import explanations, figures, stats
 from hearsay.answers import NONE_ALIASES as NONE_ANSWERS
 from hearsay.csvsafe import safe_frame
 from hearsay.provenance import file_sha256 as sha256_file
@@ -107,7 +107,8 @@ def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: b
     rating = df["rating"].notna().any()
     if identification:
         stages += [("accuracy", _stage_accuracy), ("confusion", _stage_confusion), ("word accuracy", _stage_words),
-                   ("models", _stage_models), ("mixed model", _stage_bayes), ("agreement", _stage_agreement)]
+                   ("models", _stage_models), ("mixed model", _stage_bayes), ("agreement", _stage_agreement),
+                   ("explanations", explanations.stage)]
     if rating:
         stages += [("ratings", _stage_ratings), ("rating tests", _stage_rating_tests),
                    ("rating agreement", _stage_rating_agreement)]

@@ -12,7 +12,6 @@ results of different configurations.
 from __future__ import annotations
 
 import csv
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone

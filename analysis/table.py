@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 
 from hearsay.answers import ANSWER_COLUMNS as COLUMNS
-from hearsay.answers import LISTENER_KINDS, NONE_ALIASES, NONE_ANSWER, RATING_MAX, RATING_MIN, STIMULUS_KINDS
+from hearsay.answers import (
+    ANSWER_TEXT_COLUMNS, LISTENER_KINDS, NONE_ALIASES, NONE_ANSWER, RATING_MAX, RATING_MIN, STIMULUS_KINDS,
+)
 from hearsay.errors import HearsayError
 from hearsay.manifest import ORIGINAL_CONDITION, read_manifest
 from hearsay.mturk_results import Reading, interpret, read_batch_key, read_results
@@ -52,8 +54,7 @@ def normalize(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         raise HearsayError("answer table is empty: no answers to analyse")
     df = table[list(COLUMNS)].copy()
-    for col in ["listener", "listener_kind", "listener_source", "stimulus", "stimulus_kind", "pair_id", "method",
-                "init", "stage", "condition", "word", "answer", "analyse_reasons", "answered_at"]:
+    for col in ANSWER_TEXT_COLUMNS:
         df[col] = _text(df[col])
     df["answer"] = df["answer"].str.lower()
     df.loc[df["answer"].isin(NONE_ALIASES), "answer"] = NONE_ANSWER

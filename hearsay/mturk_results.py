@@ -33,6 +33,9 @@ IDENTIFICATION_FIELD = "heard-word"
 PLAY_COUNT_FIELD = "play-count"
 PLAYED_TO_END_FIELD = "played-to-end"
 TASK_ANSWERS = "Answer.taskAnswers"
+# The path segment under which the app serves batch clips (evaluation.batch_audio); a results file whose
+# URLs carry it came from a Hearsay batch, whose key the database also holds.
+BATCH_AUDIO_PATH = "batch-audio"
 
 REQUIRED_COLUMNS = ("AssignmentId", "WorkerId", "AssignmentStatus")
 STATUSES = ("Submitted", "Approved", "Rejected")
@@ -129,6 +132,10 @@ class ResultRow:
     def audio_name(self) -> str:
         """The file name the audio URL ends in (query strings and hosts ignored)."""
         return PurePosixPath(urlsplit(self.audio_url).path).name
+
+    @property
+    def is_batch_audio(self) -> bool:
+        return f"/{BATCH_AUDIO_PATH}/" in urlsplit(self.audio_url).path
 
     def answer(self, name: str) -> str:
         """The answer `name` in whichever shape it came: .label, plain, or exactly one radio option set to true."""

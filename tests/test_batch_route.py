@@ -162,3 +162,19 @@ def test_both_routes_give_identical_report_tables(exported, tmp_path):
     assert tables and tables == sorted(p.name for p in (tmp_path / "csv" / "tables").glob("*.csv"))
     differ = [t for t in tables if (tmp_path / "db" / "tables" / t).read_bytes() != (tmp_path / "csv" / "tables" / t).read_bytes()]
     assert differ == []
+
+
+@pytest.mark.django_db
+def test_analyze_resolves_batch_audio_names_through_the_database_without_the_key_file(exported, tmp_path):
+    out, urls = exported
+    results = tmp_path / "Batch_1_batch_results.csv"
+    requester_site_csv(results, urls, list(Experiment.objects.get(slug=SLUG).words))
+    from evaluation.mturk.batch import batch_key_from_database
+
+    with_key, _ = read_mturk(results, MANIFEST, out / "batch_key.csv")
+    via_db, _ = read_mturk(results, MANIFEST, key_provider=batch_key_from_database)
+    pd.testing.assert_frame_equal(_sorted(with_key), _sorted(via_db))
+    from hearsay.errors import HearsayError
+
+    with pytest.raises(HearsayError, match="refer to audio not in the manifest.*batch key file"):
+        read_mturk(results, MANIFEST)

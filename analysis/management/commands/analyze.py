@@ -69,7 +69,9 @@ def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None
     else:
         if manifest is None:
             raise HearsayError("--mturk-csv needs --manifest")
-        table, info = read_mturk(mturk_csv, manifest, batch_key, strict=strict)
+        from evaluation.mturk.batch import batch_key_from_database
+
+        table, info = read_mturk(mturk_csv, manifest, batch_key, strict=strict, key_provider=batch_key_from_database)
         inputs = {str(p): sha256_file(p) for p in (mturk_csv, manifest, batch_key) if p}
     if note is not None:
         if info.get("rejected_answers"):

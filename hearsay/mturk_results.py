@@ -41,7 +41,8 @@ REQUIRED_COLUMNS = ("AssignmentId", "WorkerId", "AssignmentStatus")
 STATUSES = ("Submitted", "Approved", "Rejected")
 ORIGINAL_STUDY_INPUTS = ("experiment", "timestamp", "class_label", "audio_url", "pred_1_class", "pred_2_class")
 
-# UTC offsets in minutes of the zone abbreviations Java's Date.toString (which MTurk uses) prints.
+# UTC offsets in minutes of the zone abbreviations Java's Date.toString (which MTurk uses) prints. Where an
+# abbreviation is ambiguous, Java's meaning is taken: CST = US Central, IST = India, BST = British Summer.
 ZONE_OFFSETS: dict[str, int] = {
     "UTC": 0, "GMT": 0, "UT": 0, "Z": 0, "WET": 0, "WEST": 60, "BST": 60, "IST": 330, "CET": 60, "CEST": 120,
     "MET": 60, "MEST": 120, "EET": 120, "EEST": 180, "MSK": 180, "TRT": 180, "GST": 240, "PKT": 300, "NPT": 345,

@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from hearsay import atomic  # noqa: E402
+from hearsay.answers import RATING_LABELS  # noqa: E402
 
 plt.rcParams.update({"svg.hashsalt": "hearsay", "pdf.compression": 6, "font.size": 9, "figure.dpi": 100})
 PNG_DPI = 110
@@ -112,7 +113,7 @@ def rating_histograms(counts: pd.DataFrame, title: str) -> Figure:
         total = counts[col].sum()
         share = counts[col].to_numpy(dtype=float) / total if total else np.zeros(len(x))
         ax.bar(x + (j - (n - 1) / 2) * width, share, width, label=f"{col} (n={int(total)})")
-    ax.set_xticks(x, ["Bad (0)", "Poor (1)", "Fair (2)", "Good (3)", "Excellent (4)"])
+    ax.set_xticks(x, [f"{label} ({value})" for value, label in enumerate(RATING_LABELS)])
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of answers")
     ax.set_title(title, fontsize=9)

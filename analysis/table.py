@@ -7,6 +7,7 @@ routes give the same table. No Django here.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,9 @@ import numpy as np
 import pandas as pd
 
 from hearsay.answers import ANSWER_COLUMNS as COLUMNS
-from hearsay.answers import LISTENER_KINDS, NONE_ALIASES, NONE_ANSWER, RATING_MAX, RATING_MIN, STIMULUS_KINDS
+from hearsay.answers import (
+    ANSWER_TEXT_COLUMNS, LISTENER_KINDS, NONE_ALIASES, NONE_ANSWER, RATING_MAX, RATING_MIN, STIMULUS_KINDS,
+)
 from hearsay.errors import HearsayError
 from hearsay.manifest import ORIGINAL_CONDITION, read_manifest
 from hearsay.mturk_results import Reading, interpret, read_batch_key, read_results
@@ -52,8 +55,7 @@ def normalize(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         raise HearsayError("answer table is empty: no answers to analyse")
     df = table[list(COLUMNS)].copy()
-    for col in ["listener", "listener_kind", "listener_source", "stimulus", "stimulus_kind", "pair_id", "method",
-                "init", "stage", "condition", "word", "answer", "analyse_reasons", "answered_at"]:
+    for col in ANSWER_TEXT_COLUMNS:
         df[col] = _text(df[col])
     df["answer"] = df["answer"].str.lower()
     df.loc[df["answer"].isin(NONE_ALIASES), "answer"] = NONE_ANSWER
@@ -79,11 +81,13 @@ def normalize(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_mturk(csv_path: Path, manifest_path: Path, key_path: Path | None = None,
-               strict: bool = False) -> tuple[pd.DataFrame, dict]:
+               strict: bool = False,
+               key_provider: Callable[[], Mapping[str, str]] | None = None) -> tuple[pd.DataFrame, dict]:
     """Turn an MTurk results CSV plus its manifest into the long table and experiment info.
 
-    Rows join the manifest through the batch key file (opaque audio name -> stimulus id) when
-    given, else by an `Input.stimulus_id` column, else by the audio URL's file name. The rules are
+    Rows join the manifest through the batch key (opaque audio name -> stimulus id) when given: the
+    key file export-batch wrote, or, for URLs of Hearsay's batch audio, `key_provider` (the database's
+    key); else by an `Input.stimulus_id` column, else by the audio URL's file name. The rules are
     those of the database route (`mturk import-results`): rejected assignments are left out and
     counted, never dragging the worker's other answers out; unreadable rows are left out and
     counted, or refuse the file when `strict`.
@@ -93,6 +97,8 @@ def read_mturk(csv_path: Path, manifest_path: Path, key_path: Path | None = None
     task = results.task()
     by_id, by_name = manifest.by_id(), manifest.by_basename()
     key = read_batch_key(key_path) if key_path else None
+    if key is None and key_provider is not None and any(row.is_batch_audio for row in results.rows):
+        key = dict(key_provider())
 
     def resolve(row) -> str | None:
         if key is not None:
@@ -110,7 +116,7 @@ def read_mturk(csv_path: Path, manifest_path: Path, key_path: Path | None = None
         raise HearsayError(f"{csv_path}: {reading.summary()}; first: {reading.invalid[0].describe()}")
     unresolved = [i for i in reading.invalid if f"is not in {clips}" in i.reason]
     if unresolved and len(unresolved) == len(results.rows):
-        hint = "" if key_path else " (give the batch key file that export-batch wrote beside batch.csv)"
+        hint = "" if key is not None else " (give the batch key file that export-batch wrote beside batch.csv)"
         raise HearsayError(f"{len(unresolved)} MTurk answer(s) refer to audio not in the manifest, "
                            f"e.g. {unresolved[0].row.audio_name!r}{hint}")
     kept = [a for a in reading.answers if a.row.status != "Rejected"]

@@ -88,7 +88,7 @@ def synthesize(n_answers: int, n_listeners: int, clips_per_cell: int, seed: int)
         "play_count": 1, "listened_to_end": True, "response_ms": rng.gamma(4, 400, n_answers),
         "pay_ok": True, "analyse_ok": True, "analyse_reasons": "", "answered_at": "2026-01-01T00:00:00+00:00",
     })
-    return table[COLUMNS]
+    return table[list(COLUMNS)]
 
 
 def peak_rss_mib() -> float:

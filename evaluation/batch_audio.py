@@ -15,6 +15,7 @@ from django.views.decorators.http import require_safe
 
 from evaluation.audio import audio_response
 from evaluation.models import Experiment, MturkBatchClip
+from hearsay.mturk_results import BATCH_AUDIO_PATH
 
 _NAME = re.compile(r"[0-9a-f]{32}\.wav")
 
@@ -37,4 +38,4 @@ def batch_audio(request: HttpRequest, name: str) -> HttpResponse:
     return response
 
 
-urlpattern = path("batch-audio/<str:name>", batch_audio, name="batch_audio")
+urlpattern = path(f"{BATCH_AUDIO_PATH}/<str:name>", batch_audio, name="batch_audio")

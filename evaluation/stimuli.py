@@ -132,13 +132,13 @@ def load_manifest(
     manifest_words = sorted({r.word for r in rows})
     experiment = Experiment.objects.filter(slug=slug).first()
     if experiment is None and not create:
-        raise HearsayError(f"no experiment named {slug!r}; pass --create to make it")
+        raise HearsayError(f"no experiment named {slug!r}; create it while loading")
     if experiment is not None and create and task and task != experiment.task:
         raise HearsayError(f"experiment {slug!r} exists with task {experiment.task}, not {task}")
     if task and task not in Experiment.Task.values:
         raise HearsayError(f"unknown task {task!r}: choose identification or rating")
     if ratings_per_stimulus is not None and ratings_per_stimulus < 1:
-        raise HearsayError("--ratings-per-stimulus must be at least 1")
+        raise HearsayError("ratings per stimulus must be at least 1")
     word_list = list(words) if words else (list(experiment.words) if experiment and experiment.words else manifest_words)
     if len(set(word_list)) != len(word_list):
         raise HearsayError("the word list names a word twice")

@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 from scipy.signal import resample_poly
 
+from hearsay.answers import NONE_ANSWER as NONE
 from hearsay.errors import HearsayError
 
-NONE = "none"
 RATE = 16000
 
 

@@ -9,7 +9,6 @@ indices never depend on directory-listing order (the original's mistake).
 from __future__ import annotations
 
 import hashlib
-import json
 import queue
 import re
 import time
@@ -25,8 +24,9 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from hearsay.errors import HearsayError
 from hearsay import atomic
+from hearsay.errors import HearsayError
+from hearsay.runs import RunFolder
 from generation.espeak import LANGUAGES, SAMPLE_RATE, VARIANTS, Synthesizer, Voice
 
 SPLITS = ("train", "validation", "test")
@@ -189,9 +189,9 @@ class CorpusSettings:
         if self.speakers < 3:
             raise HearsayError(f"need at least 3 speakers (one each for training, validation and test), got {self.speakers}")
         if self.takes < 1:
-            raise HearsayError(f"--takes must be at least 1, got {self.takes}")
+            raise HearsayError(f"takes per speaker must be at least 1, got {self.takes}")
         if self.seed < 0:
-            raise HearsayError(f"--seed must be a non-negative integer, got {self.seed}")
+            raise HearsayError(f"the seed must be a non-negative integer, got {self.seed}")
         if self.noise_db is not None and not (0 <= self.noise_db[0] <= self.noise_db[1] <= 120):
             raise HearsayError(f"noise SNR range {self.noise_db[0]},{self.noise_db[1]} dB must satisfy 0 <= low <= high <= 120")
 
@@ -311,37 +311,20 @@ def _complete(path: Path) -> bool:
     return info.frames == CLIP_SAMPLES and info.samplerate == SAMPLE_RATE and info.channels == 1
 
 
-def _write_json(path: Path, data: dict) -> None:
-    atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
 def _identity(settings: CorpusSettings, espeak_version: str) -> dict:
     """What must match for an existing folder to be resumed rather than refused."""
     return {"format": CORPUS_FORMAT, "settings": settings.to_dict(), "espeak_version": espeak_version}
 
 
-def _check_out(out: Path, identity: dict) -> None:
-    if out.exists() and not out.is_dir():
-        raise HearsayError(f"--out {out} exists and is not a folder")
-    if not out.exists() or not any(out.iterdir()):
-        return
-    for name in (MANIFEST, PENDING):
-        path = out / name
-        if path.is_file():
-            try:
-                found = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                break
-            if {k: found.get(k) for k in identity} == identity:
-                return
-            if found.get("format") != identity["format"]:
-                raise HearsayError(f"{out} holds a corpus from another make_corpus version ({found.get('format')}); delete it or choose another --out")
-            old = found.get("settings", {})
-            raise HearsayError(
-                f"{out} holds a corpus made with other settings (seed {old.get('seed')}, {old.get('speakers')} speakers, "
-                f"{len(old.get('words') or [])} words, espeak {found.get('espeak_version')}); choose another --out"
-            )
-    raise HearsayError(f"{out} is not empty and is not a corpus made by make_corpus; choose a new or empty --out folder")
+def _open_out(out: Path, identity: dict) -> RunFolder:
+    """The output folder, resumed when it holds an unfinished or finished corpus of the same identity."""
+    folder = RunFolder(out, identity, what="corpus", identity_key=None, records=(MANIFEST, PENDING))
+    previous = folder.previous() if out.is_dir() else None
+    if previous is not None and previous.get("format") != identity["format"]:
+        raise HearsayError(f"{out} holds a corpus from another make_corpus version ({previous.get('format')}); "
+                           "delete it or choose another output folder")
+    folder.open()
+    return folder
 
 
 def _hearsay_version() -> str:
@@ -355,14 +338,13 @@ def build_corpus(out: str | Path, settings: CorpusSettings = CorpusSettings(), j
     """Write the built-in espeak corpus in the Speech Commands V2 layout; resumes an interrupted run."""
     settings.validate()
     if jobs < 1:
-        raise HearsayError(f"--jobs must be at least 1, got {jobs}")
+        raise HearsayError(f"parallel jobs must be at least 1, got {jobs}")
     out = Path(out).expanduser().resolve()
     synths = [Synthesizer() for _ in range(jobs)]
     try:
         identity = _identity(settings, synths[0].version)
-        _check_out(out, identity)
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / PENDING, identity)
+        folder = _open_out(out, identity)
+        folder.write_record({}, name=PENDING)
         for stale in out.glob("*/.*.part"):
             stale.unlink()
         speakers = draw_speakers(settings.speakers, settings.seed)
@@ -397,8 +379,7 @@ def build_corpus(out: str | Path, settings: CorpusSettings = CorpusSettings(), j
         for split, list_name in LIST_FILES.items():
             rel = sorted(f"{w}/{s.id}_nohash_{t}.wav" for w, s, t in jobs_todo if s.split == split)
             atomic.write_text(out / list_name, "".join(line + "\n" for line in rel))
-        _write_json(out / MANIFEST, {
-            **identity,
+        folder.write_record({
             "description": "Synthetic Speech Commands V2-layout corpus made offline with eSpeak NG by Hearsay's make_corpus.",
             "license": "Generated audio; eSpeak NG is GPL-3.0-or-later.",
             "hearsay_version": _hearsay_version(),
@@ -407,7 +388,7 @@ def build_corpus(out: str | Path, settings: CorpusSettings = CorpusSettings(), j
             "clip_samples": CLIP_SAMPLES,
             "speakers": [{"id": s.id, "split": s.split, "voice": s.voice.to_dict()} for s in speakers],
             "counts": {split: sum(1 for s in speakers if s.split == split) for split in SPLITS},
-        })
+        }, name=MANIFEST)
         (out / PENDING).unlink(missing_ok=True)
         return BuildReport(out=out, written=len(todo), skipped=len(jobs_todo) - len(todo), seconds=seconds)
     finally:

@@ -12,7 +12,6 @@ results of different configurations.
 from __future__ import annotations
 
 import csv
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,10 +21,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import checkpoint
 from hearsay import atomic
-from .checkpoint import Checkpoint
 from hearsay.errors import HearsayError
+from hearsay.provenance import library_versions
+from hearsay.runs import RunFolder
+
+from . import checkpoint
+from .checkpoint import Checkpoint
 from .maximize import METHODS, Result, derive_seed, maximize, preset
 
 ARRAYS = ("prob_a_before", "prob_a_after", "prob_b_before", "prob_b_after", "failed", "trajectory")
@@ -112,29 +114,14 @@ def _config(n: int, words: list[str], methods: list[str], preset_name: str, seed
     }
 
 
-def _check_run_json(out: Path, config: dict) -> None:
-    path = out / "run.json"
-    if not path.exists():
-        return
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))["config"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise HearsayError(f"{path} is unreadable; remove {out} or choose another --out") from None
-    diff = [k for k in config if old.get(k) != config[k]]
-    if diff:
-        raise HearsayError(f"{out} holds a run with other settings ({', '.join(diff)} differ); choose another --out or remove it")
-
-
-def _write_run_json(out: Path, config: dict, device: torch.device, batch_size: int, extra: dict) -> None:
-    record = {
-        "config": config,
+def _write_run_json(folder: RunFolder, device: torch.device, batch_size: int, extra: dict) -> None:
+    folder.write_record({
         "device": str(device),
         "batch_size": batch_size,
-        "versions": checkpoint.library_versions(),
+        "versions": library_versions(),
         "written": datetime.now(timezone.utc).isoformat(),
         **extra,
-    }
-    atomic.write_with(out / "run.json", lambda fh: fh.write(json.dumps(record, indent=2).encode()))
+    })
 
 
 def _save_class(path: Path, result: Result) -> None:
@@ -256,15 +243,10 @@ def run_objective(
     words = list(dict.fromkeys(words)) if words else list(a.classes)
     targets = {w: a.class_index(w) for w in words}
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise HearsayError(f"--out {out} exists and is not a folder")
     config = _config(n, words, methods, preset_name, seed, a, b, ae)
-    _check_run_json(out, config)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HearsayError(f"cannot create {out}: {exc.strerror}") from None
-    _write_run_json(out, config, device, batch_size, {"status": "running"})
+    folder = RunFolder(out, config, what="objective run", identity_key="config")
+    folder.open()
+    _write_run_json(folder, device, batch_size, {"status": "running"})
 
     started = time.perf_counter()
     stats: list[ClassStats] = []
@@ -298,7 +280,7 @@ def run_objective(
         _write_heatmap(out, method, words, a.classes, heatmaps[method])
     run = ObjectiveRun(out, a.classes, words, methods, stats, heatmaps, seconds, computed, resumed)
     write_csv(out / "summary.csv", SUMMARY_HEADER, summary_rows(run))
-    _write_run_json(out, config, device, batch_size, {"status": "finished", "seconds_this_session": round(seconds, 2),
+    _write_run_json(folder, device, batch_size, {"status": "finished", "seconds_this_session": round(seconds, 2),
                                                       "classes_computed": computed, "classes_resumed": resumed})
     return run
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +30,14 @@ import numpy as np
 import torch
 
 from hearsay import atomic
+from hearsay.errors import HearsayError
 from hearsay.manifest import MANIFEST_COLUMNS as COLUMNS
 from hearsay.manifest import MANIFEST_NAME, PAPER_CONDITIONS, REVEALING_WORDS, write_manifest
+from hearsay.provenance import file_sha256, library_versions
+from hearsay.runs import RunFolder
 
 from . import checkpoint
 from .corpus import Corpus, Utterance, read_corpus
-from hearsay.errors import HearsayError
 from .features import extract_files, read_wave
 from .maximize import Result, derive_seed, maximize
 from .maximize import preset as preset_settings
@@ -73,42 +74,9 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic.write_bytes(path, buf.getvalue())
 
 
-def _write_json(path: Path, data: dict) -> None:
-    atomic.write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-
-
-def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:
-    """Finished units; a last line cut short by an interruption is dropped (that unit is redone)."""
-    done: dict[str, list[dict[str, Any]]] = {}
-    if not path.is_file():
-        return done
-    good = 0
-    raw = path.read_bytes()
-    for line in raw.splitlines(keepends=True):
-        try:
-            entry = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            break
-        if not line.endswith(b"\n"):
-            break
-        done[entry["unit"]] = entry["rows"]
-        good += len(line)
-    if good != len(raw):
-        with open(path, "r+b") as fh:
-            fh.truncate(good)
-    return done
-
-
 def _files_present(out: Path, rows: list[dict[str, Any]]) -> bool:
     """A journalled unit whose files were deleted since is redone (same seed, same files)."""
     return all((out / r["file"]).is_file() and (out / "features" / f"{r['stimulus_id']}.npy").is_file() for r in rows if r["file"])
-
-
-def _append_journal(path: Path, unit: str, rows: list[dict[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"unit": unit, "rows": rows}, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 @dataclass
@@ -174,15 +142,14 @@ def generate_stimuli(
     """Write the paper's perceptual stimulus set to `out`, resuming a previous run with the same arguments."""
     from tqdm import tqdm
 
-    from .checkpoint import file_sha256, library_versions
     from .train import resolve_device
 
     if design not in DESIGNS:
         raise HearsayError(f"unknown design {design!r}; choose from {', '.join(DESIGNS)}")
     if per_class < 1:
-        raise HearsayError(f"--per-class must be at least 1, got {per_class}")
+        raise HearsayError(f"samples per class must be at least 1, got {per_class}")
     if max_attempts < 1:
-        raise HearsayError(f"--max-attempts must be at least 1, got {max_attempts}")
+        raise HearsayError(f"the attempts per sample must be at least 1, got {max_attempts}")
     settings = {c.method: preset_settings(preset, c.method) for c in CONDITIONS}
     dev = resolve_device(device)
     models = _load_models(classifier, evaluator, decoder, dev)
@@ -209,25 +176,15 @@ def generate_stimuli(
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     out = Path(out)
-    run_path, journal_path, manifest_path = out / "run.json", out / JOURNAL, out / MANIFEST_NAME
-    if run_path.is_file():
-        try:
-            previous = json.loads(run_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            raise HearsayError(f"{run_path} is unreadable; delete {out} or choose another --out") from None
-        old = previous.get("identity", {})
-        if old != identity:
-            differ = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-            raise HearsayError(f"{out} holds a stimulus set made with other settings (differs in: {', '.join(differ)}); choose another --out")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise HearsayError(f"--out {out} exists and is not an empty folder nor a previous stimulus run")
+    folder = RunFolder(out, identity, what="stimulus set")
+    resumed_run = folder.open()
+    journal, manifest_path = folder.journal(JOURNAL), out / MANIFEST_NAME
     for sub in ("wav", "features"):
         (out / sub).mkdir(parents=True, exist_ok=True)
         for stale in (out / sub).glob(".*.tmp"):
             stale.unlink()
 
     record = {
-        "identity": identity,
         "key": key,
         "paths": {"classifier": str(classifier), "evaluator": str(evaluator), "decoder": str(decoder), "corpus": str(data.root)},
         "device": str(dev),
@@ -236,10 +193,10 @@ def generate_stimuli(
         "conditions": [c.__dict__ for c in CONDITIONS],
         "complete": False,
     }
-    if not run_path.is_file():
-        _write_json(run_path, record)
+    if not resumed_run:
+        folder.write_record(record)
 
-    done = {unit: rows for unit, rows in read_journal(journal_path).items() if _files_present(out, rows)}
+    done = {unit: entry["rows"] for unit, entry in journal.read().items() if _files_present(out, entry["rows"])}
     units = [(w, c) for w in chosen for c in CONDITIONS]
     resumed = sum(f"{w}|{c.name}" in done for w, c in units)
     ran = 0
@@ -252,7 +209,7 @@ def generate_stimuli(
             continue
         rows = _run_unit(word, cond, tests[word], models, settings[cond.method], per_class, max_attempts, seed, key, avoid,
                          vocoder, dev, out)
-        _append_journal(journal_path, unit, rows)
+        journal.append(unit, {"rows": rows})
         done[unit] = rows
         ran += 1
 
@@ -274,7 +231,7 @@ def generate_stimuli(
         failed=[{k: r[k] for k in ("word", "condition", "stage", "attempts")} for r in failed],
         seconds_last_run=round(time.time() - started, 1),
     )
-    _write_json(run_path, record)
+    folder.write_record(record)
     return Summary(out, len(kept), ran, resumed, unconverged, len(failed), counts)
 
 

@@ -22,11 +22,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import cache, checkpoint, nets
 from hearsay import atomic
+from hearsay.errors import HearsayError
+from hearsay.provenance import file_sha256, library_versions
+from hearsay.runs import identity_differences
+
+from . import cache, checkpoint, nets
 from .checkpoint import Checkpoint
 from .corpus import Corpus, read_corpus
-from hearsay.errors import HearsayError
 from .features import PAPER, FeatureConfig
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -40,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise HearsayError("--device cuda was asked for, but no CUDA device is available (use --device cpu or auto)")
+            raise HearsayError("device cuda was asked for, but no CUDA device is available (choose cpu or auto)")
         return torch.device(name)
     raise HearsayError(f"unknown device {name!r}: use auto, cpu or cuda")
 
@@ -58,7 +61,7 @@ def sibling(out: str | Path, suffix: str) -> Path:
 
 def _check_writable(out: Path) -> None:
     if out.is_dir():
-        raise HearsayError(f"--out {out} is a folder; give a file name such as {out / 'model.pt'}")
+        raise HearsayError(f"output {out} is a folder; give a file name such as {out / 'model.pt'}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out.parent, prefix=".probe-")
@@ -180,7 +183,7 @@ class _Run:
         except Exception:
             raise HearsayError(f"{self.partial} is unreadable; delete it to start training afresh") from None
         theirs = raw.get("identity", {}) if isinstance(raw, dict) else {}
-        diff = sorted(k for k in set(theirs) | set(self.identity) if theirs.get(k) != self.identity.get(k))
+        diff = identity_differences(theirs, self.identity)
         if diff:
             what = "data" if "data_fingerprint" in diff else "arguments"
             raise HearsayError(
@@ -227,11 +230,11 @@ def _init_from(path: str | Path | None, kind: str, corpus: Corpus, cfg: FeatureC
         return None
     base = checkpoint.load(path, kind=kind)
     if base.feature_config != cfg:
-        raise HearsayError(f"--init-from {path} was trained on other features (FeatureConfig {base.feature_config.fingerprint()} vs {cfg.fingerprint()})")
+        raise HearsayError(f"initial checkpoint {path} was trained on other features (FeatureConfig {base.feature_config.fingerprint()} vs {cfg.fingerprint()})")
     if base.classes != corpus.classes:
-        raise HearsayError(f"--init-from {path} knows other classes ({len(base.classes)} words) than the corpus at {corpus.root} ({len(corpus.classes)} words)")
+        raise HearsayError(f"initial checkpoint {path} knows other classes ({len(base.classes)} words) than the corpus at {corpus.root} ({len(corpus.classes)} words)")
     if base.arch != arch:
-        raise HearsayError(f"--init-from {path} is a {base.arch!r} net, not {arch!r}")
+        raise HearsayError(f"initial checkpoint {path} is a {base.arch!r} net, not {arch!r}")
     return base
 
 
@@ -279,7 +282,7 @@ def _finish(out: Path, ckpt: Checkpoint, run: _Run) -> Checkpoint:
     _write_text(sibling(out, ".metrics.json"), json.dumps({"train_config": ckpt.train_config, "metrics": ckpt.metrics}, indent=2))
     run.partial.unlink(missing_ok=True)
     ckpt.path = str(out)
-    ckpt.sha256 = checkpoint.file_sha256(out)
+    ckpt.sha256 = file_sha256(out)
     return ckpt
 
 
@@ -303,7 +306,7 @@ def train_classifier(
 ) -> Checkpoint:
     """Train a classifier, keep the epoch best on validation, report test accuracy; see module doc."""
     if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise HearsayError("--epochs and --batch-size must be at least 1 and --lr positive")
+        raise HearsayError("epochs and batch size must be at least 1 and the learning rate positive")
     if schedule not in SCHEDULES:
         raise HearsayError(f"unknown learning-rate schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
     if arch not in nets.CLASSIFIERS:
@@ -378,7 +381,7 @@ def train_classifier(
     }
     ckpt = Checkpoint(
         kind="classifier", arch=arch, arch_kwargs=arch_kwargs, model=model.eval(), feature_config=cfg, classes=list(corpus.classes),
-        train_config=train_config, metrics=metrics, data_fingerprint=fingerprint, versions=checkpoint.library_versions(),
+        train_config=train_config, metrics=metrics, data_fingerprint=fingerprint, versions=library_versions(),
     )
     _write_confusion(out, corpus.classes, conf, metrics["test_accuracy"])
     return _finish(out, ckpt, run)
@@ -402,12 +405,12 @@ def train_autoencoder(
 ) -> Checkpoint:
     """Train the paper's autoencoder with BCE; keep the epoch with the lowest validation BCE."""
     if epochs < 1 or batch_size < 1 or lr <= 0 or latent < 1:
-        raise HearsayError("--epochs, --batch-size and --latent must be at least 1 and --lr positive")
+        raise HearsayError("epochs, batch size and latent size must be at least 1 and the learning rate positive")
     corpus, out, dev, cfg = _prepare(corpus_root, out, device, feature_config)
     base = _init_from(init_from, "autoencoder", corpus, cfg, "paper")
     arch_kwargs = dict(base.arch_kwargs) if base else {"latent": latent, "input_shape": list(cfg.shape)}
     if base and arch_kwargs.get("latent") != latent:
-        raise HearsayError(f"--init-from {init_from} has a {arch_kwargs.get('latent')}-d latent, not {latent}")
+        raise HearsayError(f"initial checkpoint {init_from} has a {arch_kwargs.get('latent')}-d latent, not {latent}")
     fingerprint = corpus.fingerprint()
     identity = {
         "kind": "autoencoder", "arch": "paper", "arch_kwargs": arch_kwargs, "seed": seed, "batch_size": batch_size, "lr": lr,
@@ -458,6 +461,6 @@ def train_autoencoder(
     }
     ckpt = Checkpoint(
         kind="autoencoder", arch="paper", arch_kwargs=arch_kwargs, model=model.eval(), feature_config=cfg, classes=list(corpus.classes),
-        train_config=train_config, metrics=metrics, data_fingerprint=fingerprint, versions=checkpoint.library_versions(),
+        train_config=train_config, metrics=metrics, data_fingerprint=fingerprint, versions=library_versions(),
     )
     return _finish(out, ckpt, run)

@@ -17,6 +17,9 @@ ANSWER_COLUMNS = (
     "stage", "condition", "word", "answer", "correct", "rating", "play_count", "listened_to_end", "response_ms",
     "pay_ok", "analyse_ok", "analyse_reasons", "answered_at",
 )
+ANSWER_NUMBER_COLUMNS = ("rating", "play_count", "response_ms")
+ANSWER_FLAG_COLUMNS = ("correct", "listened_to_end", "pay_ok", "analyse_ok")  # True / False / None
+ANSWER_TEXT_COLUMNS = tuple(c for c in ANSWER_COLUMNS if c not in ANSWER_NUMBER_COLUMNS + ANSWER_FLAG_COLUMNS)
 LISTENER_KINDS = ("human", "machine")
 STIMULUS_KINDS = ("test", "gold", "trap", "practice")
 

@@ -33,12 +33,16 @@ IDENTIFICATION_FIELD = "heard-word"
 PLAY_COUNT_FIELD = "play-count"
 PLAYED_TO_END_FIELD = "played-to-end"
 TASK_ANSWERS = "Answer.taskAnswers"
+# The path segment under which the app serves batch clips (evaluation.batch_audio); a results file whose
+# URLs carry it came from a Hearsay batch, whose key the database also holds.
+BATCH_AUDIO_PATH = "batch-audio"
 
 REQUIRED_COLUMNS = ("AssignmentId", "WorkerId", "AssignmentStatus")
 STATUSES = ("Submitted", "Approved", "Rejected")
 ORIGINAL_STUDY_INPUTS = ("experiment", "timestamp", "class_label", "audio_url", "pred_1_class", "pred_2_class")
 
-# UTC offsets in minutes of the zone abbreviations Java's Date.toString (which MTurk uses) prints.
+# UTC offsets in minutes of the zone abbreviations Java's Date.toString (which MTurk uses) prints. Where an
+# abbreviation is ambiguous, Java's meaning is taken: CST = US Central, IST = India, BST = British Summer.
 ZONE_OFFSETS: dict[str, int] = {
     "UTC": 0, "GMT": 0, "UT": 0, "Z": 0, "WET": 0, "WEST": 60, "BST": 60, "IST": 330, "CET": 60, "CEST": 120,
     "MET": 60, "MEST": 120, "EET": 120, "EEST": 180, "MSK": 180, "TRT": 180, "GST": 240, "PKT": 300, "NPT": 345,
@@ -129,6 +133,10 @@ class ResultRow:
     def audio_name(self) -> str:
         """The file name the audio URL ends in (query strings and hosts ignored)."""
         return PurePosixPath(urlsplit(self.audio_url).path).name
+
+    @property
+    def is_batch_audio(self) -> bool:
+        return f"/{BATCH_AUDIO_PATH}/" in urlsplit(self.audio_url).path
 
     def answer(self, name: str) -> str:
         """The answer `name` in whichever shape it came: .label, plain, or exactly one radio option set to true."""

@@ -172,3 +172,20 @@ def test_normalize_rejects_missing_columns_and_bad_values():
         normalize(pd.DataFrame(columns=COLUMNS))
     with pytest.raises(HearsayError, match="between 0"):
         normalize(pd.DataFrame([answer("A", "s1", rating=7.0)]))
+
+
+def test_the_original_studys_batch_format_is_read(tmp_path):
+    manifest_path = tmp_path / "manifest.csv"
+    MANIFEST.to_csv(manifest_path, index=False)
+    csv_path = tmp_path / "original.csv"
+    csv_path.write_text(
+        "HITId,AssignmentId,WorkerId,AssignmentStatus,SubmitTime,Input.experiment,Input.timestamp,Input.class_label,"
+        "Input.audio_url,Input.pred_1_class,Input.pred_2_class,Answer.audio-naturalness.label\n"
+        "H1,A1,W1,Approved,Tue Mar 05 10:20:30 PST 2019,exp1,1551810000,yes,https://s3.example/3f9c1a2b7d.wav,yes,no,"
+        "Excellent - Completely clear speech\n"
+        "H2,A2,W1,Approved,Tue Mar 05 10:21:30 PST 2019,exp1,1551810000,no,https://s3.example/a0b1c2d3e4.wav,no,no,"
+        "Bad - Completely unclear speech\n"
+    )
+    table, info = read_mturk(csv_path, manifest_path)
+    assert info["task"] == "rating" and table["rating"].tolist() == [4.0, 0.0]
+    assert table["answered_at"].tolist() == ["2019-03-05T18:20:30+00:00", "2019-03-05T18:21:30+00:00"]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from django.core.management import call_command
@@ -34,7 +36,7 @@ def exported(settings, tmp_path):
     return out, urls
 
 
-def requester_site_csv(path: Path, urls: list[str], words: list[str]) -> None:
+def requester_site_csv(path: Path, urls: list[str], words: list[str], crowd: int = 0) -> None:
     """Results as the requester website writes them after a spreadsheet round trip: BOM, CRLF, every field quoted,
     a comment spanning lines, and the answer in each of MTurk's shapes."""
     radio = [f"Answer.heard-word.{w}" for w in [*words, NONE_LABEL]]
@@ -66,6 +68,10 @@ def requester_site_csv(path: Path, urls: list[str], words: list[str]) -> None:
             add("WAAA", n, url, "Rejected", "label", words[0])
         add("WBBB", 100 + n, url, "Submitted", shapes[(n + 1) % 3], words[(n + 1) % len(words)], zone="CET")
     add("WBBB", 500, urls[0], "Approved", "label", words[0])  # the same worker on the same clip again: not counted twice
+    rng = random.Random(0)
+    for k in range(crowd):  # more listeners, answering at random
+        for n, url in enumerate(urls):
+            add(f"WC{k:02d}", 1000 + 100 * k + n, url, "Approved", shapes[(n + k) % 3], rng.choice([*words, NONE_LABEL]))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=header, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
     writer.writeheader()
@@ -135,3 +141,43 @@ def test_the_exact_batch_url_serves_the_clip_with_ranges(exported):
     assert client.post(path).status_code == 405
     key = dict(csv.reader((out / "batch_key.csv").open()))
     assert key[urls[0].rsplit("/", 1)[1]] in set(Experiment.objects.get(slug=SLUG).stimuli.values_list("stimulus_id", flat=True))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(raises=np.linalg.LinAlgError, strict=True,
+                   reason="analysis.report._stage_models -> stats.logistic_cluster raises 'Singular matrix' on human "
+                          "answers to the fixture set (its contrast design is rank-deficient): a report bug, "
+                          "reported at merge; remove this mark once it is fixed")
+@pytest.mark.django_db
+def test_both_routes_give_identical_report_tables(exported, tmp_path):
+    out, urls = exported
+    results = tmp_path / "Batch_1_batch_results.csv"
+    requester_site_csv(results, urls, list(Experiment.objects.get(slug=SLUG).words), crowd=12)
+    call_command("mturk", "import-results", str(results), "--experiment", SLUG, stdout=io.StringIO())
+    common = {"exclude": "none", "verbosity": 0, "stdout": io.StringIO()}
+    call_command("analyze", experiment=SLUG, out=str(tmp_path / "db"), **common)
+    notes = io.StringIO()
+    call_command("analyze", mturk_csv=str(results), manifest=str(MANIFEST), batch_key=str(out / "batch_key.csv"),
+                 out=str(tmp_path / "csv"), exclude="none", verbosity=0, stdout=notes)
+    assert "1 answer(s) of rejected assignments left out" in notes.getvalue()
+    assert "answered this clip before" in notes.getvalue()
+    tables = sorted(p.name for p in (tmp_path / "db" / "tables").glob("*.csv"))
+    assert tables and tables == sorted(p.name for p in (tmp_path / "csv" / "tables").glob("*.csv"))
+    differ = [t for t in tables if (tmp_path / "db" / "tables" / t).read_bytes() != (tmp_path / "csv" / "tables" / t).read_bytes()]
+    assert differ == []
+
+
+@pytest.mark.django_db
+def test_analyze_resolves_batch_audio_names_through_the_database_without_the_key_file(exported, tmp_path):
+    out, urls = exported
+    results = tmp_path / "Batch_1_batch_results.csv"
+    requester_site_csv(results, urls, list(Experiment.objects.get(slug=SLUG).words))
+    from evaluation.mturk.batch import batch_key_from_database
+
+    with_key, _ = read_mturk(results, MANIFEST, out / "batch_key.csv")
+    via_db, _ = read_mturk(results, MANIFEST, key_provider=batch_key_from_database)
+    pd.testing.assert_frame_equal(_sorted(with_key), _sorted(via_db))
+    from hearsay.errors import HearsayError
+
+    with pytest.raises(HearsayError, match="refer to audio not in the manifest.*batch key file"):
+        read_mturk(results, MANIFEST)

@@ -564,3 +564,26 @@ def test_missing_credentials_are_one_line_and_record_nothing(experiment, no_cred
     with pytest.raises(CommandError, match="credentials"):
         create("--yes")
     assert not MturkHit.objects.exists()
+
+
+def test_batch_results_are_live_and_sync_leaves_batch_hits_alone(experiment, tmp_path, stub):
+    path = results_csv(tmp_path / "r.csv", experiment, {("W1", "yes"): "yes"})
+    call_command("mturk", "import-results", str(path), "--experiment", SLUG, stdout=io.StringIO())
+    row = MturkAssignment.objects.get()
+    assert row.via_batch and not row.sandbox  # batch results only come from the live requester website
+    out = io.StringIO()
+    call_command("mturk", "sync", "--experiment", SLUG, "--live", stdout=out)  # the stub fails on any call it was not given
+    assert "Assignments: 0" in out.getvalue()
+    with pytest.raises(CommandError, match="unrecognized arguments: --live"):
+        call_command("mturk", "import-results", str(path), "--experiment", SLUG, "--live", stdout=io.StringIO())
+
+
+def test_a_rejected_batch_assignment_keeps_the_workers_other_answers(experiment, tmp_path):
+    from evaluation.export import long_table
+
+    path = results_csv(tmp_path / "r.csv", experiment, {("W1", "yes"): "yes", ("W1", "dog"): "dog"})
+    path.write_text(path.read_text().replace("Submitted", "Rejected", 1))
+    call_command("mturk", "import-results", str(path), "--experiment", SLUG, stdout=io.StringIO())
+    assert Response.objects.count() == 2  # stored
+    table = long_table(SLUG)
+    assert table["listener"].tolist() == ["W1"] and table["word"].tolist() == ["dog"]  # the rejected one is not analysed

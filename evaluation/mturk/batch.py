@@ -112,6 +112,12 @@ def batch_clips(experiment: Experiment, label: str) -> list[MturkBatchClip]:
     return [known[s.pk] for s in stimuli]
 
 
+def batch_key_from_database() -> dict[str, str]:
+    """Every batch clip's opaque audio name -> stimulus id, for reading a results file without its key file.
+    Names are 128 random bits, unique across experiments, so one map serves every batch."""
+    return dict(MturkBatchClip.objects.values_list("name", "stimulus__stimulus_id"))
+
+
 def batch_audio_url(base_url: str, name: str) -> str:
     return base_url.rstrip("/") + reverse("evaluation:batch_audio", args=[name])
 

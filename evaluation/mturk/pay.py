@@ -10,7 +10,7 @@ from django.db import transaction
 from tqdm import tqdm
 
 from evaluation.models import Experiment, MturkAssignment, Participant
-from evaluation.mturk.api import Api, error_text
+from evaluation.mturk.api import error_text
 from evaluation.mturk.hits import round_cents
 
 def bonus_token(slug: str, worker_id: str, assignment_id: str, cents: int) -> str:

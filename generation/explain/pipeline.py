@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from hearsay import manifest
 from hearsay.errors import HearsayError
 from ..stimuli import stimulus_id
 from ..vocoder import GriffinLimVocoder, Vocoder, finish, write_wav
@@ -33,11 +34,6 @@ from . import sonify
 from .attribution import AttributionSettings, Explainer, lrp_unsupported, relevance_batches
 from .common import Clips, RunFolder, load_classifier, load_clips, load_npz, pick, plt, read_split, save_figure, save_npz, write_csv, write_json
 
-MANIFEST_COLUMNS = [
-    "stimulus_id", "file", "word", "method", "init", "stage", "pair_id",
-    "condition", "control", "strategy", "source_file", "speaker", "target_word", "pred_a", "prob_a",
-    "region_area", "n_regions", "drop", "classifier_sha256",
-]
 TARGETS = ("predicted", "true")
 FAITHFULNESS_COLUMNS = [
     "method", "clips", "clips_with_regions", "percentile", "min_cluster_size", "min_samples", "mean_area_share",
@@ -324,16 +320,8 @@ def _mel_edges_hz(cfg) -> list[tuple[float, float]]:
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
-    import csv
-    import io
-
-    from hearsay import atomic
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(r for r in rows if r["file"])
-    atomic.write_bytes(path, buf.getvalue().encode("utf-8"))
+    """The run's clips in the manifest contract (rows without audio, e.g. clips with no region, are left out)."""
+    manifest.write_manifest(path, [r for r in rows if r["file"]])
 
 
 def _overlay(ax, mask: np.ndarray, color: str) -> None:

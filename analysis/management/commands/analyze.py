@@ -38,7 +38,8 @@ class Command(BaseCommand):
                       out=opts["out"], exclude=opts["exclude"],
                       min_gold_accuracy=opts["min_gold_accuracy"], include_machines=opts["include_machines"],
                       objective=opts.get("objective"), tsne=opts.get("tsne"), seed=opts["seed"],
-                      mixed_max_answers=opts["mixed_max_answers"], progress=opts.get("verbosity", 1) > 0)
+                      mixed_max_answers=opts["mixed_max_answers"], progress=opts.get("verbosity", 1) > 0,
+                      note=lambda line: self.stdout.write(self.style.WARNING(line)))
         except HearsayError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"report written to {out / 'report.html'}")
@@ -48,8 +49,11 @@ def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None
         batch_key: Path | None = None, strict: bool = False, exclude: str = "gold",
         min_gold_accuracy: float = 0.5, include_machines: bool = False, objective: Path | None = None,
         tsne: Path | None = None, seed: int = 0, mixed_max_answers: int | None = 50_000,
-        progress: bool = True) -> Path:
-    """Load the answers from either route, then build the report; HearsayError on bad input."""
+        progress: bool = True, note=None) -> Path:
+    """Load the answers from either route, then build the report; HearsayError on bad input.
+
+    `note` receives one line per answer left out (rejected assignments, invalid rows), if given.
+    """
     if not 0.0 <= min_gold_accuracy <= 1.0:
         raise HearsayError("--min-gold-accuracy must lie between 0 and 1")
     if mixed_max_answers is not None and mixed_max_answers < 100:
@@ -65,8 +69,15 @@ def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None
     else:
         if manifest is None:
             raise HearsayError("--mturk-csv needs --manifest")
-        table, info = read_mturk(mturk_csv, manifest, batch_key, strict=strict)
+        from evaluation.mturk.batch import batch_key_from_database
+
+        table, info = read_mturk(mturk_csv, manifest, batch_key, strict=strict, key_provider=batch_key_from_database)
         inputs = {str(p): sha256_file(p) for p in (mturk_csv, manifest, batch_key) if p}
+    if note is not None:
+        if info.get("rejected_answers"):
+            note(f"{info['rejected_answers']} answer(s) of rejected assignments left out (stored, never analysed)")
+        for line in info.get("invalid_rows", []):
+            note(f"invalid row left out: {line}")
     options = ReportOptions(exclusion=Exclusion(exclude, min_gold_accuracy, include_machines), seed=seed,
                             bayes_max_answers=mixed_max_answers, objective_dir=objective, tsne_dir=tsne)
     return build_report(table, info, out, options, inputs, progress=progress)

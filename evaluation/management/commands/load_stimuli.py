@@ -1,6 +1,7 @@
 """manage.py load_stimuli MANIFEST --experiment SLUG: add a generated stimulus set to an experiment."""
 from django.core.management.base import BaseCommand, CommandError
 
+from evaluation.models import Experiment
 from evaluation.stimuli import load_manifest
 from hearsay.errors import HearsayError
 
@@ -20,6 +21,10 @@ class Command(BaseCommand):
         parser.add_argument("--gold-per-word", type=int, default=1, help="gold clips per word from --gold-from-corpus")
 
     def handle(self, *args, **opts):
+        if not opts["create"] and not Experiment.objects.filter(slug=opts["experiment"]).exists():
+            raise CommandError(f"no experiment named {opts['experiment']!r}; pass --create to make it")
+        if opts["ratings_per_stimulus"] is not None and opts["ratings_per_stimulus"] < 1:
+            raise CommandError("--ratings-per-stimulus must be at least 1")
         try:
             report = load_manifest(
                 opts["manifest"], opts["experiment"], create=opts["create"], task=opts["task"], words=opts["words"],

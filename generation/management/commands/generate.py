@@ -31,6 +31,9 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         from generation.stimuli import generate_stimuli
 
+        for flag in ("per_class", "max_attempts"):
+            if opts[flag] < 1:
+                raise CommandError(f"--{flag.replace('_', '-')} must be at least 1, got {opts[flag]}")
         words = opts["words"].split(",") if opts["words"] is not None else None
         try:
             summary = generate_stimuli(

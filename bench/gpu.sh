@@ -12,5 +12,18 @@ if [[ -n "${PYTHON:-}" ]]; then py="$PYTHON"
 elif [[ -x .venv/bin/python ]]; then py=.venv/bin/python
 else py=python3
 fi
+# The device image has torch, torchaudio, matplotlib and scipy but not soundfile (and its cffi): carry them as wheels
+# in .whl/ (made here with: python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
+#   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl
+#   soundfile==0.14.0 cffi==2.1.1 pycparser==3.12), named in the run's carry.
+if ! "$py" -c "import soundfile" 2>/dev/null; then
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gpu-bench-site .whl/*.whl
+    export PYTHONPATH="/tmp/gpu-bench-site${PYTHONPATH:+:$PYTHONPATH}"
+  else
+    echo "bench/gpu.sh: $py cannot import soundfile; carry its wheels in .whl/ (see the comment at the top)" >&2
+    exit 2
+  fi
+fi
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 exec timeout 290 "$py" bench/gpu.py --out "${GPU_BENCH_OUT:-var/bench-gpu}" "$@"

@@ -568,7 +568,7 @@ def ascend(
                     start_logits = logits.detach().clone()
                 trajectory.append(torch.softmax(logits, dim=1)[rows, targets])
                 failed |= ~torch.isfinite(score) | ~torch.isfinite(logits).all(dim=1) | ~torch.isfinite(grad.flatten(1)).all(dim=1)
-                grad = torch.where(_per_sample(failed, grad), torch.zeros_like(grad), grad)
+                grad.masked_fill_(_per_sample(failed, grad), 0.0)
                 step.update(x, grad)
             param.project()
         with torch.no_grad():

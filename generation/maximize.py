@@ -35,6 +35,7 @@ outputs lie in [0, 1] by construction (sigmoid).
 from __future__ import annotations
 
 import hashlib
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
@@ -492,6 +493,9 @@ def _is(node: torch.fx.Node, modules: dict[str, nn.Module], kind: type, function
     return node.op == "call_function" and node.target is function
 
 
+_REWRITTEN: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], nn.Module | None]]" = weakref.WeakKeyDictionary()
+
+
 def pool_before_relu(model: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
     """The same network with every ReLU -> max-pool pair run as max-pool -> ReLU.
 
@@ -503,7 +507,16 @@ def pool_before_relu(model: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
     Layers named in `keep` (read by an objective) keep their outputs; a model
     fx cannot trace, or whose kept layer is a container, is returned unchanged.
     Leaf modules are shared, not copied, so forward hooks on them still fire.
+    Results are cached per model (tracing costs about 10 ms a call).
     """
+    cached = _REWRITTEN.setdefault(model, {})
+    if keep not in cached:
+        rewritten = _pool_before_relu(model, keep)
+        cached[keep] = None if rewritten is model else rewritten  # never a strong reference to the weak key
+    return model if cached[keep] is None else cached[keep]
+
+
+def _pool_before_relu(model: nn.Module, keep: tuple[str, ...]) -> nn.Module:
     try:
         traced = torch.fx.symbolic_trace(model)
     except Exception:  # any Python control flow on values makes tracing fail; the model is then used as it is

@@ -38,7 +38,7 @@ import hashlib
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -112,6 +112,9 @@ def preset(name: str, method: str) -> Settings:
 # --------------------------------------------------------------------------- parameterizations
 
 
+PARAMETERIZATIONS: dict[str, type["Parameterization"]] = {}
+
+
 class Parameterization:
     """How an optimized tensor becomes features [B, T, N]: the engine's only view of a prior.
 
@@ -127,9 +130,24 @@ class Parameterization:
     * `features()`, `latents()` (None where the space is the features), `project()`
       (called after every step and once at the start, for hard constraints) and
       `parameters()` (the tensors a step rule updates).
+
+    A subclass that sets `method` (a CLI method name) is registered in
+    `PARAMETERIZATIONS`, and `from_method(settings, prior)` builds it from a
+    preset and the prior's network: that is all a new prior needs to be
+    reachable by name from `maximize(..., method=...)`.
     """
 
     parameter: torch.Tensor
+    method: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.method:
+            PARAMETERIZATIONS[cls.method] = cls
+
+    @classmethod
+    def from_method(cls, settings: Settings, prior: nn.Module | None) -> "Parameterization":
+        raise NotImplementedError
 
     def modules(self) -> tuple[nn.Module, ...]:
         return ()
@@ -164,10 +182,16 @@ class Parameterization:
 class InputParam(Parameterization):
     """Optimize the log-mel input directly (the paper's "classifier-only" method); `clamp` keeps it in [0, 1]."""
 
+    method = "classifier"
+
     def __init__(self, start: torch.Tensor | None = None, clamp: bool = True):
         self.clamp = clamp
         if start is not None:
             self.start(start)
+
+    @classmethod
+    def from_method(cls, settings: Settings, prior: nn.Module | None) -> "InputParam":
+        return cls(clamp=settings.clamp)
 
     def noise_shape(self, feature_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(feature_shape)
@@ -187,10 +211,18 @@ class InputParam(Parameterization):
 class DecoderParam(Parameterization):
     """Optimize a latent z and let the decoder produce the features: x = decoder(z)."""
 
+    method = "decoder"
+
     def __init__(self, decoder: Autoencoder, z0: torch.Tensor | None = None):
         self.decoder = decoder
         if z0 is not None:
             self.start(z0)
+
+    @classmethod
+    def from_method(cls, settings: Settings, prior: nn.Module | None) -> "DecoderParam":
+        if prior is None:
+            raise HearsayError("the decoder method needs a decoder (autoencoder checkpoint)")
+        return cls(prior)
 
     def modules(self) -> tuple[nn.Module, ...]:
         return (self.decoder,)
@@ -406,15 +438,11 @@ def step_rule(settings: Settings) -> StepRule:
     return AdamStep(settings.lr) if settings.step == "adam" else RMSStep(settings.lr)
 
 
-def parameterization(method: str, settings: Settings, decoder: Autoencoder | None = None) -> Parameterization:
-    """The parameterization a CLI method name stands for."""
-    if method not in METHODS:
-        raise HearsayError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if method == "decoder":
-        if decoder is None:
-            raise HearsayError("the decoder method needs a decoder (autoencoder checkpoint)")
-        return DecoderParam(decoder)
-    return InputParam(clamp=settings.clamp)
+def parameterization(method: str, settings: Settings, decoder: nn.Module | None = None) -> Parameterization:
+    """The parameterization a CLI method name stands for (`decoder`: the prior's network, where it has one)."""
+    if method not in PARAMETERIZATIONS:
+        raise HearsayError(f"unknown method {method!r}; choose from {', '.join(PARAMETERIZATIONS)}")
+    return PARAMETERIZATIONS[method].from_method(settings, decoder)
 
 
 def parts(settings: Settings, method: str = "classifier", decoder: Autoencoder | None = None

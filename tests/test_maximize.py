@@ -222,12 +222,18 @@ def test_engine_takes_its_parts_as_objects_and_maximize_only_builds_them():
 
 
 def test_a_new_prior_is_one_parameterization_subclass_and_nothing_else():
-    """A generator-like prior (x = sigmoid(G z), no encoder) runs through the unchanged engine."""
-    from generation.maximize import AdamStep, Parameterization, class_logit, optimize
+    """A generator-like prior (x = sigmoid(G z), no encoder) runs through the unchanged engine and by method name."""
+    from generation.maximize import PARAMETERIZATIONS, AdamStep, Parameterization, class_logit, optimize
 
     class LinearGenerator(Parameterization):
-        def __init__(self, generator: nn.Linear, shape):
+        method = "test-linear-generator"
+
+        def __init__(self, generator: nn.Linear, shape=SHAPE):
             self.generator, self.shape = generator, shape
+
+        @classmethod
+        def from_method(cls, settings, prior):
+            return cls(prior)
 
         def modules(self):
             return (self.generator,)
@@ -251,6 +257,12 @@ def test_a_new_prior_is_one_parameterization_subclass_and_nothing_else():
     assert prior.generator.weight.requires_grad, "the prior's own weights are restored after the run"
     with pytest.raises(HearsayError, match="cannot start from features"):
         optimize(model, targets, prior, class_logit(), AdamStep(0.1), steps=1, start=torch.rand(3, *SHAPE))
+    try:
+        by_name = maximize(model, targets, method="test-linear-generator", decoder=prior.generator,
+                           settings=Settings(steps=15, lr=0.1, step="adam", objective="logit"), seed=2, shape=SHAPE)
+        torch.testing.assert_close(by_name.features, res.features)
+    finally:
+        del PARAMETERIZATIONS["test-linear-generator"]
 
 
 def test_pool_before_relu_gives_the_same_numbers_and_keeps_layers_objectives_read():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU run: bench/gpu.py's maximization (fp32/TF32/bf16), Griffin-Lim and objective-experiment figures.
 #
-#   bench/gpu.sh                        # on the lent device: about 4 minutes on one H100
+#   bench/gpu.sh                        # on the lent device: budgeted for under 5 minutes on one H100
 #   bench/gpu.sh --quick --device cpu   # dry run of every step in seconds (the test suite runs this)
 #
 # Uses $PYTHON, else the project's .venv, else python3 (the device machine has no network: nothing is installed

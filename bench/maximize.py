@@ -193,6 +193,7 @@ def main() -> None:
             return n / (time.perf_counter() - t0)
 
         run(2)  # warm-up
+        peak, bandwidth = max(peak, sgemm_rate(device)), max(bandwidth, memory_bandwidth(device))  # best so far: load only lowers them
         best = {b: 0.0 for b in sizes}
         slow = 0.0
         for _ in range(args.repeats):  # interleaved, best of each: other load on a shared machine only ever slows a run
@@ -229,6 +230,8 @@ def main() -> None:
             speed = rate(lambda n: run(n, model=compiled), batch)
             print(f"  torch.compile: {took:.0f} s to compile and run once, then {speed:.1f} samples/s ({speed / fast:.2f}x the eager engine)")
 
+    print(f"\nceilings, best seen in this run (used for each network above as far as measured by then): "
+          f"sgemm {peak / 1e9:.1f} GFLOP/s, memory bandwidth {bandwidth / 1e9:.1f} GB/s")
     if args.vocoder_clips:
         from generation.vocoder import GriffinLimVocoder, real_time_factor
 

@@ -150,13 +150,14 @@ class Parameterization:
         raise NotImplementedError
 
     def modules(self) -> tuple[nn.Module, ...]:
-        return ()
+        """By default every network held as an attribute (a decoder, a generator)."""
+        return tuple(v for v in vars(self).values() if isinstance(v, nn.Module))
 
     def feature_shape(self, requested: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(requested)
 
     def noise_shape(self, feature_shape: tuple[int, ...]) -> tuple[int, ...]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must say the shape of one sample's noise start (noise_shape)")
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
         raise HearsayError(f"{type(self).__name__} cannot start from features: it has no encoder; start from noise")

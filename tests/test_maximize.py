@@ -235,9 +235,6 @@ def test_a_new_prior_is_one_parameterization_subclass_and_nothing_else():
         def from_method(cls, settings, prior):
             return cls(prior)
 
-        def modules(self):
-            return (self.generator,)
-
         def noise_shape(self, feature_shape):
             return (self.generator.in_features,)
 

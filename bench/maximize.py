@@ -1,49 +1,137 @@
-"""How much faster is the batched maximization engine than one sample at a time?
+"""Maximization speed against this machine's ceilings, measured in the same run.
 
-Runs the paper classifier (random weights: speed does not depend on training)
-with the paper preset's 20 RMS steps, once batched and once as a loop of
-single-sample calls of the same engine, and prints samples per second side by
-side with their ratio. Also prints the Griffin-Lim vocoder's real-time factor
-for a batch of clips.
+For each network (the paper classifier with the classifier-only method, the
+paper classifier through the decoder prior, Hearsay's default conv
+classifier) with the paper preset's 20 RMS steps, prints:
 
-    .venv/bin/python bench/maximize.py [--threads 2] [--batch 512] [--loop 16] [--decoder-batch 64] [--device cpu]
+* samples/s batched (each batch size asked for; the best is used) and one
+  sample at a time, and GFLOP/s (forward + input gradient, counted by torch);
+* the sgemm ceiling (a 2048^2 float32 matmul) and the fraction of it reached;
+* a roofline: every operation of one maximization step (recorded by a torch
+  dispatch mode at the bench's batch size: FLOPs and the bytes of its inputs
+  and outputs), each bounded by max(FLOPs / sgemm rate, bytes / memory
+  bandwidth), the bandwidth measured here as c = a + b over 3 x 128 MiB. The
+  sum is the attainable time of a step for this network's shapes; the table
+  groups it by operation, and the fraction of that bound reached is printed;
+* agreement with the reference engine form (the classifier exactly as
+  written, without the `pool_before_relu` rewrite): max |difference| of the
+  maximized features (tolerance: 0, the rewrite is exact);
+* the Griffin-Lim vocoder's real-time factor (bench/vocoder.py has the full
+  vocoder bench).
+
+    .venv/bin/python bench/maximize.py [--threads 2] [--batch 128,512] [--loop 8] [--decoder-batch 64]
+                                      [--nets paper,decoder,conv] [--device cpu] [--compile]
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, flop_registry  # noqa: E402
 
 from generation.features import FeatureConfig  # noqa: E402
-from generation.maximize import PRESETS, maximize  # noqa: E402
-from generation.nets import Autoencoder, PaperClassifier  # noqa: E402
+from generation.maximize import PRESETS, optimize, parts  # noqa: E402
+from generation.nets import Autoencoder, ConvClassifier, PaperClassifier  # noqa: E402
 
 
-def rate(fn, samples: int, device: torch.device) -> float:
-    """Samples per second of one call of `fn(samples)`, after a one-sample warm-up call."""
-    fn(1)
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn(samples)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return samples / (time.perf_counter() - t0)
 
 
-def step_flops(clf: torch.nn.Module, dec: torch.nn.Module | None, cfg: FeatureConfig, n_classes: int, device: torch.device) -> float:
-    """Floating-point operations of one maximization step for one sample, counted by torch itself.
+def sgemm_rate(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of the best of `repeats` n x n float32 matmuls."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
 
-    The ceiling on any batching speed-up: once a batch runs near the machine's peak rate,
-    no reordering of the same arithmetic makes it faster.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
 
+def memory_bandwidth(device: torch.device, mib: int = 128, repeats: int = 5) -> float:
+    """Bytes/s of the best c = a + b over three `mib` MiB float32 arrays (read 2, write 1)."""
+    n = mib * 2**20 // 4
+    a, b, c = torch.rand(n, device=device), torch.rand(n, device=device), torch.empty(n, device=device)
+    torch.add(a, b, out=c)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        torch.add(a, b, out=c)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 3 * n * 4 / best
+
+
+class OpRecorder(TorchDispatchMode):
+    """FLOPs and bytes (inputs + outputs, each storage counted once) of every non-view aten operation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops: dict[str, float] = defaultdict(float)
+        self.bytes: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if any(r.alias_info is not None for r in func._schema.returns):
+            return out  # a view moves no data
+        name = func._overloadpacket.__name__
+        tensors: dict[int, int] = {}
+        for t in torch.utils._pytree.tree_leaves((args, kwargs, out)):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                tensors[t.untyped_storage().data_ptr()] = max(tensors.get(t.untyped_storage().data_ptr(), 0), t.nbytes)
+        self.bytes[name] += sum(tensors.values())
+        self.calls[name] += 1
+        if func._overloadpacket in flop_registry:
+            self.flops[name] += flop_registry[func._overloadpacket](*args, **kwargs, out_val=out)
+        return out
+
+
+def step_ops(run, batch: int) -> dict[str, tuple[float, float, float]]:
+    """{op: (calls, FLOPs, bytes)} of one maximization step: a 2-step run minus a 1-step run."""
+    rec = {}
+    for steps in (1, 2):
+        with OpRecorder() as r:
+            run(batch, steps)
+        rec[steps] = r
+    ops = {}
+    for name in set(rec[2].bytes) | set(rec[2].flops):
+        calls = rec[2].calls[name] - rec[1].calls.get(name, 0)
+        flops = rec[2].flops.get(name, 0.0) - rec[1].flops.get(name, 0.0)
+        nbytes = rec[2].bytes.get(name, 0.0) - rec[1].bytes.get(name, 0.0)
+        if calls > 0:
+            ops[name] = (calls, flops, nbytes)
+    return ops
+
+
+def roofline(ops: dict, peak: float, bandwidth: float) -> tuple[float, list[tuple]]:
+    """Attainable seconds of one step, and its table rows (op, calls, MFLOP, MB, FLOP/B, bound ms, bound by)."""
+    rows, total = [], 0.0
+    for name, (calls, flops, nbytes) in ops.items():
+        bound = max(flops / peak, nbytes / bandwidth)
+        total += bound
+        rows.append((name, calls, flops / 1e6, nbytes / 1e6, flops / max(nbytes, 1), bound * 1e3,
+                     "compute" if flops / peak > nbytes / bandwidth else "memory"))
+    rows.sort(key=lambda r: -r[5])
+    return total, rows
+
+
+def sample_flops(clf: torch.nn.Module, dec: torch.nn.Module | None, cfg: FeatureConfig, device: torch.device) -> float:
+    """FLOPs of one step (forward + input gradient) for one sample, as torch counts them."""
     clf = clf.to(device).eval().requires_grad_(False)
     if dec is None:
         x = torch.rand(1, cfg.n_frames, cfg.n_mels, device=device, requires_grad=True)
@@ -53,63 +141,110 @@ def step_flops(clf: torch.nn.Module, dec: torch.nn.Module | None, cfg: FeatureCo
         x = torch.randn(1, dec.latent, device=device, requires_grad=True)
         make = lambda: dec.decode(x)  # noqa: E731
     with FlopCounterMode(display=False) as counter:
-        clf(make())[0, n_classes - 1].backward()
+        clf(make())[0, 0].backward()
     return float(counter.get_total_flops())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=512, help="samples in the batched classifier-method run")
-    ap.add_argument("--loop", type=int, default=16, help="samples in the one-at-a-time classifier-method loop")
-    ap.add_argument("--decoder-batch", type=int, default=64, help="samples in the batched decoder-method run (0 skips the decoder)")
-    ap.add_argument("--decoder-loop", type=int, default=4, help="samples in the one-at-a-time decoder-method loop")
+    ap.add_argument("--batch", default="128,512", help="batch sizes tried for the classifier-only method")
+    ap.add_argument("--loop", type=int, default=8, help="samples in the one-at-a-time loop (0 skips)")
+    ap.add_argument("--decoder-batch", type=int, default=64)
+    ap.add_argument("--nets", default="paper,decoder,conv", help="which of paper, decoder, conv to run")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved timing rounds; the best of each is printed")
     ap.add_argument("--classes", type=int, default=35)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--vocoder-clips", type=int, default=16)
+    ap.add_argument("--vocoder-clips", type=int, default=16, help="0 skips the vocoder line")
+    ap.add_argument("--compile", action="store_true", help="also time a torch.compile'd classifier (slow to compile)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
     cfg = FeatureConfig()
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, paper classifier, {args.classes} classes, 20 steps", flush=True)
+    peak, bandwidth = sgemm_rate(device), memory_bandwidth(device)
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, {args.classes} classes, "
+          f"{args.steps} RMS steps (paper preset)")
+    print(f"ceilings measured now: sgemm 2048^2 {peak / 1e9:.1f} GFLOP/s, memory bandwidth (c = a + b) {bandwidth / 1e9:.1f} GB/s, "
+          f"ridge {peak / bandwidth:.1f} FLOP/byte", flush=True)
 
-    runs = [("classifier", args.batch, args.loop)] + ([("decoder", args.decoder_batch, args.decoder_loop)] if args.decoder_batch else [])
-    for method, batch, loop in runs:
+    batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    runs = {
+        "paper": ("paper classifier, classifier-only", PaperClassifier(args.classes), None, "classifier", batches),
+        "decoder": ("paper classifier, decoder prior", PaperClassifier(args.classes), Autoencoder(), "decoder", [args.decoder_batch]),
+        "conv": ("conv classifier, classifier-only", ConvClassifier(args.classes), None, "classifier", batches),
+    }
+    for key in [k.strip() for k in args.nets.split(",") if k.strip()]:
+        title, clf, dec, method, sizes = runs[key]
         settings = PRESETS["paper"][method]
-        clf = PaperClassifier(args.classes)
-        dec = Autoencoder() if method == "decoder" else None
-        targets = torch.arange(batch) % args.classes
 
-        def batched(n: int) -> None:
-            maximize(clf, targets[:n], method=method, decoder=dec, settings=settings, device=device, batch_size=batch)
+        def run(n: int, steps: int = args.steps, rewrite: bool = True, model=clf, first_index: int = 0, batch: int | None = None):
+            param, objective, step = parts(settings, method, dec)
+            targets = (torch.arange(n) + first_index) % args.classes
+            return optimize(model, targets, param, objective, step, steps=steps, seed=1, device=device,
+                            batch_size=batch or n, first_index=first_index, rewrite=rewrite)
 
-        def one_by_one(n: int) -> None:
-            for i in range(n):
-                maximize(clf, targets[i : i + 1], method=method, decoder=dec, settings=settings, device=device, first_index=i)
+        def rate(fn, n: int) -> float:
+            sync(device)
+            t0 = time.perf_counter()
+            fn(n)
+            sync(device)
+            return n / (time.perf_counter() - t0)
 
-        fast = slow = 0.0
-        for _ in range(args.repeats):  # interleaved, best of each: other load on a shared machine only ever slows a run down
-            fast = max(fast, rate(batched, batch, device))
-            slow = max(slow, rate(one_by_one, loop, device))
-        print(f"{method:>10}: batched (batch {batch}) {fast:9.1f} samples/s | one at a time {slow:7.1f} samples/s | ratio {fast / slow:6.1f}x", flush=True)
-        work = step_flops(clf, dec, cfg, args.classes, device) * settings.steps
-        print(f"{'':>10}  {work / 1e6:.0f} MFLOP per sample (forward + input gradient, {settings.steps} steps): "
-              f"batched runs at {fast * work / 1e9:.1f} GFLOP/s, one at a time at {slow * work / 1e9:.1f} GFLOP/s; "
-              f"a 50x ratio would need {50 * slow * work / 1e9:.0f} GFLOP/s", flush=True)
+        run(2)  # warm-up
+        peak, bandwidth = max(peak, sgemm_rate(device)), max(bandwidth, memory_bandwidth(device))  # best so far: load only lowers them
+        best = {b: 0.0 for b in sizes}
+        slow = 0.0
+        for _ in range(args.repeats):  # interleaved, best of each: other load on a shared machine only ever slows a run
+            for b in sizes:
+                best[b] = max(best[b], rate(lambda n: run(n), b))
+            if args.loop:
+                slow = max(slow, rate(lambda n: [run(1, first_index=i) for i in range(n)], args.loop))
+        batch = max(best, key=best.get)
+        fast = best[batch]
+        work = sample_flops(clf, dec, cfg, device) * args.steps
+        bound, rows = roofline(step_ops(lambda n, s: run(n, steps=s), batch), peak, bandwidth)
+        attainable = batch / (bound * args.steps)
+        print(f"\n{title}: {work / 1e6:.0f} MFLOP per sample ({args.steps} steps)")
+        for b in sizes:
+            print(f"  batch {b:5d}: {best[b]:9.1f} samples/s = {best[b] * work / 1e9:6.1f} GFLOP/s = {best[b] * work / peak:5.1%} of sgemm")
+        if args.loop:
+            print(f"  one at a time: {slow:6.1f} samples/s (batched is {fast / slow:.0f}x faster)")
+        print(f"  roofline of one step at batch {batch} (each op bounded by its FLOPs at sgemm rate or its bytes at the measured bandwidth):")
+        print(f"    {'op':<34}{'calls':>6}{'MFLOP':>10}{'MB':>9}{'FLOP/B':>8}{'bound ms':>10}  bound by")
+        for name, calls, mflop, mb, intensity, ms, by in rows[:12]:
+            print(f"    {name:<34}{calls:>6}{mflop:>10.1f}{mb:>9.1f}{intensity:>8.1f}{ms:>10.2f}  {by}")
+        if len(rows) > 12:
+            print(f"    ... {len(rows) - 12} more ops, {sum(r[5] for r in rows[12:]):.2f} ms together")
+        print(f"  attainable {attainable:.1f} samples/s ({attainable * work / 1e9:.1f} GFLOP/s = {attainable * work / peak:.0%} of sgemm); "
+              f"reached {fast / attainable:.0%} of the roofline bound and {fast * work / peak:.0%} of sgemm")
+        plain = rate(lambda n: run(n, rewrite=False), batch)
+        print(f"  the classifier as written (no pool_before_relu rewrite), batch {batch}: {plain:.1f} samples/s "
+              f"= {plain * work / peak:.0%} of sgemm; the rewrite is {fast / plain:.2f}x faster")
+        ref, ours = run(min(batch, 64), rewrite=False), run(min(batch, 64))
+        print(f"  agreement with the engine on the classifier as written: max |feature difference| "
+              f"{(ref.features - ours.features).abs().max().item():.2e} (tolerance 0: the rewrite is exact)", flush=True)
+        if args.compile:
+            compiled = torch.compile(clf)
+            t0 = time.perf_counter()
+            run(batch, model=compiled)
+            took = time.perf_counter() - t0
+            speed = rate(lambda n: run(n, model=compiled), batch)
+            print(f"  torch.compile: {took:.0f} s to compile and run once, then {speed:.1f} samples/s ({speed / fast:.2f}x the eager engine)")
 
-    try:
+    print(f"\nceilings, best seen in this run (used for each network above as far as measured by then): "
+          f"sgemm {peak / 1e9:.1f} GFLOP/s, memory bandwidth {bandwidth / 1e9:.1f} GB/s")
+    if args.vocoder_clips:
         from generation.vocoder import GriffinLimVocoder, real_time_factor
-    except ImportError:
-        print("vocoder: generation.vocoder.GriffinLimVocoder is not available; real-time factor skipped")
-        return
-    vocoder = GriffinLimVocoder(cfg, device=device)
-    feats = torch.rand(args.vocoder_clips, cfg.n_frames, cfg.n_mels)
-    vocoder(feats[:1])
-    speed = real_time_factor(vocoder, feats)
-    print(f"   vocoder: Griffin-Lim ({vocoder.n_iter} iterations), batch {args.vocoder_clips}: {speed:.2f} s of audio per s of compute "
-          f"(compute/audio = {1 / speed:.3f})")
+
+        vocoder = GriffinLimVocoder(cfg, device=device, batch_size=args.vocoder_clips)
+        feats = torch.rand(args.vocoder_clips, cfg.n_frames, cfg.n_mels)
+        vocoder(feats[:1])
+        speed = real_time_factor(vocoder, feats)
+        print(f"\nvocoder: Griffin-Lim ({vocoder.n_iter} iterations), batch {args.vocoder_clips}: {speed:.1f}x real time "
+              f"(bench/vocoder.py compares it with its FFT ceiling)")
+
 
 if __name__ == "__main__":
     main()

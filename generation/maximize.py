@@ -1,21 +1,29 @@
 """Activation maximization: what input does a classifier find most like a word?
 
-Built from small parts so each method is a few lines:
+The engine, `optimize(classifier, targets, param, objective, step)`, takes its
+three parts as objects (as lucent's ``render_vis(model, objective, param)`` or
+captum.optim's ``InputOptimization`` do):
 
-* a *parameterization* owns the optimized tensor and turns it into features:
-  `InputParam` (the log-mel input itself) or `DecoderParam` (a latent z with
-  x = decoder(z), the paper's "prior"); a GAN generator is one more subclass
-  whose `features()` calls the generator;
-* an *objective* scores every sample of a batch ([B] tensor) and objectives
-  combine arithmetically, e.g. ``class_probability(t) - 0.1 * total_variation()``;
-* a *step* rule: the paper's RMS-normalized gradient ascent, or Adam.
+* a *parameterization* (`Parameterization`) owns the optimized tensor of one
+  batch and turns it into features: `InputParam` (the log-mel input itself) or
+  `DecoderParam` (a latent z with x = decoder(z), the paper's "prior"). A new
+  prior (a GAN generator, say) is one more subclass and nothing else;
+* an *objective* (`Objective`) scores every sample of a batch ([B] tensor);
+  objectives combine arithmetically, e.g.
+  ``class_probability() - 0.1 * total_variation()``;
+* a *step rule* (`StepRule`): the paper's RMS-normalized gradient ascent
+  (`RMSStep`) or Adam (`AdamStep`).
 
-`maximize` runs all of it batched over thousands of samples with mixed targets.
-Each sample's noise start is drawn from its own generator seeded by (seed, sample
-index), so results depend on the seed only, not on the batch size or device.
-Every update is per sample (the classifier runs in eval mode, so no sample can
-influence another), and a sample whose values become NaN/inf is marked failed
-and frozen; callers must never turn a failed sample into audio.
+`maximize(classifier, targets, method=..., settings=...)` is the front door the
+commands use: a preset's `Settings` and a method name only *build* those parts
+(`parts`) and hand them to `optimize`.
+
+The engine runs thousands of samples batched with mixed targets. Each sample's
+noise start is drawn from its own generator seeded by (seed, sample index), so
+results depend on the seed only, not on the batch size or device. Every update
+is per sample (the classifier runs in eval mode, so no sample can influence
+another), and a sample whose values become NaN/inf is marked failed and frozen;
+callers must never turn a failed sample into audio.
 
 Range of direct inputs: the paper let the optimized log-mel input leave the
 feature range [0, 1] (values were never clamped before vocoding). The ``paper``
@@ -27,9 +35,10 @@ outputs lie in [0, 1] by construction (sigmoid).
 from __future__ import annotations
 
 import hashlib
+import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -45,6 +54,8 @@ METHODS = ("classifier", "decoder")
 
 @dataclass(frozen=True)
 class Settings:
+    """A preset's numbers: what `parts` turns into an objective, a step rule and (with a method) a parameterization."""
+
     steps: int = 20
     lr: float = 0.01
     step: str = "rms"
@@ -101,10 +112,63 @@ def preset(name: str, method: str) -> Settings:
 # --------------------------------------------------------------------------- parameterizations
 
 
+PARAMETERIZATIONS: dict[str, type["Parameterization"]] = {}
+
+
 class Parameterization:
-    """Owns the optimized leaf tensor `parameter` ([B, ...]) and maps it to features [B, T, N]."""
+    """How an optimized tensor becomes features [B, T, N]: the engine's only view of a prior.
+
+    One object serves a whole run; `start(x0)` arms it with one batch's leaf
+    tensor `parameter` ([B, ...], what the step rule updates). The engine uses:
+
+    * `modules()`: networks it must move to the device and freeze (a decoder, a generator);
+    * `feature_shape(requested)`: the features' [T, N] (a generator decides its own);
+    * `noise_shape(feature_shape)`: the shape of one sample's N(0, std) start in this space;
+    * `encode(features)`: a start from real features, mapped into this space (a prior
+      without an encoder keeps the default, which refuses with a one-line error);
+    * `start(x0)`: take x0 as the new `parameter` and `project()` it;
+    * `features()`, `latents()` (None where the space is the features), `project()`
+      (called after every step and once at the start, for hard constraints) and
+      `parameters()` (the tensors a step rule updates).
+
+    A subclass that sets `method` (a CLI method name) is registered in
+    `PARAMETERIZATIONS`, and `from_method(settings, prior)` builds it from a
+    preset and the prior's network: that is all a new prior needs to be
+    reachable by name from `maximize(..., method=...)`.
+    """
 
     parameter: torch.Tensor
+    method: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.method:
+            PARAMETERIZATIONS[cls.method] = cls
+
+    @classmethod
+    def from_method(cls, settings: Settings, prior: nn.Module | None) -> "Parameterization":
+        raise NotImplementedError
+
+    def modules(self) -> tuple[nn.Module, ...]:
+        """By default every network held as an attribute (a decoder, a generator)."""
+        return tuple(v for v in vars(self).values() if isinstance(v, nn.Module))
+
+    def feature_shape(self, requested: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(requested)
+
+    def noise_shape(self, feature_shape: tuple[int, ...]) -> tuple[int, ...]:
+        raise NotImplementedError(f"{type(self).__name__} must say the shape of one sample's noise start (noise_shape)")
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        raise HearsayError(f"{type(self).__name__} cannot start from features: it has no encoder; start from noise")
+
+    def start(self, x0: torch.Tensor) -> "Parameterization":
+        self.parameter = x0.detach().clone().requires_grad_(True)
+        self.project()
+        return self
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.parameter]
 
     def features(self) -> torch.Tensor:
         raise NotImplementedError
@@ -113,16 +177,28 @@ class Parameterization:
         return None
 
     def project(self) -> None:
-        """Called after every step (and once at the start) to enforce hard constraints."""
+        """Enforce hard constraints in place (no-op by default)."""
 
 
 class InputParam(Parameterization):
-    """Optimize the log-mel input directly (the paper's "classifier-only" method)."""
+    """Optimize the log-mel input directly (the paper's "classifier-only" method); `clamp` keeps it in [0, 1]."""
 
-    def __init__(self, start: torch.Tensor, clamp: bool):
-        self.parameter = start.detach().clone().requires_grad_(True)
+    method = "classifier"
+
+    def __init__(self, start: torch.Tensor | None = None, clamp: bool = True):
         self.clamp = clamp
-        self.project()
+        if start is not None:
+            self.start(start)
+
+    @classmethod
+    def from_method(cls, settings: Settings, prior: nn.Module | None) -> "InputParam":
+        return cls(clamp=settings.clamp)
+
+    def noise_shape(self, feature_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(feature_shape)
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        return features
 
     def features(self) -> torch.Tensor:
         return self.parameter
@@ -136,9 +212,33 @@ class InputParam(Parameterization):
 class DecoderParam(Parameterization):
     """Optimize a latent z and let the decoder produce the features: x = decoder(z)."""
 
-    def __init__(self, decoder: Autoencoder, z0: torch.Tensor):
+    method = "decoder"
+
+    def __init__(self, decoder: Autoencoder, z0: torch.Tensor | None = None):
         self.decoder = decoder
-        self.parameter = z0.detach().clone().requires_grad_(True)
+        if z0 is not None:
+            self.start(z0)
+
+    @classmethod
+    def from_method(cls, settings: Settings, prior: nn.Module | None) -> "DecoderParam":
+        if prior is None:
+            raise HearsayError("the decoder method needs a decoder (autoencoder checkpoint)")
+        return cls(prior)
+
+    def modules(self) -> tuple[nn.Module, ...]:
+        return (self.decoder,)
+
+    def feature_shape(self, requested: tuple[int, ...]) -> tuple[int, ...]:
+        device = next(self.decoder.parameters()).device
+        with torch.no_grad():
+            return tuple(self.decoder.decode(torch.zeros(1, self.decoder.latent, device=device)).shape[1:])
+
+    def noise_shape(self, feature_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.decoder.latent,)
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.decoder.encode(features)
 
     def features(self) -> torch.Tensor:
         return self.decoder.decode(self.parameter)
@@ -152,33 +252,45 @@ class DecoderParam(Parameterization):
 
 @dataclass
 class Context:
-    """What one forward pass exposes to objectives."""
+    """What one forward pass exposes to objectives (`targets`: each sample's class index)."""
 
     features: torch.Tensor
     logits: torch.Tensor
     activations: dict[str, torch.Tensor]
     parameter: torch.Tensor
+    targets: torch.Tensor | None = None
 
 
 class Objective:
-    """A per-sample score [B] to maximize; objectives add, subtract and scale."""
+    """A per-sample score [B] to maximize; objectives add, subtract and scale.
 
-    def __init__(self, fn: Callable[[Context], torch.Tensor], name: str, layers: tuple[str, ...] = ()):
+    `layers` names the activations it reads; `check(activations)` runs once on a
+    probe pass so a bad unit index fails before any work starts.
+    """
+
+    def __init__(self, fn: Callable[[Context], torch.Tensor], name: str, layers: tuple[str, ...] = (),
+                 checks: tuple[Callable[[dict[str, torch.Tensor]], None], ...] = ()):
         self.fn = fn
         self.name = name
         self.layers = layers
+        self.checks = checks
 
     def __call__(self, ctx: Context) -> torch.Tensor:
         return self.fn(ctx)
 
+    def check(self, activations: dict[str, torch.Tensor]) -> None:
+        for c in self.checks:
+            c(activations)
+
     def __add__(self, other: "Objective") -> "Objective":
-        return Objective(lambda c: self(c) + other(c), f"{self.name} + {other.name}", self.layers + other.layers)
+        return Objective(lambda c: self(c) + other(c), f"{self.name} + {other.name}", self.layers + other.layers,
+                         self.checks + other.checks)
 
     def __sub__(self, other: "Objective") -> "Objective":
         return self + (-1.0) * other
 
     def __mul__(self, weight: float) -> "Objective":
-        return Objective(lambda c: weight * self(c), f"{weight:g} * {self.name}", self.layers)
+        return Objective(lambda c: weight * self(c), f"{weight:g} * {self.name}", self.layers, self.checks)
 
     __rmul__ = __mul__
 
@@ -189,23 +301,31 @@ class Objective:
         return f"Objective({self.name})"
 
 
+def _targets(fixed: torch.Tensor | None, c: Context) -> torch.Tensor:
+    if fixed is not None:
+        return fixed
+    if c.targets is None:
+        raise HearsayError("this objective needs target classes")
+    return c.targets
+
+
 def _picked(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, targets.view(-1, 1)).squeeze(1)
 
 
-def class_probability(targets: torch.Tensor) -> Objective:
-    """Softmax probability of each sample's target: the paper's objective."""
-    return Objective(lambda c: _picked(torch.softmax(c.logits, dim=1), targets), "probability")
+def class_probability(targets: torch.Tensor | None = None) -> Objective:
+    """Softmax probability of each sample's target (the engine's targets unless given): the paper's objective."""
+    return Objective(lambda c: _picked(torch.softmax(c.logits, dim=1), _targets(targets, c)), "probability")
 
 
-def class_logit(targets: torch.Tensor) -> Objective:
+def class_logit(targets: torch.Tensor | None = None) -> Objective:
     """The target's raw logit: no saturation, but can grow without making the class likelier."""
-    return Objective(lambda c: _picked(c.logits, targets), "logit")
+    return Objective(lambda c: _picked(c.logits, _targets(targets, c)), "logit")
 
 
-def log_probability(targets: torch.Tensor) -> Objective:
+def log_probability(targets: torch.Tensor | None = None) -> Objective:
     """log softmax of the target: keeps a gradient where the probability saturates."""
-    return Objective(lambda c: _picked(torch.log_softmax(c.logits, dim=1), targets), "log_probability")
+    return Objective(lambda c: _picked(torch.log_softmax(c.logits, dim=1), _targets(targets, c)), "log_probability")
 
 
 def neuron(layer: str, units: tuple[int, ...] = ()) -> Objective:
@@ -218,7 +338,12 @@ def neuron(layer: str, units: tuple[int, ...] = ()) -> Objective:
             act = act[:, index]
         return act.flatten(1).mean(dim=1)
 
-    return Objective(fn, f"neuron({layer}{':' + ','.join(map(str, units)) if units else ''})", (layer,))
+    def check(acts: dict[str, torch.Tensor]) -> None:
+        width = acts[layer].shape[1] if acts[layer].dim() > 1 else 1
+        if any(u < 0 or u >= width for u in units):
+            raise HearsayError(f"units {list(units)} out of range: layer {layer!r} has {width}")
+
+    return Objective(fn, f"neuron({layer}{':' + ','.join(map(str, units)) if units else ''})", (layer,), (check,))
 
 
 def tv_value(x: torch.Tensor) -> torch.Tensor:
@@ -242,8 +367,8 @@ def range_penalty() -> Objective:
     return Objective(lambda c: (torch.relu(-c.features) + torch.relu(c.features - 1.0)).pow(2).flatten(1).mean(dim=1), "range")
 
 
-def build_objective(settings: Settings, targets: torch.Tensor) -> Objective:
-    """The objective `settings` describe, for one batch of targets."""
+def build_objective(settings: Settings, targets: torch.Tensor | None = None) -> Objective:
+    """The objective `settings` describe (targets: fixed ones, or None to read each batch's from the engine)."""
     main = {
         "probability": lambda: class_probability(targets),
         "logit": lambda: class_logit(targets),
@@ -257,6 +382,75 @@ def build_objective(settings: Settings, targets: torch.Tensor) -> Objective:
     if settings.range_weight:
         main = main - settings.range_weight * range_penalty()
     return main
+
+
+# --------------------------------------------------------------------------- step rules
+
+
+class StepRule:
+    """How an ascent direction (the objective's gradient) updates the parameter, in place.
+
+    `reset(parameter)` is called once per batch before the first step; failed
+    samples arrive with a zero gradient so no NaN reaches any state.
+    """
+
+    def reset(self, parameter: torch.Tensor) -> None:
+        """Forget any state from a previous batch."""
+
+    def update(self, parameter: torch.Tensor, grad: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass
+class RMSStep(StepRule):
+    """The paper's rule: x += lr * g / RMS(g), the RMS taken per sample."""
+
+    lr: float
+
+    def update(self, parameter: torch.Tensor, grad: torch.Tensor) -> None:
+        rms = grad.pow(2).flatten(1).mean(dim=1).sqrt().clamp_min(1e-12)
+        parameter.add_(self.lr * grad / _per_sample(rms, grad))
+
+
+@dataclass
+class AdamStep(StepRule):
+    """Adam ascent (torch.optim.Adam on the negated gradient); its moments are per element, so per sample."""
+
+    lr: float
+    _optimizer: torch.optim.Adam | None = field(default=None, repr=False)
+
+    def reset(self, parameter: torch.Tensor) -> None:
+        self._optimizer = torch.optim.Adam([parameter], lr=self.lr)
+
+    def update(self, parameter: torch.Tensor, grad: torch.Tensor) -> None:
+        if self._optimizer is None:
+            self.reset(parameter)
+        parameter.grad = -grad
+        self._optimizer.step()
+        parameter.grad = None
+
+
+def step_rule(settings: Settings) -> StepRule:
+    """The step rule `settings` name."""
+    return AdamStep(settings.lr) if settings.step == "adam" else RMSStep(settings.lr)
+
+
+def parameterization(method: str, settings: Settings, decoder: nn.Module | None = None) -> Parameterization:
+    """The parameterization a CLI method name stands for (`decoder`: the prior's network, where it has one)."""
+    if method not in PARAMETERIZATIONS:
+        raise HearsayError(f"unknown method {method!r}; choose from {', '.join(PARAMETERIZATIONS)}")
+    return PARAMETERIZATIONS[method].from_method(settings, decoder)
+
+
+def parts(settings: Settings, method: str = "classifier", decoder: Autoencoder | None = None
+          ) -> tuple[Parameterization, Objective, StepRule]:
+    """What a preset and a method name build: (parameterization, objective, step rule)."""
+    settings.validate()
+    return parameterization(method, settings, decoder), build_objective(settings), step_rule(settings)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -322,48 +516,105 @@ def capture(model: nn.Module, layers: tuple[str, ...]) -> Iterator[dict[str, tor
             h.remove()
 
 
-def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
+def _is(node: torch.fx.Node, modules: dict[str, nn.Module], kind: type, function: object) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], kind)
+    return node.op == "call_function" and node.target is function
+
+
+_REWRITTEN: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], nn.Module | None]]" = weakref.WeakKeyDictionary()
+
+
+def pool_before_relu(model: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
+    """The same network with every ReLU -> max-pool pair run as max-pool -> ReLU.
+
+    ReLU is monotone, so max(relu(x)) = relu(max(x)) bit for bit, and the input
+    gradient is identical too (both routes send it to the same arg-max, and
+    zero it where the window's maximum is <= 0). The ReLU and its backward then
+    touch a quarter of the values: in the paper net those two passes over the
+    full-resolution conv outputs were about a quarter of a maximization step.
+    Layers named in `keep` (read by an objective) keep their outputs; a model
+    fx cannot trace, or whose kept layer is a container, is returned unchanged.
+    Leaf modules are shared, not copied, so forward hooks on them still fire.
+    Results are cached per model (tracing costs about 10 ms a call).
+    """
+    cached = _REWRITTEN.setdefault(model, {})
+    if keep not in cached:
+        rewritten = _pool_before_relu(model, keep)
+        cached[keep] = None if rewritten is model else rewritten  # never a strong reference to the weak key
+    return model if cached[keep] is None else cached[keep]
+
+
+def _pool_before_relu(model: nn.Module, keep: tuple[str, ...]) -> nn.Module:
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception:  # any Python control flow on values makes tracing fail; the model is then used as it is
+        return model
+    modules = dict(traced.named_modules())
+    called = {n.target for n in traced.graph.nodes if n.op == "call_module"}
+    if not set(keep) <= called:
+        return model  # a container's output (inlined by tracing) is read: its hooks must fire, so no rewrite
+    swapped = False
+    for relu in list(traced.graph.nodes):
+        if not (_is(relu, modules, nn.ReLU, torch.relu) or _is(relu, modules, nn.ReLU, nn.functional.relu)):
+            continue
+        users = list(relu.users)
+        if len(users) != 1 or relu.kwargs.get("inplace") or len(relu.args) != 1:
+            continue
+        pool = users[0]
+        if not _is(pool, modules, nn.MaxPool2d, nn.functional.max_pool2d) or pool.args[0] is not relu:
+            continue
+        if pool.op == "call_module" and modules[pool.target].return_indices or pool.kwargs.get("return_indices"):
+            continue
+        if {relu.target, pool.target} & set(keep):
+            continue
+        source = relu.args[0]
+        pool.replace_all_uses_with(relu)
+        pool.args = (source, *pool.args[1:])
+        relu.args = (pool,)
+        pool.append(relu)  # the ReLU now reads the pool's output, so it runs after it
+        swapped = True
+    if not swapped:
+        return model
+    traced.graph.lint()
+    traced.recompile()
+    return traced
 
 
 def ascend(
-    classifier: nn.Module, param: Parameterization, objective: Objective, targets: torch.Tensor, settings: Settings
+    classifier: nn.Module, param: Parameterization, objective: Objective, targets: torch.Tensor, step: StepRule, steps: int,
+    net: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run `settings.steps` updates on one batch.
+    """Run `steps` updates on one armed batch (`net`: the classifier's faster equal form, see `pool_before_relu`).
 
     Returns (trajectory [B, steps+1] of the target probability, failed [B],
     logits at the start, logits at the end). Failed samples are frozen: their
-    update is zeroed so NaN never reaches optimizer state.
+    update is zeroed so NaN never reaches step-rule state.
     """
     x = param.parameter
     batch = x.shape[0]
     rows = torch.arange(batch, device=x.device)
     failed = torch.zeros(batch, dtype=torch.bool, device=x.device)
     trajectory = []
-    optimizer = torch.optim.Adam([x], lr=settings.lr) if settings.step == "adam" else None
+    step.reset(x)
     start_logits = None
+    net = pool_before_relu(classifier, objective.layers) if net is None else net
     with capture(classifier, objective.layers) as acts:
-        for _ in range(settings.steps):
+        for _ in range(steps):
             feats = param.features()
-            logits = classifier(feats)
-            score = objective(Context(feats, logits, acts, x))
+            logits = net(feats)
+            score = objective(Context(feats, logits, acts, x, targets))
             (grad,) = torch.autograd.grad(score.sum(), x)
             with torch.no_grad():
                 if start_logits is None:
                     start_logits = logits.detach().clone()
                 trajectory.append(torch.softmax(logits, dim=1)[rows, targets])
                 failed |= ~torch.isfinite(score) | ~torch.isfinite(logits).all(dim=1) | ~torch.isfinite(grad.flatten(1)).all(dim=1)
-                grad = torch.where(_per_sample(failed, grad), torch.zeros_like(grad), grad)
-                if optimizer is None:
-                    rms = grad.pow(2).flatten(1).mean(dim=1).sqrt().clamp_min(1e-12)
-                    x.add_(settings.lr * grad / _per_sample(rms, grad))
-                else:
-                    x.grad = -grad
-                    optimizer.step()
-                    x.grad = None
+                grad.masked_fill_(_per_sample(failed, grad), 0.0)
+                step.update(x, grad)
             param.project()
         with torch.no_grad():
-            logits = classifier(param.features())
+            logits = net(param.features())
     if start_logits is None:
         start_logits = logits.clone()
     trajectory.append(torch.softmax(logits, dim=1)[rows, targets])
@@ -397,14 +648,16 @@ def _probe(model: nn.Module, shape: tuple[int, ...], device: torch.device) -> to
         return model(torch.zeros(1, *shape, device=device))
 
 
-def maximize(
+def optimize(
     classifier: nn.Module,
     targets: torch.Tensor,
+    param: Parameterization,
+    objective: Objective,
+    step: StepRule,
     *,
-    method: str = "classifier",
-    decoder: Autoencoder | None = None,
+    steps: int = 20,
     start: torch.Tensor | None = None,
-    settings: Settings = Settings(),
+    init_std: float = 0.1,
     seed: int = 0,
     evaluator: nn.Module | None = None,
     device: str | torch.device = "cpu",
@@ -412,22 +665,22 @@ def maximize(
     progress: bool = False,
     shape: tuple[int, int] = (90, 80),
     first_index: int = 0,
+    rewrite: bool = True,
 ) -> Result:
-    """Push every sample toward its target class of `classifier` (A) and report A's and B's verdicts.
+    """Push every sample toward its target class of `classifier` (A) with the given parts; report A's and B's verdicts.
 
-    `start` None draws noise starts (input or latent space); otherwise it holds
-    features [B, T, N] to start from (decoder: they are encoded first). `shape`
-    is the feature shape for noise starts of the classifier method; noise for
-    sample i uses index `first_index + i`, so retries can ask for fresh draws.
-    The models are moved to `device`.
+    `start` None draws N(0, init_std) starts in the parameterization's space;
+    otherwise it holds features [B, T, N] to start from (`param.encode` maps
+    them into its space). `shape` is the feature shape for noise starts where
+    the parameterization does not fix it; noise for sample i uses index
+    `first_index + i`, so retries can ask for fresh draws. The models are moved
+    to `device`. `rewrite` runs the gradient steps on `pool_before_relu(classifier)`,
+    which gives the same numbers faster; False runs the classifier as written.
     """
     from tqdm import tqdm
 
-    settings.validate()
-    if method not in METHODS:
-        raise HearsayError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if method == "decoder" and decoder is None:
-        raise HearsayError("the decoder method needs a decoder (autoencoder checkpoint)")
+    if steps < 0:
+        raise HearsayError(f"steps must be >= 0, got {steps}")
     if batch_size < 1:
         raise HearsayError(f"batch size must be >= 1, got {batch_size}")
     device = torch.device(device)
@@ -435,48 +688,39 @@ def maximize(
     total = len(targets)
     if start is not None and (start.dim() != 3 or start.shape[0] != total):
         raise HearsayError(f"start features must be [{total}, frames, mels], got {list(start.shape)}")
-    if start is not None:
-        shape = tuple(start.shape[1:])
     classifier.to(device)
-    for m in (evaluator, decoder):
+    for m in (evaluator, *param.modules()):
         if m is not None:
             m.to(device)
-    with frozen(classifier, evaluator, decoder):
-        if method == "decoder":
-            shape = tuple(decoder.decode(torch.zeros(1, decoder.latent, device=device)).shape[1:]) if start is None else shape
+    with frozen(classifier, evaluator, *param.modules()):
+        shape = tuple(start.shape[1:]) if start is not None else param.feature_shape(tuple(shape))
         n_classes = _probe(classifier, shape, device).shape[1]
         if evaluator is not None and _probe(evaluator, shape, device).shape[1] != n_classes:
             raise HearsayError("classifier and evaluator have different numbers of classes")
         if total and (targets.min() < 0 or targets.max() >= n_classes):
             bad = int(targets[(targets < 0) | (targets >= n_classes)][0])
             raise HearsayError(f"target class index {bad} out of range: the classifier has {n_classes} classes")
-        if settings.objective == "neuron":
-            with capture(classifier, (settings.layer or "",)) as acts:
+        if objective.layers:
+            with capture(classifier, objective.layers) as acts:
                 _probe(classifier, shape, device)
-            width = acts[settings.layer].shape[1] if acts[settings.layer].dim() > 1 else 1
-            if any(u < 0 or u >= width for u in settings.units):
-                raise HearsayError(f"units {list(settings.units)} out of range: layer {settings.layer!r} has {width}")
+            objective.check(acts)
 
-        parts: dict[str, list[torch.Tensor]] = {}
+        net = pool_before_relu(classifier, objective.layers) if rewrite else classifier
+        parts_: dict[str, list[torch.Tensor]] = {}
         chunks = range(0, total, batch_size)
-        for lo in tqdm(chunks, desc=f"maximize ({method})", unit="batch", disable=not progress or len(chunks) < 2):
+        for lo in tqdm(chunks, desc="maximize", unit="batch", disable=not progress or len(chunks) < 2):
             hi = min(lo + batch_size, total)
             chunk_targets = targets[lo:hi].to(device)
-            if method == "classifier":
-                x0 = start[lo:hi].float() if start is not None else noise(shape, settings.init_std, seed, first_index + lo, hi - lo)
-                param: Parameterization = InputParam(x0.to(device), settings.clamp)
+            if start is not None:
+                x0 = param.encode(start[lo:hi].float().to(device))
             else:
-                if start is not None:
-                    with torch.no_grad():
-                        z0 = decoder.encode(start[lo:hi].float().to(device))
-                else:
-                    z0 = noise((decoder.latent,), settings.init_std, seed, first_index + lo, hi - lo).to(device)
-                param = DecoderParam(decoder, z0)
+                x0 = noise(param.noise_shape(shape), init_std, seed, first_index + lo, hi - lo).to(device)
+            param.start(x0)
             with torch.no_grad():
                 start_feats = param.features().detach().clone()
                 start_lat = param.latents()
                 start_lat = None if start_lat is None else start_lat.detach().clone()
-            traj, failed, logits0, logits1 = ascend(classifier, param, build_objective(settings, chunk_targets), chunk_targets, settings)
+            traj, failed, logits0, logits1 = ascend(classifier, param, objective, chunk_targets, step, steps, net)
             with torch.no_grad():
                 feats = param.features().detach()
                 out = {
@@ -487,22 +731,23 @@ def maximize(
                     "start_prob_a": torch.softmax(logits0, dim=1),
                     "failed": failed,
                 }
-                if method == "decoder":
-                    out["latents"] = param.parameter.detach()
+                lat = param.latents()
+                if lat is not None:
+                    out["latents"] = lat.detach()
                     out["start_latents"] = start_lat
                 if evaluator is not None:
                     out["prob_b"] = torch.softmax(evaluator(feats), dim=1)
                     out["start_prob_b"] = torch.softmax(evaluator(start_feats), dim=1)
             for k, v in out.items():
-                parts.setdefault(k, []).append(v.float().cpu() if v.dtype != torch.bool else v.cpu())
+                parts_.setdefault(k, []).append(v.float().cpu() if v.dtype != torch.bool else v.cpu())
 
     def cat(key: str) -> torch.Tensor | None:
-        return torch.cat(parts[key]) if key in parts else None
+        return torch.cat(parts_[key]) if key in parts_ else None
 
     if total == 0:
         empty = torch.zeros(0, *shape)
         none_b = torch.zeros(0, n_classes) if evaluator is not None else None
-        return Result(empty, empty.clone(), None, None, torch.zeros(0, settings.steps + 1), torch.zeros(0, n_classes),
+        return Result(empty, empty.clone(), None, None, torch.zeros(0, steps + 1), torch.zeros(0, n_classes),
                       torch.zeros(0, n_classes), none_b, none_b, torch.zeros(0, dtype=torch.bool))
     return Result(
         features=cat("features"),
@@ -516,3 +761,21 @@ def maximize(
         start_prob_b=cat("start_prob_b"),
         failed=cat("failed"),
     )
+
+
+def maximize(
+    classifier: nn.Module,
+    targets: torch.Tensor,
+    *,
+    method: str = "classifier",
+    decoder: Autoencoder | None = None,
+    settings: Settings = Settings(),
+    **options,
+) -> Result:
+    """`optimize` with the parts a method name and a preset's `Settings` build (see `parts`).
+
+    `options` are `optimize`'s keywords (start, seed, evaluator, device,
+    batch_size, progress, shape, first_index).
+    """
+    param, objective, step = parts(settings, method, decoder)
+    return optimize(classifier, targets, param, objective, step, steps=settings.steps, init_std=settings.init_std, **options)

@@ -220,10 +220,15 @@ def run_objective(
     preset_name: str = "paper",
     seed: int = 0,
     device: str | torch.device = "cpu",
-    batch_size: int = 2048,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> ObjectiveRun:
-    """Run (or resume) the experiment into `out`; returns the per-class statistics and heatmaps."""
+    """Run (or resume) the experiment into `out`; returns the per-class statistics and heatmaps.
+
+    `batch_size` None takes 64 on a CPU (small batches stay in cache: about twice
+    the samples/s of 2048 in bench/maximize.py) and 2048 on a GPU; results agree
+    across batch sizes to float rounding (1e-6).
+    """
     from tqdm import tqdm
 
     if n < 1:
@@ -239,6 +244,7 @@ def run_objective(
     for m in methods:
         preset(preset_name, m)
     device = torch.device(device)
+    batch_size = batch_size or (64 if device.type == "cpu" else 2048)
     a, b, ae = load_models(classifier, evaluator, decoder if "decoder" in methods else None, device)
     words = list(dict.fromkeys(words)) if words else list(a.classes)
     targets = {w: a.class_index(w) for w in words}

@@ -8,6 +8,7 @@ filterbank the features use, and Griffin-Lim finds a phase. Anything with the
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -23,11 +24,139 @@ from .features import PAPER, FeatureConfig, unit_to_amp
 
 @runtime_checkable
 class Vocoder(Protocol):
+    """What every caller of a vocoder relies on (stimulus generation, the round trip, the benches).
+
+    `sample_rate` of the audio; `device` it computes on; `target_rms_db` and
+    `fade_ms`, the loudness and fades of its output (natural clips shown beside
+    vocoded ones are finished the same way, so loudness is never a cue);
+    `config()`, a JSON-able record of what produced the audio, for provenance;
+    and the batch call.
+    """
+
     sample_rate: int
+    device: torch.device
+    target_rms_db: float
+    fade_ms: float
+
+    def config(self) -> dict:
+        """What produced the audio (name, settings, sample rate), for run records."""
+        ...
 
     def __call__(self, features: torch.Tensor) -> np.ndarray:
         """[B, n_frames, n_mels] in [0, 1] -> float32 waves [B, samples], loudness-normalized and faded."""
         ...
+
+
+class MelFilterbank:
+    """The features' mel filterbank [freq, mels] applied through its non-zeros only.
+
+    Each frequency bin lies in at most two triangular bands, so both directions
+    (spectrum -> mel and mel -> spectrum) are a couple of row gathers or
+    scatters over spectra laid out [freq, frames], instead of dense
+    [frames, freq] x [freq, mels] products: the mel inversion costs a few
+    memory passes per iteration rather than most of the vocoder's time.
+    """
+
+    def __init__(self, fb: torch.Tensor):
+        self.n_mels = fb.shape[1]
+        per_bin = max(int((fb > 0).sum(dim=1).max()), 1)
+        weights, bands = fb.topk(per_bin, dim=1)  # [freq, per_bin]: each bin's bands (weight 0 pads)
+        self.weights = [weights[:, k : k + 1].contiguous() for k in range(per_bin)]
+        self.bands = [bands[:, k].contiguous() for k in range(per_bin)]
+        self.transposed = _sparse_csr(fb.T.contiguous())  # [mels, freq]: each band's run of bins
+
+    def to(self, device: torch.device) -> "MelFilterbank":
+        self.weights = [w.to(device) for w in self.weights]
+        self.bands = [b.to(device) for b in self.bands]
+        self.transposed = self.transposed.to(device)
+        return self
+
+    def to_mel(self, spec: torch.Tensor) -> torch.Tensor:
+        """[freq, R] -> [mels, R] (= fb.T @ spec)."""
+        return self.transposed @ spec
+
+    def from_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        """[mels, R] -> [freq, R] (= fb @ mel)."""
+        out = mel.index_select(0, self.bands[0]).mul_(self.weights[0])
+        for w, b in zip(self.weights[1:], self.bands[1:]):
+            out.addcmul_(mel.index_select(0, b), w)
+        return out
+
+
+def _sparse_csr(dense: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is long-standing
+        warnings.simplefilter("ignore", UserWarning)
+        return dense.to_sparse_csr()
+
+
+class Stft:
+    """A batched STFT/iSTFT pair equal to torch.stft/istft (center=True, reflect padding, onesided).
+
+    Window-sum normalisation is precomputed per frame count and overlap-add is
+    a few shifted adds, so a Griffin-Lim iteration is two FFTs and some
+    elementwise passes, with none of torch.istft's per-call set-up.
+    """
+
+    def __init__(self, n_fft: int, hop_length: int, win_length: int, device: torch.device):
+        self.n_fft, self.hop = n_fft, hop_length
+        window = torch.hann_window(win_length, periodic=True, device=device)
+        left = (n_fft - win_length) // 2
+        self.window = torch.nn.functional.pad(window, (left, n_fft - win_length - left))
+        self._envelopes: dict[int, torch.Tensor] = {}
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """[B, L] -> [B, frames, freq] complex."""
+        pad = self.n_fft // 2
+        padded = torch.nn.functional.pad(wave.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+        return torch.fft.rfft(padded.unfold(-1, self.n_fft, self.hop) * self.window, dim=-1)
+
+    def _overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
+        """[B, T, n_fft] -> [B, (T-1)*hop + n_fft]."""
+        batch, n, width = frames.shape
+        if width % self.hop:
+            return torch.nn.functional.fold(frames.transpose(1, 2), (1, (n - 1) * self.hop + width), (1, width),
+                                            stride=(1, self.hop)).flatten(1)
+        r = width // self.hop
+        parts = frames.view(batch, n, r, self.hop)
+        out = frames.new_zeros(batch, n + r - 1, self.hop)
+        for k in range(r):
+            out[:, k : k + n] += parts[:, :, k]
+        return out.flatten(1)
+
+    def inverse(self, spec: torch.Tensor, length: int) -> torch.Tensor:
+        """[B, frames, freq] complex -> [B, length] (torch.istft with center=True and `length`)."""
+        n = spec.shape[1]
+        if n not in self._envelopes:
+            self._envelopes[n] = self._overlap_add((self.window**2).expand(1, n, -1).contiguous())[0]
+        frames = torch.fft.irfft(spec, n=self.n_fft, dim=-1) * self.window
+        start = self.n_fft // 2
+        wave = self._overlap_add(frames)[:, start : start + length]
+        envelope = self._envelopes[n][start : start + length]
+        wave = wave / envelope.clamp(min=1e-11)
+        if wave.shape[1] < length:
+            wave = torch.nn.functional.pad(wave, (0, length - wave.shape[1]))
+        return wave
+
+
+def griffin_lim(magnitude: torch.Tensor, stft: Stft, n_iter: int, momentum: float, length: int) -> torch.Tensor:
+    """Fast Griffin-Lim (Perraudin et al. 2013) from zero phase: [B, frames, freq] magnitudes -> [B, length].
+
+    The same iteration as torchaudio.functional.griffinlim(rand_init=False,
+    power=1): invert with the current phases, re-analyse, extrapolate by
+    momentum / (1 + momentum) (torchaudio's parameterization), keep only the phase.
+    """
+    alpha = momentum / (1 + momentum)
+    # Each pass feeds the next inverse magnitude * phase; with phase = p / (|p| + eps) that is p scaled by a real
+    # factor. |p| is computed on the real view: torch's complex abs is several times slower than an FFT here.
+    spectrum = magnitude.to(torch.complex64 if magnitude.dtype == torch.float32 else torch.complex128)
+    previous = None
+    for _ in range(n_iter):
+        rebuilt = torch.view_as_real(stft.forward(stft.inverse(spectrum, length)))
+        p = rebuilt if previous is None or not alpha else torch.sub(rebuilt, previous, alpha=alpha)
+        norm = (p[..., 0] * p[..., 0]).addcmul_(p[..., 1], p[..., 1]).sqrt_().add_(1e-16)
+        spectrum = torch.view_as_complex(p) * torch.div(magnitude, norm, out=norm)
+        previous = rebuilt
+    return stft.inverse(spectrum, length)
 
 
 class GriffinLimVocoder:
@@ -64,8 +193,8 @@ class GriffinLimVocoder:
         )
         self.fb = fb.to(self.device)  # [freq, mels]: mel = spec @ fb
         self.fb_pinv = torch.linalg.pinv(fb).to(self.device)  # [mels, freq]
-        self.gram = (fb @ fb.T).to(self.device)  # [freq, freq]
-        self.window = torch.hann_window(cfg.win_length, periodic=True, device=self.device)
+        self.filterbank = MelFilterbank(fb).to(self.device)
+        self.stft = Stft(cfg.n_fft, cfg.hop_length, cfg.win_length, self.device)
 
     def config(self) -> dict:
         """What produced the audio, for run records."""
@@ -80,17 +209,22 @@ class GriffinLimVocoder:
             "phase_init": "zero",
         }
 
-    def linear_spectrogram(self, features: torch.Tensor) -> torch.Tensor:
-        """[B, T, M] features -> [B, freq, T] non-negative magnitudes whose mel projection fits the features."""
+    def mel_to_linear(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, T, M] features -> [B, T, freq] non-negative magnitudes whose mel projection fits the features."""
         features = features.to(self.device, torch.float32)
         # 0 means "at or below the floor": make it true silence, or loudness normalization would amplify the floor.
         mel = unit_to_amp(features, self.cfg) * (features > 0)  # [B, T, M]
-        spec = (mel @ self.fb_pinv).clamp(min=0.0)  # [B, T, F]
-        # Multiplicative NNLS updates keep spec >= 0 and lower ||spec @ fb - mel||^2 monotonically.
-        numer = mel @ self.fb.T
+        spec = (mel @ self.fb_pinv).clamp(min=0.0).flatten(0, 1).T.contiguous()  # [F, B*T]
+        mel = mel.flatten(0, 1).T.contiguous()  # [M, B*T]
+        # Multiplicative NNLS updates keep spec >= 0 and lower ||fb.T @ spec - mel||^2 monotonically.
+        numer = self.filterbank.from_mel(mel)
         for _ in range(self.nnls_iter):
-            spec = spec * numer / (spec @ self.gram).clamp(min=1e-12)
-        return spec.transpose(1, 2)
+            spec = spec * numer / self.filterbank.from_mel(self.filterbank.to_mel(spec)).clamp(min=1e-12)
+        return spec.T.reshape(*features.shape[:2], -1)
+
+    def linear_spectrogram(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, T, M] features -> [B, freq, T] (torchaudio's layout) non-negative magnitudes."""
+        return self.mel_to_linear(features).transpose(1, 2)
 
     def __call__(self, features: torch.Tensor) -> np.ndarray:
         if features.dim() != 3 or tuple(features.shape[1:]) != self.cfg.shape:
@@ -102,11 +236,8 @@ class GriffinLimVocoder:
         out = np.zeros((features.shape[0], length), dtype=np.float32)
         with torch.no_grad():
             for start in range(0, features.shape[0], self.batch_size):
-                spec = self.linear_spectrogram(features[start : start + self.batch_size])
-                wave = torchaudio.functional.griffinlim(
-                    spec, self.window, cfg.n_fft, cfg.hop_length, cfg.win_length,
-                    power=1.0, n_iter=self.n_iter, momentum=self.momentum, length=length, rand_init=False,
-                )
+                spec = self.mel_to_linear(features[start : start + self.batch_size])
+                wave = griffin_lim(spec, self.stft, self.n_iter, self.momentum, length)
                 out[start : start + len(wave)] = finish(wave, self.sample_rate, self.target_rms_db, self.fade_ms).cpu().numpy()
         return out
 

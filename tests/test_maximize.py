@@ -205,3 +205,99 @@ def test_bad_input_is_a_one_line_error():
         maximize(model, torch.tensor([0]), method="decoder")
     with pytest.raises(HearsayError, match="unknown step rule"):
         maximize(model, torch.tensor([0]), settings=Settings(step="sgd"), shape=SHAPE)
+
+
+def test_engine_takes_its_parts_as_objects_and_maximize_only_builds_them():
+    """optimize(param, objective, step) with hand-built parts equals the preset front door, bit for bit."""
+    from generation.maximize import InputParam, RMSStep, class_probability, optimize, parts
+
+    model = PaperClassifier(3)
+    targets = torch.tensor([0, 2, 1])
+    settings = replace(PRESETS["paper"]["classifier"], steps=3)
+    param, objective, step = parts(settings, "classifier")
+    assert isinstance(param, InputParam) and not param.clamp and isinstance(step, RMSStep) and step.lr == 0.01
+    by_hand = optimize(model, targets, InputParam(clamp=False), class_probability(), RMSStep(0.01), steps=3, seed=4)
+    front = maximize(model, targets, settings=settings, seed=4)
+    assert torch.equal(by_hand.features, front.features) and torch.equal(by_hand.trajectory, front.trajectory)
+
+
+def test_a_new_prior_is_one_parameterization_subclass_and_nothing_else():
+    """A generator-like prior (x = sigmoid(G z), no encoder) runs through the unchanged engine and by method name."""
+    from generation.maximize import PARAMETERIZATIONS, AdamStep, Parameterization, class_logit, optimize
+
+    class LinearGenerator(Parameterization):
+        method = "test-linear-generator"
+
+        def __init__(self, generator: nn.Linear, shape=SHAPE):
+            self.generator, self.shape = generator, shape
+
+        @classmethod
+        def from_method(cls, settings, prior):
+            return cls(prior)
+
+        def noise_shape(self, feature_shape):
+            return (self.generator.in_features,)
+
+        def features(self):
+            return torch.sigmoid(self.generator(self.parameter)).view(-1, *self.shape)
+
+        def latents(self):
+            return self.parameter
+
+    torch.manual_seed(0)
+    prior = LinearGenerator(nn.Linear(5, SHAPE[0] * SHAPE[1]), SHAPE)
+    model = trained_mlp()
+    targets = torch.tensor([0, 1, 2])
+    res = optimize(model, targets, prior, class_logit(), AdamStep(0.1), steps=15, seed=2, shape=SHAPE)
+    assert res.latents.shape == (3, 5) and res.features.shape == (3, *SHAPE)
+    assert (res.trajectory[:, -1] > res.trajectory[:, 0]).all()
+    assert prior.generator.weight.requires_grad, "the prior's own weights are restored after the run"
+    with pytest.raises(HearsayError, match="cannot start from features"):
+        optimize(model, targets, prior, class_logit(), AdamStep(0.1), steps=1, start=torch.rand(3, *SHAPE))
+    try:
+        by_name = maximize(model, targets, method="test-linear-generator", decoder=prior.generator,
+                           settings=Settings(steps=15, lr=0.1, step="adam", objective="logit"), seed=2, shape=SHAPE)
+        torch.testing.assert_close(by_name.features, res.features)
+    finally:
+        del PARAMETERIZATIONS["test-linear-generator"]
+
+
+def test_pool_before_relu_gives_the_same_numbers_and_keeps_layers_objectives_read():
+    from generation.maximize import pool_before_relu
+
+    torch.manual_seed(0)
+    model = PaperClassifier(4).eval()
+    fast = pool_before_relu(model)
+    assert fast is not model and dict(fast.named_modules())["features.0"] is model.features[0], "leaf modules are shared"
+    x = torch.rand(9, 90, 80)
+    x[:3, :, 40:] = 0.0  # flat regions: exact ties inside pooling windows
+    x.requires_grad_(True)
+    for net in (model, fast):
+        net.zero_grad()
+    ref = model(x)
+    (g_ref,) = torch.autograd.grad(torch.softmax(ref, 1)[:, 1].sum(), x)
+    out = fast(x)
+    (g_out,) = torch.autograd.grad(torch.softmax(out, 1)[:, 1].sum(), x)
+    assert torch.equal(ref, out) and torch.equal(g_ref, g_out)
+    kept = pool_before_relu(model, ("features.1",))
+    assert "features_1 = getattr(self.features, \"1\")(features_0)" in kept.code.replace("'", '"')
+    plain = nn.Sequential(nn.Linear(2, 2))
+    assert pool_before_relu(plain) is plain, "nothing to rewrite: the model itself"
+    assert pool_before_relu(model, ("head",)) is model, "a container's hooks must fire: no rewrite"
+
+    targets = torch.tensor([0, 1, 2, 3])
+    s = Settings(steps=4, lr=0.05, clamp=False)
+    from generation.maximize import optimize, parts
+
+    runs = [optimize(model, targets, *parts(s), steps=4, seed=3, rewrite=r) for r in (True, False)]
+    assert torch.equal(runs[0].features, runs[1].features) and torch.equal(runs[0].prob_a, runs[1].prob_a)
+
+
+def test_objectives_read_targets_from_the_engine_or_refuse_without_them():
+    from generation.maximize import Context, class_logit
+
+    logits = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    ctx = Context(torch.zeros(2, 1, 1), logits, {}, torch.zeros(2, 1, 1), torch.tensor([1, 0]))
+    assert class_logit()(ctx).tolist() == [2.0, 3.0]
+    with pytest.raises(HearsayError, match="needs target classes"):
+        class_logit()(Context(torch.zeros(2, 1, 1), logits, {}, torch.zeros(2, 1, 1)))

@@ -136,3 +136,19 @@ def test_latent_tsne_plots_original_and_maximized_latents(models, tmp_path):
         other = _classifier(tmp_path / "A3.pt", 1, classes=["go", "no", "stop"])
         call_command("latent_tsne", "--encoder", models["decoder"], "--classifier", other, "--corpus", str(root),
                      "--out", str(tmp_path / "t2"), "--device", "cpu", verbosity=0)
+
+
+def test_objective_results_agree_across_batch_sizes_and_cpu_default_is_small(models, tmp_path):
+    from generation.objective import run_objective
+
+    small = tmp_path / "small"
+    _objective(models, small)  # batches of 3
+    default = tmp_path / "default"
+    run_objective(models["classifier"], models["evaluator"], models["decoder"], default, n=4, words=["go"], device="cpu",
+                  progress=False)
+    assert json.loads((default / "run.json").read_text())["batch_size"] == 64
+    for method in ("classifier", "decoder"):
+        with np.load(small / method / "go.npz") as a, np.load(default / method / "go.npz") as b:
+            for key in a.files:  # batches change the order of float sums only: rounding, never a verdict
+                np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=f"{method} {key}")
+            assert np.array_equal(a["prob_b_after"].argmax(1), b["prob_b_after"].argmax(1))

@@ -105,3 +105,69 @@ def test_round_trip_reports_accuracy_before_and_after_vocoding(tmp_path):
     other = save_classifier(tmp_path / "O.pt", 1, classes=["a", "b", "c"])
     with pytest.raises(HearsayError, match="other words"):
         round_trip(other, corpus)
+
+
+def test_fast_griffin_lim_agrees_with_todays_reference(features):
+    """Dense NNLS + torchaudio.griffinlim was the vocoder before the fast path; it stays the reference.
+
+    Griffin-Lim's samples are chaotic in rounding, so agreement is stated in the re-extracted features
+    (tolerance 0.002 in [0, 1] units) and the samples are only bounded loosely.
+    """
+    from bench.reference import feature_difference, reference_vocode
+
+    ours = GriffinLimVocoder(PAPER, n_iter=60)(features)
+    reference = reference_vocode(features, PAPER, n_iter=60)
+    assert feature_difference(ours, reference) < 0.002
+    assert np.abs(ours - reference).max() < 0.1
+
+
+def test_griffin_lim_equals_torchaudio_iteration_for_iteration():
+    """A few iterations, before rounding chaos sets in: the same algorithm as torchaudio's (momentum included)."""
+    import torchaudio
+
+    from generation.vocoder import Stft, griffin_lim
+
+    torch.manual_seed(0)
+    magnitude = torch.rand(2, 513, 90) ** 4
+    window = torch.hann_window(1024)
+    length = 89 * 256
+    for n_iter in (1, 3):
+        expected = torchaudio.functional.griffinlim(magnitude, window, 1024, 256, 1024, power=1.0, n_iter=n_iter,
+                                                    momentum=0.99, length=length, rand_init=False)
+        ours = griffin_lim(magnitude.transpose(1, 2).contiguous(), Stft(1024, 256, 1024, torch.device("cpu")), n_iter, 0.99, length)
+        torch.testing.assert_close(ours, expected, rtol=1e-3, atol=1e-4 * expected.abs().max().item())
+
+
+def test_stft_pair_matches_torch():
+    from generation.vocoder import Stft
+
+    stft = Stft(1024, 256, 1024, torch.device("cpu"))
+    window = torch.hann_window(1024)
+    wave = torch.randn(2, 89 * 256)
+    spec = torch.stft(wave, 1024, 256, 1024, window, center=True, return_complex=True)
+    torch.testing.assert_close(stft.forward(wave), spec.transpose(1, 2), rtol=1e-5, atol=1e-4)
+    noisy = spec + 0.1 * torch.randn_like(spec)  # not the STFT of any signal
+    torch.testing.assert_close(stft.inverse(noisy.transpose(1, 2), 89 * 256),
+                               torch.istft(noisy, 1024, 256, 1024, window, length=89 * 256), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_filterbank_equals_the_dense_products(vocoder):
+    fb = vocoder.fb
+    spec, mel = torch.rand(fb.shape[0], 7), torch.rand(fb.shape[1], 7)
+    torch.testing.assert_close(vocoder.filterbank.to_mel(spec), fb.T @ spec)
+    torch.testing.assert_close(vocoder.filterbank.from_mel(mel), fb @ mel)
+
+
+def test_vocoder_protocol_covers_what_callers_use(vocoder):
+    """Callers read the rate, device, loudness, fades and a provenance record, and call it on a batch."""
+    assert isinstance(vocoder, Vocoder)
+    assert vocoder.device == torch.device("cpu") and vocoder.target_rms_db == -23.0 and vocoder.fade_ms == 10.0
+    assert vocoder.config()["sample_rate"] == vocoder.sample_rate
+
+    class NoConfig:
+        sample_rate = 16000
+
+        def __call__(self, features):
+            return np.zeros((len(features), 10), dtype=np.float32)
+
+    assert not isinstance(NoConfig(), Vocoder)

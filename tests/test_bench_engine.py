@@ -1,0 +1,49 @@
+"""The engine's benches: the roofline bookkeeping and the prepared GPU script's dry run on CPU."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_roofline_counts_one_step_and_bounds_each_op():
+    from bench.maximize import roofline, step_ops
+    from generation.maximize import PRESETS, optimize, parts
+    from generation.nets import PaperClassifier
+
+    model = PaperClassifier(3)
+    settings = PRESETS["paper"]["classifier"]
+
+    def run(n, steps):
+        return optimize(model, torch.arange(n) % 3, *parts(settings), steps=steps, batch_size=n)
+
+    ops = step_ops(run, 4)
+    assert ops["convolution"][0] == 3 and ops["convolution_backward"][0] == 3, "three conv layers, forward and input gradient"
+    assert ops["addmm"][1] > 0 and ops["max_pool2d_with_indices"][1] == 0
+    total, rows = roofline(ops, peak=1e10, bandwidth=1e9)
+    by_name = {r[0]: r for r in rows}
+    calls, flops, nbytes = ops["convolution"]
+    assert by_name["convolution"][5] == pytest.approx(max(flops / 1e10, nbytes / 1e9) * 1e3)
+    assert total == pytest.approx(sum(r[5] for r in rows) / 1e3)
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_every_step_on_cpu(tmp_path):
+    env = {**os.environ, "GPU_BENCH_OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(ROOT / "bench" / "gpu.sh"), "--quick", "--device", "cpu"], env=env, capture_output=True,
+                          text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "gpu_summary.json").read_text())
+    modes = {(r["method"], r["precision"]) for r in summary["maximization"]}
+    assert modes == {("classifier", "fp32"), ("classifier", "bf16"), ("decoder", "fp32"), ("decoder", "bf16")}
+    assert all(0 <= r.get("same_argmax_as_fp32", 1) <= 1 for r in summary["maximization"])
+    assert summary["griffin_lim"]["real_time_factor"] > 0
+    objective = summary["objective"]
+    assert objective["words"] == 35 and objective["full_experiment_seconds"] > 0
+    assert objective["measured"] is False and "extrapolated" in objective["note"]
+    assert (tmp_path / "A.pt").is_file() and (tmp_path / "AE.pt").is_file(), "the script trains its own models"

@@ -1,0 +1,144 @@
+"""GAN priors: a few training steps on a tiny corpus, reload, shapes and ranges, the engine parameterization, FID."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from django.core.management import CommandError, call_command
+
+from generation.errors import HearsayError
+from generation.features import PAPER, LogMel, prepare_waves
+from generation.gan import (
+    FeaturePipeline, GanSettings, GeneratorParam, MelGenerator, WaveGenerator, frechet_distance, load, maximize_gan, train_gan,
+)
+from generation.maximize import Parameterization, Settings, ascend, class_probability
+from generation.train import partial_path, train_classifier
+from tests.test_training import WORDS, make_tiny_corpus
+
+TINY = dict(epochs=1, batch_size=8, latent=8, width=4)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gan")
+    import os
+
+    os.environ["HEARSAY_CACHE_DIR"] = str(root / "cache")
+    return make_tiny_corpus(root / "corpus", speakers=4, takes=1)
+
+
+@pytest.fixture(scope="module")
+def evaluator(corpus):
+    out = corpus.parent / "B.pt"
+    train_classifier(corpus, out, epochs=2, seed=2, arch="paper", device="cpu", progress=False)
+    return out
+
+
+def test_conditional_mel_gan_trains_saves_reloads_and_reports(corpus, evaluator, tmp_path):
+    out = tmp_path / "G.pt"
+    train_gan(corpus, out, settings=GanSettings(conditional=True, **TINY), evaluator=evaluator, device="cpu", progress=False)
+    ckpt = load(out)
+    g = ckpt.model
+    assert ckpt.kind == "gan" and ckpt.arch == "mel" and g.n_classes == len(WORDS) and ckpt.classes == list(WORDS)
+    with torch.no_grad():
+        x = g.features(torch.randn(5, 8), torch.tensor([0, 1, 2, 0, 1]))
+    assert x.shape == (5, *PAPER.shape) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    m = ckpt.metrics
+    assert set(m["b_accuracy_per_word"]) == set(WORDS) and 0.0 <= m["b_accuracy"] <= 1.0
+    assert np.isfinite(m["fid_b"]) and m["fid_b"] >= 0 and np.isfinite(m["fid_b_real_vs_real"])
+    assert len(m["history"]) == 1 and np.isfinite(m["history"][0]["critic_loss"])
+    assert out.with_name("G.samples.png").stat().st_size > 0 and out.with_name("G.metrics.json").is_file()
+    assert not partial_path(out).exists()
+    with pytest.raises(HearsayError, match="needs the word"):
+        g.features(torch.randn(2, 8))
+
+
+def test_wave_gan_generates_audio_and_features(corpus, tmp_path):
+    out = tmp_path / "W.pt"
+    train_gan(corpus, out, settings=GanSettings(domain="wave", **TINY), device="cpu", progress=False)
+    g = load(out).model
+    assert isinstance(g, WaveGenerator) and g.n_classes == 0
+    z = torch.randn(2, 8)
+    with torch.no_grad():
+        wave, feats = g(z), g.features(z)
+    assert wave.shape == (2, PAPER.clip_samples) and float(wave.abs().max()) < 1.0
+    assert feats.shape == (2, *PAPER.shape) and float(feats.min()) >= 0.0 and float(feats.max()) <= 1.0
+
+
+def test_feature_pipeline_matches_the_extractor_and_passes_gradients():
+    rng = np.random.default_rng(0)
+    wave = (0.3 * rng.standard_normal(PAPER.clip_samples)).astype(np.float32)
+    with torch.no_grad():
+        expected = LogMel(PAPER)(prepare_waves([wave], PAPER.sample_rate, PAPER))
+    x = torch.from_numpy(wave)[None].requires_grad_(True)
+    got = FeaturePipeline(PAPER)(x)
+    assert torch.allclose(got, expected, atol=1e-5)
+    got.sum().backward()
+    assert torch.isfinite(x.grad).all() and float(x.grad.abs().sum()) > 0
+
+
+def test_generator_param_plugs_into_the_engine(corpus, evaluator):
+    from generation import checkpoint
+
+    b = checkpoint.load(evaluator, kind="classifier").model.eval()
+    for p in b.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(0)
+    gen = MelGenerator(latent=8, n_classes=3, width=4).eval()
+    targets = torch.tensor([0, 1, 2, 1])
+    param = GeneratorParam(gen, torch.randn(4, 8), targets)
+    assert isinstance(param, Parameterization)
+    settings = Settings(steps=5, lr=0.1)
+    traj, failed, _, _ = ascend(b, param, class_probability(targets), targets, settings)
+    assert traj.shape == (4, 6) and not failed.any()
+    assert param.latents() is param.parameter and param.features().shape == (4, *PAPER.shape)
+
+    res = maximize_gan(b, targets, gen, settings=settings, seed=3, evaluator=b).result
+    assert res.features.shape == (4, *PAPER.shape) and res.latents.shape == (4, 8) and res.prob_b.shape == (4, 3)
+    assert float(res.prob_a[torch.arange(4), targets].mean()) >= float(res.start_prob_a[torch.arange(4), targets].mean()) - 1e-6
+    again = maximize_gan(b, targets[:2], gen, settings=settings, seed=3, batch_size=1).result
+    assert torch.allclose(again.features, res.features[:2], atol=1e-3)  # batching changes rounding only
+
+
+def test_failed_samples_are_marked_and_not_vocoded():
+    class Broken(torch.nn.Module):
+        """Logits of sample 0 are NaN: that sample must fail; the others must not."""
+
+        def __init__(self):
+            super().__init__()
+            self.logits = torch.nn.Linear(PAPER.n_mels, 3)
+
+        def forward(self, x):
+            out = self.logits(x.mean(dim=1))
+            return torch.cat([torch.full_like(out[:1], float("nan")), out[1:]])
+
+    gen = MelGenerator(latent=8, width=4)
+    run = maximize_gan(Broken(), torch.tensor([0, 1, 2]), gen, settings=Settings(steps=3, lr=0.1))
+    assert run.result.failed.tolist() == [True, False, False]
+    from generation.vocoder import GriffinLimVocoder
+
+    poisoned = run.result.features.clone()
+    poisoned[0] = float("nan")
+    with pytest.raises(HearsayError, match="NaN"):
+        GriffinLimVocoder(PAPER, n_iter=2)(poisoned)
+
+
+def test_frechet_distance():
+    rng = np.random.default_rng(0)
+    a = torch.from_numpy(rng.standard_normal((400, 4)))
+    b = torch.from_numpy(rng.standard_normal((400, 4)))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, b) < 0.2 < frechet_distance(a, b + 1.0)
+    with pytest.raises(HearsayError):
+        frechet_distance(a[:1], b)
+
+
+def test_train_gan_command(corpus, evaluator, tmp_path, capsys):
+    out = tmp_path / "G.pt"
+    call_command("train_gan", data=str(corpus), out=str(out), epochs=1, batch_size=8, latent=8, width=4, evaluator=str(evaluator),
+                 device="cpu", verbosity=0)
+    assert "FID(B)" in capsys.readouterr().out
+    with pytest.raises(CommandError, match="domain"):
+        call_command("train_gan", data=str(corpus), out=str(out), domain="video", device="cpu", verbosity=0)
+    with pytest.raises(CommandError, match="not found"):
+        call_command("train_gan", data=str(corpus), out=str(tmp_path / "H.pt"), evaluator=str(tmp_path / "no.pt"), device="cpu", verbosity=0)

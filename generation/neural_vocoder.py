@@ -298,6 +298,16 @@ def load_vocoder(spec: str | None, device: str | torch.device = "cpu", cfg: Feat
     return NeuralVocoder(ckpt, device=device)
 
 
+def vocoder_for(spec: str | None, classifier: str | Path, device: str = "auto") -> Vocoder | None:
+    """What a command's `--vocoder` asks for, checked against the classifier's features; None means the default Griffin-Lim."""
+    if spec is None or spec == "griffin-lim":
+        return None
+    from .train import resolve_device
+
+    dev = resolve_device(device)
+    return load_vocoder(spec, dev, checkpoint.load(classifier, kind="classifier").feature_config)
+
+
 # --------------------------------------------------------------------------- training
 
 

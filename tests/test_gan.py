@@ -142,3 +142,89 @@ def test_train_gan_command(corpus, evaluator, tmp_path, capsys):
         call_command("train_gan", data=str(corpus), out=str(out), domain="video", device="cpu", verbosity=0)
     with pytest.raises(CommandError, match="not found"):
         call_command("train_gan", data=str(corpus), out=str(tmp_path / "H.pt"), evaluator=str(tmp_path / "no.pt"), device="cpu", verbosity=0)
+
+
+# --------------------------------------------------------------------------- generate --method gan|cgan|wave-gan
+
+
+def _save_generator(path, arch: str, n_classes: int):
+    from generation import checkpoint
+    from generation.checkpoint import Checkpoint
+    from tests.test_generate import WORDS as GEN_WORDS
+
+    torch.manual_seed(5)
+    kwargs = {"latent": 8, "n_classes": n_classes, "width": 4}
+    kwargs.update({"shape": list(PAPER.shape)} if arch == "mel" else {"feature_config": PAPER.to_dict()})
+    model = MelGenerator(**kwargs) if arch == "mel" else WaveGenerator(**kwargs)
+    checkpoint.save(path, Checkpoint(kind="gan", arch=arch, arch_kwargs=kwargs, model=model, feature_config=PAPER, classes=list(GEN_WORDS)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def gen_setup(tmp_path_factory):
+    from tests.test_generate import save_classifier
+
+    root = tmp_path_factory.mktemp("gangen")
+    return {"root": root, "A": save_classifier(root / "A.pt", 1), "B": save_classifier(root / "B.pt", 2),
+            "cgan": _save_generator(root / "C.pt", "mel", 3), "gan": _save_generator(root / "G.pt", "mel", 0),
+            "wave": _save_generator(root / "W.pt", "wave", 0)}
+
+
+def _generate(s, out, method, gan, **extra):
+    import io
+
+    buf = io.StringIO()
+    call_command("generate", classifier=str(s["A"]), evaluator=str(s["B"]), gan=str(gan), method=method, out=str(out), per_class=1,
+                 max_attempts=2, seed=3, device="cpu", words="bed,go", verbosity=0, stdout=buf, **extra)
+    return buf.getvalue()
+
+
+def test_generate_cgan_writes_enhancer_pairs_and_resumes(gen_setup, tmp_path):
+    import csv
+
+    out = tmp_path / "cgan"
+    text = _generate(gen_setup, out, "cgan", gen_setup["cgan"])
+    assert "pocketsphinx" in text
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert sorted((r["word"], r["stage"]) for r in rows) == [("bed", "after"), ("bed", "before"), ("go", "after"), ("go", "before")]
+    assert {r["method"] for r in rows} == {"cgan"} and {r["condition"] for r in rows} == {"cgan-noise"}
+    for r in rows:
+        assert (out / r["file"]).is_file() and (out / "features" / f"{r['stimulus_id']}.npy").is_file()
+        assert "bed" not in r["stimulus_id"] and r["decoder_sha256"]
+    assert len({r["pair_id"] for r in rows}) == 2
+    enhancer = list(csv.DictReader(open(out / "enhancer.csv")))
+    assert [e["word"] for e in enhancer] == ["bed", "go", "ALL"] and enhancer[-1]["n_after"] == "2"
+    assert "0 words run, 2 resumed" in _generate(gen_setup, out, "cgan", gen_setup["cgan"])
+
+
+def test_generate_wave_gan_writes_the_generators_audio(gen_setup, tmp_path):
+    import soundfile as sf
+
+    out = tmp_path / "wave"
+    _generate(gen_setup, out, "wave-gan", gen_setup["wave"])
+    wavs = sorted((out / "wav").glob("*.wav"))
+    assert len(wavs) == 4
+    info = sf.info(str(wavs[0]))
+    assert info.samplerate == PAPER.sample_rate and info.frames == PAPER.clip_samples
+    assert json_load(out / "run.json")["identity"]["vocoder"] == {"vocoder": "generator"}
+
+
+def json_load(path):
+    import json
+
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("method,which,message", [
+    ("cgan", "gan", "needs a conditional generator"), ("gan", "cgan", "needs a plain generator"), ("gan", "wave", "needs a mel generator"),
+])
+def test_generate_refuses_a_generator_of_the_wrong_kind(gen_setup, tmp_path, method, which, message):
+    with pytest.raises(CommandError, match=message):
+        _generate(gen_setup, tmp_path / "x", method, gen_setup[which])
+
+
+def test_generate_gan_needs_a_generator_and_paper_needs_a_decoder(gen_setup, tmp_path):
+    with pytest.raises(CommandError, match="needs --gan"):
+        call_command("generate", classifier=str(gen_setup["A"]), evaluator=str(gen_setup["B"]), method="gan", out=str(tmp_path / "y"), verbosity=0)
+    with pytest.raises(CommandError, match="needs --decoder and --corpus"):
+        call_command("generate", classifier=str(gen_setup["A"]), evaluator=str(gen_setup["B"]), out=str(tmp_path / "y"), verbosity=0)

@@ -135,3 +135,34 @@ def test_command_trains_and_reports(corpus, tmp_path, capsys):
         call_command("train_vocoder", data=str(tmp_path / "nowhere"), out=str(out), device="cpu", verbosity=0)
     with pytest.raises(CommandError, match="segment-frames"):
         call_command("train_vocoder", data=str(corpus), out=str(tmp_path / "W.pt"), segment_frames=1, device="cpu", verbosity=0)
+
+
+def _save_untrained_vocoder(path, cfg=PAPER):
+    from generation.checkpoint import Checkpoint
+
+    torch.manual_seed(0)
+    kwargs = {"n_mels": cfg.n_mels, "n_fft": cfg.n_fft, "hop_length": cfg.hop_length, "dim": 8, "hidden": 16, "layers": 1}
+    checkpoint.save(path, Checkpoint(kind="vocoder", arch="vocos", arch_kwargs=kwargs, model=VocosGenerator(**kwargs), feature_config=cfg, classes=[]))
+    return path
+
+
+def test_generate_takes_a_neural_vocoder(tmp_path):
+    import json
+
+    from tests.test_generate import make_corpus, save_autoencoder, save_classifier
+
+    corpus = make_corpus(tmp_path / "corpus")
+    a, b, ae = save_classifier(tmp_path / "A.pt", 1), save_classifier(tmp_path / "B.pt", 2), save_autoencoder(tmp_path / "AE.pt")
+    voc = _save_untrained_vocoder(tmp_path / "V.pt")
+    common = {"classifier": str(a), "evaluator": str(b), "decoder": str(ae), "corpus": str(corpus), "per_class": 1, "max_attempts": 1,
+              "words": "go", "device": "cpu", "verbosity": 0}
+    call_command("generate", out=str(tmp_path / "out"), vocoder=str(voc), **common)
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["identity"]["vocoder"]["vocoder"] == "neural"
+    assert run["identity"]["vocoder"]["checkpoint_sha256"] == checkpoint.file_sha256(voc)
+    assert len(list((tmp_path / "out" / "wav").glob("*.wav"))) == 7
+    with pytest.raises(CommandError, match="no such file"):
+        call_command("generate", out=str(tmp_path / "out2"), vocoder=str(tmp_path / "none.pt"), **common)
+    other = _save_untrained_vocoder(tmp_path / "V2.pt", PAPER.__class__(**{**PAPER.to_dict(), "f_max": 8000.0}))
+    with pytest.raises(CommandError, match="other features"):
+        call_command("generate", out=str(tmp_path / "out3"), vocoder=str(other), **common)

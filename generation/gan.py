@@ -210,6 +210,38 @@ def gan_settings(base: Settings) -> Settings:
     return replace(base, init_std=1.0)
 
 
+def method_settings(preset_name: str, method: str) -> Settings:
+    """A preset's settings for any method: GAN priors take the decoder prior's, started from GAN samples."""
+    from .maximize import preset
+
+    return gan_settings(preset(preset_name, "decoder")) if method in METHODS else preset(preset_name, method)
+
+
+def check_method(method: str, ckpt: Checkpoint) -> None:
+    """`gan` needs a plain mel generator, `cgan` a conditional one, `wave-gan` a wave generator."""
+    if method not in METHODS:
+        raise HearsayError(f"unknown GAN method {method!r}; choose from {', '.join(METHODS)}")
+    domain, conditional = METHODS[method]
+    name = Path(ckpt.path).name
+    if ckpt.arch != domain:
+        raise HearsayError(f"--method {method} needs a {domain} generator, {name} generates {ckpt.arch}")
+    if conditional is not None and bool(ckpt.model.n_classes) != conditional:
+        raise HearsayError(f"--method {method} needs a {'conditional' if conditional else 'plain'} generator; {name} is "
+                           f"{'conditional' if ckpt.model.n_classes else 'plain'}")
+
+
+def load_generators(gans: dict[str, str | Path], classifier: Checkpoint, device: torch.device | str) -> dict[str, Checkpoint]:
+    """GAN priors by method (gan, cgan, wave-gan), each checked against its method and against classifier A."""
+    gens = {}
+    for method, path in gans.items():
+        gens[method] = load(path, device)
+        check_method(method, gens[method])
+        checkpoint.require_compatible(classifier, gens[method])
+        if gens[method].model.n_classes and gens[method].classes != classifier.classes:
+            raise HearsayError(f"{Path(path).name} was trained on other words than {Path(classifier.path).name}")
+    return gens
+
+
 @dataclass
 class GanResult:
     result: Result

@@ -31,7 +31,6 @@ import torch
 from . import atomic, checkpoint, gan
 from .errors import HearsayError
 from .maximize import derive_seed
-from .maximize import preset as preset_settings
 from .objective import write_csv
 from .stimuli import COLUMNS, JOURNAL, attempt_rounds, read_journal, stimulus_id, write_manifest
 from .vocoder import GriffinLimVocoder, Vocoder, finish, write_wav
@@ -46,19 +45,6 @@ class GanSummary:
     unconverged: int
     failed: int
     enhancer: list[dict[str, Any]]
-
-
-def check_method(method: str, ckpt: checkpoint.Checkpoint) -> None:
-    """`gan` needs a plain mel generator, `cgan` a conditional one, `wave-gan` a wave generator."""
-    if method not in gan.METHODS:
-        raise HearsayError(f"unknown GAN method {method!r}; choose from {', '.join(gan.METHODS)}")
-    domain, conditional = gan.METHODS[method]
-    name = Path(ckpt.path).name
-    if ckpt.arch != domain:
-        raise HearsayError(f"--method {method} needs a {domain} generator, {name} generates {ckpt.arch}")
-    if conditional is not None and bool(ckpt.model.n_classes) != conditional:
-        raise HearsayError(f"--method {method} needs a {'conditional' if conditional else 'plain'} generator; {name} is "
-                           f"{'conditional' if ckpt.model.n_classes else 'plain'}")
 
 
 def _append(path: Path, unit: str, rows: list[dict[str, Any]]) -> None:
@@ -101,16 +87,13 @@ def generate_gan_stimuli(
     dev = resolve_device(device)
     a = checkpoint.load(classifier, dev, kind="classifier")
     b = checkpoint.load(evaluator, dev, kind="classifier")
-    g = gan.load(generator, dev)
-    checkpoint.require_compatible(a, b, g)
-    check_method(method, g)
-    if g.model.n_classes and g.classes != a.classes:
-        raise HearsayError(f"{Path(g.path).name} was trained on other words than {Path(a.path).name}")
+    checkpoint.require_compatible(a, b)
+    g = gan.load_generators({method: generator}, a, dev)[method]
     chosen = list(dict.fromkeys(w.strip() for w in words if w.strip())) if words else list(a.classes)
     if not chosen:
         raise HearsayError("no words given")
     targets = {w: a.class_index(w) for w in chosen}
-    settings = gan.gan_settings(preset_settings(preset, "decoder"))
+    settings = gan.method_settings(preset, method)
     cfg = a.feature_config
     wave_domain = g.arch == "wave"
     if not wave_domain:

@@ -228,3 +228,25 @@ def test_generate_gan_needs_a_generator_and_paper_needs_a_decoder(gen_setup, tmp
         call_command("generate", classifier=str(gen_setup["A"]), evaluator=str(gen_setup["B"]), method="gan", out=str(tmp_path / "y"), verbosity=0)
     with pytest.raises(CommandError, match="needs --decoder and --corpus"):
         call_command("generate", classifier=str(gen_setup["A"]), evaluator=str(gen_setup["B"]), out=str(tmp_path / "y"), verbosity=0)
+
+
+def test_objective_puts_gan_priors_beside_the_others(gen_setup, tmp_path):
+    import csv
+    import io
+
+    out = tmp_path / "objective"
+    buf = io.StringIO()
+    common = dict(classifier=str(gen_setup["A"]), evaluator=str(gen_setup["B"]), n=3, words=["bed", "go"], out=str(out), device="cpu",
+                  verbosity=0, stdout=buf)
+    call_command("objective", methods="classifier", cgan=str(gen_setup["cgan"]), wave_gan=str(gen_setup["wave"]), **common)
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert sorted({r["method"] for r in rows}) == ["cgan", "classifier", "wave-gan"]
+    assert all(int(r["n"]) == (6 if r["word"] == "ALL" else 3) for r in rows)
+    for method in ("classifier", "cgan", "wave-gan"):
+        assert (out / f"heatmap_{method}.png").is_file() and len(list((out / method).glob("*.npz"))) == 2
+    run = json_load(out / "run.json")["config"]
+    assert set(run["generator_sha256"]) == {"cgan", "wave-gan"} and run["settings"]["cgan"]["init_std"] == 1.0
+    with pytest.raises(CommandError, match="other settings"):
+        call_command("objective", methods="classifier", cgan=str(gen_setup["cgan"]), **common)
+    with pytest.raises(CommandError, match="needs a conditional generator"):
+        call_command("objective", methods="classifier", cgan=str(gen_setup["gan"]), **{**common, "out": str(tmp_path / "o2")})

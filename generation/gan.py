@@ -567,3 +567,86 @@ def train_gan(
     ckpt.path = str(out)
     ckpt.sha256 = checkpoint.file_sha256(out)
     return ckpt
+
+
+# --------------------------------------------------------------------------- t-SNE of GAN latents
+
+
+def method_of(ckpt: Checkpoint) -> str:
+    """The maximization method a generator serves: wave-gan, cgan or gan."""
+    return "wave-gan" if ckpt.arch == "wave" else "cgan" if ckpt.model.n_classes else "gan"
+
+
+def run_gan_tsne(generator: str | Path, classifier: str | Path, out: str | Path, *, per_word: int = 20, preset_name: str = "paper",
+                 seed: int = 0, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Where maximization moves GAN samples in latent space: t-SNE of start and maximized z, per target word.
+
+    `per_word` samples of the generator per word (of that word, for a conditional one)
+    are pushed toward the word; the figure colours both ends by target word with
+    arrows from start to maximized, and rings starts classifier A already gave to
+    another word. Writes tsne.png/.pdf, tsne.csv and tsne.json into `out`.
+    """
+    from sklearn.manifold import TSNE
+
+    from .objective import save_figure, write_csv
+
+    if per_word < 1:
+        raise HearsayError(f"--per-word must be at least 1, got {per_word}")
+    device = torch.device(device)
+    a = checkpoint.load(classifier, device, kind="classifier")
+    g = load(generator, device)
+    method = method_of(g)
+    load_generators({method: generator}, a, device)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HearsayError(f"--out {out} exists and is not a folder")
+    targets = torch.arange(len(a.classes)).repeat_interleave(per_word)
+    if len(targets) < 2:
+        raise HearsayError("t-SNE needs at least 2 samples")
+    settings = method_settings(preset_name, method)
+    res = maximize_gan(a.model, targets, g.model, settings=settings, seed=seed, device=device).result
+    ok = ~res.failed
+    z0, z1, t = res.start_latents[ok], res.latents[ok], targets[ok]
+    before, after = res.start_prob_a[ok].argmax(1), res.prob_a[ok].argmax(1)
+    n = len(t)
+    joint = torch.cat([z0, z1]).numpy().astype(np.float64)
+    perplexity = float(min(30.0, max(2.0, (2 * n - 1) / 3)))
+    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(joint)
+    words = [a.classes[int(i)] for i in t]
+    rows = [[i, words[i], kind, f"{coords[off + i, 0]:.4f}", f"{coords[off + i, 1]:.4f}", a.classes[int(pred[i])]]
+            for kind, off, pred in (("start", 0, before), ("maximized", n, after)) for i in range(n)]
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "tsne.csv", ["sample", "target", "kind", "x", "y", "pred_a"], rows)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    cmap = plt.get_cmap("tab20" if len(a.classes) > 10 else "tab10")
+    colours = [cmap(int(i) % cmap.N) for i in t]
+    fig, ax = plt.subplots(figsize=(9, 8))
+    start, end = coords[:n], coords[n:]
+    for i in range(n):
+        ax.annotate("", xy=end[i], xytext=start[i], arrowprops={"arrowstyle": "->", "color": colours[i], "alpha": 0.35, "lw": 0.7})
+    ax.scatter(start[:, 0], start[:, 1], c=colours, s=18, marker="o")
+    ax.scatter(end[:, 0], end[:, 1], c=colours, s=22, marker="^")
+    elsewhere = (before != t).numpy()
+    if elsewhere.any():
+        ax.scatter(start[elsewhere, 0], start[elsewhere, 1], s=80, facecolors="none", edgecolors="red", linewidths=1.0)
+    handles = [Line2D([], [], marker="o", ls="", color="grey", label="GAN sample (start)"),
+               Line2D([], [], marker="^", ls="", color="grey", label="maximized"),
+               Line2D([], [], marker="o", ls="", markerfacecolor="none", markeredgecolor="red", label="start not the target for A")]
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"t-SNE of {method} latents: samples → maximized toward the target word (colour), n={n}")
+    save_figure(fig, out / "tsne")
+    plt.close(fig)
+    record = {"method": method, "per_word": per_word, "samples": n, "failed": int((~ok).sum()),
+              "start_not_target": int(elsewhere.sum()), "maximized_target": int((after == t).sum()), "seed": seed, "perplexity": perplexity,
+              "settings": settings.to_dict(), "generator_sha256": g.sha256, "classifier_sha256": a.sha256,
+              "versions": checkpoint.library_versions()}
+    atomic.write_text(out / "tsne.json", json.dumps(record, indent=2))
+    return record

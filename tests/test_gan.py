@@ -250,3 +250,15 @@ def test_objective_puts_gan_priors_beside_the_others(gen_setup, tmp_path):
         call_command("objective", methods="classifier", cgan=str(gen_setup["cgan"]), **common)
     with pytest.raises(CommandError, match="needs a conditional generator"):
         call_command("objective", methods="classifier", cgan=str(gen_setup["gan"]), **{**common, "out": str(tmp_path / "o2")})
+
+
+def test_latent_tsne_of_gan_latents(gen_setup, tmp_path):
+    import csv
+
+    out = tmp_path / "tsne"
+    call_command("latent_tsne", gan=str(gen_setup["cgan"]), classifier=str(gen_setup["A"]), out=str(out), per_word=3, device="cpu", verbosity=0)
+    rows = list(csv.DictReader(open(out / "tsne.csv")))
+    assert len(rows) == 18 and {r["kind"] for r in rows} == {"start", "maximized"}
+    assert (out / "tsne.png").is_file() and json_load(out / "tsne.json")["method"] == "cgan"
+    with pytest.raises(CommandError, match="--encoder and --corpus"):
+        call_command("latent_tsne", classifier=str(gen_setup["A"]), out=str(out), verbosity=0)

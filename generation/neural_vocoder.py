@@ -34,7 +34,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from . import atomic, checkpoint
 from .checkpoint import Checkpoint
 from .errors import HearsayError
-from .features import PAPER, FeatureConfig, LogMel, prepare_waves, read_wave
+from .features import PAPER, FeatureConfig, LogMel, prepare_waves, read_wave, unit_to_amp
 from .vocoder import GriffinLimVocoder, Vocoder, finish
 
 KIND = "vocoder"
@@ -63,17 +63,34 @@ class ConvNeXtBlock(nn.Module):
 
 
 class VocosGenerator(nn.Module):
-    """Features [B, T, n_mels] in [0, 1] -> waves [B, (T - 1) * hop] (peak-normalized scale, like the corpus)."""
+    """Features [B, T, n_mels] in [0, 1] -> waves [B, (T - 1) * hop] (peak-normalized scale, like the corpus).
 
-    def __init__(self, n_mels: int = 80, n_fft: int = 1024, hop_length: int = 256, dim: int = 128, hidden: int = 384, layers: int = 6):
+    With `magnitude_prior` the head predicts a correction to the log magnitude of
+    the features' pseudo-inverse mel filterbank (its magnitude half starts at
+    zero), so the spectral envelope is right from the first step and a short CPU
+    run spends its steps on phase and fine structure.
+    """
+
+    def __init__(self, feature_config: dict | None = None, dim: int = 128, hidden: int = 384, layers: int = 6, magnitude_prior: bool = True):
         super().__init__()
-        self.n_fft, self.hop_length = n_fft, hop_length
-        self.embed = nn.Conv1d(n_mels, dim, 7, padding=3)
+        import torchaudio
+
+        cfg = FeatureConfig.from_dict(feature_config) if feature_config else PAPER
+        self.cfg = cfg
+        self.n_fft, self.hop_length = cfg.n_fft, cfg.hop_length
+        self.embed = nn.Conv1d(cfg.n_mels, dim, 7, padding=3)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.blocks = nn.ModuleList(ConvNeXtBlock(dim, hidden, 1.0 / layers) for _ in range(layers))
         self.final_norm = nn.LayerNorm(dim, eps=1e-6)
-        self.head = nn.Linear(dim, n_fft + 2)
-        self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
+        self.head = nn.Linear(dim, cfg.n_fft + 2)
+        self.magnitude_prior = magnitude_prior
+        if magnitude_prior:
+            with torch.no_grad():
+                self.head.weight[: cfg.n_fft // 2 + 1].zero_()
+                self.head.bias[: cfg.n_fft // 2 + 1].zero_()
+        fb = torchaudio.functional.melscale_fbanks(cfg.n_fft // 2 + 1, cfg.f_min, cfg.f_max, cfg.n_mels, cfg.sample_rate, norm="slaney", mel_scale="slaney")
+        self.register_buffer("mel_pinv", torch.linalg.pinv(fb), persistent=False)  # [mels, freq]
+        self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True), persistent=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         frames = features.shape[1]
@@ -83,6 +100,9 @@ class VocosGenerator(nn.Module):
             x = block(x)
         h = self.head(self.final_norm(x.transpose(1, 2))).transpose(1, 2)  # [B, n_fft + 2, T]
         log_mag, phase = h.chunk(2, dim=1)
+        if self.magnitude_prior:
+            mel = unit_to_amp(features, self.cfg) * (features > 0)
+            log_mag = log_mag + torch.log((mel @ self.mel_pinv).clamp(min=self.cfg.amp_floor)).transpose(1, 2)
         mag = torch.exp(log_mag).clamp(max=100.0)  # the clamp keeps early training from exploding
         spec = torch.polar(mag, phase)
         return torch.istft(spec, self.n_fft, self.hop_length, self.n_fft, self.window, center=True, length=(frames - 1) * self.hop_length)
@@ -325,6 +345,7 @@ class TrainSettings:
     dim: int = 128
     hidden: int = 384
     layers: int = 6
+    magnitude_prior: bool = True
 
     def validate(self, cfg: FeatureConfig) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.adversarial_after < 0:
@@ -414,7 +435,8 @@ def train_vocoder(
     corpus, out, dev, cfg = _prepare(corpus_root, out, device, feature_config)
     settings.validate(cfg)
     fingerprint = corpus.fingerprint()
-    arch_kwargs = {"n_mels": cfg.n_mels, "n_fft": cfg.n_fft, "hop_length": cfg.hop_length, "dim": settings.dim, "hidden": settings.hidden, "layers": settings.layers}
+    arch_kwargs = {"feature_config": cfg.to_dict(), "dim": settings.dim, "hidden": settings.hidden, "layers": settings.layers,
+                   "magnitude_prior": settings.magnitude_prior}
     identity = {"kind": KIND, "arch": ARCH, "arch_kwargs": arch_kwargs, **settings.__dict__, "feature_config": cfg.fingerprint(), "data_fingerprint": fingerprint}
     identity.pop("epochs")  # more epochs may be asked for when resuming
 

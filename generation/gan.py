@@ -427,8 +427,8 @@ class GanSettings:
     epochs: int = 30
     batch_size: int = 32
     latent: int = 128
-    width: int = 32
-    lr_g: float = 1e-4
+    width: int = 16  # a CPU-sized default; on a GPU 32 or more
+    lr_g: float = 2e-4
     lr_d: float = 4e-4
     seed: int = 1
 

@@ -13,6 +13,7 @@ from generation.gan import (
 )
 from generation.maximize import Parameterization, Settings, ascend, class_probability
 from generation.train import partial_path, train_classifier
+from tests.test_survey_flow import media  # noqa: F401  (fixture)
 from tests.test_training import WORDS, make_tiny_corpus
 
 TINY = dict(epochs=1, batch_size=8, latent=8, width=4)
@@ -262,3 +263,19 @@ def test_latent_tsne_of_gan_latents(gen_setup, tmp_path):
     assert (out / "tsne.png").is_file() and json_load(out / "tsne.json")["method"] == "cgan"
     with pytest.raises(CommandError, match="--encoder and --corpus"):
         call_command("latent_tsne", classifier=str(gen_setup["A"]), out=str(out), verbosity=0)
+
+
+@pytest.mark.django_db
+def test_gan_stimuli_join_an_existing_experiment(gen_setup, tmp_path, media):  # noqa: F811
+    from evaluation.models import Stimulus
+    from tests.test_survey_flow import FIXTURE
+
+    out = tmp_path / "cgan-load"
+    _generate(gen_setup, out, "cgan", gen_setup["cgan"])
+    call_command("load_stimuli", str(FIXTURE), "--experiment", "all-priors", "--create", "--words", "bed", "down", "go", "no", "up", "yes",
+                 verbosity=0)
+    before = Stimulus.objects.filter(experiment__slug="all-priors").count()
+    call_command("load_stimuli", str(out / "manifest.csv"), "--experiment", "all-priors", verbosity=0)
+    added = Stimulus.objects.filter(experiment__slug="all-priors", condition="cgan-noise")
+    assert added.count() == 4 and Stimulus.objects.filter(experiment__slug="all-priors").count() > before
+    assert {s.stage for s in added} == {"before", "after"} and {s.method for s in added} == {"cgan"}

@@ -278,10 +278,11 @@ class NeuralVocoder:
 
     def raw(self, features: torch.Tensor) -> torch.Tensor:
         """The generator's waves before loudness normalization (on the corpus' peak-normalized scale)."""
+        out = torch.zeros(features.shape[0], (features.shape[1] - 1) * self.cfg.hop_length, device=self.device)
         with torch.no_grad():
-            return torch.cat([self.model(features[s : s + self.batch_size].to(self.device, torch.float32))
-                              for s in range(0, features.shape[0], self.batch_size)]) if len(features) else \
-                features.new_zeros(0, (self.cfg.n_frames - 1) * self.cfg.hop_length)
+            for s in range(0, features.shape[0], self.batch_size):
+                out[s : s + self.batch_size] = self.model(features[s : s + self.batch_size].to(self.device, torch.float32))
+        return out
 
     def __call__(self, features: torch.Tensor) -> np.ndarray:
         if features.dim() != 3 or tuple(features.shape[1:]) != self.cfg.shape:
@@ -376,7 +377,7 @@ def _features(waves: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
 
 def _segments(waves: torch.Tensor, feats: torch.Tensor, frames: int, hop: int, gen: torch.Generator, cfg: FeatureConfig):
     """Aligned random crops: feature frames [s, s + frames) and samples [s * hop, (s + frames - 1) * hop)."""
-    voiced_frames = -(-cfg.clip_samples // hop) + 1  # frames that see audio (the rest are padding rows)
+    voiced_frames = 1 + cfg.clip_samples // hop  # frames that see audio (centred STFT); the rest are padding rows
     top = max(1, min(feats.shape[1], voiced_frames) - frames + 1)
     starts = torch.randint(0, top, (len(waves),), generator=gen)
     length = (frames - 1) * hop

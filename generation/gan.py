@@ -412,7 +412,7 @@ def write_grid(path: Path, samples: torch.Tensor, labels: torch.Tensor, classes:
             if c == 0:
                 ax.set_ylabel(classes[word], fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     atomic.write_with(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
     plt.close(fig)
 
@@ -486,14 +486,14 @@ def train_gan(
     opt_g = torch.optim.Adam(generator.parameters(), lr=settings.lr_g, betas=(0.0, 0.9))
     opt_d = torch.optim.Adam(critic.parameters(), lr=settings.lr_d, betas=(0.0, 0.9))
     state_path = partial_path(out)
-    epoch, history, seconds = 0, [], 0.0
+    epoch, history, seconds, cpu_seconds = 0, [], 0.0, 0.0
     raw = load_partial(state_path, identity)
     if raw is not None:
         generator.load_state_dict(raw["generator"])
         critic.load_state_dict(raw["critic"])
         opt_g.load_state_dict(raw["opt_g"])
         opt_d.load_state_dict(raw["opt_d"])
-        epoch, history, seconds = int(raw["epoch"]), list(raw["history"]), float(raw["seconds"])
+        epoch, history, seconds, cpu_seconds = int(raw["epoch"]), list(raw["history"]), float(raw["seconds"]), float(raw["cpu_seconds"])
         torch.set_rng_state(raw["rng_cpu"])
         gen.set_state(raw["rng_gen"])
 
@@ -502,7 +502,7 @@ def train_gan(
     if epoch:
         bar.write(f"resuming {out.name} after epoch {epoch} from {state_path.name}")
     while epoch < settings.epochs:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         generator.train()
         critic.train()
         d_sum = g_sum = 0.0
@@ -527,13 +527,14 @@ def train_gan(
             steps += 1
         epoch += 1
         seconds += time.perf_counter() - started
-        record = {"epoch": epoch, "steps": steps, "critic_loss": d_sum / max(1, steps), "generator_loss": g_sum / max(1, steps), "seconds": round(seconds, 1)}
+        cpu_seconds += time.process_time() - cpu_started
+        record = {"epoch": epoch, "steps": steps, "critic_loss": d_sum / max(1, steps), "generator_loss": g_sum / max(1, steps), "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1)}
         if not (math.isfinite(record["critic_loss"]) and math.isfinite(record["generator_loss"])):
             raise HearsayError(f"training diverged at epoch {epoch} (NaN loss); lower the learning rates")
         history.append(record)
         checkpoint.atomic_torch_save({
             "identity": identity, "generator": generator.state_dict(), "critic": critic.state_dict(), "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(), "epoch": epoch, "history": history, "seconds": seconds,
+            "opt_d": opt_d.state_dict(), "epoch": epoch, "history": history, "seconds": seconds, "cpu_seconds": cpu_seconds,
             "rng_cpu": torch.get_rng_state(), "rng_gen": gen.get_state(),
         }, state_path)
         bar.set_postfix(d=f"{record['critic_loss']:.3f}", g=f"{record['generator_loss']:.3f}")
@@ -544,7 +545,7 @@ def train_gan(
 
     generator.eval()
     metrics, samples, sample_labels = quality(generator, corpus.classes, b, feats["test"], feats["validation"], dev)
-    metrics.update({"n_train": len(x_train), "train_seconds": round(seconds, 1), "history": history})
+    metrics.update({"n_train": len(x_train), "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1), "history": history})
     predicted = None
     if b is not None:
         with torch.no_grad():

@@ -454,14 +454,14 @@ def train_vocoder(
     opt_g = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.8, 0.99))
     opt_d = torch.optim.AdamW(disc.parameters(), lr=settings.lr, betas=(0.8, 0.99))
     state_path = partial_path(out)
-    epoch, history, seconds = 0, [], 0.0
+    epoch, history, seconds, cpu_seconds = 0, [], 0.0, 0.0
     raw = load_partial(state_path, identity)
     if raw is not None:
         model.load_state_dict(raw["generator"])
         disc.load_state_dict(raw["discriminators"])
         opt_g.load_state_dict(raw["opt_g"])
         opt_d.load_state_dict(raw["opt_d"])
-        epoch, history, seconds = int(raw["epoch"]), list(raw["history"]), float(raw["seconds"])
+        epoch, history, seconds, cpu_seconds = int(raw["epoch"]), list(raw["history"]), float(raw["seconds"]), float(raw["cpu_seconds"])
         torch.set_rng_state(raw["rng_cpu"])
         gen.set_state(raw["rng_gen"])
 
@@ -469,7 +469,7 @@ def train_vocoder(
     if epoch:
         bar.write(f"resuming {out.name} after epoch {epoch} from {state_path.name}")
     while epoch < settings.epochs:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         adversarial = epoch >= settings.adversarial_after
         model.train()
         disc.train()
@@ -504,12 +504,13 @@ def train_vocoder(
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
         epoch += 1
         seconds += time.perf_counter() - started
+        cpu_seconds += time.process_time() - cpu_started
         record = {"epoch": epoch, "adversarial": adversarial, "steps": steps, **{f"train_{k}": v / steps for k, v in sums.items()},
-                  **{f"val_{k}": v for k, v in evaluate(model, val_waves, val_feats, cfg, dev).items()}, "seconds": round(seconds, 1)}
+                  **{f"val_{k}": v for k, v in evaluate(model, val_waves, val_feats, cfg, dev).items()}, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1)}
         history.append(record)
         checkpoint.atomic_torch_save({
             "identity": identity, "generator": model.state_dict(), "discriminators": disc.state_dict(), "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(), "epoch": epoch, "history": history, "seconds": seconds,
+            "opt_d": opt_d.state_dict(), "epoch": epoch, "history": history, "seconds": seconds, "cpu_seconds": cpu_seconds,
             "rng_cpu": torch.get_rng_state(), "rng_gen": gen.get_state(),
         }, state_path)
         bar.set_postfix(mel_l1=f"{record['train_mel_l1']:.3f}", val_l1=f"{record['val_feature_l1']:.4f}", mcd=f"{record['val_mcd_db']:.2f}")
@@ -526,7 +527,7 @@ def train_vocoder(
     again = LogMel(cfg).to(dev)(prepare_waves(list(griffin(test_feats)), cfg.sample_rate, cfg, dev)).cpu()
     metrics["test_griffin_lim_feature_l1"] = float((again - test_feats).abs().mean())
     metrics["test_griffin_lim_mcd_db"] = float(mel_cepstral_distortion(test_feats, again, cfg).mean())
-    metrics["train_seconds"] = round(seconds, 1)
+    metrics["train_seconds"], metrics["train_cpu_seconds"] = round(seconds, 1), round(cpu_seconds, 1)
     metrics["history"] = history
     train_config = {**identity, "epochs": settings.epochs, "epochs_run": epoch, "data": str(corpus.root), "device": str(dev),
                     "torch_threads": torch.get_num_threads(), "selected": "last epoch"}

@@ -46,7 +46,7 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             raise CommandError("interrupted: rerun the same command to resume from the last finished epoch") from None
         m = ckpt.metrics
-        parts = [f"{ckpt.train_config['epochs_run']} epochs in {m['train_seconds']:.0f} s"]
+        parts = [f"{ckpt.train_config['epochs_run']} epochs in {m['train_seconds']:.0f} s ({m['train_cpu_seconds']:.0f} CPU s)"]
         if "b_accuracy" in m:
             parts.append(f"B recognizes {m['b_accuracy']:.1%} of conditional samples as their word")
         if "fid_b" in m:

@@ -46,5 +46,5 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{ckpt.path}: on {m['n_test']} held-out clips feature L1 {m['test_feature_l1']:.4f} (Griffin-Lim "
             f"{m['test_griffin_lim_feature_l1']:.4f}), MCD {m['test_mcd_db']:.2f} dB (Griffin-Lim {m['test_griffin_lim_mcd_db']:.2f} dB); "
-            f"{ckpt.train_config['epochs_run']} epochs in {m['train_seconds']:.0f} s on {ckpt.train_config['device']}"
+            f"{ckpt.train_config['epochs_run']} epochs in {m['train_seconds']:.0f} s ({m['train_cpu_seconds']:.0f} CPU s) on {ckpt.train_config['device']}"
         )

@@ -279,3 +279,20 @@ def test_gan_stimuli_join_an_existing_experiment(gen_setup, tmp_path, media):  #
     added = Stimulus.objects.filter(experiment__slug="all-priors", condition="cgan-noise")
     assert added.count() == 4 and Stimulus.objects.filter(experiment__slug="all-priors").count() > before
     assert {s.stage for s in added} == {"before", "after"} and {s.method for s in added} == {"cgan"}
+
+
+def test_generate_never_writes_failed_gan_samples(gen_setup, tmp_path):
+    import csv
+
+    from generation import checkpoint
+
+    bad = tmp_path / "nanA.pt"
+    ckpt = checkpoint.load(gen_setup["A"])
+    with torch.no_grad():
+        ckpt.model.logits.bias.fill_(float("nan"))
+    checkpoint.save(bad, ckpt)
+    out = tmp_path / "nan"
+    text = _generate({**gen_setup, "A": bad}, out, "cgan", gen_setup["cgan"])
+    assert "2 failed" in text
+    assert list(csv.DictReader(open(out / "manifest.csv"))) == [] and list((out / "wav").iterdir()) == []
+    assert json_load(out / "run.json")["failed"] == 2

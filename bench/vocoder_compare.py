@@ -56,8 +56,9 @@ def write_rating_set(out: Path, utts, waves: dict[str, np.ndarray], rate: int) -
             sid = stimulus_id("vocoder-rating", u.relpath, method, avoid=words + list(versions))
             write_wav(out / "wav" / f"{sid}.wav", wave, sr)
             rows.append({c: "" for c in COLUMNS} | {
-                "stimulus_id": sid, "file": f"wav/{sid}.wav", "word": u.word, "method": method, "init": "none",
-                "stage": "original" if method == "natural" else "vocoded", "pair_id": pair,
+                # a vocoded real utterance is a "before" stage (real features, not maximized), as in the paper set
+                "stimulus_id": sid, "file": f"wav/{sid}.wav", "word": u.word, "method": method,
+                "init": "none" if method == "natural" else "test", "stage": "original" if method == "natural" else "before", "pair_id": pair,
                 "condition": "original" if method == "natural" else f"vocoder-{method}", "source_file": u.relpath, "speaker": u.speaker,
                 "status": "original" if method == "natural" else "vocoded",
             })

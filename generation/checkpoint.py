@@ -73,8 +73,11 @@ def save(path: str | Path, ckpt: Checkpoint) -> None:
     )
 
 
-def load(path: str | Path, device: torch.device | str = "cpu", kind: str | None = None) -> Checkpoint:
-    """Load a checkpoint; a missing, foreign or corrupt file is a one-line HearsayError."""
+def load(path: str | Path, device: torch.device | str = "cpu", kind: str | None = None, build=nets.build) -> Checkpoint:
+    """Load a checkpoint; a missing, foreign or corrupt file is a one-line HearsayError.
+
+    `build(kind, arch, arch_kwargs)` makes the empty net: modules with their own kinds (GAN, vocoder) pass theirs.
+    """
     path = Path(path)
     if not path.is_file():
         raise HearsayError(f"checkpoint not found: {path}")
@@ -89,7 +92,7 @@ def load(path: str | Path, device: torch.device | str = "cpu", kind: str | None 
         raise HearsayError(f"{path} has checkpoint format version {raw.get('version')}, this Hearsay reads {VERSION}")
     if kind is not None and raw["kind"] != kind:
         raise HearsayError(f"{path} holds {_a(raw['kind'])}, but {_a(kind)} is needed here")
-    model = nets.build(raw["kind"], raw["arch"], dict(raw["arch_kwargs"]))
+    model = build(raw["kind"], raw["arch"], dict(raw["arch_kwargs"]))
     try:
         model.load_state_dict(raw["state_dict"])
     except RuntimeError as exc:

@@ -97,20 +97,24 @@ def load_models(classifier: str | Path, evaluator: str | Path, decoder: str | Pa
     return a, b, ae
 
 
-def _config(n: int, words: list[str], methods: list[str], preset_name: str, seed: int, a: Checkpoint, b: Checkpoint, ae: Checkpoint | None) -> dict:
+def _config(n: int, words: list[str], methods: list[str], preset_name: str, seed: int, a: Checkpoint, b: Checkpoint, ae: Checkpoint | None,
+            gens: dict[str, Checkpoint] | None = None) -> dict:
     """Everything the saved arrays depend on (not the device or batch size, which only change speed)."""
+    from .gan import method_settings
+
     return {
         "n": n,
         "words": words,
         "methods": methods,
         "preset": preset_name,
-        "settings": {m: preset(preset_name, m).to_dict() for m in methods},
+        "settings": {m: method_settings(preset_name, m).to_dict() for m in methods},
         "seed": seed,
         "classes": a.classes,
         "classifier_sha256": a.sha256,
         "evaluator_sha256": b.sha256,
         "decoder_sha256": ae.sha256 if ae is not None else None,
         "feature_config": a.feature_config.to_dict(),
+        **({"generator_sha256": {m: g.sha256 for m, g in gens.items()}} if gens else {}),
     }
 
 
@@ -222,6 +226,7 @@ def run_objective(
     device: str | torch.device = "cpu",
     batch_size: int | None = None,
     progress: bool = True,
+    gans: dict[str, str | Path] | None = None,
 ) -> ObjectiveRun:
     """Run (or resume) the experiment into `out`; returns the per-class statistics and heatmaps.
 
@@ -233,23 +238,26 @@ def run_objective(
 
     if n < 1:
         raise HearsayError(f"--n must be at least 1, got {n}")
-    methods = list(dict.fromkeys(methods))
+    from .gan import load_generators, maximize_gan, method_settings
+
+    methods = list(dict.fromkeys([*methods, *(gans or {})]))
     for m in methods:
-        if m not in METHODS:
-            raise HearsayError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        if m not in METHODS and m not in (gans or {}):
+            raise HearsayError(f"unknown method {m!r}; choose from {', '.join(METHODS)} (GAN priors: --gan, --cgan, --wave-gan)")
     if not methods:
         raise HearsayError("no method chosen; use classifier, decoder or both")
     if "decoder" in methods and decoder is None:
         raise HearsayError("the decoder method needs --decoder (an autoencoder checkpoint)")
     for m in methods:
-        preset(preset_name, m)
+        method_settings(preset_name, m)
     device = torch.device(device)
     batch_size = batch_size or (64 if device.type == "cpu" else 2048)
     a, b, ae = load_models(classifier, evaluator, decoder if "decoder" in methods else None, device)
+    gens = load_generators(gans or {}, a, device)
     words = list(dict.fromkeys(words)) if words else list(a.classes)
     targets = {w: a.class_index(w) for w in words}
     out = Path(out)
-    config = _config(n, words, methods, preset_name, seed, a, b, ae)
+    config = _config(n, words, methods, preset_name, seed, a, b, ae, gens)
     folder = RunFolder(out, config, what="objective run", identity_key="config")
     folder.open()
     _write_run_json(folder, device, batch_size, {"status": "running"})
@@ -265,12 +273,17 @@ def run_objective(
         bar.set_postfix_str(f"{method}/{word}")
         path = out / method / f"{word}.npz"
         arrays = _load_class(path, n, len(a.classes))
-        if arrays is None:
+        if arrays is None and method in gens:
+            result = maximize_gan(a.model, torch.full((n,), targets[word], dtype=torch.long), gens[method].model,
+                                  settings=method_settings(preset_name, method), seed=derive_seed(seed, method, word), evaluator=b.model,
+                                  device=device, batch_size=batch_size).result
+        elif arrays is None:
             result = maximize(
                 a.model, torch.full((n,), targets[word], dtype=torch.long), method=method, decoder=ae.model if ae else None,
                 settings=preset(preset_name, method), seed=derive_seed(seed, method, word), evaluator=b.model,
                 device=device, batch_size=batch_size, shape=a.feature_config.shape,
             )
+        if arrays is None:
             _save_class(path, result)
             arrays = _load_class(path, n, len(a.classes))
             computed += 1

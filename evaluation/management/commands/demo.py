@@ -37,6 +37,8 @@ class Command(HearsayCommand):
         parser.add_argument("--per-class", type=int, default=3, help="stimuli per class and condition")
         parser.add_argument("--objective-n", type=int, default=50, help="noise starts per class in the objective experiment")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--neural-vocoder-epochs", type=int, default=0,
+                            help="train a neural vocoder for this many epochs and voice the stimuli with it (default 0: Griffin-Lim)")
         parser.add_argument("--device", default="auto")
         parser.add_argument("--no-serve", action="store_true", help="stop after the report instead of serving the survey")
         parser.add_argument("--port", type=int, default=8000)
@@ -74,11 +76,20 @@ class Command(HearsayCommand):
             lambda: call_command("train_autoencoder", data=str(corpus), out=str(ae), seed=1, device=device, **ae_epochs),
             done=ae.exists(),
         )
+        vocoder = {}
+        if opts["neural_vocoder_epochs"] > 0:
+            voc = models / "V.pt"
+            self.step(
+                "train the neural vocoder",
+                lambda: call_command("train_vocoder", data=str(corpus), out=str(voc), epochs=opts["neural_vocoder_epochs"], device=device),
+                done=voc.exists(),
+            )
+            vocoder = {"vocoder": str(voc)}
         self.step(
             "generate the paper's stimulus set",
             lambda: call_command(
                 "generate", classifier=str(a), evaluator=str(b), decoder=str(ae), corpus=str(corpus),
-                design="paper", out=str(stimuli), per_class=opts["per_class"], seed=opts["seed"], device=device,
+                design="paper", out=str(stimuli), per_class=opts["per_class"], seed=opts["seed"], device=device, **vocoder,
             ),
             done=(stimuli / "manifest.csv").exists(),
         )

@@ -17,8 +17,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--classifier", required=True, help="classifier A checkpoint (drives the maximization)")
         parser.add_argument("--evaluator", required=True, help="independent classifier B checkpoint (judges the results)")
-        parser.add_argument("--decoder", required=True, help="autoencoder checkpoint whose decoder is the prior")
-        parser.add_argument("--corpus", required=True, help="Speech Commands V2-layout folder (test starts come from its test split)")
+        parser.add_argument("--decoder", help="autoencoder checkpoint whose decoder is the prior (paper method)")
+        parser.add_argument("--corpus", help="Speech Commands V2-layout folder (test starts come from its test split; paper method)")
+        parser.add_argument("--method", default="paper", choices=["paper", "gan", "cgan", "wave-gan"],
+                            help="paper: conditions 1-4; gan/cgan/wave-gan: before/after pairs maximized through --gan")
+        parser.add_argument("--gan", help="generator checkpoint (manage.py train_gan) for --method gan, cgan or wave-gan")
         parser.add_argument("--design", default="paper", choices=DESIGNS)
         parser.add_argument("--out", required=True, help="output folder (new, empty, or a previous run to resume)")
         parser.add_argument("--per-class", type=int, default=3, help="samples per word and condition")
@@ -27,8 +30,10 @@ class Command(BaseCommand):
         parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
         parser.add_argument("--words", help="comma-separated subset of the classifier's words (default: all)")
         parser.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="maximization settings")
+        parser.add_argument("--vocoder", default="griffin-lim", help="griffin-lim, or a neural vocoder checkpoint (manage.py train_vocoder)")
 
     def handle(self, *args, **opts):
+        from generation.neural_vocoder import vocoder_for
         from generation.stimuli import generate_stimuli
 
         for flag in ("per_class", "max_attempts"):
@@ -36,10 +41,15 @@ class Command(BaseCommand):
                 raise CommandError(f"--{flag.replace('_', '-')} must be at least 1, got {opts[flag]}")
         words = opts["words"].split(",") if opts["words"] is not None else None
         try:
+            vocoder = vocoder_for(opts["vocoder"], opts["classifier"], opts["device"])
+            if opts["method"] != "paper":
+                return self.handle_gan(opts, words, vocoder)
+            if not (opts["decoder"] and opts["corpus"]):
+                raise HearsayError("the paper method needs --decoder and --corpus")
             summary = generate_stimuli(
                 opts["classifier"], opts["evaluator"], opts["decoder"], opts["corpus"], opts["out"],
                 design=opts["design"], per_class=opts["per_class"], max_attempts=opts["max_attempts"], seed=opts["seed"],
-                device=opts["device"], words=words, preset=opts["preset"], progress=opts["verbosity"] > 0,
+                device=opts["device"], words=words, preset=opts["preset"], vocoder=vocoder, progress=opts["verbosity"] > 0,
             )
         except HearsayError as exc:
             raise CommandError(str(exc)) from None
@@ -49,4 +59,26 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{summary.out / 'manifest.csv'}: {summary.clips} clips ({summary.units_run} units run{resumed}); "
             f"{summary.unconverged} unconverged after the attempt cap, {summary.failed} failed (NaN/inf, not written)"
+        )
+
+    def handle_gan(self, opts, words, vocoder):
+        from generation.gan_stimuli import generate_gan_stimuli
+
+        if not opts["gan"]:
+            raise CommandError(f"--method {opts['method']} needs --gan (a generator checkpoint from manage.py train_gan)")
+        try:
+            s = generate_gan_stimuli(
+                opts["classifier"], opts["evaluator"], opts["gan"], opts["out"], method=opts["method"], per_class=opts["per_class"],
+                max_attempts=opts["max_attempts"], seed=opts["seed"], device=opts["device"], words=words, preset=opts["preset"],
+                vocoder=vocoder, progress=opts["verbosity"] > 0,
+            )
+        except HearsayError as exc:
+            raise CommandError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise CommandError("interrupted: rerun the same command to resume from the last finished word") from None
+        total = {k: f"{v:.0%}" if isinstance(v, float) else "n/a" for k, v in s.enhancer[-1].items()}
+        self.stdout.write(
+            f"{s.out / 'manifest.csv'}: {s.clips} clips ({s.words_run} words run, {s.words_resumed} resumed); {s.unconverged} unconverged, "
+            f"{s.failed} failed (not written). Recognized as the word before/after: B {total['b_before']}/{total['b_after']}, "
+            f"pocketsphinx {total['asr_before']}/{total['asr_after']} (enhancer.csv)"
         )

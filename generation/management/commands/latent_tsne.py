@@ -12,9 +12,11 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--encoder", required=True, help="autoencoder checkpoint")
+        parser.add_argument("--encoder", help="autoencoder checkpoint")
         parser.add_argument("--classifier", required=True, help="classifier A checkpoint")
-        parser.add_argument("--corpus", required=True, help="Speech Commands V2-layout folder")
+        parser.add_argument("--corpus", help="Speech Commands V2-layout folder")
+        parser.add_argument("--gan", help="instead of the autoencoder: a GAN generator (manage.py train_gan); its samples are maximized")
+        parser.add_argument("--per-word", type=int, default=20, help="GAN samples per target word (with --gan)")
         parser.add_argument("--out", required=True, help="output folder")
         parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
         parser.add_argument("--max-utterances", type=int, help="random subset of this size (t-SNE gets slow beyond a few thousand)")
@@ -25,6 +27,10 @@ class Command(BaseCommand):
         from generation.train import resolve_device
         from generation.tsne import run_latent_tsne
 
+        if opts["gan"]:
+            return self.handle_gan(opts)
+        if not (opts["encoder"] and opts["corpus"]):
+            raise CommandError("--encoder and --corpus are needed (or --gan for a GAN's latents)")
         try:
             record = run_latent_tsne(
                 opts["encoder"], opts["classifier"], opts["corpus"], opts["out"], split=opts["split"],
@@ -38,4 +44,18 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{opts['out']}: t-SNE of {record['utterances']} {record['split']} utterances "
             f"({record['misclassified']} misclassified by A, {record['failed']} failed) -> tsne.png, tsne.pdf, tsne.csv"
+        )
+
+    def handle_gan(self, opts):
+        from generation.gan import run_gan_tsne
+        from generation.train import resolve_device
+
+        try:
+            record = run_gan_tsne(opts["gan"], opts["classifier"], opts["out"], per_word=opts["per_word"], seed=opts["seed"],
+                                  device=resolve_device(opts["device"]))
+        except HearsayError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(
+            f"{opts['out']}: t-SNE of {record['samples']} {record['method']} latents ({record['maximized_target']} reach their word for A, "
+            f"{record['failed']} failed) -> tsne.png, tsne.pdf, tsne.csv"
         )

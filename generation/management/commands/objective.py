@@ -25,6 +25,9 @@ class Command(BaseCommand):
         parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
         parser.add_argument("--batch-size", type=int, default=None,
                             help="samples per batch (default: 64 on a CPU, 2048 on a GPU; results agree to float rounding)")
+        parser.add_argument("--gan", help="plain log-mel GAN generator (manage.py train_gan): adds the method 'gan'")
+        parser.add_argument("--cgan", help="conditional log-mel GAN generator: adds the method 'cgan'")
+        parser.add_argument("--wave-gan", help="waveform GAN generator (--domain wave): adds the method 'wave-gan'")
 
     def handle(self, *args, **opts):
         from generation.objective import format_summary, run_objective
@@ -37,6 +40,7 @@ class Command(BaseCommand):
                 methods=[m.strip() for m in opts["methods"].split(",") if m.strip()], preset_name=opts["preset"],
                 seed=opts["seed"], device=resolve_device(opts["device"]), batch_size=opts["batch_size"],
                 progress=opts["verbosity"] > 0,
+                gans={m: opts[k] for m, k in (("gan", "gan"), ("cgan", "cgan"), ("wave-gan", "wave_gan")) if opts[k]},
             )
         except HearsayError as exc:
             raise CommandError(str(exc)) from None

@@ -17,8 +17,13 @@ B's accuracy on conditional samples of each word (or its predicted-word spread
 for a plain GAN), and the Fréchet distance between real and generated features
 in B's penultimate layer, beside the same distance between two real splits.
 
-Maximization: `GeneratorParam` is the engine's parameterization for a latent z
-with x = G(z) or G(z, word); starts are samples of the GAN (z ~ N(0, I)).
+Maximization: the GAN priors are parameterizations of the engine
+(`generation.maximize`), one class per method (``gan``, ``cgan``, ``wave-gan``),
+each a `GeneratorParam`: a latent z with x = G(z) or G(z, word), a conditional
+generator generating each sample's target word; starts are samples of the GAN
+(z ~ N(0, I)). ``maximize(classifier, targets, method="cgan", decoder=G,
+settings=preset("paper", "cgan"))`` runs one; a wave generator's audio comes
+back in the result's ``waves``.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -41,11 +46,10 @@ from . import cache, checkpoint
 from .checkpoint import Checkpoint
 from hearsay.errors import HearsayError
 from .features import PAPER, FeatureConfig, LogMel
-from .maximize import Parameterization, Result, Settings, ascend, build_objective, frozen, noise, step_rule
+from .maximize import PARAMETERIZATIONS, Parameterization, Settings, maximize, noise, preset
 
 KIND = "gan"
 DOMAINS = ("mel", "wave")
-METHODS = {"gan": ("mel", False), "cgan": ("mel", True), "wave-gan": ("wave", None)}
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
@@ -180,18 +184,71 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     return checkpoint.load(path, device=device, kind=KIND, build=build)
 
 
-# --------------------------------------------------------------------------- the engine's parameterization
+# --------------------------------------------------------------------------- the engine's parameterizations
 
 
 class GeneratorParam(Parameterization):
-    """Optimize a latent z; x = G(z), or G(z, word) for a conditional generator (its word stays fixed)."""
+    """Optimize a latent z; x = G(z), or G(z, word) for a conditional generator.
 
-    def __init__(self, generator: nn.Module, z0: torch.Tensor, labels: torch.Tensor | None = None):
-        if generator.n_classes and labels is None:
-            raise HearsayError("a conditional generator needs the word of every sample")
+    A conditional generator generates each sample's target word: the engine
+    hands the batch's targets to `start`, and they stay fixed while z moves.
+    Subclasses that set `method` are the GAN priors reachable by name; `domain`
+    and `conditional` (None: either) say which generators serve that method.
+    Starts are samples of the GAN (z ~ N(0, I), see `preset_settings`), or given
+    latents (`optimize(..., start_latents=z0)`); there is no encoder.
+    """
+
+    domain: ClassVar[str | None] = None
+    conditional: ClassVar[bool | None] = None
+
+    def __init__(self, generator: nn.Module, z0: torch.Tensor | None = None, labels: torch.Tensor | None = None):
         self.generator = generator
-        self.labels = labels if generator.n_classes else None
-        self.parameter = z0.detach().clone().requires_grad_(True)
+        self.labels: torch.Tensor | None = None
+        if z0 is not None:
+            self.start(z0, labels)
+
+    @classmethod
+    def from_method(cls, settings: Settings, prior: nn.Module | None) -> "GeneratorParam":
+        if prior is None:
+            raise HearsayError(f"the {cls.method} method needs a generator (a GAN checkpoint from train_gan)")
+        problem = cls.mismatch(prior)
+        if problem:
+            raise HearsayError(f"the {cls.method} method {problem}")
+        return cls(prior)
+
+    @classmethod
+    def preset_settings(cls, presets: dict[str, Settings]) -> Settings:
+        """The preset's decoder-prior settings, but started from samples of the GAN (z ~ N(0, I))."""
+        return replace(presets["decoder"], init_std=1.0)
+
+    @classmethod
+    def mismatch(cls, generator: nn.Module, name: str = "this one") -> str | None:
+        """Why `generator` cannot serve this method (None when it can); `name` names it in the message."""
+        if cls.domain is not None and generator.domain != cls.domain:
+            return f"needs a {cls.domain} generator, {name} generates {generator.domain}"
+        if cls.conditional is not None and bool(generator.n_classes) != cls.conditional:
+            kind = "conditional" if generator.n_classes else "plain"
+            return f"needs a {'conditional' if cls.conditional else 'plain'} generator; {name} is {kind}"
+        return None
+
+    def feature_shape(self, requested: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(self.generator.shape)
+
+    def noise_shape(self, feature_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.generator.latent,)
+
+    def start(self, x0: torch.Tensor, targets: torch.Tensor | None = None) -> "GeneratorParam":
+        """Arm with latents x0 and, for a conditional generator, each sample's word (`targets`)."""
+        words = self.generator.n_classes
+        if words:
+            if targets is None or len(targets) != len(x0):
+                raise HearsayError("a conditional generator needs the word of every sample")
+            if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= words):
+                raise HearsayError(f"target class index {int(targets.max())} out of range: the generator knows {words} words")
+            self.labels = targets.to(x0.device)
+        else:
+            self.labels = None
+        return super().start(x0, targets)
 
     def features(self) -> torch.Tensor:
         return self.generator.features(self.parameter, self.labels)
@@ -207,29 +264,42 @@ class GeneratorParam(Parameterization):
             return self.generator(self.parameter, self.labels)
 
 
-def gan_settings(base: Settings) -> Settings:
-    """A preset's decoder settings for the GAN prior, but started from samples of the GAN (z ~ N(0, I))."""
-    return replace(base, init_std=1.0)
+class MelGanParam(GeneratorParam):
+    """``gan``: a plain log-mel generator, x = G(z)."""
+
+    method = "gan"
+    domain = "mel"
+    conditional = False
 
 
-def method_settings(preset_name: str, method: str) -> Settings:
-    """A preset's settings for any method: GAN priors take the decoder prior's, started from GAN samples."""
-    from .maximize import preset
+class ConditionalMelGanParam(GeneratorParam):
+    """``cgan``: a conditional log-mel generator, x = G(z, target word)."""
 
-    return gan_settings(preset(preset_name, "decoder")) if method in METHODS else preset(preset_name, method)
+    method = "cgan"
+    domain = "mel"
+    conditional = True
+
+
+class WaveGanParam(GeneratorParam):
+    """``wave-gan``: a waveform generator whose audio the classifier judges through `FeaturePipeline`."""
+
+    method = "wave-gan"
+    domain = "wave"
+
+
+def gan_methods() -> dict[str, type[GeneratorParam]]:
+    """The GAN priors by method name: every registered generator parameterization."""
+    return {m: c for m, c in PARAMETERIZATIONS.items() if issubclass(c, GeneratorParam)}
 
 
 def check_method(method: str, ckpt: Checkpoint) -> None:
-    """`gan` needs a plain mel generator, `cgan` a conditional one, `wave-gan` a wave generator."""
-    if method not in METHODS:
-        raise HearsayError(f"unknown GAN method {method!r}; choose from {', '.join(METHODS)}")
-    domain, conditional = METHODS[method]
-    name = Path(ckpt.path).name
-    if ckpt.arch != domain:
-        raise HearsayError(f"--method {method} needs a {domain} generator, {name} generates {ckpt.arch}")
-    if conditional is not None and bool(ckpt.model.n_classes) != conditional:
-        raise HearsayError(f"--method {method} needs a {'conditional' if conditional else 'plain'} generator; {name} is "
-                           f"{'conditional' if ckpt.model.n_classes else 'plain'}")
+    """Refuse a generator that cannot serve `method` (`gan` needs a plain mel generator, `cgan` a conditional one, ...)."""
+    methods = gan_methods()
+    if method not in methods:
+        raise HearsayError(f"unknown GAN method {method!r}; choose from {', '.join(methods)}")
+    problem = methods[method].mismatch(ckpt.model, Path(ckpt.path).name)
+    if problem:
+        raise HearsayError(f"the {method} method {problem}")
 
 
 def load_generators(gans: dict[str, str | Path], classifier: Checkpoint, device: torch.device | str) -> dict[str, Checkpoint]:
@@ -242,84 +312,6 @@ def load_generators(gans: dict[str, str | Path], classifier: Checkpoint, device:
         if gens[method].model.n_classes and gens[method].classes != classifier.classes:
             raise HearsayError(f"{Path(path).name} was trained on other words than {Path(classifier.path).name}")
     return gens
-
-
-@dataclass
-class GanResult:
-    result: Result
-    waves: torch.Tensor | None
-    start_waves: torch.Tensor | None
-
-
-def maximize_gan(
-    classifier: nn.Module,
-    targets: torch.Tensor,
-    generator: nn.Module,
-    *,
-    settings: Settings,
-    seed: int = 0,
-    evaluator: nn.Module | None = None,
-    device: str | torch.device = "cpu",
-    batch_size: int = 512,
-    first_index: int = 0,
-    z0: torch.Tensor | None = None,
-) -> GanResult:
-    """Push every sample toward its target through the generator; a conditional one generates the target word.
-
-    `z0` None draws GAN samples (noise index `first_index + i` for sample i, as the
-    engine does); otherwise it holds the starting latents. Waves are returned for
-    wave generators (the audio to write), else None.
-    """
-    settings.validate()
-    device = torch.device(device)
-    targets = torch.as_tensor(targets).long().flatten().cpu()
-    total = len(targets)
-    if z0 is not None and tuple(z0.shape) != (total, generator.latent):
-        raise HearsayError(f"start latents must be [{total}, {generator.latent}], got {list(z0.shape)}")
-    for m in (classifier, evaluator, generator):
-        if m is not None:
-            m.to(device)
-    parts: dict[str, list[torch.Tensor]] = {}
-    with frozen(classifier, evaluator, generator):
-        n_classes = classifier(torch.zeros(1, *generator.shape, device=device)).shape[1]
-        if generator.n_classes and generator.n_classes != n_classes:
-            raise HearsayError(f"the generator knows {generator.n_classes} words, the classifier {n_classes}")
-        if total and (targets.min() < 0 or targets.max() >= n_classes):
-            raise HearsayError(f"target class index out of range: the classifier has {n_classes} classes")
-        for lo in range(0, total, batch_size):
-            hi = min(lo + batch_size, total)
-            y = targets[lo:hi].to(device)
-            z = z0[lo:hi].float() if z0 is not None else noise((generator.latent,), settings.init_std, seed, first_index + lo, hi - lo)
-            param = GeneratorParam(generator, z.to(device), y)
-            with torch.no_grad():
-                start_feats = param.features().detach().clone()
-                start_lat = param.parameter.detach().clone()
-                start_wave = param.waves()
-            traj, failed, logits0, logits1 = ascend(classifier, param, build_objective(settings, y), y, step_rule(settings), settings.steps)
-            with torch.no_grad():
-                feats = param.features().detach()
-                out = {"features": feats, "start_features": start_feats, "latents": param.parameter.detach(), "start_latents": start_lat,
-                       "trajectory": traj, "prob_a": torch.softmax(logits1, 1), "start_prob_a": torch.softmax(logits0, 1), "failed": failed}
-                if evaluator is not None:
-                    out["prob_b"] = torch.softmax(evaluator(feats), 1)
-                    out["start_prob_b"] = torch.softmax(evaluator(start_feats), 1)
-                if start_wave is not None:
-                    out["waves"], out["start_waves"] = param.waves(), start_wave
-            for k, v in out.items():
-                parts.setdefault(k, []).append(v.cpu() if v.dtype == torch.bool else v.float().cpu())
-
-    def cat(key: str) -> torch.Tensor | None:
-        return torch.cat(parts[key]) if key in parts else None
-
-    if total == 0:
-        empty = torch.zeros(0, *generator.shape)
-        probs = torch.zeros(0, n_classes)
-        result = Result(empty, empty.clone(), torch.zeros(0, generator.latent), torch.zeros(0, generator.latent),
-                        torch.zeros(0, settings.steps + 1), probs, probs.clone(), probs.clone() if evaluator is not None else None,
-                        probs.clone() if evaluator is not None else None, torch.zeros(0, dtype=torch.bool))
-        return GanResult(result, None, None)
-    result = Result(**{f: cat(f) for f in Result.__dataclass_fields__})
-    return GanResult(result, cat("waves"), cat("start_waves"))
 
 
 # --------------------------------------------------------------------------- quality figures
@@ -576,8 +568,8 @@ def train_gan(
 
 
 def method_of(ckpt: Checkpoint) -> str:
-    """The maximization method a generator serves: wave-gan, cgan or gan."""
-    return "wave-gan" if ckpt.arch == "wave" else "cgan" if ckpt.model.n_classes else "gan"
+    """The maximization method a generator serves (the first GAN prior that takes it): gan, cgan or wave-gan."""
+    return next(m for m, c in gan_methods().items() if c.mismatch(ckpt.model) is None)
 
 
 def run_gan_tsne(generator: str | Path, classifier: str | Path, out: str | Path, *, per_word: int = 20, preset_name: str = "paper",
@@ -606,8 +598,8 @@ def run_gan_tsne(generator: str | Path, classifier: str | Path, out: str | Path,
     targets = torch.arange(len(a.classes)).repeat_interleave(per_word)
     if len(targets) < 2:
         raise HearsayError("t-SNE needs at least 2 samples")
-    settings = method_settings(preset_name, method)
-    res = maximize_gan(a.model, targets, g.model, settings=settings, seed=seed, device=device).result
+    settings = preset(preset_name, method)
+    res = maximize(a.model, targets, method=method, decoder=g.model, settings=settings, seed=seed, device=device, keep_waves=False)
     ok = ~res.failed
     z0, z1, t = res.start_latents[ok], res.latents[ok], targets[ok]
     before, after = res.start_prob_a[ok].argmax(1), res.prob_a[ok].argmax(1)

@@ -35,7 +35,7 @@ from hearsay.provenance import file_sha256, library_versions
 from hearsay.runs import RunFolder
 
 from . import checkpoint, gan
-from .maximize import derive_seed
+from . import maximize as engine
 from .objective import write_csv
 from .stimuli import COLUMNS, JOURNAL, attempt_rounds, stimulus_id
 from .vocoder import GriffinLimVocoder, Vocoder, finish, write_wav
@@ -89,7 +89,7 @@ def generate_gan_stimuli(
     if not chosen:
         raise HearsayError("no words given")
     targets = {w: a.class_index(w) for w in chosen}
-    settings = gan.method_settings(preset, method)
+    settings = engine.preset(preset, method)
     cfg = a.feature_config
     wave_domain = g.arch == "wave"
     if not wave_domain:
@@ -145,19 +145,17 @@ def generate_gan_stimuli(
 
 
 def _run_word(word, target, method, a, b, g, settings, per_class, max_attempts, seed, key, avoid, vocoder, recognizer, dev, out) -> list[dict]:
-    unit_seed = derive_seed(seed, "gan-prior", method, word)
+    unit_seed = engine.derive_seed(seed, "gan-prior", method, word)
     parts = []
     for lo, hi in attempt_rounds(max_attempts):
         n = (hi - lo) * per_class
-        parts.append(gan.maximize_gan(a.model, torch.full((n,), target, dtype=torch.long), g.model, settings=settings, seed=unit_seed,
-                                      first_index=lo * per_class, evaluator=b.model, device=dev))
-        agree = torch.cat([(p.result.prob_a.argmax(1) == target) & ~p.result.failed for p in parts])
+        parts.append(engine.maximize(a.model, torch.full((n,), target, dtype=torch.long), method=method, decoder=g.model,
+                                     settings=settings, seed=unit_seed, first_index=lo * per_class, evaluator=b.model, device=dev))
+        agree = torch.cat([(p.prob_a.argmax(1) == target) & ~p.failed for p in parts])
         if bool(agree.view(-1, per_class).any(dim=0).all()):
             break
-    res = gan.Result(**{f: None if getattr(parts[0].result, f) is None else torch.cat([getattr(p.result, f) for p in parts])
-                        for f in gan.Result.__dataclass_fields__})
-    waves = torch.cat([p.waves for p in parts]) if parts[0].waves is not None else None
-    start_waves = torch.cat([p.start_waves for p in parts]) if parts[0].start_waves is not None else None
+    res = engine.Result(**{f: None if getattr(parts[0], f) is None else torch.cat([getattr(p, f) for p in parts])
+                           for f in engine.Result.__dataclass_fields__})
     computed = len(agree) // per_class
     classes = a.classes
     rows, clips = [], []
@@ -167,8 +165,8 @@ def _run_word(word, target, method, a, b, g, settings, per_class, max_attempts, 
         finite = [k for k in tries if not bool(res.failed[k])]
         k, status = (good[0], "converged") if good else (finite[-1], "unconverged") if finite else (tries[-1], "failed")
         pair = stimulus_id(key, word, slot, "pair", avoid=avoid)
-        stages = (("before", res.start_features[k], res.start_prob_a[k], res.start_prob_b[k], start_waves),
-                  ("after", res.features[k], res.prob_a[k], res.prob_b[k], waves))
+        stages = (("before", res.start_features[k], res.start_prob_a[k], res.start_prob_b[k], res.start_waves),
+                  ("after", res.features[k], res.prob_a[k], res.prob_b[k], res.waves))
         for stage, feat, pa, pb, audio in stages:
             sid = stimulus_id(key, word, slot, stage, avoid=avoid)
             row = {

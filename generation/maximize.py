@@ -5,9 +5,10 @@ three parts as objects (as lucent's ``render_vis(model, objective, param)`` or
 captum.optim's ``InputOptimization`` do):
 
 * a *parameterization* (`Parameterization`) owns the optimized tensor of one
-  batch and turns it into features: `InputParam` (the log-mel input itself) or
-  `DecoderParam` (a latent z with x = decoder(z), the paper's "prior"). A new
-  prior (a GAN generator, say) is one more subclass and nothing else;
+  batch and turns it into features: `InputParam` (the log-mel input itself),
+  `DecoderParam` (a latent z with x = decoder(z), the paper's "prior") or the
+  GAN priors of `generation.gan` (x = G(z) or G(z, word)). A new prior is one
+  more subclass and nothing else;
 * an *objective* (`Objective`) scores every sample of a batch ([B] tensor);
   objectives combine arithmetically, e.g.
   ``class_probability() - 0.1 * total_variation()``;
@@ -101,40 +102,71 @@ PRESETS: dict[str, dict[str, Settings]] = {
 
 
 def preset(name: str, method: str) -> Settings:
-    """Look up a preset by name with a one-line error for typos."""
+    """A preset's settings for a method, with a one-line error for typos.
+
+    Methods without their own entry in `PRESETS` (the GAN priors) derive theirs
+    from the preset's others (`Parameterization.preset_settings`).
+    """
     if name not in PRESETS:
         raise HearsayError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    if method not in PRESETS[name]:
-        raise HearsayError(f"unknown method {method!r}; choose from {', '.join(PRESETS[name])}")
-    return PRESETS[name][method]
+    if method in PRESETS[name]:
+        return PRESETS[name][method]
+    registry = registered()
+    if method not in registry:
+        raise HearsayError(f"unknown method {method!r}; choose from {', '.join(dict.fromkeys([*PRESETS[name], *registry]))}")
+    return registry[method].preset_settings(PRESETS[name])
 
 
 # --------------------------------------------------------------------------- parameterizations
 
 
 PARAMETERIZATIONS: dict[str, type["Parameterization"]] = {}
+# Modules whose Parameterization subclasses register further priors; imported on the first lookup by name,
+# so that `maximize(..., method="cgan")` works without the caller importing them (they import this module).
+PRIOR_MODULES = ("generation.gan",)
+
+
+def registered() -> dict[str, type["Parameterization"]]:
+    """Every parameterization reachable by method name (this module's and those of `PRIOR_MODULES`)."""
+    import importlib
+
+    for module in PRIOR_MODULES:
+        importlib.import_module(module)
+    return PARAMETERIZATIONS
 
 
 class Parameterization:
     """How an optimized tensor becomes features [B, T, N]: the engine's only view of a prior.
 
-    One object serves a whole run; `start(x0)` arms it with one batch's leaf
-    tensor `parameter` ([B, ...], what the step rule updates). The engine uses:
+    One object serves a whole run; `start(x0, targets)` arms it with one batch's
+    leaf tensor `parameter` ([B, ...], what the step rule updates) and that
+    batch's target classes. The engine uses:
 
     * `modules()`: networks it must move to the device and freeze (a decoder, a generator);
     * `feature_shape(requested)`: the features' [T, N] (a generator decides its own);
-    * `noise_shape(feature_shape)`: the shape of one sample's N(0, std) start in this space;
+    * `noise_shape(feature_shape)`: the shape of one sample's start in this space
+      (N(0, init_std) noise, or given latents);
     * `encode(features)`: a start from real features, mapped into this space (a prior
       without an encoder keeps the default, which refuses with a one-line error);
-    * `start(x0)`: take x0 as the new `parameter` and `project()` it;
+    * `start(x0, targets)`: take x0 as the new `parameter` and `project()` it; `targets`
+      ([B] class indices, on the device) are each sample's word, for priors that
+      generate a given word (a conditional generator); the base ignores them;
     * `features()`, `latents()` (None where the space is the features), `project()`
       (called after every step and once at the start, for hard constraints) and
-      `parameters()` (the tensors a step rule updates).
+      `parameters()` (the tensors a step rule updates);
+    * `waves()`: audio the prior produces itself (a waveform generator), which the
+      result carries for the stimulus writer instead of a vocoded copy; None by default.
+
+    Three ways to start a batch, all through `optimize`: noise (the default),
+    real features (`start=`, mapped by `encode`), or points of this space given
+    as they are (`start_latents=`, [B, *noise_shape]: e.g. chosen GAN latents, to
+    push a generator's own sample toward its word, the seed's "enhancer").
 
     A subclass that sets `method` (a CLI method name) is registered in
-    `PARAMETERIZATIONS`, and `from_method(settings, prior)` builds it from a
-    preset and the prior's network: that is all a new prior needs to be
-    reachable by name from `maximize(..., method=...)`.
+    `PARAMETERIZATIONS`, `from_method(settings, prior)` builds it from a preset
+    and the prior's network, and `preset_settings(presets)` names its settings
+    where `PRESETS` has no entry of its own: that is all a new prior needs to be
+    reachable by name from `maximize(..., method=...)` and `preset(...)`.
     """
 
     parameter: torch.Tensor
@@ -142,12 +174,17 @@ class Parameterization:
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.method:
+        if cls.__dict__.get("method"):  # its own name only: a subclass of a registered prior must not replace it
             PARAMETERIZATIONS[cls.method] = cls
 
     @classmethod
     def from_method(cls, settings: Settings, prior: nn.Module | None) -> "Parameterization":
         raise NotImplementedError
+
+    @classmethod
+    def preset_settings(cls, presets: dict[str, Settings]) -> Settings:
+        """This method's settings in one preset (`presets`: that preset's settings by method)."""
+        raise HearsayError(f"no preset has settings for the {cls.method} method")
 
     def modules(self) -> tuple[nn.Module, ...]:
         """By default every network held as an attribute (a decoder, a generator)."""
@@ -160,9 +197,9 @@ class Parameterization:
         raise NotImplementedError(f"{type(self).__name__} must say the shape of one sample's noise start (noise_shape)")
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
-        raise HearsayError(f"{type(self).__name__} cannot start from features: it has no encoder; start from noise")
+        raise HearsayError(f"{type(self).__name__} cannot start from features: it has no encoder; start from noise or from latents")
 
-    def start(self, x0: torch.Tensor) -> "Parameterization":
+    def start(self, x0: torch.Tensor, targets: torch.Tensor | None = None) -> "Parameterization":
         self.parameter = x0.detach().clone().requires_grad_(True)
         self.project()
         return self
@@ -174,6 +211,10 @@ class Parameterization:
         raise NotImplementedError
 
     def latents(self) -> torch.Tensor | None:
+        return None
+
+    def waves(self) -> torch.Tensor | None:
+        """Audio [B, samples] the prior generates itself, or None where features must be vocoded."""
         return None
 
     def project(self) -> None:
@@ -441,14 +482,15 @@ def step_rule(settings: Settings) -> StepRule:
 
 def parameterization(method: str, settings: Settings, decoder: nn.Module | None = None) -> Parameterization:
     """The parameterization a CLI method name stands for (`decoder`: the prior's network, where it has one)."""
-    if method not in PARAMETERIZATIONS:
-        raise HearsayError(f"unknown method {method!r}; choose from {', '.join(PARAMETERIZATIONS)}")
-    return PARAMETERIZATIONS[method].from_method(settings, decoder)
+    registry = registered()
+    if method not in registry:
+        raise HearsayError(f"unknown method {method!r}; choose from {', '.join(registry)}")
+    return registry[method].from_method(settings, decoder)
 
 
-def parts(settings: Settings, method: str = "classifier", decoder: Autoencoder | None = None
+def parts(settings: Settings, method: str = "classifier", decoder: nn.Module | None = None
           ) -> tuple[Parameterization, Objective, StepRule]:
-    """What a preset and a method name build: (parameterization, objective, step rule)."""
+    """What a preset and a method name build: (parameterization, objective, step rule); `decoder`: the prior's network."""
     settings.validate()
     return parameterization(method, settings, decoder), build_objective(settings), step_rule(settings)
 
@@ -468,6 +510,8 @@ class Result:
     prob_b: torch.Tensor | None
     start_prob_b: torch.Tensor | None
     failed: torch.Tensor
+    waves: torch.Tensor | None = None  # the prior's own audio (`Parameterization.waves`), where it has any
+    start_waves: torch.Tensor | None = None
 
 
 @contextmanager
@@ -657,6 +701,7 @@ def optimize(
     *,
     steps: int = 20,
     start: torch.Tensor | None = None,
+    start_latents: torch.Tensor | None = None,
     init_std: float = 0.1,
     seed: int = 0,
     evaluator: nn.Module | None = None,
@@ -666,16 +711,22 @@ def optimize(
     shape: tuple[int, int] = (90, 80),
     first_index: int = 0,
     rewrite: bool = True,
+    keep_waves: bool = True,
 ) -> Result:
     """Push every sample toward its target class of `classifier` (A) with the given parts; report A's and B's verdicts.
 
-    `start` None draws N(0, init_std) starts in the parameterization's space;
-    otherwise it holds features [B, T, N] to start from (`param.encode` maps
-    them into its space). `shape` is the feature shape for noise starts where
-    the parameterization does not fix it; noise for sample i uses index
-    `first_index + i`, so retries can ask for fresh draws. The models are moved
-    to `device`. `rewrite` runs the gradient steps on `pool_before_relu(classifier)`,
-    which gives the same numbers faster; False runs the classifier as written.
+    Starts: by default N(0, init_std) noise in the parameterization's space;
+    `start` holds features [B, T, N] to start from (`param.encode` maps them
+    into its space); `start_latents` holds points of that space
+    ([B, *param.noise_shape]) used as they are. `shape` is the feature shape for
+    noise starts where the parameterization does not fix it; noise for sample i
+    uses index `first_index + i`, so retries can ask for fresh draws. Each
+    batch's targets reach the parameterization with its start (`param.start`).
+    The models are moved to `device`. `rewrite` runs the gradient steps on
+    `pool_before_relu(classifier)`, which gives the same numbers faster; False
+    runs the classifier as written. Audio a prior generates itself
+    (`param.waves()`) is kept in the result unless `keep_waves` is False (it is
+    large: one clip per sample, twice).
     """
     from tqdm import tqdm
 
@@ -686,6 +737,8 @@ def optimize(
     device = torch.device(device)
     targets = torch.as_tensor(targets).long().flatten().cpu()
     total = len(targets)
+    if start is not None and start_latents is not None:
+        raise HearsayError("start from features or from latents, not both")
     if start is not None and (start.dim() != 3 or start.shape[0] != total):
         raise HearsayError(f"start features must be [{total}, frames, mels], got {list(start.shape)}")
     classifier.to(device)
@@ -694,6 +747,8 @@ def optimize(
             m.to(device)
     with frozen(classifier, evaluator, *param.modules()):
         shape = tuple(start.shape[1:]) if start is not None else param.feature_shape(tuple(shape))
+        if start_latents is not None and tuple(start_latents.shape) != (total, *param.noise_shape(shape)):
+            raise HearsayError(f"start latents must be {[total, *param.noise_shape(shape)]}, got {list(start_latents.shape)}")
         n_classes = _probe(classifier, shape, device).shape[1]
         if evaluator is not None and _probe(evaluator, shape, device).shape[1] != n_classes:
             raise HearsayError("classifier and evaluator have different numbers of classes")
@@ -713,13 +768,16 @@ def optimize(
             chunk_targets = targets[lo:hi].to(device)
             if start is not None:
                 x0 = param.encode(start[lo:hi].float().to(device))
+            elif start_latents is not None:
+                x0 = start_latents[lo:hi].float().to(device)
             else:
                 x0 = noise(param.noise_shape(shape), init_std, seed, first_index + lo, hi - lo).to(device)
-            param.start(x0)
+            param.start(x0, chunk_targets)
             with torch.no_grad():
                 start_feats = param.features().detach().clone()
                 start_lat = param.latents()
                 start_lat = None if start_lat is None else start_lat.detach().clone()
+                start_waves = param.waves() if keep_waves else None
             traj, failed, logits0, logits1 = ascend(classifier, param, objective, chunk_targets, step, steps, net)
             with torch.no_grad():
                 feats = param.features().detach()
@@ -738,6 +796,8 @@ def optimize(
                 if evaluator is not None:
                     out["prob_b"] = torch.softmax(evaluator(feats), dim=1)
                     out["start_prob_b"] = torch.softmax(evaluator(start_feats), dim=1)
+                if start_waves is not None:
+                    out["waves"], out["start_waves"] = param.waves(), start_waves
             for k, v in out.items():
                 parts_.setdefault(k, []).append(v.float().cpu() if v.dtype != torch.bool else v.cpu())
 
@@ -760,6 +820,8 @@ def optimize(
         prob_b=cat("prob_b"),
         start_prob_b=cat("start_prob_b"),
         failed=cat("failed"),
+        waves=cat("waves"),
+        start_waves=cat("start_waves"),
     )
 
 
@@ -768,14 +830,17 @@ def maximize(
     targets: torch.Tensor,
     *,
     method: str = "classifier",
-    decoder: Autoencoder | None = None,
+    decoder: nn.Module | None = None,
     settings: Settings = Settings(),
     **options,
 ) -> Result:
     """`optimize` with the parts a method name and a preset's `Settings` build (see `parts`).
 
-    `options` are `optimize`'s keywords (start, seed, evaluator, device,
-    batch_size, progress, shape, first_index).
+    `decoder` is the prior's network: the autoencoder for ``decoder``, the
+    generator for ``gan``, ``cgan`` and ``wave-gan``.
+
+    `options` are `optimize`'s keywords (start, start_latents, seed, evaluator,
+    device, batch_size, progress, shape, first_index, rewrite, keep_waves).
     """
     param, objective, step = parts(settings, method, decoder)
     return optimize(classifier, targets, param, objective, step, steps=settings.steps, init_std=settings.init_std, **options)

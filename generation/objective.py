@@ -100,14 +100,12 @@ def load_models(classifier: str | Path, evaluator: str | Path, decoder: str | Pa
 def _config(n: int, words: list[str], methods: list[str], preset_name: str, seed: int, a: Checkpoint, b: Checkpoint, ae: Checkpoint | None,
             gens: dict[str, Checkpoint] | None = None) -> dict:
     """Everything the saved arrays depend on (not the device or batch size, which only change speed)."""
-    from .gan import method_settings
-
     return {
         "n": n,
         "words": words,
         "methods": methods,
         "preset": preset_name,
-        "settings": {m: method_settings(preset_name, m).to_dict() for m in methods},
+        "settings": {m: preset(preset_name, m).to_dict() for m in methods},
         "seed": seed,
         "classes": a.classes,
         "classifier_sha256": a.sha256,
@@ -238,7 +236,7 @@ def run_objective(
 
     if n < 1:
         raise HearsayError(f"--n must be at least 1, got {n}")
-    from .gan import load_generators, maximize_gan, method_settings
+    from .gan import load_generators
 
     methods = list(dict.fromkeys([*methods, *(gans or {})]))
     for m in methods:
@@ -249,7 +247,7 @@ def run_objective(
     if "decoder" in methods and decoder is None:
         raise HearsayError("the decoder method needs --decoder (an autoencoder checkpoint)")
     for m in methods:
-        method_settings(preset_name, m)
+        preset(preset_name, m)
     device = torch.device(device)
     batch_size = batch_size or (64 if device.type == "cpu" else 2048)
     a, b, ae = load_models(classifier, evaluator, decoder if "decoder" in methods else None, device)
@@ -273,17 +271,13 @@ def run_objective(
         bar.set_postfix_str(f"{method}/{word}")
         path = out / method / f"{word}.npz"
         arrays = _load_class(path, n, len(a.classes))
-        if arrays is None and method in gens:
-            result = maximize_gan(a.model, torch.full((n,), targets[word], dtype=torch.long), gens[method].model,
-                                  settings=method_settings(preset_name, method), seed=derive_seed(seed, method, word), evaluator=b.model,
-                                  device=device, batch_size=batch_size).result
-        elif arrays is None:
-            result = maximize(
-                a.model, torch.full((n,), targets[word], dtype=torch.long), method=method, decoder=ae.model if ae else None,
-                settings=preset(preset_name, method), seed=derive_seed(seed, method, word), evaluator=b.model,
-                device=device, batch_size=batch_size, shape=a.feature_config.shape,
-            )
         if arrays is None:
+            prior = gens[method].model if method in gens else ae.model if ae else None
+            result = maximize(
+                a.model, torch.full((n,), targets[word], dtype=torch.long), method=method, decoder=prior,
+                settings=preset(preset_name, method), seed=derive_seed(seed, method, word), evaluator=b.model,
+                device=device, batch_size=batch_size, shape=a.feature_config.shape, keep_waves=False,
+            )
             _save_class(path, result)
             arrays = _load_class(path, n, len(a.classes))
             computed += 1

@@ -1,6 +1,8 @@
 """GAN priors: a few training steps on a tiny corpus, reload, shapes and ranges, the engine parameterization, FID."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,9 +11,12 @@ from django.core.management import CommandError, call_command
 from hearsay.errors import HearsayError
 from generation.features import PAPER, LogMel, prepare_waves
 from generation.gan import (
-    FeaturePipeline, GanSettings, GeneratorParam, MelGenerator, WaveGenerator, frechet_distance, load, maximize_gan, train_gan,
+    ConditionalMelGanParam, FeaturePipeline, GanSettings, GeneratorParam, MelGenerator, WaveGanParam, WaveGenerator, frechet_distance, load,
+    train_gan,
 )
-from generation.maximize import Parameterization, Settings, ascend, class_probability, step_rule
+from generation.maximize import (
+    PARAMETERIZATIONS, Parameterization, RMSStep, Settings, ascend, class_probability, maximize, optimize, parts, preset, step_rule,
+)
 from generation.train import partial_path, train_classifier
 from tests.test_survey_flow import media  # noqa: F401  (fixture)
 from tests.test_training import WORDS, make_tiny_corpus
@@ -78,12 +83,17 @@ def test_feature_pipeline_matches_the_extractor_and_passes_gradients():
     assert torch.isfinite(x.grad).all() and float(x.grad.abs().sum()) > 0
 
 
-def test_generator_param_plugs_into_the_engine(corpus, evaluator):
+def _frozen_classifier(path):
     from generation import checkpoint
 
-    b = checkpoint.load(evaluator, kind="classifier").model.eval()
+    b = checkpoint.load(path, kind="classifier").model.eval()
     for p in b.parameters():
         p.requires_grad_(False)
+    return b
+
+
+def test_generator_param_plugs_into_the_engine(corpus, evaluator):
+    b = _frozen_classifier(evaluator)
     torch.manual_seed(0)
     gen = MelGenerator(latent=8, n_classes=3, width=4).eval()
     targets = torch.tensor([0, 1, 2, 1])
@@ -94,11 +104,99 @@ def test_generator_param_plugs_into_the_engine(corpus, evaluator):
     assert traj.shape == (4, 6) and not failed.any()
     assert param.latents() is param.parameter and param.features().shape == (4, *PAPER.shape)
 
-    res = maximize_gan(b, targets, gen, settings=settings, seed=3, evaluator=b).result
+    res = maximize(b, targets, method="cgan", decoder=gen, settings=settings, seed=3, evaluator=b)
     assert res.features.shape == (4, *PAPER.shape) and res.latents.shape == (4, 8) and res.prob_b.shape == (4, 3)
+    assert res.waves is None and res.start_waves is None, "a mel generator's features are vocoded, it has no audio of its own"
     assert float(res.prob_a[torch.arange(4), targets].mean()) >= float(res.start_prob_a[torch.arange(4), targets].mean()) - 1e-6
-    again = maximize_gan(b, targets[:2], gen, settings=settings, seed=3, batch_size=1).result
+    param, objective, step = parts(settings, "cgan", gen)
+    assert isinstance(param, ConditionalMelGanParam) and isinstance(step, RMSStep)
+    by_hand = optimize(b, targets, param, objective, step, steps=5, seed=3, evaluator=b)
+    assert torch.equal(by_hand.features, res.features) and torch.equal(by_hand.latents, res.latents)
+    again = maximize(b, targets[:2], method="cgan", decoder=gen, settings=settings, seed=3, batch_size=1)
     assert torch.allclose(again.features, res.features[:2], atol=1e-3)  # batching changes rounding only
+
+
+def test_a_conditional_generator_generates_each_samples_target_word(corpus, evaluator):
+    """Mixed targets across batches: every sample starts from G(z_i, target_i), and keeps its word while z moves."""
+    b = _frozen_classifier(evaluator)
+    torch.manual_seed(1)
+    gen = MelGenerator(latent=8, n_classes=3, width=4).eval()
+    targets = torch.tensor([2, 0, 1, 1, 2, 0, 0])
+    z0 = torch.randn(7, 8)
+    res = maximize(b, targets, method="cgan", decoder=gen, settings=Settings(steps=3, lr=0.1), start_latents=z0, batch_size=3)
+    assert torch.equal(res.start_latents, z0), "the given latents are the start, as they are"
+    with torch.no_grad():
+        assert torch.allclose(res.start_features, gen(z0, targets), atol=1e-6)
+        assert torch.allclose(res.features, gen(res.latents, targets), atol=1e-6)
+        assert not torch.allclose(res.start_features, gen(z0, targets.roll(1)), atol=1e-3), "the word changes what G generates"
+    with pytest.raises(HearsayError, match=r"start latents must be \[7, 8\]"):
+        maximize(b, targets, method="cgan", decoder=gen, settings=Settings(steps=1), start_latents=z0[:, :4])
+    with pytest.raises(HearsayError, match="not both"):
+        maximize(b, targets, method="cgan", decoder=gen, settings=Settings(steps=1), start_latents=z0, start=torch.rand(7, *PAPER.shape))
+    with pytest.raises(HearsayError, match="cannot start from features"):
+        maximize(b, targets, method="cgan", decoder=gen, settings=Settings(steps=1), start=torch.rand(7, *PAPER.shape))
+    with pytest.raises(HearsayError, match="needs a conditional generator; this one is plain"):
+        maximize(b, targets, method="cgan", decoder=MelGenerator(latent=8, width=4), settings=Settings(steps=1))
+    with pytest.raises(HearsayError, match="needs a generator"):
+        maximize(b, targets, method="gan", settings=Settings(steps=1))
+    small = MelGenerator(latent=8, n_classes=2, width=4)
+    with pytest.raises(HearsayError, match="the generator knows 2 words"):
+        maximize(b, targets, method="cgan", decoder=small, settings=Settings(steps=1))
+
+
+def test_from_method_is_all_a_new_gan_prior_needs():
+    """A subclass naming its method (and which generators serve it) is reachable by name, preset included."""
+
+    class AnyMelGan(GeneratorParam):
+        method = "test-any-mel-gan"
+        domain = "mel"
+
+    class Mean(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.logits = torch.nn.Linear(PAPER.n_mels, 3)
+
+        def forward(self, x):
+            return self.logits(x.mean(dim=1))
+
+    try:
+        torch.manual_seed(2)
+        gen, model = MelGenerator(latent=8, n_classes=3, width=4), Mean()
+        settings = preset("paper", "test-any-mel-gan")
+        assert settings == replace(preset("paper", "decoder"), init_std=1.0), "GAN priors start from samples of the GAN"
+        targets = torch.tensor([0, 2, 1])
+        res = maximize(model, targets, method="test-any-mel-gan", decoder=gen, settings=replace(settings, steps=4), seed=1)
+        with torch.no_grad():
+            assert torch.allclose(res.features, gen(res.latents, targets), atol=1e-6)
+        assert (res.trajectory[:, -1] > res.trajectory[:, 0]).all()
+        with pytest.raises(HearsayError, match="needs a mel generator, this one generates wave"):
+            maximize(model, targets, method="test-any-mel-gan", decoder=WaveGenerator(latent=8, width=4), settings=settings)
+    finally:
+        del PARAMETERIZATIONS["test-any-mel-gan"]
+
+
+def test_wave_gan_audio_comes_back_from_the_engine():
+    """The waveform prior's own audio reaches the result at both ends, and matches the features judged."""
+
+    class Mean(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.logits = torch.nn.Linear(PAPER.n_mels, 3)
+
+        def forward(self, x):
+            return self.logits(x.mean(dim=1))
+
+    torch.manual_seed(3)
+    gen, model = WaveGenerator(latent=8, width=4), Mean()
+    settings = replace(preset("paper", "wave-gan"), steps=2)
+    res = maximize(model, torch.tensor([0, 1]), method="wave-gan", decoder=gen, settings=settings, seed=2)
+    assert res.waves.shape == res.start_waves.shape == (2, PAPER.clip_samples)
+    with torch.no_grad():
+        assert torch.allclose(res.waves, gen(res.latents), atol=1e-6) and torch.allclose(res.start_waves, gen(res.start_latents), atol=1e-6)
+        assert torch.allclose(res.features, gen.features(res.latents), atol=1e-5)
+    lean = maximize(model, torch.tensor([0, 1]), method="wave-gan", decoder=gen, settings=settings, seed=2, keep_waves=False)
+    assert lean.waves is None and torch.equal(lean.features, res.features)
+    assert isinstance(parts(settings, "wave-gan", gen)[0], WaveGanParam)
 
 
 def test_failed_samples_are_marked_and_not_vocoded():
@@ -114,11 +212,11 @@ def test_failed_samples_are_marked_and_not_vocoded():
             return torch.cat([torch.full_like(out[:1], float("nan")), out[1:]])
 
     gen = MelGenerator(latent=8, width=4)
-    run = maximize_gan(Broken(), torch.tensor([0, 1, 2]), gen, settings=Settings(steps=3, lr=0.1))
-    assert run.result.failed.tolist() == [True, False, False]
+    res = maximize(Broken(), torch.tensor([0, 1, 2]), method="gan", decoder=gen, settings=Settings(steps=3, lr=0.1))
+    assert res.failed.tolist() == [True, False, False]
     from generation.vocoder import GriffinLimVocoder
 
-    poisoned = run.result.features.clone()
+    poisoned = res.features.clone()
     poisoned[0] = float("nan")
     with pytest.raises(HearsayError, match="NaN"):
         GriffinLimVocoder(PAPER, n_iter=2)(poisoned)

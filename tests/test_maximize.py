@@ -301,3 +301,33 @@ def test_objectives_read_targets_from_the_engine_or_refuse_without_them():
     assert class_logit()(ctx).tolist() == [2.0, 3.0]
     with pytest.raises(HearsayError, match="needs target classes"):
         class_logit()(Context(torch.zeros(2, 1, 1), logits, {}, torch.zeros(2, 1, 1)))
+
+
+def test_the_engine_arms_a_parameterization_with_each_batchs_targets_and_given_latents():
+    """`start(x0, targets)` gets each batch's own targets; `start_latents` starts from given points, as they are."""
+    from generation.maximize import PARAMETERIZATIONS, AdamStep, DecoderParam, InputParam, class_logit, optimize
+
+    class Recording(InputParam):
+        def __init__(self):
+            super().__init__(clamp=False)
+            self.seen: list[list[int]] = []
+
+        def start(self, x0, targets=None):
+            self.seen.append(targets.tolist())
+            return super().start(x0, targets)
+
+    assert PARAMETERIZATIONS["classifier"] is InputParam, "a subclass of a registered prior does not replace it"
+    model = Linear()
+    targets = torch.tensor([2, 0, 1, 1, 0])
+    spy = Recording()
+    res = optimize(model, targets, spy, class_logit(), AdamStep(0.1), steps=2, seed=1, shape=SHAPE, batch_size=2)
+    assert spy.seen == [[2, 0], [1, 1], [0]]
+    plain = optimize(model, targets, InputParam(clamp=False), class_logit(), AdamStep(0.1), steps=2, seed=1, shape=SHAPE, batch_size=2)
+    assert torch.equal(res.features, plain.features), "the base ignores the targets"
+
+    ae = Autoencoder(latent=8, input_shape=(90, 80))
+    z0 = torch.randn(3, 8)
+    given = optimize(PaperClassifier(3), torch.tensor([0, 1, 2]), DecoderParam(ae), class_logit(), AdamStep(0.1), steps=1, start_latents=z0)
+    assert torch.equal(given.start_latents, z0) and given.waves is None
+    with pytest.raises(HearsayError, match=r"start latents must be \[3, 8\]"):
+        optimize(PaperClassifier(3), torch.tensor([0, 1, 2]), DecoderParam(ae), class_logit(), AdamStep(0.1), steps=1, start_latents=z0[:2])

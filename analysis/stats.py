@@ -17,31 +17,35 @@ from generation.errors import HearsayError
 Z95 = float(sps.norm.ppf(0.975))
 
 
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval for k successes out of n.
+def wilson_arrays(k, n, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
+    """95% Wilson score intervals for k successes out of n, vectorised (NaN where n = 0).
 
     Unlike the textbook "p ± 1.96·SE" interval it stays inside [0, 1] and keeps its
     coverage for small n and for accuracies near 0 or 1, which listening tests produce.
+    statsmodels computes it; the bounds are then clamped so they always enclose the
+    estimate (floating point puts them a hair past it at 0 of n and n of n, which made
+    matplotlib refuse the negative error bar).
     """
-    if n <= 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    from statsmodels.stats.proportion import proportion_confint
+
+    k = np.atleast_1d(np.asarray(k, dtype=float))
+    n = np.atleast_1d(np.asarray(n, dtype=float))
+    ok = n > 0
+    lo = np.full(k.shape, np.nan)
+    hi = np.full(k.shape, np.nan)
+    if ok.any():
+        alpha = 2.0 * (1.0 - sps.norm.cdf(z))
+        low, high = proportion_confint(k[ok], n[ok], alpha=alpha, method="wilson")
+        p = k[ok] / n[ok]
+        lo[ok] = np.clip(np.minimum(low, p), 0.0, 1.0)
+        hi[ok] = np.clip(np.maximum(high, p), 0.0, 1.0)
+    return lo, hi
 
 
-def wilson_arrays(k: np.ndarray, n: np.ndarray, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised Wilson interval (NaN where n = 0) for whole tables at once."""
-    k = np.asarray(k, dtype=float)
-    n = np.asarray(n, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / n
-        denom = 1.0 + z * z / n
-        centre = (p + z * z / (2 * n)) / denom
-        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson interval of one proportion (see wilson_arrays)."""
+    lo, hi = wilson_arrays([k], [n], z)
+    return (float(lo[0]), float(hi[0]))
 
 
 def chance_corrected(acc: float | np.ndarray, chance: float) -> float | np.ndarray:
@@ -61,58 +65,50 @@ def binomial_vs_chance(k: int, n: int, chance: float) -> float:
 
 
 def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant pair counts.
+    """Two-sided exact McNemar p-value from the discordant pair counts (statsmodels).
 
     b = pairs right before and wrong after, c = wrong before and right after; under no
     change each discordant pair is a fair coin, so the test is binomial(b + c, 1/2).
     """
-    n = int(b) + int(c)
-    if n == 0:
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    if int(b) + int(c) == 0:
         return 1.0
-    return float(min(1.0, 2.0 * sps.binom.cdf(min(b, c), n, 0.5)))
+    return float(mcnemar(np.array([[0, int(b)], [int(c), 0]]), exact=True).pvalue)
 
 
 def holm(pvalues) -> np.ndarray:
-    """Holm step-down adjusted p-values (family-wise error control, NaNs left out).
+    """Holm step-down adjusted p-values (statsmodels multipletests; NaNs left out).
 
-    Sort p ascending, multiply the i-th smallest by (m - i), keep the running maximum
-    so adjusted values never decrease, and cap at 1.
+    Controls the family-wise error rate: the i-th smallest p is multiplied by (m - i)
+    and adjusted values never decrease.
     """
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(pvalues, dtype=float)
     out = np.full_like(p, np.nan)
     ok = ~np.isnan(p)
-    vals = p[ok]
-    m = vals.size
-    if m == 0:
-        return out
-    order = np.argsort(vals, kind="stable")
-    adj = np.empty(m)
-    running = 0.0
-    for rank, idx in enumerate(order):
-        running = max(running, (m - rank) * vals[idx])
-        adj[idx] = min(1.0, running)
-    out[ok] = adj
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
     return out
 
 
 def fleiss_kappa(counts: np.ndarray) -> float:
-    """Fleiss' kappa for a units x categories matrix of answer counts.
+    """Fleiss' kappa for a units x categories matrix of answer counts (statsmodels).
 
     Needs the same number of answers on every unit; kappa is observed agreement
     between pairs of answers beyond what the overall category shares would give.
     """
+    from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss_kappa
+
     counts = np.asarray(counts, dtype=float)
     n_per = counts.sum(axis=1)
     if counts.shape[0] < 2 or not np.all(n_per == n_per[0]) or n_per[0] < 2:
         raise HearsayError("Fleiss' kappa needs at least two units with the same number (>= 2) of answers each")
-    n = n_per[0]
     p_j = counts.sum(axis=0) / counts.sum()
-    p_i = (np.square(counts).sum(axis=1) - n) / (n * (n - 1))
-    p_bar = p_i.mean()
-    p_e = np.square(p_j).sum()
-    if p_e == 1.0:
+    if np.square(p_j).sum() == 1.0:
         return float("nan")
-    return float((p_bar - p_e) / (1 - p_e))
+    return float(sm_fleiss_kappa(counts, method="fleiss"))
 
 
 def counts_matrix(units, values, categories=None) -> tuple[np.ndarray, list]:
@@ -186,7 +182,9 @@ def cluster_bootstrap_mean(values: np.ndarray, clusters: np.ndarray, n_boot: int
     """Mean with a 95% percentile interval from resampling whole listeners (fixed seed).
 
     Resampling listeners rather than answers keeps one listener's many, correlated
-    ratings together, so the interval is not too narrow.
+    ratings together, so the interval is not too narrow. scipy.stats.bootstrap resamples
+    the per-listener (sum, count) pairs; the statistic is the ratio of their totals,
+    i.e. the answer-weighted mean of the resampled listeners.
     """
     values = np.asarray(values, dtype=float)
     if values.size == 0:
@@ -194,17 +192,18 @@ def cluster_bootstrap_mean(values: np.ndarray, clusters: np.ndarray, n_boot: int
     codes, _ = pd.factorize(pd.Series(clusters), sort=True)
     sums = np.bincount(codes, weights=values)
     cnts = np.bincount(codes).astype(float)
-    n_cl = sums.size
     mean = float(values.mean())
-    if n_cl < 2:
+    if sums.size < 2:
         return (mean, float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    boots = np.empty(n_boot)
-    for start in range(0, n_boot, 250):
-        stop = min(n_boot, start + 250)
-        w = rng.multinomial(n_cl, np.full(n_cl, 1.0 / n_cl), size=stop - start).astype(float)
-        boots[start:stop] = (w @ sums) / (w @ cnts)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
+    if np.all(values == values[0]):
+        return (mean, mean, mean)
+
+    def ratio(s, c, axis=-1):
+        return s.sum(axis=axis) / c.sum(axis=axis)
+
+    res = sps.bootstrap((sums, cnts), ratio, paired=True, vectorized=True, n_resamples=n_boot,
+                        method="percentile", confidence_level=0.95, rng=np.random.default_rng(seed))
+    lo, hi = res.confidence_interval
     return (mean, float(lo), float(hi))
 
 

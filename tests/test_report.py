@@ -109,6 +109,27 @@ def test_identification_report_is_complete_self_contained_and_byte_stable(tmp_pa
     assert run["options"]["exclusion"]["rule"] == "gold" and "tables/confusion.csv" in run["outputs"]
 
 
+def test_one_machine_listener_with_zero_and_perfect_cells_is_analysed(tmp_path):
+    """A machine scoring 0 of n in one condition and n of n in another once crashed the error bars."""
+    one = small_table(listeners=0, machines=1)
+    # three clips per word and cell: 12 answers per cell, where floating point once put the bound past 0 of 12
+    table = pd.concat([one.assign(stimulus=one["stimulus"] + f"-{copy}") for copy in range(3)], ignore_index=True)
+    test = table.stimulus_kind == "test"
+    table.loc[test & (table.condition == "1-classifier-noise"), "answer"] = "none"
+    table.loc[test & (table.condition == "1-classifier-noise"), "correct"] = False
+    for cond in ("original", "2-classifier-test"):
+        rows = test & (table.condition == cond)
+        table.loc[rows, "answer"] = table.loc[rows, "word"]
+        table.loc[rows, "correct"] = True
+    out = build(table, tmp_path / "r")
+    acc = pd.read_csv(out / "tables" / "accuracy_by_condition.csv").set_index("cell")
+    assert acc.loc["1-classifier-noise / after", "answers"] == 12
+    assert acc.loc["1-classifier-noise / after", "accuracy"] == 0.0
+    assert acc.loc["original", "accuracy"] == 1.0
+    assert (acc["ci_low"] <= acc["accuracy"]).all() and (acc["accuracy"] <= acc["ci_high"]).all()
+    assert acc.loc["original", "ci_high"] == 1.0 and acc.loc["1-classifier-noise / after", "ci_low"] == 0.0
+
+
 def test_rating_report_with_paper_rule_and_generation_outputs(tmp_path):
     table = small_table("rating", machines=0)
     table.loc[(table.listener == "L0") & (table.condition == "1-classifier-noise"), "rating"] = 4.0

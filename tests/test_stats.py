@@ -33,6 +33,16 @@ def test_wilson_matches_hand_computation():
     assert np.allclose(vlo, [0.490162, 0.0], atol=1e-6) and np.allclose(vhi, [0.943318, 0.277533], atol=1e-6)
 
 
+@pytest.mark.parametrize("n", [3, 7, 9, 10, 12, 13, 14, 25])
+def test_wilson_bounds_enclose_zero_and_perfect_scores(n):
+    lo, hi = stats.wilson_arrays(np.array([0, n]), np.array([n, n]))
+    assert lo[0] == 0.0 and hi[1] == 1.0
+    assert lo[1] < 1.0 and hi[0] > 0.0
+    assert stats.wilson_interval(n, n)[1] == 1.0 and stats.wilson_interval(0, n)[0] == 0.0
+    nan_lo, nan_hi = stats.wilson_arrays(np.array([0]), np.array([0]))
+    assert np.isnan(nan_lo[0]) and np.isnan(nan_hi[0])
+
+
 def test_chance_corrected_accuracy():
     assert stats.chance_corrected(0.5, 0.25) == pytest.approx(1 / 3)
     assert stats.chance_corrected(0.25, 0.25) == 0.0

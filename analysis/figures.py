@@ -38,7 +38,7 @@ def heatmap(matrix: pd.DataFrame, title: str, vmin: float = 0.0, vmax: float = 1
     ax.set_yticks(range(matrix.shape[0]), [str(r) for r in matrix.index], fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8, wrap=True)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label=colorbar_label)
     fig.tight_layout()
     return fig
@@ -80,6 +80,35 @@ def interval_bars(frame: pd.DataFrame, value: str, low: str, high: str, label: s
     ax.set_ylim(*ylim)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def grouped_interval_bars(value: pd.DataFrame, low: pd.DataFrame, high: pd.DataFrame, ylabel: str, title: str,
+                          ylim: tuple[float, float], reference: float | None = None,
+                          reference_label: str = "chance") -> Figure:
+    """Side-by-side bars per row (condition), one colour per column (listener group), 95% whiskers.
+
+    Missing cells (NaN) leave a gap rather than a zero-height bar.
+    """
+    n_rows, n_cols = value.shape
+    fig = Figure(figsize=(max(6.0, 0.28 * n_rows * max(n_cols, 1) + 2.5), 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(n_cols, 1)
+    x = np.arange(n_rows)
+    for j, col in enumerate(value.columns):
+        vals = value[col].to_numpy(dtype=float)
+        err = np.clip(np.vstack([vals - low[col].to_numpy(dtype=float), high[col].to_numpy(dtype=float) - vals]),
+                      0, None)
+        ax.bar(x + (j - (n_cols - 1) / 2) * width, np.nan_to_num(vals), width, yerr=np.nan_to_num(err),
+               capsize=2, label=str(col))
+    if reference is not None:
+        ax.axhline(reference, color="#555555", linestyle="--", linewidth=1, label=reference_label)
+    ax.set_xticks(x, [str(r) for r in value.index], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 

@@ -151,6 +151,21 @@ def rating_histograms(counts: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
+def scatter(x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, title: str) -> Figure:
+    """One point per unit (e.g. listener), both axes on [0, 1] with the diagonal for reference."""
+    fig = Figure(figsize=(4.6, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=1)
+    ax.scatter(x, y, s=14, alpha=0.7, color="#4C72B0")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
 def histogram(values: np.ndarray, title: str, xlabel: str) -> Figure:
     """Plain histogram on [0, 1] (e.g. per-listener gold accuracy)."""
     fig = Figure(figsize=(5.0, 3.5))

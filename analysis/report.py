@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from generation.errors import HearsayError
 
-from . import contrasts, figures, stats
+from . import contrasts, crowd, figures, stats
 from .table import NONE_ANSWERS, Exclusion, apply_exclusions, normalize
 
 STAGE_ORDER = {"original": 0, "before": 1, "after": 2}
@@ -72,6 +72,7 @@ class Analysis:
     inputs: dict[str, str] = field(default_factory=dict)
     long_tables: set[str] = field(default_factory=set)
     summary: list[str] = field(default_factory=list)
+    summary_crowd: str = ""
 
 
 def cell_label(condition: str, stage: str) -> str:
@@ -108,7 +109,8 @@ def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: b
     rating = df["rating"].notna().any()
     if identification:
         stages += [("accuracy", _stage_accuracy), ("confusion", _stage_confusion), ("word accuracy", _stage_words),
-                   ("models", _stage_models), ("mixed model", _stage_bayes), ("agreement", _stage_agreement)]
+                   ("models", _stage_models), ("mixed model", _stage_bayes), ("agreement", _stage_agreement),
+                   ("crowd labels", _stage_crowd)]
     if rating:
         stages += [("ratings", _stage_ratings), ("rating tests", _stage_rating_tests),
                    ("rating agreement", _stage_rating_agreement)]
@@ -416,6 +418,8 @@ def _stage_summary(res: Analysis, state: dict) -> None:
             for _, r in tests.iterrows():
                 lines.append(f"People's ratings, {r['contrast']}: mean {r['mean_a']:.2f} vs {r['mean_b']:.2f} "
                              f"({r['test'].replace('_', ' ')}, Holm p = {contrasts._p(r['p_holm'])}).")
+    if res.summary_crowd:
+        lines.append(res.summary_crowd)
     headline = _objective_headline(res.tables.get("objective_summary"))
     if headline is not None:
         res.tables["objective_headline"] = headline
@@ -515,6 +519,55 @@ def _stage_agreement(res: Analysis, state: dict) -> None:
         "has the same number of answers, Krippendorff's alpha (nominal) otherwise; both are 0 at chance-level "
         "agreement and 1 when all listeners agree. Clips with a single answer carry no information on agreement."),
         ["agreement"], []))
+
+
+GLAD_MAX_ANSWERS = 5_000
+
+
+def _stage_crowd(res: Analysis, state: dict) -> None:
+    test = state["test"]
+    people = test[(test["listener_group"] == contrasts.PEOPLE) & test["correct"].notna()]
+    if people.empty or people["listener"].nunique() < 2:
+        return
+    glad = len(people) <= GLAD_MAX_ANSWERS
+    labels = crowd.aggregate(people[["listener", "stimulus", "answer"]], glad=glad)
+    methods = ["majority_vote", "dawid_skene"] + (["glad"] if glad else [])
+    intended = people[["stimulus", "cell", "word"]].drop_duplicates("stimulus")
+    clips = intended.merge(labels.clips, on="stimulus")
+    res.tables["crowd_labels"] = clips
+    res.long_tables.add("crowd_labels")
+    order = {c: i for i, c in enumerate(_cell_order(test))}
+    by_cell = crowd.disagreement_by_condition(labels.clips, intended, methods)
+    res.tables["crowd_label_vs_intended"] = by_cell.sort_values("cell", key=lambda c: c.map(order))
+    qc = res.tables["listener_qc"].drop(columns=[c for c in labels.skills.columns if c != "listener"], errors="ignore")
+    res.tables["listener_qc"] = qc.merge(labels.skills, on="listener", how="left")
+    rho = crowd.skill_vs_gold(labels.skills, res.tables["listener_qc"])
+    figs = []
+    both = res.tables["listener_qc"].dropna(subset=["skill_dawid_skene"])
+    if both["gold_accuracy"].notna().any():
+        res.figures["crowd_skill_vs_gold"] = figures.scatter(
+            both["gold_accuracy"].to_numpy(dtype=float), both["skill_dawid_skene"].to_numpy(dtype=float),
+            "gold accuracy", "Dawid-Skene skill (from test answers)",
+            "Listener skill estimated without gold labels vs accuracy on gold clips")
+        figs.append("crowd_skill_vs_gold")
+    worst = by_cell.sort_values("dawid_skene_is_intended").iloc[0]
+    res.summary_crowd = (f"Crowd labels (people, Dawid-Skene): the aggregated label is the intended word for "
+                         f"{(clips['dawid_skene'] == clips['word']).mean():.0%} of clips; least often in "
+                         f"{worst['cell']} ({worst['dawid_skene_is_intended']:.0%} of {int(worst['clips'])} clips).")
+    res.sections.append(Section("Crowd labels", (
+        "People's answers to test clips aggregated per clip by majority vote (ties to the alphabetically first "
+        f"answer), by Dawid-Skene (crowd-kit, EM over per-listener confusion matrices, {crowd.DS_ITERATIONS} "
+        "iterations)" + (f" and by GLAD (crowd-kit; listener ability and clip difficulty, {crowd.GLAD_ITERATIONS} "
+                          "iterations)" if glad else
+                          f"; GLAD is skipped above {GLAD_MAX_ANSWERS:,} answers, where its gradient fit takes "
+                          "minutes") + ". None of them sees the intended word or gold labels, so a listener's "
+        "estimated skill (Dawid-Skene: probability of giving the true label; GLAD: ability alpha) is an "
+        "independent check on gold accuracy; both appear in the listener QC table. "
+        + ("" if np.isnan(rho) else f"Spearman correlation of Dawid-Skene skill with gold accuracy: {rho:.2f}. ")
+        + "The per-condition table gives, for each aggregation, the share of clips whose label is the intended "
+        "word and how many clips differ; crowd_labels.csv lists every clip."),
+        ["crowd_label_vs_intended", "crowd_labels"], figs,
+        guide="Which word did the crowd, weighted by each listener's estimated skill, hear in each clip?"))
 
 
 def _ratings(state: dict) -> pd.DataFrame:
@@ -819,7 +872,8 @@ STYLE = (
     ".9em;white-space:nowrap}.guide{font-weight:600}.tw{overflow-x:auto;max-width:100%}table.t{border-collapse:"
     "collapse;font-size:12px;margin:.3em 0}table.t td,table.t th{border:1px solid #ccc;padding:2px 5px;text-align:"
     "right;overflow-wrap:anywhere}details{margin:.4em 0}summary{cursor:pointer;color:#245}.grid{display:grid;"
-    "grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:8px}ul.findings li{margin:.25em 0}"
+    "grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:8px}.grid>*{min-width:0}ul.findings li{margin:"
+    ".25em 0}p,li,figcaption,summary,h3{overflow-wrap:anywhere}"
 )
 
 

@@ -6,7 +6,12 @@ bytes for embedding. Heatmaps share one fixed colour scale so conditions compare
 from __future__ import annotations
 
 import io
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -188,6 +193,56 @@ def save(fig: Figure, stem: Path) -> bytes:
     fig.savefig(buf, format="pdf", metadata={"CreationDate": None, "Producer": None, "Creator": None})
     atomic.write_bytes(stem.with_suffix(".pdf"), buf.getvalue())
     return png
+
+
+@dataclass(frozen=True)
+class Later:
+    """A figure to draw when the report is written: the drawing function and its (picklable) arguments.
+
+    Analysis stages only describe figures, so they cost nothing until written, and the
+    writer can draw them in several processes at once.
+    """
+
+    draw: Callable[..., Figure]
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+    def __init__(self, draw: Callable[..., Figure], *args, **kwargs):
+        object.__setattr__(self, "draw", draw)
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "kwargs", kwargs)
+
+    def figure(self) -> Figure:
+        return self.draw(*self.args, **self.kwargs)
+
+
+PARALLEL_MIN_FIGURES = 8
+
+
+def _render(item: tuple[Later, Path]) -> bytes:
+    later, stem = item
+    return save(later.figure(), stem)
+
+
+def render_all(pending: dict[str, Later], folder: Path, progress: bool = False, workers: int | None = None,
+               ) -> dict[str, bytes]:
+    """Draw and save every figure (PNG + PDF), in worker processes when there are many; returns PNG bytes.
+
+    Workers are forked (a spawned worker would re-run an unguarded calling script) and
+    only draw with matplotlib; output bytes are the same either way.
+    """
+    from tqdm import tqdm
+
+    names = list(pending)
+    jobs = [(pending[n], folder / n) for n in names]
+    if workers is None:
+        workers = min(len(os.sched_getaffinity(0)), 4)
+    if workers < 2 or len(jobs) < PARALLEL_MIN_FIGURES or os.name != "posix":
+        return {n: _render(job) for n, job in zip(names, tqdm(jobs, desc="figures", unit="fig", disable=not progress))}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+        done = tqdm(pool.map(_render, jobs, chunksize=max(1, len(jobs) // (4 * workers))), total=len(jobs),
+                    desc="figures", unit="fig", disable=not progress)
+        return dict(zip(names, done))
 
 
 def save_png_copy(png: bytes, stem: Path) -> None:

@@ -64,7 +64,7 @@ class Analysis:
     info: dict
     options: ReportOptions
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    figures: dict[str, object] = field(default_factory=dict)
+    figures: dict[str, figures.Later] = field(default_factory=dict)
     images: dict[str, bytes] = field(default_factory=dict)
     sections: list[Section] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -146,7 +146,7 @@ def _stage_exclusions(res: Analysis, state: dict) -> None:
     figs = []
     gold = qc["gold_accuracy"].dropna()
     if not gold.empty:
-        res.figures["gold_accuracy_per_listener"] = figures.histogram(
+        res.figures["gold_accuracy_per_listener"] = figures.Later(figures.histogram,
             gold.to_numpy(), "Gold accuracy per listener (before exclusions)", "gold accuracy")
         figs.append("gold_accuracy_per_listener")
     rule = res.options.exclusion
@@ -195,7 +195,7 @@ def _stage_accuracy(res: Analysis, state: dict) -> None:
     for kind, part in _by_group(acc):
         part = part.sort_values("cell", key=lambda s: s.map(order))
         name = f"accuracy_{_slug(kind)}"
-        res.figures[name] = figures.interval_bars(part, "accuracy", "ci_low", "ci_high", "cell", "accuracy",
+        res.figures[name] = figures.Later(figures.interval_bars, part, "accuracy", "ci_low", "ci_high", "cell", "accuracy",
                                                   f"Identification accuracy ({kind}), 95% Wilson intervals",
                                                   (0, 1), reference=part["chance"])
         figs.append(name)
@@ -237,7 +237,7 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
             stacked.columns = ["word", "answer", "count", "share"]
             long_rows.append(stacked.assign(listener_group=kind, cell=cell))
             name = f"confusion_{_slug(kind)}_{_slug(cell)}"
-            res.figures[name] = figures.confusion(share_m, f"Intended x heard: {cell} ({kind}); rows sum to 1")
+            res.figures[name] = figures.Later(figures.confusion, share_m, f"Intended x heard: {cell} ({kind}); rows sum to 1")
             figs.append(name)
     confusion = pd.concat(long_rows, ignore_index=True)
     res.tables["confusion"] = confusion[["listener_group", "cell", "word", "answer", "count", "share"]]
@@ -249,7 +249,7 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
             continue
         delta = shares[(kind, a)].fillna(0) - shares[(kind, b)].fillna(0)
         name = f"confusion_diff_{_slug(kind)}_{_slug(a)}_minus_{_slug(b)}"
-        res.figures[name] = figures.confusion_difference(delta, f"{a} minus {b} ({kind})")
+        res.figures[name] = figures.Later(figures.confusion_difference, delta, f"{a} minus {b} ({kind})")
         diff_figs.append(name)
         diag = np.diag(delta.reindex(columns=delta.index).to_numpy())
         diff_rows.append({"listener_group": kind, "a": a, "b": b, "mean_diagonal_difference": float(np.mean(diag)),
@@ -291,7 +291,7 @@ def _stage_words(res: Analysis, state: dict) -> None:
         matrix = part.pivot(index="word", columns="cell", values="accuracy")
         matrix = matrix.reindex(index=state["words"], columns=[c for c in order if c in matrix.columns])
         name = f"word_accuracy_{_slug(kind)}"
-        res.figures[name] = figures.word_accuracy(matrix, f"Accuracy per word and condition ({kind})")
+        res.figures[name] = figures.Later(figures.word_accuracy, matrix, f"Accuracy per word and condition ({kind})")
         figs.append(name)
     res.sections.append(Section("Accuracy per word", (
         "Accuracy for every intended word in every condition, with 95% Wilson intervals in the table; blank "
@@ -454,7 +454,7 @@ def _across_groups_figure(res: Analysis, table: pd.DataFrame, value: str, ylabel
     groups = sorted(set(table["listener_group"]), key=lambda g: (g != contrasts.PEOPLE, g))
     pivot = {col: table.pivot_table(index="cell", columns="listener_group", values=col, aggfunc="first")
              .reindex(index=order, columns=groups) for col in (value, "ci_low", "ci_high")}
-    res.figures[name] = figures.grouped_interval_bars(pivot[value], pivot["ci_low"], pivot["ci_high"], ylabel, title,
+    res.figures[name] = figures.Later(figures.grouped_interval_bars, pivot[value], pivot["ci_low"], pivot["ci_high"], ylabel, title,
                                                       ylim, chance)
     return name
 
@@ -545,7 +545,7 @@ def _stage_crowd(res: Analysis, state: dict) -> None:
     figs = []
     both = res.tables["listener_qc"].dropna(subset=["skill_dawid_skene"])
     if both["gold_accuracy"].notna().any():
-        res.figures["crowd_skill_vs_gold"] = figures.scatter(
+        res.figures["crowd_skill_vs_gold"] = figures.Later(figures.scatter, 
             both["gold_accuracy"].to_numpy(dtype=float), both["skill_dawid_skene"].to_numpy(dtype=float),
             "gold accuracy", "Dawid-Skene skill (from test answers)",
             "Listener skill estimated without gold labels vs accuracy on gold clips")
@@ -596,7 +596,7 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
     for kind, part in _by_group(table):
         part = part.sort_values("cell", key=lambda s: s.map(order))
         name = f"rating_mean_{_slug(kind)}"
-        res.figures[name] = figures.interval_bars(part, "mean", "ci_low", "ci_high", "cell", "mean rating (0-4)",
+        res.figures[name] = figures.Later(figures.interval_bars, part, "mean", "ci_low", "ci_high", "cell", "mean rating (0-4)",
                                                   f"Mean rating ({kind}), 95% listener-bootstrap intervals", (0, 4))
         figs.append(name)
     words = rated.groupby(["listener_group", "cell", "method", "stage", "word"], sort=True)["rating"].agg(
@@ -610,7 +610,7 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
         cols = [c for c in ["original", "classifier", "decoder"] if c in sums.columns]
         cols += sorted(c for c in sums.columns if c not in cols)
         name = f"rating_per_word_{_slug(kind)}"
-        res.figures[name] = figures.grouped_bars(sums.reindex(index=state["words"], columns=cols),
+        res.figures[name] = figures.Later(figures.grouped_bars, sums.reindex(index=state["words"], columns=cols),
                                                  "mean rating (0-4)", f"Mean rating per word ({kind})", (0, 4))
         figs.append(name)
     for label, init in (("1 vs 3 (noise start)", "noise"), ("2 vs 4 (test start)", "test")):
@@ -619,7 +619,7 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
             counts = pd.DataFrame({cell: np.bincount(p["rating"].round().astype(int), minlength=5)
                                    for cell, p in part.groupby("cell", sort=True)})
             name = f"rating_hist_{_slug(label)}_{_slug(kind)}"
-            res.figures[name] = figures.rating_histograms(counts, f"Ratings, conditions {label} ({kind})")
+            res.figures[name] = figures.Later(figures.rating_histograms, counts, f"Ratings, conditions {label} ({kind})")
             figs.append(name)
     res.sections.append(Section("Ratings", (
         "Ratings run from Bad = 0 to Excellent = 4. Means come with 95% percentile intervals from a bootstrap "
@@ -716,7 +716,7 @@ def _stage_objective(res: Analysis, state: dict) -> None:
             matrix = _read_csv(found[method])
             res.tables[name] = matrix
             tables.append(name)
-            res.figures[name] = figures.heatmap(
+            res.figures[name] = figures.Later(figures.heatmap, 
                 matrix.set_index(matrix.columns[0]), f"Objective: classifier B mean softmax after maximization ({method})",
                 xlabel="classifier B class", ylabel="target class", colorbar_label="mean probability")
         else:
@@ -813,8 +813,7 @@ def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: 
         pngs = dict(result.images)
         for name, data in result.images.items():
             figures.save_png_copy(data, tmp / "figures" / name)
-        for name in tqdm(list(result.figures), desc="figures", unit="fig", disable=not progress):
-            pngs[name] = figures.save(result.figures[name], tmp / "figures" / name)
+        pngs.update(figures.render_all(result.figures, tmp / "figures", progress=progress))
         (tmp / "report.html").write_text(_html(result, pngs), encoding="utf-8")
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         run = {
@@ -854,7 +853,7 @@ def _jsonable(value):
 
 
 INLINE_ROWS = 15
-SHOWN_FIGURES = 3
+SHOWN_FIGURES = 1
 DETAILS_ROWS = 200
 # columns the page shows for wide tables; the CSV keeps every column
 HTML_COLUMNS = {

@@ -321,3 +321,63 @@ def bayes_mixed_logistic(y: np.ndarray, X: pd.DataFrame, listener, stimulus, see
     vc = pd.DataFrame({"term": ["sd(listener)", "sd(stimulus)"], "posterior_mean": np.exp(np.asarray(res.vcp_mean)),
                        "posterior_sd": np.nan})
     return pd.concat([table[table["term"] != "const"], vc], ignore_index=True), int(y.size)
+
+
+def mixed_logistic_laplace(y: np.ndarray, X: pd.DataFrame, listener, stimulus, fe_sd: float = 2.0,
+                           tol: float = 1e-6, max_iter: int = 200) -> tuple[pd.DataFrame, int]:
+    """Logistic model with random intercepts for listener and clip, fitted on every answer.
+
+    Same model and output as bayes_mixed_logistic (normal prior, sd fe_sd, on the fixed
+    effects), estimated the way that scales: the joint posterior mode of fixed and random
+    effects by Newton steps on a sparse design (one sparse LU of a matrix the size of
+    listeners + clips per step), and the two variances by EM with each random effect's
+    posterior variance taken from the diagonal of the Hessian (a mean-field Laplace
+    approximation). Fixed-effect posterior sds come from the exact inverse-Hessian block.
+    Returns the fixed-effect table and the number of answers used (all of them).
+    """
+    from scipy.sparse.linalg import splu
+    from scipy.special import expit
+
+    y = np.asarray(y, dtype=float)
+    X = X.astype(float).reset_index(drop=True)
+    lc, _ = pd.factorize(pd.Series(np.asarray(listener)), sort=True)
+    sc, _ = pd.factorize(pd.Series(np.asarray(stimulus)), sort=True)
+    n, nl, ns = y.size, int(lc.max()) + 1, int(sc.max()) + 1
+    fixed = np.column_stack([np.ones(n), X.to_numpy()])
+    p = fixed.shape[1]
+    rows = np.repeat(np.arange(n), p + 2)
+    cols = np.column_stack([np.tile(np.arange(p), (n, 1)), p + lc, p + nl + sc]).ravel()
+    vals = np.column_stack([fixed, np.ones(n), np.ones(n)]).ravel()
+    Z = sparse.csr_matrix((vals, (rows, cols)), shape=(n, p + nl + ns))
+    Zt = Z.T.tocsr()
+    var = np.array([1.0, 1.0])
+    b = np.zeros(p + nl + ns)
+    blocks = (slice(p, p + nl), slice(p + nl, p + nl + ns))
+    for _ in range(max_iter):
+        prec = np.concatenate([np.full(p, 1.0 / fe_sd ** 2), np.full(nl, 1.0 / var[0]), np.full(ns, 1.0 / var[1])])
+        for _ in range(3):  # a warm start from the last variances needs few Newton steps
+            mu = expit(Z @ b)
+            grad = Zt @ (y - mu) - prec * b
+            hess = (Zt @ sparse.diags(mu * (1.0 - mu)) @ Z + sparse.diags(prec)).tocsc()
+            step = splu(hess).solve(grad)
+            b += step
+            if np.abs(step).max() < tol:
+                break
+        diag = hess.diagonal()
+        new = np.array([(np.square(b[blk]).sum() + (1.0 / diag[blk]).sum()) / (blk.stop - blk.start)
+                        for blk in blocks])
+        done = np.all(np.abs(new - var) <= 1e-4 * np.maximum(var, 1e-3)) and np.abs(step).max() < tol
+        var = np.maximum(new, 1e-8)
+        if done:
+            break
+    lu = splu(hess)
+    unit = np.zeros((p + nl + ns, p))
+    unit[np.arange(p), np.arange(p)] = 1.0
+    sd = np.sqrt(np.diag(lu.solve(unit)[:p]))
+    mean = b[:p]
+    names = ["const", *X.columns]
+    table = pd.DataFrame({"term": names, "posterior_mean": mean, "posterior_sd": sd, "odds_ratio": np.exp(mean),
+                          "ci_low": np.exp(mean - Z95 * sd), "ci_high": np.exp(mean + Z95 * sd)})
+    vc = pd.DataFrame({"term": ["sd(listener)", "sd(stimulus)"], "posterior_mean": np.sqrt(var),
+                       "posterior_sd": np.nan})
+    return pd.concat([table[table["term"] != "const"], vc], ignore_index=True), int(n)

@@ -155,3 +155,33 @@ def test_bayes_mixed_model_agrees_in_sign_and_subsamples():
     again, _ = stats.bayes_mixed_logistic(df["correct"].astype(float).to_numpy(), df[["decoder"]],
                                           df["listener"], df["stimulus"], seed=0, max_answers=200)
     assert np.allclose(table["posterior_mean"], again["posterior_mean"])
+
+
+def test_sparse_laplace_mixed_model_agrees_with_statsmodels_vb_on_small_data():
+    df = tiny_clustered()
+    y = df["correct"].astype(float).to_numpy()
+    ours, used = stats.mixed_logistic_laplace(y, df[["decoder"]], df["listener"], df["stimulus"])
+    theirs, _ = stats.bayes_mixed_logistic(y, df[["decoder"]], df["listener"], df["stimulus"], seed=0)
+    assert used == len(df)
+    a, b = ours.set_index("term"), theirs.set_index("term")
+    assert abs(a.loc["decoder", "posterior_mean"] - b.loc["decoder", "posterior_mean"]) < 0.15
+    assert a.loc["decoder", "ci_low"] < a.loc["decoder", "odds_ratio"] < a.loc["decoder", "ci_high"]
+    # mean-field VB ignores the correlation between a clip-level effect and the clip intercepts,
+    # so its sd is never wider than the Laplace one taken from the full inverse Hessian
+    assert a.loc["decoder", "posterior_sd"] >= b.loc["decoder", "posterior_sd"] * 0.95
+    assert abs(a.loc["sd(listener)", "posterior_mean"] - b.loc["sd(listener)", "posterior_mean"]) < 0.25
+
+
+def test_sparse_laplace_recovers_simulated_effects():
+    rng = np.random.default_rng(5)
+    n_l, n_s = 120, 160
+    skill, difficulty = rng.normal(0, 0.6, n_l), rng.normal(0, 0.7, n_s)
+    listener = np.repeat(np.arange(n_l), 60)
+    stimulus = np.concatenate([rng.choice(n_s, 60, replace=False) for _ in range(n_l)])
+    decoder = (stimulus % 2).astype(float)
+    eta = -0.2 + 0.9 * decoder + skill[listener] + difficulty[stimulus]
+    y = (rng.random(eta.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    table, _ = stats.mixed_logistic_laplace(y, pd.DataFrame({"decoder": decoder}), listener, stimulus)
+    t = table.set_index("term")
+    assert np.log(t.loc["decoder", "ci_low"]) < 0.9 < np.log(t.loc["decoder", "ci_high"])
+    assert 0.4 < t.loc["sd(listener)", "posterior_mean"] < 0.8 and 0.5 < t.loc["sd(stimulus)", "posterior_mean"] < 0.9

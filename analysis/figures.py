@@ -76,7 +76,8 @@ def interval_bars(frame: pd.DataFrame, value: str, low: str, high: str, label: s
     x = np.arange(len(frame))
     vals = frame[value].to_numpy(dtype=float)
     # an interval never reaches past its estimate; clip float noise so matplotlib accepts it
-    err = np.clip(np.vstack([vals - frame[low].to_numpy(dtype=float), frame[high].to_numpy(dtype=float) - vals]), 0, None)
+    err = np.clip(np.vstack([vals - frame[low].to_numpy(dtype=float), frame[high].to_numpy(dtype=float) - vals]),
+                  0, None)
     ax.bar(x, vals, color="#4C72B0", yerr=err, capsize=3)
     if reference is not None:
         ax.scatter(x, reference.to_numpy(dtype=float), marker="_", s=400, color="#C44E52", label="chance", zorder=3)

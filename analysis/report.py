@@ -146,8 +146,8 @@ def _stage_exclusions(res: Analysis, state: dict) -> None:
     figs = []
     gold = qc["gold_accuracy"].dropna()
     if not gold.empty:
-        res.figures["gold_accuracy_per_listener"] = figures.Later(figures.histogram,
-            gold.to_numpy(), "Gold accuracy per listener (before exclusions)", "gold accuracy")
+        res.figures["gold_accuracy_per_listener"] = figures.Later(
+            figures.histogram, gold.to_numpy(), "Gold accuracy per listener (before exclusions)", "gold accuracy")
         figs.append("gold_accuracy_per_listener")
     rule = res.options.exclusion
     res.sections.append(Section("Listeners and exclusions", (
@@ -195,9 +195,9 @@ def _stage_accuracy(res: Analysis, state: dict) -> None:
     for kind, part in _by_group(acc):
         part = part.sort_values("cell", key=lambda s: s.map(order))
         name = f"accuracy_{_slug(kind)}"
-        res.figures[name] = figures.Later(figures.interval_bars, part, "accuracy", "ci_low", "ci_high", "cell", "accuracy",
-                                                  f"Identification accuracy ({kind}), 95% Wilson intervals",
-                                                  (0, 1), reference=part["chance"])
+        res.figures[name] = figures.Later(figures.interval_bars, part, "accuracy", "ci_low", "ci_high", "cell",
+                                          "accuracy", f"Identification accuracy ({kind}), 95% Wilson intervals",
+                                          (0, 1), reference=part["chance"])
         figs.append(name)
     res.sections.append(Section("Identification accuracy", (
         f"Accuracy is the share of answers naming the intended word; 'can't tell' counts as wrong. Chance is "
@@ -205,7 +205,8 @@ def _stage_accuracy(res: Analysis, state: dict) -> None:
         "Chance-corrected accuracy rescales accuracy so that chance is 0 and perfect is 1. Intervals are 95% Wilson "
         "score intervals, which stay inside [0, 1] and keep their coverage for small counts. p_vs_chance is a "
         "one-sided exact binomial test that accuracy exceeds chance; it treats answers as independent, so the "
-        "clustered models below are the listener-aware check. p_holm is Holm-corrected over the rows of each listener group (people, or one machine listener). Gold and "
+        "clustered models below are the listener-aware check. p_holm is Holm-corrected over the rows of each "
+        "listener group (people, or one machine listener). Gold and "
         "trap clips are quality checks, listed separately and never mixed into the conditions."), tables, figs))
 
 
@@ -237,7 +238,8 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
             stacked.columns = ["word", "answer", "count", "share"]
             long_rows.append(stacked.assign(listener_group=kind, cell=cell))
             name = f"confusion_{_slug(kind)}_{_slug(cell)}"
-            res.figures[name] = figures.Later(figures.confusion, share_m, f"Intended x heard: {cell} ({kind}); rows sum to 1")
+            res.figures[name] = figures.Later(figures.confusion, share_m,
+                                              f"Intended x heard: {cell} ({kind}); rows sum to 1")
             figs.append(name)
     confusion = pd.concat(long_rows, ignore_index=True)
     res.tables["confusion"] = confusion[["listener_group", "cell", "word", "answer", "count", "share"]]
@@ -403,7 +405,8 @@ def _stage_summary(res: Analysis, state: dict) -> None:
         res.tables["main_contrasts"] = table
         tables.append("main_contrasts")
         for group, part in table.groupby("listeners", sort=False):
-            lines.append(f"{_group_title(group, scored)}: " + " ".join(contrasts.sentence(r) for _, r in part.iterrows()))
+            lines.append(f"{_group_title(group, scored)}: "
+                         + " ".join(contrasts.sentence(r) for _, r in part.iterrows()))
         acc = res.tables["accuracy_by_condition"]
         figs.append(_across_groups_figure(res, acc, "accuracy", "accuracy", "summary_accuracy",
                                           "Accuracy by condition, each listener group apart (95% Wilson intervals)",
@@ -454,8 +457,8 @@ def _across_groups_figure(res: Analysis, table: pd.DataFrame, value: str, ylabel
     groups = sorted(set(table["listener_group"]), key=lambda g: (g != contrasts.PEOPLE, g))
     pivot = {col: table.pivot_table(index="cell", columns="listener_group", values=col, aggfunc="first")
              .reindex(index=order, columns=groups) for col in (value, "ci_low", "ci_high")}
-    res.figures[name] = figures.Later(figures.grouped_interval_bars, pivot[value], pivot["ci_low"], pivot["ci_high"], ylabel, title,
-                                                      ylim, chance)
+    res.figures[name] = figures.Later(figures.grouped_interval_bars, pivot[value], pivot["ci_low"], pivot["ci_high"],
+                                      ylabel, title, ylim, chance)
     return name
 
 
@@ -548,9 +551,10 @@ def _stage_crowd(res: Analysis, state: dict) -> None:
     figs = []
     both = res.tables["listener_qc"].dropna(subset=["skill_dawid_skene"])
     if both["gold_accuracy"].notna().any():
-        res.figures["crowd_skill_vs_gold"] = figures.Later(figures.scatter, 
-            both["gold_accuracy"].to_numpy(dtype=float), both["skill_dawid_skene"].to_numpy(dtype=float),
-            "gold accuracy", "Dawid-Skene skill (from test answers)",
+        res.figures["crowd_skill_vs_gold"] = figures.Later(
+            figures.scatter, both["gold_accuracy"].to_numpy(dtype=float),
+            both["skill_dawid_skene"].to_numpy(dtype=float), "gold accuracy",
+            "Dawid-Skene skill (from test answers)",
             "Listener skill estimated without gold labels vs accuracy on gold clips")
         figs.append("crowd_skill_vs_gold")
     worst = by_cell.sort_values("dawid_skene_is_intended").iloc[0]
@@ -599,8 +603,9 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
     for kind, part in _by_group(table):
         part = part.sort_values("cell", key=lambda s: s.map(order))
         name = f"rating_mean_{_slug(kind)}"
-        res.figures[name] = figures.Later(figures.interval_bars, part, "mean", "ci_low", "ci_high", "cell", "mean rating (0-4)",
-                                                  f"Mean rating ({kind}), 95% listener-bootstrap intervals", (0, 4))
+        res.figures[name] = figures.Later(figures.interval_bars, part, "mean", "ci_low", "ci_high", "cell",
+                                          "mean rating (0-4)",
+                                          f"Mean rating ({kind}), 95% listener-bootstrap intervals", (0, 4))
         figs.append(name)
     words = rated.groupby(["listener_group", "cell", "method", "stage", "word"], sort=True)["rating"].agg(
         answers="size", mean="mean").reset_index()
@@ -614,7 +619,7 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
         cols += sorted(c for c in sums.columns if c not in cols)
         name = f"rating_per_word_{_slug(kind)}"
         res.figures[name] = figures.Later(figures.grouped_bars, sums.reindex(index=state["words"], columns=cols),
-                                                 "mean rating (0-4)", f"Mean rating per word ({kind})", (0, 4))
+                                          "mean rating (0-4)", f"Mean rating per word ({kind})", (0, 4))
         figs.append(name)
     for label, init in (("1 vs 3 (noise start)", "noise"), ("2 vs 4 (test start)", "test")):
         for kind, part in _by_group(rated[(rated["init"] == init) & (rated["stage"] == "after")
@@ -622,7 +627,8 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
             counts = pd.DataFrame({cell: np.bincount(p["rating"].round().astype(int), minlength=5)
                                    for cell, p in part.groupby("cell", sort=True)})
             name = f"rating_hist_{_slug(label)}_{_slug(kind)}"
-            res.figures[name] = figures.Later(figures.rating_histograms, counts, f"Ratings, conditions {label} ({kind})")
+            res.figures[name] = figures.Later(figures.rating_histograms, counts,
+                                              f"Ratings, conditions {label} ({kind})")
             figs.append(name)
     res.sections.append(Section("Ratings", (
         "Ratings run from Bad = 0 to Excellent = 4. Means come with 95% percentile intervals from a bootstrap "
@@ -719,8 +725,9 @@ def _stage_objective(res: Analysis, state: dict) -> None:
             matrix = _read_csv(found[method])
             res.tables[name] = matrix
             tables.append(name)
-            res.figures[name] = figures.Later(figures.heatmap, 
-                matrix.set_index(matrix.columns[0]), f"Objective: classifier B mean softmax after maximization ({method})",
+            res.figures[name] = figures.Later(
+                figures.heatmap, matrix.set_index(matrix.columns[0]),
+                f"Objective: classifier B mean softmax after maximization ({method})",
                 xlabel="classifier B class", ylabel="target class", colorbar_label="mean probability")
         else:
             res.images[name] = pictures[method].read_bytes()

@@ -174,8 +174,11 @@ def group_order(groups: pd.Series) -> list[str]:
 
 def sentence(row: pd.Series) -> str:
     """One plain-language line per contrast: direction, accuracies, odds ratio, Holm p."""
-    if pd.isna(row["odds_ratio"]) or str(row["note"]).startswith("No contrast"):
-        return f"{row['contrast']}: {row['note'] or 'not estimable'}."
+    if str(row["note"]).startswith("No contrast"):
+        return f"{row['contrast']}: {row['note']}."
+    if pd.isna(row["odds_ratio"]):
+        return (f"{row['contrast']}: no informative answers (every answer alike, or no discordant pairs: "
+                f"{row['accuracy_a']:.0%} vs {row['accuracy_b']:.0%}), Holm p = {_p(row['p_holm'])}.")
     a, b = row["contrast"].split(" vs ")
     if row["ci_low"] > 1:
         verdict = f"right more often with {a} than {b}"

@@ -923,12 +923,13 @@ def _main_contrasts_html(df: pd.DataFrame) -> str:
     """The summary's contrast table in reading form: A vs B accuracy, odds ratio [95% CI], Holm p."""
     rows = []
     for r in df.itertuples(index=False):
-        estimable = not np.isnan(r.odds_ratio)
+        tested = not np.isnan(r.p_holm)
+        ratio = "undefined" if np.isnan(r.odds_ratio) else contrasts._num(r.odds_ratio)
         rows.append({"listeners": r.listeners, "contrast": r.contrast,
                      "accuracy A vs B": f"{_pct(r.accuracy_a)} vs {_pct(r.accuracy_b)}",
-                     "odds ratio [95% CI]": (f"{contrasts._num(r.odds_ratio)} [{contrasts._num(r.ci_low)}, "
-                                             f"{contrasts._num(r.ci_high)}]") if estimable else "",
-                     "p (Holm)": contrasts._p(r.p_holm) if estimable else "", "test": r.test,
+                     "odds ratio [95% CI]": (f"{ratio} [{contrasts._num(r.ci_low)}, "
+                                             f"{contrasts._num(r.ci_high)}]") if tested else "",
+                     "p (Holm)": contrasts._p(r.p_holm) if tested else "", "test": r.test,
                      "note": r.note})
     return ("<h3>main_contrasts <small>(<a href='tables/main_contrasts.csv'>main_contrasts.csv</a>)</small></h3>"
             + _table_html(pd.DataFrame(rows)))

@@ -116,3 +116,14 @@ def test_missing_cell_is_named_and_only_then_no_contrast():
     assert row["test"] == "Fisher exact"
     row = table.loc["after vs before"]
     assert np.isnan(row["p"]) and row["note"].startswith("No contrast: cell(s) missing: classifier, test start, before")
+
+
+def test_cells_present_but_uninformative_are_tested_not_called_missing():
+    F = False
+    answers = machine_answers({cell: [F, F, F] for cell in [
+        ("classifier", "noise", "after"), ("decoder", "noise", "after"), ("classifier", "test", "before"),
+        ("classifier", "test", "after"), ("decoder", "test", "before"), ("decoder", "test", "after")]})
+    table = contrasts.main_contrasts(answers, None)
+    assert (table["note"] == "").all() and (table["p"] == 1.0).all() and table["odds_ratio"].isna().all()
+    for _, row in table.iterrows():
+        assert "no informative answers" in contrasts.sentence(row) and "No contrast" not in contrasts.sentence(row)

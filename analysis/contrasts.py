@@ -178,7 +178,7 @@ def sentence(row: pd.Series) -> str:
         return f"{row['contrast']}: {row['note']}."
     if pd.isna(row["odds_ratio"]):
         return (f"{row['contrast']}: no informative answers (every answer alike, or no discordant pairs: "
-                f"{row['accuracy_a']:.0%} vs {row['accuracy_b']:.0%}), Holm p = {_p(row['p_holm'])}.")
+                f"{row['accuracy_a']:.0%} vs {row['accuracy_b']:.0%}), Holm p {format_p_clause(row['p_holm'])}.")
     a, b = row["contrast"].split(" vs ")
     if row["ci_low"] > 1:
         verdict = f"right more often with {a} than {b}"
@@ -186,13 +186,18 @@ def sentence(row: pd.Series) -> str:
         verdict = f"right less often with {a} than {b}"
     else:
         verdict = "no clear difference"
-    return (f"{row['contrast']}: {verdict} (odds ratio {_num(row['odds_ratio'])}, 95% CI {_num(row['ci_low'])}-"
-            f"{_num(row['ci_high'])}, Holm p = {_p(row['p_holm'])}).")
+    return (f"{row['contrast']}: {verdict} (odds ratio {format_ratio(row['odds_ratio'])}, 95% CI {format_ratio(row['ci_low'])}-"
+            f"{format_ratio(row['ci_high'])}, Holm p {format_p_clause(row['p_holm'])}).")
 
 
-def _num(x: float) -> str:
+def format_ratio(x: float) -> str:
     return "∞" if np.isinf(x) else f"{x:.3g}"
 
 
-def _p(p: float) -> str:
+def format_p_clause(p: float) -> str:
+    """'< 0.001' or '= 0.028', to follow 'p' in a sentence."""
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
+def format_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"

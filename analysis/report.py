@@ -420,7 +420,7 @@ def _stage_summary(res: Analysis, state: dict) -> None:
         if tests is not None and not tests.empty:
             for _, r in tests.iterrows():
                 lines.append(f"People's ratings, {r['contrast']}: mean {r['mean_a']:.2f} vs {r['mean_b']:.2f} "
-                             f"({r['test'].replace('_', ' ')}, Holm p = {contrasts._p(r['p_holm'])}).")
+                             f"({r['test'].replace('_', ' ')}, Holm p {contrasts.format_p_clause(r['p_holm'])}).")
     if res.summary_crowd:
         lines.append(res.summary_crowd)
     headline = _objective_headline(res.tables.get("objective_summary"))
@@ -924,12 +924,12 @@ def _main_contrasts_html(df: pd.DataFrame) -> str:
     rows = []
     for r in df.itertuples(index=False):
         tested = not np.isnan(r.p_holm)
-        ratio = "undefined" if np.isnan(r.odds_ratio) else contrasts._num(r.odds_ratio)
+        ratio = "undefined" if np.isnan(r.odds_ratio) else contrasts.format_ratio(r.odds_ratio)
         rows.append({"listeners": r.listeners, "contrast": r.contrast,
                      "accuracy A vs B": f"{_pct(r.accuracy_a)} vs {_pct(r.accuracy_b)}",
-                     "odds ratio [95% CI]": (f"{ratio} [{contrasts._num(r.ci_low)}, "
-                                             f"{contrasts._num(r.ci_high)}]") if tested else "",
-                     "p (Holm)": contrasts._p(r.p_holm) if tested else "", "test": r.test,
+                     "odds ratio [95% CI]": (f"{ratio} [{contrasts.format_ratio(r.ci_low)}, "
+                                             f"{contrasts.format_ratio(r.ci_high)}]") if tested else "",
+                     "p (Holm)": contrasts.format_p(r.p_holm) if tested else "", "test": r.test,
                      "note": r.note})
     return ("<h3>main_contrasts <small>(<a href='tables/main_contrasts.csv'>main_contrasts.csv</a>)</small></h3>"
             + _table_html(pd.DataFrame(rows)))

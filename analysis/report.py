@@ -418,9 +418,11 @@ def _stage_summary(res: Analysis, state: dict) -> None:
                                           (0, 4), None))
         tests = res.tables.get("rating_tests")
         if tests is not None and not tests.empty:
-            for _, r in tests.iterrows():
-                lines.append(f"People's ratings, {r['contrast']}: mean {r['mean_a']:.2f} vs {r['mean_b']:.2f} "
-                             f"({r['test'].replace('_', ' ')}, Holm p {contrasts.format_p_clause(r['p_holm'])}).")
+            for group, part in _by_group(tests):
+                who = "People" if group == contrasts.PEOPLE else f"Machine listener {group}"
+                lines.append(f"{who}, ratings: " + " ".join(
+                    f"{r['contrast']}: mean {r['mean_a']:.2f} vs {r['mean_b']:.2f} (Holm p "
+                    f"{contrasts.format_p_clause(r['p_holm'])})." for _, r in part.iterrows()))
     if res.summary_crowd:
         lines.append(res.summary_crowd)
     headline = _objective_headline(res.tables.get("objective_summary"))
@@ -654,36 +656,46 @@ def _rating_contrasts(rated: pd.DataFrame):
         yield f"original vs after ({method}, test start)", sel(stage="original"), sel(method, "test", "after"), True
 
 
+RATING_PERMUTATIONS = 4999
+
+
 def _stage_rating_tests(res: Analysis, state: dict) -> None:
-    rated = _ratings(state)
-    rated = rated[rated["listener_group"] == contrasts.PEOPLE]
     rows = []
-    for name, a, b, paired in _rating_contrasts(rated):
-        if a.empty or b.empty:
-            continue
-        if paired:
-            pa = a[a["pair_id"] != ""].groupby("pair_id")["rating"].mean()
-            pb = b[b["pair_id"] != ""].groupby("pair_id")["rating"].mean()
-            common = pa.index.intersection(pb.index)
-            if len(common) == 0:
+    for group, rated in _by_group(_ratings(state)):
+        machine = group != contrasts.PEOPLE
+        perms = RATING_PERMUTATIONS if machine else None
+        for name, a, b, paired in _rating_contrasts(rated):
+            if a.empty or b.empty:
                 continue
-            test, stat, p = stats.rank_test(pa[common].to_numpy(), pb[common].to_numpy(), paired=True)
-            units = f"{len(common)} pairs (mean rating per clip)"
-            ma, mb = float(pa[common].mean()), float(pb[common].mean())
-        else:
-            test, stat, p = stats.rank_test(a["rating"].to_numpy(), b["rating"].to_numpy())
-            units = f"{len(a)} vs {len(b)} answers"
-            ma, mb = float(a["rating"].mean()), float(b["rating"].mean())
-        rows.append({"contrast": name, "test": test, "units": units, "mean_a": ma, "mean_b": mb,
-                     "statistic": stat, "p": p})
-    table = pd.DataFrame(rows, columns=["contrast", "test", "units", "mean_a", "mean_b", "statistic", "p"])
-    table["p_holm"] = stats.holm(table["p"]) if not table.empty else []
+            if paired:
+                pa = a[a["pair_id"] != ""].groupby("pair_id")["rating"].mean()
+                pb = b[b["pair_id"] != ""].groupby("pair_id")["rating"].mean()
+                common = pa.index.intersection(pb.index)
+                if len(common) == 0:
+                    continue
+                test, stat, p = stats.rank_test(pa[common].to_numpy(), pb[common].to_numpy(), paired=True,
+                                                permutations=perms, seed=res.options.seed)
+                units = f"{len(common)} pairs (mean rating per clip)"
+                ma, mb = float(pa[common].mean()), float(pb[common].mean())
+            else:
+                test, stat, p = stats.rank_test(a["rating"].to_numpy(), b["rating"].to_numpy(), permutations=perms,
+                                                seed=res.options.seed)
+                units = f"{len(a)} vs {len(b)} {'clips' if machine else 'answers'}"
+                ma, mb = float(a["rating"].mean()), float(b["rating"].mean())
+            rows.append({"listener_group": group, "contrast": name, "test": test, "units": units, "mean_a": ma,
+                         "mean_b": mb, "statistic": stat, "p": p})
+    table = pd.DataFrame(rows, columns=["listener_group", "contrast", "test", "units", "mean_a", "mean_b",
+                                        "statistic", "p"])
+    table["p_holm"] = (table.groupby("listener_group")["p"].transform(lambda p: stats.holm(p.to_numpy()))
+                       if not table.empty else [])
     res.tables["rating_tests"] = table
     res.sections.append(Section("Rating comparisons", (
-        "Human ratings only. Ratings are ordinal, so comparisons use rank tests rather than means: independent "
-        "groups by the two-sided Mann-Whitney U test on individual answers; before vs after and original vs after "
-        "by the two-sided Wilcoxon signed-rank test on matched clip pairs (same pair_id, each clip's mean rating). "
-        "The Mann-Whitney test treats answers as independent. Holm correction over all rows."),
+        "Each listener group apart. Ratings are ordinal, so comparisons use rank tests rather than means: "
+        "independent groups by the two-sided Mann-Whitney U test on individual answers; before vs after and "
+        "original vs after by the two-sided Wilcoxon signed-rank test on matched clip pairs (same pair_id, each "
+        "clip's mean rating). For people the Mann-Whitney test treats answers as independent. A machine listener "
+        f"rates every clip once, with many ties, so its p-values come from {RATING_PERMUTATIONS:,} random "
+        f"relabellings (seed {res.options.seed}). Holm correction over the rows of each listener group."),
         ["rating_tests"], []))
 
 

@@ -207,16 +207,30 @@ def cluster_bootstrap_mean(values: np.ndarray, clusters: np.ndarray, n_boot: int
     return (mean, float(lo), float(hi))
 
 
-def rank_test(a, b, paired: bool = False) -> tuple[str, float, float]:
+def rank_test(a, b, paired: bool = False, permutations: int | None = None, seed: int = 0,
+              ) -> tuple[str, float, float]:
     """Compare two sets of ordinal ratings without assuming equal spacing.
 
     Unpaired: two-sided Mann-Whitney U. Paired (same clips before and after): two-sided
     Wilcoxon signed-rank on the paired differences (zero differences dropped; exact for
     up to 50 untied differences, otherwise the tie-corrected normal approximation).
+    With permutations set, the p-value comes from that many random relabellings (fixed
+    seed) instead, which stays valid with the many ties a machine's ratings have.
     Returns (test name, statistic, p-value).
     """
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
+    if permutations:
+        method = sps.PermutationMethod(n_resamples=permutations, rng=np.random.default_rng(seed))
+        if paired:
+            if a.size == 0 or np.all(a == b):
+                return ("wilcoxon_signed_rank_permutation", float("nan"), float("nan"))
+            res = sps.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided", method=method)
+            return ("wilcoxon_signed_rank_permutation", float(res.statistic), float(res.pvalue))
+        if a.size == 0 or b.size == 0:
+            return ("mann_whitney_u_permutation", float("nan"), float("nan"))
+        res = sps.mannwhitneyu(a, b, alternative="two-sided", method=method)
+        return ("mann_whitney_u_permutation", float(res.statistic), float(res.pvalue))
     if paired:
         d = a - b
         if d.size == 0 or np.all(d == 0):

@@ -114,7 +114,7 @@ def test_rating_report_with_paper_rule_and_generation_outputs(tmp_path):
     assert ratings.loc["original", "mean"] > ratings.loc["1-classifier-noise / after", "mean"]
     assert (ratings["ci_low"] <= ratings["mean"]).all() and (ratings["mean"] <= ratings["ci_high"]).all()
     tests = pd.read_csv(out / "tables" / "rating_tests.csv")
-    assert (tests["p_holm"] >= tests["p"]).all()
+    assert (tests["p_holm"] >= tests["p"]).all() and set(tests["listener_group"]) == {"people"}
     for stem in ["rating_hist_1_vs_3_noise_start_people", "rating_hist_2_vs_4_test_start_people",
                  "rating_per_word_people", "objective_classifier_heatmap", "objective_decoder_heatmap", "tsne_tsne"]:
         assert (out / "figures" / f"{stem}.png").is_file() and (out / "figures" / f"{stem}.pdf").is_file(), stem
@@ -122,6 +122,14 @@ def test_rating_report_with_paper_rule_and_generation_outputs(tmp_path):
     assert pd.read_csv(out / "tables" / "tsne_tsne.csv")["x"].tolist() == [-1.0, 0.5]
     assert (out / "tables" / "objective_summary.csv").is_file()
     assert any("objective/summary.csv" in k for k in json.loads((out / "run.json").read_text())["inputs"])
+
+
+def test_machine_ratings_get_permutation_tests_of_their_own(tmp_path):
+    out = build(small_table("rating", listeners=4, machines=1), tmp_path / "r", task="rating", rule="none")
+    tests = pd.read_csv(out / "tables" / "rating_tests.csv")
+    machine = tests[tests["listener_group"] == "L4"]
+    assert len(machine) and machine["test"].str.endswith("_permutation").all()
+    assert not tests[tests["listener_group"] == "people"]["test"].str.endswith("_permutation").any()
 
 
 def test_failed_run_keeps_the_previous_report_and_leaves_no_temp_folder(tmp_path):

@@ -185,3 +185,12 @@ def test_sparse_laplace_recovers_simulated_effects():
     t = table.set_index("term")
     assert np.log(t.loc["decoder", "ci_low"]) < 0.9 < np.log(t.loc["decoder", "ci_high"])
     assert 0.4 < t.loc["sd(listener)", "posterior_mean"] < 0.8 and 0.5 < t.loc["sd(stimulus)", "posterior_mean"] < 0.9
+
+
+def test_permutation_rank_tests_are_exact_when_relabellings_are_few():
+    # 5 vs 5 fully separated: 2 of the C(10, 5) = 252 relabellings are as extreme
+    name, _, p = stats.rank_test([0] * 5, [4] * 5, permutations=4999)
+    assert name == "mann_whitney_u_permutation" and p == pytest.approx(2 / 252)
+    # 4 pairs all improving: 2 of the 2^4 = 16 sign patterns are as extreme
+    name, _, p = stats.rank_test([1, 1, 2, 0], [3, 4, 4, 2], paired=True, permutations=4999)
+    assert name == "wilcoxon_signed_rank_permutation" and p == pytest.approx(2 / 16)

@@ -656,7 +656,7 @@ def _rating_contrasts(rated: pd.DataFrame):
         yield f"original vs after ({method}, test start)", sel(stage="original"), sel(method, "test", "after"), True
 
 
-RATING_PERMUTATIONS = 4999
+RATING_PERMUTATIONS = 999
 
 
 def _stage_rating_tests(res: Analysis, state: dict) -> None:

@@ -6,7 +6,12 @@ bytes for embedding. Heatmaps share one fixed colour scale so conditions compare
 from __future__ import annotations
 
 import io
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -39,7 +44,7 @@ def heatmap(matrix: pd.DataFrame, title: str, vmin: float = 0.0, vmax: float = 1
     ax.set_yticks(range(matrix.shape[0]), [str(r) for r in matrix.index], fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8, wrap=True)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label=colorbar_label)
     fig.tight_layout()
     return fig
@@ -71,7 +76,9 @@ def interval_bars(frame: pd.DataFrame, value: str, low: str, high: str, label: s
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(frame))
     vals = frame[value].to_numpy(dtype=float)
-    err = np.vstack([vals - frame[low].to_numpy(dtype=float), frame[high].to_numpy(dtype=float) - vals])
+    # an interval never reaches past its estimate; clip float noise so matplotlib accepts it
+    err = np.clip(np.vstack([vals - frame[low].to_numpy(dtype=float), frame[high].to_numpy(dtype=float) - vals]),
+                  0, None)
     ax.bar(x, vals, color="#4C72B0", yerr=err, capsize=3)
     if reference is not None:
         ax.scatter(x, reference.to_numpy(dtype=float), marker="_", s=400, color="#C44E52", label="chance", zorder=3)
@@ -80,6 +87,35 @@ def interval_bars(frame: pd.DataFrame, value: str, low: str, high: str, label: s
     ax.set_ylim(*ylim)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def grouped_interval_bars(value: pd.DataFrame, low: pd.DataFrame, high: pd.DataFrame, ylabel: str, title: str,
+                          ylim: tuple[float, float], reference: float | None = None,
+                          reference_label: str = "chance") -> Figure:
+    """Side-by-side bars per row (condition), one colour per column (listener group), 95% whiskers.
+
+    Missing cells (NaN) leave a gap rather than a zero-height bar.
+    """
+    n_rows, n_cols = value.shape
+    fig = Figure(figsize=(max(6.0, 0.28 * n_rows * max(n_cols, 1) + 2.5), 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(n_cols, 1)
+    x = np.arange(n_rows)
+    for j, col in enumerate(value.columns):
+        vals = value[col].to_numpy(dtype=float)
+        err = np.clip(np.vstack([vals - low[col].to_numpy(dtype=float), high[col].to_numpy(dtype=float) - vals]),
+                      0, None)
+        ax.bar(x + (j - (n_cols - 1) / 2) * width, np.nan_to_num(vals), width, yerr=np.nan_to_num(err),
+               capsize=2, label=str(col))
+    if reference is not None:
+        ax.axhline(reference, color="#555555", linestyle="--", linewidth=1, label=reference_label)
+    ax.set_xticks(x, [str(r) for r in value.index], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
@@ -122,6 +158,21 @@ def rating_histograms(counts: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
+def scatter(x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, title: str) -> Figure:
+    """One point per unit (e.g. listener), both axes on [0, 1] with the diagonal for reference."""
+    fig = Figure(figsize=(4.6, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=1)
+    ax.scatter(x, y, s=14, alpha=0.7, color="#4C72B0")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=8, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
 def histogram(values: np.ndarray, title: str, xlabel: str) -> Figure:
     """Plain histogram on [0, 1] (e.g. per-listener gold accuracy)."""
     fig = Figure(figsize=(5.0, 3.5))
@@ -144,6 +195,56 @@ def save(fig: Figure, stem: Path) -> bytes:
     fig.savefig(buf, format="pdf", metadata={"CreationDate": None, "Producer": None, "Creator": None})
     atomic.write_bytes(stem.with_suffix(".pdf"), buf.getvalue())
     return png
+
+
+@dataclass(frozen=True)
+class Later:
+    """A figure to draw when the report is written: the drawing function and its (picklable) arguments.
+
+    Analysis stages only describe figures, so they cost nothing until written, and the
+    writer can draw them in several processes at once.
+    """
+
+    draw: Callable[..., Figure]
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+    def __init__(self, draw: Callable[..., Figure], *args, **kwargs):
+        object.__setattr__(self, "draw", draw)
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "kwargs", kwargs)
+
+    def figure(self) -> Figure:
+        return self.draw(*self.args, **self.kwargs)
+
+
+PARALLEL_MIN_FIGURES = 8
+
+
+def _render(item: tuple[Later, Path]) -> bytes:
+    later, stem = item
+    return save(later.figure(), stem)
+
+
+def render_all(pending: dict[str, Later], folder: Path, progress: bool = False, workers: int | None = None,
+               ) -> dict[str, bytes]:
+    """Draw and save every figure (PNG + PDF), in worker processes when there are many; returns PNG bytes.
+
+    Workers are forked (a spawned worker would re-run an unguarded calling script) and
+    only draw with matplotlib; output bytes are the same either way.
+    """
+    from tqdm import tqdm
+
+    names = list(pending)
+    jobs = [(pending[n], folder / n) for n in names]
+    if workers is None:
+        workers = min(len(os.sched_getaffinity(0)), 4)
+    if workers < 2 or len(jobs) < PARALLEL_MIN_FIGURES or os.name != "posix":
+        return {n: _render(job) for n, job in zip(names, tqdm(jobs, desc="figures", unit="fig", disable=not progress))}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+        done = tqdm(pool.map(_render, jobs, chunksize=max(1, len(jobs) // (4 * workers))), total=len(jobs),
+                    desc="figures", unit="fig", disable=not progress)
+        return dict(zip(names, done))
 
 
 def save_png_copy(png: bytes, stem: Path) -> None:

@@ -25,17 +25,16 @@ from tqdm import tqdm
 
 from hearsay.errors import HearsayError
 
-from . import explanations, figures, stats
 from hearsay.answers import NONE_ALIASES as NONE_ANSWERS
 from hearsay.csvsafe import safe_frame
 from hearsay.provenance import file_sha256 as sha256_file
 from hearsay.provenance import library_versions
 
+from . import contrasts, crowd, explanations, figures, stats
 from .table import Exclusion, apply_exclusions, normalize
 
 STAGE_ORDER = {"original": 0, "before": 1, "after": 2}
 FLOAT_FORMAT = "%.6f"
-HTML_ROWS = 60
 
 
 @dataclass(frozen=True)
@@ -45,17 +44,21 @@ class ReportOptions:
     exclusion: Exclusion = field(default_factory=Exclusion)
     seed: int = 0
     n_boot: int = 2000
-    bayes_max_answers: int | None = 50_000
+    bayes_max_answers: int | None = None
     objective_dir: Path | None = None
     tsne_dir: Path | None = None
 
 
 @dataclass
 class Section:
+    """One part of the report: a sentence of guidance, figures first, then tables; text holds the methods."""
+
     title: str
     text: str
     tables: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    guide: str = ""
+    more_figures: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -65,12 +68,15 @@ class Analysis:
     info: dict
     options: ReportOptions
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    figures: dict[str, object] = field(default_factory=dict)
+    figures: dict[str, figures.Later] = field(default_factory=dict)
     images: dict[str, bytes] = field(default_factory=dict)
     sections: list[Section] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
+    long_tables: set[str] = field(default_factory=set)
+    summary: list[str] = field(default_factory=list)
+    summary_crowd: str = ""
 
 
 def cell_label(condition: str, stage: str) -> str:
@@ -108,7 +114,7 @@ def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: b
     if identification:
         stages += [("accuracy", _stage_accuracy), ("confusion", _stage_confusion), ("word accuracy", _stage_words),
                    ("models", _stage_models), ("mixed model", _stage_bayes), ("agreement", _stage_agreement),
-                   ("explanations", explanations.stage)]
+                   ("crowd labels", _stage_crowd), ("explanations", explanations.stage)]
     if rating:
         stages += [("ratings", _stage_ratings), ("rating tests", _stage_rating_tests),
                    ("rating agreement", _stage_rating_agreement)]
@@ -116,6 +122,7 @@ def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: b
         stages.append(("objective", _stage_objective))
     if options.tsne_dir is not None:
         stages.append(("t-SNE", _stage_tsne))
+    stages.append(("summary", _stage_summary))
     state = {"df": df}
     for name, stage in tqdm(stages, desc="analyze", unit="stage", disable=not progress):
         start = time.perf_counter()
@@ -124,8 +131,15 @@ def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: b
     return result
 
 
+def _by_group(frame: pd.DataFrame):
+    """(group, rows) pairs with people first, then each machine listener by name."""
+    for group in contrasts.group_order(frame["listener_group"]):
+        yield group, frame[frame["listener_group"] == group]
+
+
 def _stage_exclusions(res: Analysis, state: dict) -> None:
     kept, counts, qc = apply_exclusions(state["df"], res.options.exclusion)
+    kept = kept.assign(listener_group=contrasts.listener_groups(kept["listener_kind"], kept["listener"]))
     state["kept"] = _with_cells(kept)
     state["words"] = _words(res.info, kept)
     state["test"] = state["kept"][state["kept"]["stimulus_kind"] == "test"]
@@ -136,8 +150,8 @@ def _stage_exclusions(res: Analysis, state: dict) -> None:
     figs = []
     gold = qc["gold_accuracy"].dropna()
     if not gold.empty:
-        res.figures["gold_accuracy_per_listener"] = figures.histogram(
-            gold.to_numpy(), "Gold accuracy per listener (before exclusions)", "gold accuracy")
+        res.figures["gold_accuracy_per_listener"] = figures.Later(
+            figures.histogram, gold.to_numpy(), "Gold accuracy per listener (before exclusions)", "gold accuracy")
         figs.append("gold_accuracy_per_listener")
     rule = res.options.exclusion
     res.sections.append(Section("Listeners and exclusions", (
@@ -170,23 +184,24 @@ def _stage_accuracy(res: Analysis, state: dict) -> None:
     test = state["test"][state["test"]["correct"].notna()]
     chance = 1.0 / (len(state["words"]) + 1)
     state["chance"] = chance
-    acc = _accuracy_table(test, ["listener_kind", "cell", "condition", "method", "init", "stage"], chance)
+    acc = _accuracy_table(test, ["listener_kind", "listener_group", "cell", "condition", "method", "init", "stage"],
+                          chance)
     acc["p_vs_chance"] = [stats.binomial_vs_chance(k, n, chance) for k, n in zip(acc["correct"], acc["answers"])]
-    acc["p_holm"] = stats.holm(acc["p_vs_chance"])
+    acc["p_holm"] = acc.groupby("listener_group")["p_vs_chance"].transform(lambda p: stats.holm(p.to_numpy()))
     res.tables["accuracy_by_condition"] = acc
     qc = state["kept"][state["kept"]["stimulus_kind"].isin(["gold", "trap"]) & state["kept"]["correct"].notna()]
     tables = ["accuracy_by_condition"]
     if not qc.empty:
-        res.tables["accuracy_gold_trap"] = _accuracy_table(qc, ["listener_kind", "stimulus_kind"], chance)
+        res.tables["accuracy_gold_trap"] = _accuracy_table(qc, ["listener_group", "stimulus_kind"], chance)
         tables.append("accuracy_gold_trap")
     figs = []
     order = {c: i for i, c in enumerate(_cell_order(state["test"]))}
-    for kind, part in acc.groupby("listener_kind", sort=True):
+    for kind, part in _by_group(acc):
         part = part.sort_values("cell", key=lambda s: s.map(order))
-        name = f"accuracy_{kind}"
-        res.figures[name] = figures.interval_bars(part, "accuracy", "ci_low", "ci_high", "cell", "accuracy",
-                                                  f"Identification accuracy ({kind} listeners), 95% Wilson intervals",
-                                                  (0, 1), reference=part["chance"])
+        name = f"accuracy_{_slug(kind)}"
+        res.figures[name] = figures.Later(figures.interval_bars, part, "accuracy", "ci_low", "ci_high", "cell",
+                                          "accuracy", f"Identification accuracy ({kind}), 95% Wilson intervals",
+                                          (0, 1), reference=part["chance"])
         figs.append(name)
     res.sections.append(Section("Identification accuracy", (
         f"Accuracy is the share of answers naming the intended word; 'can't tell' counts as wrong. Chance is "
@@ -194,7 +209,8 @@ def _stage_accuracy(res: Analysis, state: dict) -> None:
         "Chance-corrected accuracy rescales accuracy so that chance is 0 and perfect is 1. Intervals are 95% Wilson "
         "score intervals, which stay inside [0, 1] and keep their coverage for small counts. p_vs_chance is a "
         "one-sided exact binomial test that accuracy exceeds chance; it treats answers as independent, so the "
-        "clustered models below are the listener-aware check. p_holm is Holm-corrected over all rows. Gold and "
+        "clustered models below are the listener-aware check. p_holm is Holm-corrected over the rows of each "
+        "listener group (people, or one machine listener). Gold and "
         "trap clips are quality checks, listed separately and never mixed into the conditions."), tables, figs))
 
 
@@ -212,10 +228,10 @@ def _confusion_matrix(counts: pd.DataFrame, words: list[str]) -> tuple[pd.DataFr
 def _stage_confusion(res: Analysis, state: dict) -> None:
     test = state["test"][state["test"]["correct"].notna()]
     words = state["words"]
-    grouped = test.groupby(["listener_kind", "cell", "word", "answer"], sort=True).size()
+    grouped = test.groupby(["listener_group", "cell", "word", "answer"], sort=True).size()
     long_rows, figs, shares = [], [], {}
     order = _cell_order(test)
-    for kind in sorted(test["listener_kind"].unique()):
+    for kind in contrasts.group_order(test["listener_group"]):
         for cell in order:
             if (kind, cell) not in grouped.index.droplevel([2, 3]):
                 continue
@@ -224,23 +240,25 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
             shares[(kind, cell)] = share_m
             stacked = pd.DataFrame({"count": count_m.stack(), "share": share_m.stack()}).reset_index()
             stacked.columns = ["word", "answer", "count", "share"]
-            long_rows.append(stacked.assign(listener_kind=kind, cell=cell))
-            name = f"confusion_{kind}_{_slug(cell)}"
-            res.figures[name] = figures.confusion(share_m, f"Intended x heard: {cell} ({kind}); rows sum to 1")
+            long_rows.append(stacked.assign(listener_group=kind, cell=cell))
+            name = f"confusion_{_slug(kind)}_{_slug(cell)}"
+            res.figures[name] = figures.Later(figures.confusion, share_m,
+                                              f"Intended x heard: {cell} ({kind}); rows sum to 1")
             figs.append(name)
     confusion = pd.concat(long_rows, ignore_index=True)
-    res.tables["confusion"] = confusion[["listener_kind", "cell", "word", "answer", "count", "share"]]
+    res.tables["confusion"] = confusion[["listener_group", "cell", "word", "answer", "count", "share"]]
+    res.long_tables.add("confusion")
     attrs = test[["cell", "method", "init", "stage"]].drop_duplicates().set_index("cell")
     diff_figs, diff_rows = [], []
     for (kind, a), (kind_b, b) in _single_factor_pairs(shares.keys(), attrs):
-        if kind != kind_b:
+        if kind != kind_b or kind != contrasts.PEOPLE:  # a machine's one answer per clip makes differences noise
             continue
         delta = shares[(kind, a)].fillna(0) - shares[(kind, b)].fillna(0)
-        name = f"confusion_diff_{kind}_{_slug(a)}_minus_{_slug(b)}"
-        res.figures[name] = figures.confusion_difference(delta, f"{a} minus {b} ({kind})")
+        name = f"confusion_diff_{_slug(kind)}_{_slug(a)}_minus_{_slug(b)}"
+        res.figures[name] = figures.Later(figures.confusion_difference, delta, f"{a} minus {b} ({kind})")
         diff_figs.append(name)
         diag = np.diag(delta.reindex(columns=delta.index).to_numpy())
-        diff_rows.append({"listener_kind": kind, "a": a, "b": b, "mean_diagonal_difference": float(np.mean(diag)),
+        diff_rows.append({"listener_group": kind, "a": a, "b": b, "mean_diagonal_difference": float(np.mean(diag)),
                           "none_share_difference": float(delta["none"].mean())})
     tables = ["confusion"]
     if diff_rows:
@@ -250,8 +268,11 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
         "Each heatmap crosses the intended word (rows) with the answer (columns); the last column is 'can't tell'"
         " and an 'other' column appears only if free-text answers fell outside the word list. Rows are normalized "
         "to sum to 1 and every heatmap uses the same colour scale [0, 1]. Difference heatmaps subtract two "
-        "conditions that differ in exactly one factor (method, start or stage) on a fixed diverging scale "
-        "[-1, 1]: red means the first condition drew more of those answers."), tables, figs + diff_figs))
+        "conditions that differ in exactly one factor (method, start or stage), for people, on a fixed diverging scale "
+        "[-1, 1]: red means the first condition drew more of those answers."), tables,
+        diff_figs or figs[:1], guide="Where do answers go when they are wrong? Difference heatmaps first (red: the "
+                                     "first condition drew more of those answers); every condition's full matrix "
+                                     "is folded below.", more_figures=figs[1:] if not diff_figs else figs))
 
 
 def _single_factor_pairs(keys, attrs: pd.DataFrame):
@@ -267,15 +288,16 @@ def _single_factor_pairs(keys, attrs: pd.DataFrame):
 
 def _stage_words(res: Analysis, state: dict) -> None:
     test = state["test"][state["test"]["correct"].notna()]
-    table = _accuracy_table(test, ["listener_kind", "cell", "word"], state["chance"])
+    table = _accuracy_table(test, ["listener_group", "cell", "word"], state["chance"])
     res.tables["word_accuracy"] = table
+    res.long_tables.add("word_accuracy")
     figs = []
     order = _cell_order(test)
-    for kind, part in table.groupby("listener_kind", sort=True):
+    for kind, part in _by_group(table):
         matrix = part.pivot(index="word", columns="cell", values="accuracy")
         matrix = matrix.reindex(index=state["words"], columns=[c for c in order if c in matrix.columns])
-        name = f"word_accuracy_{kind}"
-        res.figures[name] = figures.word_accuracy(matrix, f"Accuracy per word and condition ({kind})")
+        name = f"word_accuracy_{_slug(kind)}"
+        res.figures[name] = figures.Later(figures.word_accuracy, matrix, f"Accuracy per word and condition ({kind})")
         figs.append(name)
     res.sections.append(Section("Accuracy per word", (
         "Accuracy for every intended word in every condition, with 95% Wilson intervals in the table; blank "
@@ -333,7 +355,7 @@ def _mcnemar(test: pd.DataFrame) -> pd.DataFrame:
 
 
 def _stage_models(res: Analysis, state: dict) -> None:
-    test = state["test"][(state["test"]["listener_kind"] == "human") & state["test"]["correct"].notna()]
+    test = state["test"][(state["test"]["listener_group"] == contrasts.PEOPLE) & state["test"]["correct"].notna()]
     rows = []
     for model, frame, X, names in _contrast_designs(test):
         fits = stats.logistic_cluster(frame["correct"].astype(float).to_numpy(), X.reset_index(drop=True),
@@ -363,8 +385,6 @@ def _stage_models(res: Analysis, state: dict) -> None:
     if not mcn.empty:
         res.tables["before_after_mcnemar"] = mcn
         tables.append("before_after_mcnemar")
-    if glm.empty and mcn.empty:
-        res.notes.append("No main contrast could be estimated: the data lack the conditions to compare.")
     res.sections.append(Section("Main contrasts", (
         "Human answers to test clips only. A logistic regression (binomial GLM, logit link) predicts whether an "
         "answer is right. Model 'after' uses clips after maximization and has two 0/1 predictors, decoder (vs "
@@ -379,40 +399,131 @@ def _stage_models(res: Analysis, state: dict) -> None:
         "contrasts plus the primary McNemar tests, separately for each clustering."), tables, []))
 
 
+def _stage_summary(res: Analysis, state: dict) -> None:
+    """The study's answer first: main contrasts per listener group, one chart across groups, objective rates."""
+    test = state["test"]
+    tables, figs, lines = [], [], []
+    scored = test[test["correct"].notna()]
+    if not scored.empty:
+        table = contrasts.main_contrasts(scored, res.tables.get("contrasts_glm"))
+        res.tables["main_contrasts"] = table
+        tables.append("main_contrasts")
+        for group, part in table.groupby("listeners", sort=False):
+            lines.append(f"{_group_title(group, scored)}: "
+                         + " ".join(contrasts.sentence(r) for _, r in part.iterrows()))
+        acc = res.tables["accuracy_by_condition"]
+        figs.append(_across_groups_figure(res, acc, "accuracy", "accuracy", "summary_accuracy",
+                                          "Accuracy by condition, each listener group apart (95% Wilson intervals)",
+                                          (0, 1), state.get("chance")))
+    rated = res.tables.get("rating_by_condition")
+    if rated is not None and not rated.empty:
+        figs.append(_across_groups_figure(res, rated, "mean", "mean rating (0-4)", "summary_rating",
+                                          "Mean rating by condition, each listener group apart (95% bootstrap)",
+                                          (0, 4), None))
+        tests = res.tables.get("rating_tests")
+        if tests is not None and not tests.empty:
+            for group, part in _by_group(tests):
+                who = "People" if group == contrasts.PEOPLE else f"Machine listener {group}"
+                lines.append(f"{who}, ratings: " + " ".join(
+                    f"{r['contrast']}: mean {r['mean_a']:.2f} vs {r['mean_b']:.2f} (Holm p "
+                    f"{contrasts.format_p_clause(r['p_holm'])})." for _, r in part.iterrows()))
+    if res.summary_crowd:
+        lines.append(res.summary_crowd)
+    headline = _objective_headline(res.tables.get("objective_summary"))
+    if headline is not None:
+        res.tables["objective_headline"] = headline
+        tables.append("objective_headline")
+        rates = "; ".join(f"{r.method} {r.b_rate:.1%} (95% CI {r.ci_low:.1%}-{r.ci_high:.1%}, n = {r.samples})"
+                          for r in headline.itertuples())
+        lines.append(f"Objective experiment, judged by the independent classifier B: share of maximized samples "
+                     f"B assigns to their target word: {rates}.")
+    res.summary = lines
+    res.sections.insert(0, Section("Summary", (
+        "Each listener group is analysed apart and never pooled: people (all human listeners) with a logistic model "
+        "whose errors are clustered by listener, and each machine listener by name with exact tests on clips, "
+        "since a machine answers every clip once: McNemar's exact test on before/after pairs of the same clip, "
+        "and an exact conditional (Fisher-type) test, stratified by the other factor, for decoder vs classifier "
+        "and test vs noise start. Odds ratios above 1 favour the first-named level; Holm's correction runs over "
+        "the three contrasts of each group. A contrast is missing only when a cell it needs has no answers, and "
+        "the row names that cell."), tables, figs,
+        guide="What the study asks: did the decoder prior, the start and maximization itself make words more "
+              "recognisable, to people and to each machine listener?"))
+
+
+def _group_title(group: str, test: pd.DataFrame) -> str:
+    part = test[test["listener_group"] == group]
+    if group == contrasts.PEOPLE:
+        return f"People ({part['listener'].nunique()} listeners, {len(part):,} answers)"
+    return f"Machine listener {group} ({len(part):,} answers)"
+
+
+def _across_groups_figure(res: Analysis, table: pd.DataFrame, value: str, ylabel: str, name: str, title: str,
+                          ylim: tuple[float, float], chance: float | None) -> str:
+    order = _cell_order(table)
+    groups = sorted(set(table["listener_group"]), key=lambda g: (g != contrasts.PEOPLE, g))
+    pivot = {col: table.pivot_table(index="cell", columns="listener_group", values=col, aggfunc="first")
+             .reindex(index=order, columns=groups) for col in (value, "ci_low", "ci_high")}
+    res.figures[name] = figures.Later(figures.grouped_interval_bars, pivot[value], pivot["ci_low"], pivot["ci_high"],
+                                      ylabel, title, ylim, chance)
+    return name
+
+
+def _objective_headline(summary: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Per method: how often classifier B picks the target word, pooled over words, with a Wilson interval."""
+    need = {"method", "word", "n", "failed", "b_picks_target"}
+    if summary is None or not need <= set(summary.columns):
+        return None
+    pooled = summary[summary["word"].astype(str) == "ALL"]
+    if pooled.empty:
+        return None
+    samples = (pd.to_numeric(pooled["n"]) - pd.to_numeric(pooled["failed"])).astype(int).to_numpy()
+    rate = pd.to_numeric(pooled["b_picks_target"]).to_numpy(dtype=float)
+    hits = np.round(rate * samples)
+    lo, hi = stats.wilson_arrays(hits, samples)
+    out = pd.DataFrame({"method": pooled["method"].to_numpy(), "samples": samples, "b_rate": rate, "ci_low": lo,
+                        "ci_high": hi})
+    if "a_picks_target" in pooled.columns:
+        out["a_rate"] = pd.to_numeric(pooled["a_picks_target"]).to_numpy(dtype=float)
+    return out
+
+
 def _stage_bayes(res: Analysis, state: dict) -> None:
-    test = state["test"][(state["test"]["listener_kind"] == "human") & state["test"]["correct"].notna()]
+    test = state["test"][(state["test"]["listener_group"] == contrasts.PEOPLE) & state["test"]["correct"].notna()]
     parts = []
     cap = res.options.bayes_max_answers
     for model, frame, X, names in _contrast_designs(test):
         if frame["listener"].nunique() < 2 or frame["stimulus"].nunique() < 2:
             continue
-        table, used = stats.bayes_mixed_logistic(frame["correct"].astype(float).to_numpy(), X, frame["listener"],
-                                                 frame["stimulus"], seed=res.options.seed, max_answers=cap)
+        if cap is not None and len(frame) > cap:
+            pick = np.sort(np.random.default_rng(res.options.seed).choice(len(frame), size=cap, replace=False))
+            frame, X = frame.iloc[pick], X.iloc[pick]
+            res.notes.append(f"Mixed model '{model}' was fitted on a fixed-seed random subsample of {cap:,} answers "
+                             "(--mixed-max-answers).")
+        table, used = stats.mixed_logistic_laplace(frame["correct"].astype(float).to_numpy(), X, frame["listener"],
+                                                   frame["stimulus"])
         table = table[table["term"].isin(names) | table["term"].str.startswith("sd(")].copy()
         table["term"] = table["term"].map(lambda t: names.get(t, t))
-        parts.append(table.assign(model=model, answers_used=used, answers_total=len(frame)))
-        if used < len(frame):
-            res.notes.append(f"Mixed model '{model}' was fitted on a fixed-seed random subsample of {used:,} of "
-                             f"{len(frame):,} answers.")
+        parts.append(table.assign(model=model, answers_used=used))
     if parts:
         res.tables["contrasts_mixed_bayes"] = pd.concat(parts, ignore_index=True)
         res.sections.append(Section("Sensitivity check: mixed model", (
-            "The same contrasts from a logistic model with random intercepts for listener and for clip, fitted by "
-            "variational Bayes (statsmodels BinomialBayesMixedGLM.fit_vb; normal priors, sd 2 on fixed effects). "
-            "Intervals are posterior mean ± 1.96 posterior sd on the log-odds scale, shown as odds ratios; the "
-            "sd rows give the estimated spread of listener and clip intercepts. If it agrees with the clustered "
-            "GLM the conclusions do not hinge on how clustering is handled."
-            + (f" Models with more than {cap:,} answers use a fixed-seed random subsample." if cap else "")),
-            ["contrasts_mixed_bayes"], []))
+            "The same contrasts from a logistic model with random intercepts for listener and for clip, fitted on "
+            "every answer: normal prior (sd 2) on the fixed effects, the joint posterior mode of fixed and random "
+            "effects by Newton steps on a sparse design, the two variances by EM with a mean-field Laplace "
+            "approximation. Intervals are posterior mode ± 1.96 posterior sd (from the inverse Hessian) on the "
+            "log-odds scale, shown as odds ratios; the sd rows give the estimated spread of listener and clip "
+            "intercepts. If it agrees with the clustered GLM the conclusions do not hinge on how clustering is "
+            "handled."), ["contrasts_mixed_bayes"], [],
+            guide="Do the main contrasts hold when listeners and clips get their own random intercepts?"))
 
 
 def _stage_agreement(res: Analysis, state: dict) -> None:
     test = state["test"][state["test"]["correct"].notna()]
     cats = state["words"] + ["none"]
     rows = []
-    for (kind, cell), part in test.groupby(["listener_kind", "cell"], sort=True):
+    for (kind, cell), part in test.groupby(["listener_group", "cell"], sort=True):
         answers = part["answer"].where(part["answer"].isin(cats), "other")
-        rows.append({"listener_kind": kind, "cell": cell,
+        rows.append({"listener_group": kind, "cell": cell,
                      **stats.agreement(part["stimulus"], answers, cats + ["other"], "nominal")})
     res.tables["agreement"] = pd.DataFrame(rows)
     res.sections.append(Section("Agreement between listeners", (
@@ -420,6 +531,56 @@ def _stage_agreement(res: Analysis, state: dict) -> None:
         "has the same number of answers, Krippendorff's alpha (nominal) otherwise; both are 0 at chance-level "
         "agreement and 1 when all listeners agree. Clips with a single answer carry no information on agreement."),
         ["agreement"], []))
+
+
+GLAD_MAX_ANSWERS = 2_000
+
+
+def _stage_crowd(res: Analysis, state: dict) -> None:
+    test = state["test"]
+    people = test[(test["listener_group"] == contrasts.PEOPLE) & test["correct"].notna()]
+    if people.empty or people["listener"].nunique() < 2:
+        return
+    glad = len(people) <= GLAD_MAX_ANSWERS
+    labels = crowd.aggregate(people[["listener", "stimulus", "answer"]], glad=glad)
+    methods = ["majority_vote", "dawid_skene"] + (["glad"] if glad else [])
+    intended = people[["stimulus", "cell", "word"]].drop_duplicates("stimulus")
+    clips = intended.merge(labels.clips, on="stimulus")
+    res.tables["crowd_labels"] = clips
+    res.long_tables.add("crowd_labels")
+    order = {c: i for i, c in enumerate(_cell_order(test))}
+    by_cell = crowd.disagreement_by_condition(labels.clips, intended, methods)
+    res.tables["crowd_label_vs_intended"] = by_cell.sort_values("cell", key=lambda c: c.map(order))
+    qc = res.tables["listener_qc"].drop(columns=[c for c in labels.skills.columns if c != "listener"], errors="ignore")
+    res.tables["listener_qc"] = qc.merge(labels.skills, on="listener", how="left")
+    rho = crowd.skill_vs_gold(labels.skills, res.tables["listener_qc"])
+    figs = []
+    both = res.tables["listener_qc"].dropna(subset=["skill_dawid_skene"])
+    if both["gold_accuracy"].notna().any():
+        res.figures["crowd_skill_vs_gold"] = figures.Later(
+            figures.scatter, both["gold_accuracy"].to_numpy(dtype=float),
+            both["skill_dawid_skene"].to_numpy(dtype=float), "gold accuracy",
+            "Dawid-Skene skill (from test answers)",
+            "Listener skill estimated without gold labels vs accuracy on gold clips")
+        figs.append("crowd_skill_vs_gold")
+    worst = by_cell.sort_values("dawid_skene_is_intended").iloc[0]
+    res.summary_crowd = (f"Crowd labels (people, Dawid-Skene): the aggregated label is the intended word for "
+                         f"{(clips['dawid_skene'] == clips['word']).mean():.0%} of clips; least often in "
+                         f"{worst['cell']} ({worst['dawid_skene_is_intended']:.0%} of {int(worst['clips'])} clips).")
+    res.sections.append(Section("Crowd labels", (
+        "People's answers to test clips aggregated per clip by majority vote (ties to the alphabetically first "
+        f"answer), by Dawid-Skene (crowd-kit, EM over per-listener confusion matrices, {crowd.DS_ITERATIONS} "
+        "iterations)" + (f" and by GLAD (crowd-kit; listener ability and clip difficulty, {crowd.GLAD_ITERATIONS} "
+                          "iterations)" if glad else
+                          f"; GLAD is skipped above {GLAD_MAX_ANSWERS:,} answers, where its gradient fit takes "
+                          "minutes") + ". None of them sees the intended word or gold labels, so a listener's "
+        "estimated skill (Dawid-Skene: probability of giving the true label; GLAD: ability alpha) is an "
+        "independent check on gold accuracy; both appear in the listener QC table. "
+        + ("" if np.isnan(rho) else f"Spearman correlation of Dawid-Skene skill with gold accuracy: {rho:.2f}. ")
+        + "The per-condition table gives, for each aggregation, the share of clips whose label is the intended "
+        "word and how many clips differ; crowd_labels.csv lists every clip."),
+        ["crowd_label_vs_intended", "crowd_labels"], figs,
+        guide="Which word did the crowd, weighted by each listener's estimated skill, hear in each clip?"))
 
 
 def _ratings(state: dict) -> pd.DataFrame:
@@ -432,11 +593,11 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
         return
     rows = []
     for (kind, cell, cond, method, init, stage), part in rated.groupby(
-            ["listener_kind", "cell", "condition", "method", "init", "stage"], sort=True):
+            ["listener_group", "cell", "condition", "method", "init", "stage"], sort=True):
         mean, lo, hi = stats.cluster_bootstrap_mean(part["rating"].to_numpy(), part["listener"].to_numpy(),
                                                     res.options.n_boot, res.options.seed)
         hist = np.bincount(part["rating"].round().astype(int), minlength=5)
-        rows.append({"listener_kind": kind, "cell": cell, "condition": cond, "method": method, "init": init,
+        rows.append({"listener_group": kind, "cell": cell, "condition": cond, "method": method, "init": init,
                      "stage": stage, "answers": len(part), "listeners": part["listener"].nunique(),
                      "stimuli": part["stimulus"].nunique(), "mean": mean, "ci_low": lo, "ci_high": hi,
                      "sd": float(part["rating"].std(ddof=1)) if len(part) > 1 else float("nan"),
@@ -445,32 +606,35 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
     res.tables["rating_by_condition"] = table
     figs = []
     order = {c: i for i, c in enumerate(_cell_order(rated))}
-    for kind, part in table.groupby("listener_kind", sort=True):
+    for kind, part in _by_group(table):
         part = part.sort_values("cell", key=lambda s: s.map(order))
-        name = f"rating_mean_{kind}"
-        res.figures[name] = figures.interval_bars(part, "mean", "ci_low", "ci_high", "cell", "mean rating (0-4)",
-                                                  f"Mean rating ({kind}), 95% listener-bootstrap intervals", (0, 4))
+        name = f"rating_mean_{_slug(kind)}"
+        res.figures[name] = figures.Later(figures.interval_bars, part, "mean", "ci_low", "ci_high", "cell",
+                                          "mean rating (0-4)",
+                                          f"Mean rating ({kind}), 95% listener-bootstrap intervals", (0, 4))
         figs.append(name)
-    words = rated.groupby(["listener_kind", "cell", "method", "stage", "word"], sort=True)["rating"].agg(
+    words = rated.groupby(["listener_group", "cell", "method", "stage", "word"], sort=True)["rating"].agg(
         answers="size", mean="mean").reset_index()
     res.tables["rating_by_word"] = words
-    for kind, part in words[words["stage"].isin(["original", "after"])].groupby("listener_kind", sort=True):
+    res.long_tables.add("rating_by_word")
+    for kind, part in _by_group(words[words["stage"].isin(["original", "after"])]):
         part = part.assign(group=np.where(part["stage"] == "original", "original", part["method"]))
         weighted = part.assign(_s=part["mean"] * part["answers"]).groupby(["word", "group"])[["_s", "answers"]].sum()
         sums = (weighted["_s"] / weighted["answers"]).unstack("group")
         cols = [c for c in ["original", "classifier", "decoder"] if c in sums.columns]
         cols += sorted(c for c in sums.columns if c not in cols)
-        name = f"rating_per_word_{kind}"
-        res.figures[name] = figures.grouped_bars(sums.reindex(index=state["words"], columns=cols),
-                                                 "mean rating (0-4)", f"Mean rating per word ({kind})", (0, 4))
+        name = f"rating_per_word_{_slug(kind)}"
+        res.figures[name] = figures.Later(figures.grouped_bars, sums.reindex(index=state["words"], columns=cols),
+                                          "mean rating (0-4)", f"Mean rating per word ({kind})", (0, 4))
         figs.append(name)
     for label, init in (("1 vs 3 (noise start)", "noise"), ("2 vs 4 (test start)", "test")):
-        for kind, part in rated[(rated["init"] == init) & (rated["stage"] == "after")
-                                & rated["method"].isin(["classifier", "decoder"])].groupby("listener_kind", sort=True):
+        for kind, part in _by_group(rated[(rated["init"] == init) & (rated["stage"] == "after")
+                                          & rated["method"].isin(["classifier", "decoder"])]):
             counts = pd.DataFrame({cell: np.bincount(p["rating"].round().astype(int), minlength=5)
                                    for cell, p in part.groupby("cell", sort=True)})
-            name = f"rating_hist_{_slug(label)}_{kind}"
-            res.figures[name] = figures.rating_histograms(counts, f"Ratings, conditions {label} ({kind})")
+            name = f"rating_hist_{_slug(label)}_{_slug(kind)}"
+            res.figures[name] = figures.Later(figures.rating_histograms, counts,
+                                              f"Ratings, conditions {label} ({kind})")
             figs.append(name)
     res.sections.append(Section("Ratings", (
         "Ratings run from Bad = 0 to Excellent = 4. Means come with 95% percentile intervals from a bootstrap "
@@ -496,46 +660,56 @@ def _rating_contrasts(rated: pd.DataFrame):
         yield f"original vs after ({method}, test start)", sel(stage="original"), sel(method, "test", "after"), True
 
 
+RATING_PERMUTATIONS = 999
+
+
 def _stage_rating_tests(res: Analysis, state: dict) -> None:
-    rated = _ratings(state)
-    rated = rated[rated["listener_kind"] == "human"]
     rows = []
-    for name, a, b, paired in _rating_contrasts(rated):
-        if a.empty or b.empty:
-            continue
-        if paired:
-            pa = a[a["pair_id"] != ""].groupby("pair_id")["rating"].mean()
-            pb = b[b["pair_id"] != ""].groupby("pair_id")["rating"].mean()
-            common = pa.index.intersection(pb.index)
-            if len(common) == 0:
+    for group, rated in _by_group(_ratings(state)):
+        machine = group != contrasts.PEOPLE
+        perms = RATING_PERMUTATIONS if machine else None
+        for name, a, b, paired in _rating_contrasts(rated):
+            if a.empty or b.empty:
                 continue
-            test, stat, p = stats.rank_test(pa[common].to_numpy(), pb[common].to_numpy(), paired=True)
-            units = f"{len(common)} pairs (mean rating per clip)"
-            ma, mb = float(pa[common].mean()), float(pb[common].mean())
-        else:
-            test, stat, p = stats.rank_test(a["rating"].to_numpy(), b["rating"].to_numpy())
-            units = f"{len(a)} vs {len(b)} answers"
-            ma, mb = float(a["rating"].mean()), float(b["rating"].mean())
-        rows.append({"contrast": name, "test": test, "units": units, "mean_a": ma, "mean_b": mb,
-                     "statistic": stat, "p": p})
-    table = pd.DataFrame(rows, columns=["contrast", "test", "units", "mean_a", "mean_b", "statistic", "p"])
-    table["p_holm"] = stats.holm(table["p"]) if not table.empty else []
+            if paired:
+                pa = a[a["pair_id"] != ""].groupby("pair_id")["rating"].mean()
+                pb = b[b["pair_id"] != ""].groupby("pair_id")["rating"].mean()
+                common = pa.index.intersection(pb.index)
+                if len(common) == 0:
+                    continue
+                test, stat, p = stats.rank_test(pa[common].to_numpy(), pb[common].to_numpy(), paired=True,
+                                                permutations=perms, seed=res.options.seed)
+                units = f"{len(common)} pairs (mean rating per clip)"
+                ma, mb = float(pa[common].mean()), float(pb[common].mean())
+            else:
+                test, stat, p = stats.rank_test(a["rating"].to_numpy(), b["rating"].to_numpy(), permutations=perms,
+                                                seed=res.options.seed)
+                units = f"{len(a)} vs {len(b)} {'clips' if machine else 'answers'}"
+                ma, mb = float(a["rating"].mean()), float(b["rating"].mean())
+            rows.append({"listener_group": group, "contrast": name, "test": test, "units": units, "mean_a": ma,
+                         "mean_b": mb, "statistic": stat, "p": p})
+    table = pd.DataFrame(rows, columns=["listener_group", "contrast", "test", "units", "mean_a", "mean_b",
+                                        "statistic", "p"])
+    table["p_holm"] = (table.groupby("listener_group")["p"].transform(lambda p: stats.holm(p.to_numpy()))
+                       if not table.empty else [])
     res.tables["rating_tests"] = table
     res.sections.append(Section("Rating comparisons", (
-        "Human ratings only. Ratings are ordinal, so comparisons use rank tests rather than means: independent "
-        "groups by the two-sided Mann-Whitney U test on individual answers; before vs after and original vs after "
-        "by the two-sided Wilcoxon signed-rank test on matched clip pairs (same pair_id, each clip's mean rating). "
-        "The Mann-Whitney test treats answers as independent. Holm correction over all rows."),
+        "Each listener group apart. Ratings are ordinal, so comparisons use rank tests rather than means: "
+        "independent groups by the two-sided Mann-Whitney U test on individual answers; before vs after and "
+        "original vs after by the two-sided Wilcoxon signed-rank test on matched clip pairs (same pair_id, each "
+        "clip's mean rating). For people the Mann-Whitney test treats answers as independent. A machine listener "
+        f"rates every clip once, with many ties, so its p-values come from {RATING_PERMUTATIONS:,} random "
+        f"relabellings (seed {res.options.seed}). Holm correction over the rows of each listener group."),
         ["rating_tests"], []))
 
 
 def _stage_rating_agreement(res: Analysis, state: dict) -> None:
     rated = _ratings(state)
     rows = []
-    for (kind, cell), part in rated.groupby(["listener_kind", "cell"], sort=True):
+    for (kind, cell), part in rated.groupby(["listener_group", "cell"], sort=True):
         counts, _ = stats.counts_matrix(part["stimulus"], part["rating"], [0.0, 1.0, 2.0, 3.0, 4.0])
         usable = int((counts.sum(axis=1) >= 2).sum())
-        rows.append({"listener_kind": kind, "cell": cell, "units": usable,
+        rows.append({"listener_group": kind, "cell": cell, "units": usable,
                      "krippendorff_alpha_ordinal": stats.krippendorff_alpha(counts, "ordinal"),
                      "krippendorff_alpha_interval": stats.krippendorff_alpha(counts, "interval")})
     if rows:
@@ -567,8 +741,9 @@ def _stage_objective(res: Analysis, state: dict) -> None:
             matrix = _read_csv(found[method])
             res.tables[name] = matrix
             tables.append(name)
-            res.figures[name] = figures.heatmap(
-                matrix.set_index(matrix.columns[0]), f"Objective: classifier B mean softmax after maximization ({method})",
+            res.figures[name] = figures.Later(
+                figures.heatmap, matrix.set_index(matrix.columns[0]),
+                f"Objective: classifier B mean softmax after maximization ({method})",
                 xlabel="classifier B class", ylabel="target class", colorbar_label="mean probability")
         else:
             res.images[name] = pictures[method].read_bytes()
@@ -651,8 +826,7 @@ def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: 
         pngs = dict(result.images)
         for name, data in result.images.items():
             figures.save_png_copy(data, tmp / "figures" / name)
-        for name in tqdm(list(result.figures), desc="figures", unit="fig", disable=not progress):
-            pngs[name] = figures.save(result.figures[name], tmp / "figures" / name)
+        pngs.update(figures.render_all(result.figures, tmp / "figures", progress=progress))
         (tmp / "report.html").write_text(_html(result, pngs), encoding="utf-8")
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         run = {
@@ -691,37 +865,127 @@ def _jsonable(value):
     return value
 
 
-def _html_table(name: str, df: pd.DataFrame) -> str:
-    shown = df.head(HTML_ROWS)
-    body = shown.to_html(index=False, border=0, float_format=lambda v: f"{v:.4g}", na_rep="", classes="t")
-    more = f"<p class=more>First {HTML_ROWS} of {len(df)} rows.</p>" if len(df) > HTML_ROWS else ""
-    return f"<h3>{html.escape(name)} <small>(tables/{html.escape(name)}.csv)</small></h3>{body}{more}"
+INLINE_ROWS = 15
+SHOWN_FIGURES = 1
+DETAILS_ROWS = 200
+# columns the page shows for wide tables; the CSV keeps every column
+HTML_COLUMNS = {
+    "listener_qc": ["listener", "listener_kind", "answers", "gold_accuracy", "skill_dawid_skene", "skill_glad",
+                    "agreement_with_majority", "trap_failed", "excluded", "exclusion_reasons"],
+    "accuracy_by_condition": ["listener_group", "cell", "answers", "correct", "accuracy", "ci_low", "ci_high",
+                              "chance_corrected", "p_vs_chance", "p_holm"],
+    "rating_by_condition": ["listener_group", "cell", "answers", "listeners", "mean", "ci_low", "ci_high", "sd"],
+}
+STYLE = (
+    "*{box-sizing:border-box}body{font-family:system-ui,sans-serif;max-width:1100px;margin:0 auto;padding:0 12px 2em;"
+    "line-height:1.45;color:#222}h1{font-size:1.5em;margin:.6em 0 .2em}h2{margin:1.4em 0 .3em;border-bottom:1px solid "
+    "#ddd}h3{font-size:1em;margin:.8em 0 .2em}img{max-width:100%;height:auto;display:block}figure{margin:.6em 0}"
+    ".meta,.more,.note,figcaption{color:#666;font-size:13px}.toc{font-size:14px;margin:.3em 0}.toc a{margin-right:"
+    ".9em;white-space:nowrap}.guide{font-weight:600}.tw{overflow-x:auto;max-width:100%}table.t{border-collapse:"
+    "collapse;font-size:12px;margin:.3em 0}table.t td,table.t th{border:1px solid #ccc;padding:2px 5px;text-align:"
+    "right;overflow-wrap:anywhere}details{margin:.4em 0}summary{cursor:pointer;color:#245}.grid{display:grid;"
+    "grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:8px}.grid>*{min-width:0}ul.findings li{margin:"
+    ".25em 0}p,li,figcaption,summary,h3{overflow-wrap:anywhere}"
+)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        if np.isnan(v):
+            return ""
+        if np.isinf(v):
+            return "∞" if v > 0 else "-∞"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _table_html(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+                   for row in df.itertuples(index=False))
+    return f"<div class=tw><table class=t><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>"
+
+
+def _html_table(name: str, df: pd.DataFrame, long_format: bool) -> str:
+    """Short tables inline, long ones folded, long-format ones only linked (their heatmaps show them)."""
+    link = f"<a href='tables/{html.escape(name)}.csv'>{html.escape(name)}.csv</a>"
+    if long_format:
+        return (f"<p class=more>Long-format table {link}: {len(df):,} rows (one per combination), "
+                "shown as the heatmaps above.</p>")
+    shown = df[[c for c in HTML_COLUMNS[name] if c in df.columns]] if name in HTML_COLUMNS else df
+    hidden = "" if shown.shape[1] == df.shape[1] else f"; {df.shape[1] - shown.shape[1]} more columns in the CSV"
+    if len(df) <= INLINE_ROWS:
+        return f"<h3>{html.escape(name)} <small>({link}{hidden})</small></h3>{_table_html(shown)}"
+    more = (f"<p class=more>First {DETAILS_ROWS} of {len(df):,} rows; all in {link}.</p>"
+            if len(df) > DETAILS_ROWS else "")
+    return (f"<details><summary>{html.escape(name)}: {len(df):,} rows <small>({link}{hidden})</small></summary>"
+            f"{_table_html(shown.head(DETAILS_ROWS))}{more}</details>")
+
+
+def _main_contrasts_html(df: pd.DataFrame) -> str:
+    """The summary's contrast table in reading form: A vs B accuracy, odds ratio [95% CI], Holm p."""
+    rows = []
+    for r in df.itertuples(index=False):
+        tested = not np.isnan(r.p_holm)
+        ratio = "undefined" if np.isnan(r.odds_ratio) else contrasts.format_ratio(r.odds_ratio)
+        rows.append({"listeners": r.listeners, "contrast": r.contrast,
+                     "accuracy A vs B": f"{_pct(r.accuracy_a)} vs {_pct(r.accuracy_b)}",
+                     "odds ratio [95% CI]": (f"{ratio} [{contrasts.format_ratio(r.ci_low)}, "
+                                             f"{contrasts.format_ratio(r.ci_high)}]") if tested else "",
+                     "p (Holm)": contrasts.format_p(r.p_holm) if tested else "", "test": r.test,
+                     "note": r.note})
+    return ("<h3>main_contrasts <small>(<a href='tables/main_contrasts.csv'>main_contrasts.csv</a>)</small></h3>"
+            + _table_html(pd.DataFrame(rows)))
+
+
+def _pct(x: float) -> str:
+    return "" if np.isnan(x) else f"{x:.0%}"
+
+
+def _figure_html(name: str, pngs: dict[str, bytes]) -> str:
+    data = base64.b64encode(pngs[name]).decode("ascii")
+    return (f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>figures/{html.escape(name)}.png (<a href='figures/{html.escape(name)}.pdf'>PDF</a>)"
+            "</figcaption></figure>")
 
 
 def _html(result: Analysis, pngs: dict[str, bytes]) -> str:
     info = result.info
+    slug = html.escape(str(info.get("slug", "")))
+    anchors = [(f"s-{_slug(sec.title)}", sec) for sec in result.sections]
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
-        f"<title>Hearsay analysis: {html.escape(str(info.get('slug', '')))}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
-        "table.t{border-collapse:collapse;font-size:12px;margin:.5em 0}table.t td,table.t th{border:1px solid #ccc;"
-        "padding:2px 5px;text-align:right}img{max-width:100%;display:block;margin:1em 0}small{color:#666}"
-        ".more,.note{color:#666;font-size:12px}</style></head><body>",
-        f"<h1>Listening test analysis: {html.escape(str(info.get('slug', '')))}</h1>",
-        f"<p>Task: {html.escape(str(info.get('task', '')))}; {len(info.get('words') or [])} words; "
-        f"seed {result.options.seed}. Every table is also a CSV under tables/, every figure a PNG and PDF under "
-        "figures/, and run.json records versions, options and input checksums.</p>",
+        "<meta name=viewport content='width=device-width, initial-scale=1'>",
+        f"<title>Hearsay analysis: {slug}</title><style>{STYLE}</style></head><body>",
+        f"<h1>Listening test analysis: {slug}</h1>",
+        f"<p class=meta>Task: {html.escape(str(info.get('task', '')))}; {len(info.get('words') or [])} words; "
+        f"seed {result.options.seed}. Every table is a CSV under tables/, every figure a PNG and PDF under figures/; "
+        "run.json records versions, options and input checksums.</p>",
+        "<nav class=toc aria-label=Contents>" + " ".join(
+            f"<a href='#{a}'>{html.escape(sec.title)}</a>" for a, sec in anchors) + "</nav>",
     ]
     for note in result.notes:
         parts.append(f"<p class=note>Note: {html.escape(note)}</p>")
-    for section in result.sections:
-        parts.append(f"<h2>{html.escape(section.title)}</h2><p>{html.escape(section.text)}</p>")
+    for anchor, section in anchors:
+        parts.append(f"<section id={anchor}><h2>{html.escape(section.title)}</h2>")
+        if section.guide:
+            parts.append(f"<p class=guide>{html.escape(section.guide)}</p>")
+        for name in section.figures[:SHOWN_FIGURES]:
+            parts.append(_figure_html(name, pngs))
+        if section.title == "Summary" and result.summary:
+            parts.append("<ul class=findings>" + "".join(f"<li>{html.escape(line)}</li>" for line in result.summary)
+                         + "</ul>")
+        folded = section.figures[SHOWN_FIGURES:] + section.more_figures
+        if folded:
+            parts.append(f"<details><summary>{len(folded)} more figures</summary><div class=grid>"
+                         + "".join(_figure_html(n, pngs) for n in folded) + "</div></details>")
         for name in section.tables:
-            parts.append(_html_table(name, result.tables[name]))
-        for name in section.figures:
-            data = base64.b64encode(pngs[name]).decode("ascii")
-            parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption><small>figures/{html.escape(name)}.png</small></figcaption></figure>")
+            if name == "main_contrasts":
+                parts.append(_main_contrasts_html(result.tables[name]))
+            else:
+                parts.append(_html_table(name, result.tables[name], name in result.long_tables))
+        parts.append(f"<details><summary>How this was computed</summary><p>{html.escape(section.text)}</p></details>"
+                     "</section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 

@@ -11,37 +11,42 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy import stats as sps
+from statsmodels.tools.sm_exceptions import PerfectSeparationError
 
 from hearsay.errors import HearsayError
 
 Z95 = float(sps.norm.ppf(0.975))
 
 
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval for k successes out of n.
+def wilson_arrays(k, n, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
+    """95% Wilson score intervals for k successes out of n, vectorised (NaN where n = 0).
 
     Unlike the textbook "p ± 1.96·SE" interval it stays inside [0, 1] and keeps its
     coverage for small n and for accuracies near 0 or 1, which listening tests produce.
+    statsmodels computes it; the bounds are then clamped so they always enclose the
+    estimate (floating point puts them a hair past it at 0 of n and n of n, which made
+    matplotlib refuse the negative error bar).
     """
-    if n <= 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    from statsmodels.stats.proportion import proportion_confint
+
+    k = np.atleast_1d(np.asarray(k, dtype=float))
+    n = np.atleast_1d(np.asarray(n, dtype=float))
+    ok = n > 0
+    lo = np.full(k.shape, np.nan)
+    hi = np.full(k.shape, np.nan)
+    if ok.any():
+        alpha = 2.0 * (1.0 - sps.norm.cdf(z))
+        low, high = proportion_confint(k[ok], n[ok], alpha=alpha, method="wilson")
+        p = k[ok] / n[ok]
+        lo[ok] = np.clip(np.minimum(low, p), 0.0, 1.0)
+        hi[ok] = np.clip(np.maximum(high, p), 0.0, 1.0)
+    return lo, hi
 
 
-def wilson_arrays(k: np.ndarray, n: np.ndarray, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised Wilson interval (NaN where n = 0) for whole tables at once."""
-    k = np.asarray(k, dtype=float)
-    n = np.asarray(n, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / n
-        denom = 1.0 + z * z / n
-        centre = (p + z * z / (2 * n)) / denom
-        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson interval of one proportion (see wilson_arrays)."""
+    lo, hi = wilson_arrays([k], [n], z)
+    return (float(lo[0]), float(hi[0]))
 
 
 def chance_corrected(acc: float | np.ndarray, chance: float) -> float | np.ndarray:
@@ -61,58 +66,50 @@ def binomial_vs_chance(k: int, n: int, chance: float) -> float:
 
 
 def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant pair counts.
+    """Two-sided exact McNemar p-value from the discordant pair counts (statsmodels).
 
     b = pairs right before and wrong after, c = wrong before and right after; under no
     change each discordant pair is a fair coin, so the test is binomial(b + c, 1/2).
     """
-    n = int(b) + int(c)
-    if n == 0:
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    if int(b) + int(c) == 0:
         return 1.0
-    return float(min(1.0, 2.0 * sps.binom.cdf(min(b, c), n, 0.5)))
+    return float(mcnemar(np.array([[0, int(b)], [int(c), 0]]), exact=True).pvalue)
 
 
 def holm(pvalues) -> np.ndarray:
-    """Holm step-down adjusted p-values (family-wise error control, NaNs left out).
+    """Holm step-down adjusted p-values (statsmodels multipletests; NaNs left out).
 
-    Sort p ascending, multiply the i-th smallest by (m - i), keep the running maximum
-    so adjusted values never decrease, and cap at 1.
+    Controls the family-wise error rate: the i-th smallest p is multiplied by (m - i)
+    and adjusted values never decrease.
     """
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(pvalues, dtype=float)
     out = np.full_like(p, np.nan)
     ok = ~np.isnan(p)
-    vals = p[ok]
-    m = vals.size
-    if m == 0:
-        return out
-    order = np.argsort(vals, kind="stable")
-    adj = np.empty(m)
-    running = 0.0
-    for rank, idx in enumerate(order):
-        running = max(running, (m - rank) * vals[idx])
-        adj[idx] = min(1.0, running)
-    out[ok] = adj
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
     return out
 
 
 def fleiss_kappa(counts: np.ndarray) -> float:
-    """Fleiss' kappa for a units x categories matrix of answer counts.
+    """Fleiss' kappa for a units x categories matrix of answer counts (statsmodels).
 
     Needs the same number of answers on every unit; kappa is observed agreement
     between pairs of answers beyond what the overall category shares would give.
     """
+    from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss_kappa
+
     counts = np.asarray(counts, dtype=float)
     n_per = counts.sum(axis=1)
     if counts.shape[0] < 2 or not np.all(n_per == n_per[0]) or n_per[0] < 2:
         raise HearsayError("Fleiss' kappa needs at least two units with the same number (>= 2) of answers each")
-    n = n_per[0]
     p_j = counts.sum(axis=0) / counts.sum()
-    p_i = (np.square(counts).sum(axis=1) - n) / (n * (n - 1))
-    p_bar = p_i.mean()
-    p_e = np.square(p_j).sum()
-    if p_e == 1.0:
+    if np.square(p_j).sum() == 1.0:
         return float("nan")
-    return float((p_bar - p_e) / (1 - p_e))
+    return float(sm_fleiss_kappa(counts, method="fleiss"))
 
 
 def counts_matrix(units, values, categories=None) -> tuple[np.ndarray, list]:
@@ -186,7 +183,9 @@ def cluster_bootstrap_mean(values: np.ndarray, clusters: np.ndarray, n_boot: int
     """Mean with a 95% percentile interval from resampling whole listeners (fixed seed).
 
     Resampling listeners rather than answers keeps one listener's many, correlated
-    ratings together, so the interval is not too narrow.
+    ratings together, so the interval is not too narrow. scipy.stats.bootstrap resamples
+    the per-listener (sum, count) pairs; the statistic is the ratio of their totals,
+    i.e. the answer-weighted mean of the resampled listeners.
     """
     values = np.asarray(values, dtype=float)
     if values.size == 0:
@@ -194,30 +193,45 @@ def cluster_bootstrap_mean(values: np.ndarray, clusters: np.ndarray, n_boot: int
     codes, _ = pd.factorize(pd.Series(clusters), sort=True)
     sums = np.bincount(codes, weights=values)
     cnts = np.bincount(codes).astype(float)
-    n_cl = sums.size
     mean = float(values.mean())
-    if n_cl < 2:
+    if sums.size < 2:
         return (mean, float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    boots = np.empty(n_boot)
-    for start in range(0, n_boot, 250):
-        stop = min(n_boot, start + 250)
-        w = rng.multinomial(n_cl, np.full(n_cl, 1.0 / n_cl), size=stop - start).astype(float)
-        boots[start:stop] = (w @ sums) / (w @ cnts)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
+    if np.all(values == values[0]):
+        return (mean, mean, mean)
+
+    def ratio(s, c, axis=-1):
+        return s.sum(axis=axis) / c.sum(axis=axis)
+
+    res = sps.bootstrap((sums, cnts), ratio, paired=True, vectorized=True, n_resamples=n_boot,
+                        method="percentile", confidence_level=0.95, rng=np.random.default_rng(seed))
+    lo, hi = res.confidence_interval
     return (mean, float(lo), float(hi))
 
 
-def rank_test(a, b, paired: bool = False) -> tuple[str, float, float]:
+def rank_test(a, b, paired: bool = False, permutations: int | None = None, seed: int = 0,
+              ) -> tuple[str, float, float]:
     """Compare two sets of ordinal ratings without assuming equal spacing.
 
     Unpaired: two-sided Mann-Whitney U. Paired (same clips before and after): two-sided
     Wilcoxon signed-rank on the paired differences (zero differences dropped; exact for
     up to 50 untied differences, otherwise the tie-corrected normal approximation).
+    With permutations set, the p-value comes from that many random relabellings (fixed
+    seed) instead, which stays valid with the many ties a machine's ratings have.
     Returns (test name, statistic, p-value).
     """
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
+    if permutations:
+        method = sps.PermutationMethod(n_resamples=permutations, rng=np.random.default_rng(seed))
+        if paired:
+            if a.size == 0 or np.all(a == b):
+                return ("wilcoxon_signed_rank_permutation", float("nan"), float("nan"))
+            res = sps.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided", method=method)
+            return ("wilcoxon_signed_rank_permutation", float(res.statistic), float(res.pvalue))
+        if a.size == 0 or b.size == 0:
+            return ("mann_whitney_u_permutation", float("nan"), float("nan"))
+        res = sps.mannwhitneyu(a, b, alternative="two-sided", method=method)
+        return ("mann_whitney_u_permutation", float(res.statistic), float(res.pvalue))
     if paired:
         d = a - b
         if d.size == 0 or np.all(d == 0):
@@ -247,6 +261,17 @@ class ContrastFit:
     clusters: str
 
 
+def _estimable(exog: pd.DataFrame) -> pd.DataFrame:
+    """The design's columns in order, dropping each one the earlier ones already determine (a constant predictor,
+    or one equal to a combination of others): their effects cannot be told apart, so they are not estimated."""
+    kept: list[str] = []
+    for col in exog.columns:
+        trial = kept + [col]
+        if np.linalg.matrix_rank(exog[trial].to_numpy()) == len(trial):
+            kept.append(col)
+    return exog[kept]
+
+
 def logistic_cluster(y: np.ndarray, X: pd.DataFrame, groups: dict[str, np.ndarray]) -> dict[str, list[ContrastFit]]:
     """Logistic GLM of correct (0/1) on 0/1 predictors, with cluster-robust errors.
 
@@ -259,17 +284,25 @@ def logistic_cluster(y: np.ndarray, X: pd.DataFrame, groups: dict[str, np.ndarra
     y = np.asarray(y, dtype=float)
     if y.size == 0 or X.shape[1] == 0:
         return {}
-    exog = sm.add_constant(X.astype(float), has_constant="add")
+    exog = _estimable(sm.add_constant(X.astype(float), has_constant="add"))
+    if exog.shape[1] < 2:
+        return {}
     model = sm.GLM(y, exog, family=sm.families.Binomial())
     codes = {name: pd.factorize(pd.Series(g), sort=True)[0] for name, g in groups.items()}
     variants = [(name, c) for name, c in codes.items()]
     if len(codes) == 2:
         (n1, c1), (n2, c2) = variants
         variants.append((f"{n1}+{n2}", np.column_stack([c1, c2])))
-    base = model.fit()
+    try:
+        base = model.fit()
+    except (np.linalg.LinAlgError, PerfectSeparationError):
+        return {}
     out: dict[str, list[ContrastFit]] = {}
     for name, grp in variants:
-        res = model.fit(start_params=base.params, cov_type="cluster", cov_kwds={"groups": grp})
+        try:
+            res = model.fit(start_params=base.params, cov_type="cluster", cov_kwds={"groups": grp})
+        except (np.linalg.LinAlgError, PerfectSeparationError):
+            continue  # this clustering leaves the errors inestimable; the others still stand
         ci = np.asarray(res.conf_int())
         params = np.asarray(res.params)
         z = np.asarray(res.tvalues)
@@ -322,3 +355,63 @@ def bayes_mixed_logistic(y: np.ndarray, X: pd.DataFrame, listener, stimulus, see
     vc = pd.DataFrame({"term": ["sd(listener)", "sd(stimulus)"], "posterior_mean": np.exp(np.asarray(res.vcp_mean)),
                        "posterior_sd": np.nan})
     return pd.concat([table[table["term"] != "const"], vc], ignore_index=True), int(y.size)
+
+
+def mixed_logistic_laplace(y: np.ndarray, X: pd.DataFrame, listener, stimulus, fe_sd: float = 2.0,
+                           tol: float = 1e-6, max_iter: int = 200) -> tuple[pd.DataFrame, int]:
+    """Logistic model with random intercepts for listener and clip, fitted on every answer.
+
+    Same model and output as bayes_mixed_logistic (normal prior, sd fe_sd, on the fixed
+    effects), estimated the way that scales: the joint posterior mode of fixed and random
+    effects by Newton steps on a sparse design (one sparse LU of a matrix the size of
+    listeners + clips per step), and the two variances by EM with each random effect's
+    posterior variance taken from the diagonal of the Hessian (a mean-field Laplace
+    approximation). Fixed-effect posterior sds come from the exact inverse-Hessian block.
+    Returns the fixed-effect table and the number of answers used (all of them).
+    """
+    from scipy.sparse.linalg import splu
+    from scipy.special import expit
+
+    y = np.asarray(y, dtype=float)
+    X = X.astype(float).reset_index(drop=True)
+    lc, _ = pd.factorize(pd.Series(np.asarray(listener)), sort=True)
+    sc, _ = pd.factorize(pd.Series(np.asarray(stimulus)), sort=True)
+    n, nl, ns = y.size, int(lc.max()) + 1, int(sc.max()) + 1
+    fixed = np.column_stack([np.ones(n), X.to_numpy()])
+    p = fixed.shape[1]
+    rows = np.repeat(np.arange(n), p + 2)
+    cols = np.column_stack([np.tile(np.arange(p), (n, 1)), p + lc, p + nl + sc]).ravel()
+    vals = np.column_stack([fixed, np.ones(n), np.ones(n)]).ravel()
+    Z = sparse.csr_matrix((vals, (rows, cols)), shape=(n, p + nl + ns))
+    Zt = Z.T.tocsr()
+    var = np.array([1.0, 1.0])
+    b = np.zeros(p + nl + ns)
+    blocks = (slice(p, p + nl), slice(p + nl, p + nl + ns))
+    for _ in range(max_iter):
+        prec = np.concatenate([np.full(p, 1.0 / fe_sd ** 2), np.full(nl, 1.0 / var[0]), np.full(ns, 1.0 / var[1])])
+        for _ in range(3):  # a warm start from the last variances needs few Newton steps
+            mu = expit(Z @ b)
+            grad = Zt @ (y - mu) - prec * b
+            hess = (Zt @ sparse.diags(mu * (1.0 - mu)) @ Z + sparse.diags(prec)).tocsc()
+            step = splu(hess).solve(grad)
+            b += step
+            if np.abs(step).max() < tol:
+                break
+        diag = hess.diagonal()
+        new = np.array([(np.square(b[blk]).sum() + (1.0 / diag[blk]).sum()) / (blk.stop - blk.start)
+                        for blk in blocks])
+        done = np.all(np.abs(new - var) <= 1e-4 * np.maximum(var, 1e-3)) and np.abs(step).max() < tol
+        var = np.maximum(new, 1e-8)
+        if done:
+            break
+    lu = splu(hess)
+    unit = np.zeros((p + nl + ns, p))
+    unit[np.arange(p), np.arange(p)] = 1.0
+    sd = np.sqrt(np.diag(lu.solve(unit)[:p]))
+    mean = b[:p]
+    names = ["const", *X.columns]
+    table = pd.DataFrame({"term": names, "posterior_mean": mean, "posterior_sd": sd, "odds_ratio": np.exp(mean),
+                          "ci_low": np.exp(mean - Z95 * sd), "ci_high": np.exp(mean + Z95 * sd)})
+    vc = pd.DataFrame({"term": ["sd(listener)", "sd(stimulus)"], "posterior_mean": np.sqrt(var),
+                       "posterior_sd": np.nan})
+    return pd.concat([table[table["term"] != "const"], vc], ignore_index=True), int(n)

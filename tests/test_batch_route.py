@@ -8,7 +8,6 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from django.core.management import call_command
@@ -144,10 +143,6 @@ def test_the_exact_batch_url_serves_the_clip_with_ranges(exported):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=np.linalg.LinAlgError, strict=True,
-                   reason="analysis.report._stage_models -> stats.logistic_cluster raises 'Singular matrix' on human "
-                          "answers to the fixture set (its contrast design is rank-deficient): a report bug, "
-                          "reported at merge; remove this mark once it is fixed")
 @pytest.mark.django_db
 def test_both_routes_give_identical_report_tables(exported, tmp_path):
     out, urls = exported

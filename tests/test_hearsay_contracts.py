@@ -33,7 +33,7 @@ def test_the_rating_scale_is_the_papers():
 def test_each_contract_is_declared_in_one_module():
     """No module outside hearsay/ spells the rating hints, the none label or the manifest's vocabularies."""
     for needle in ("completely clear speech", "None of these / can't tell", '"noise", "test", "none"',
-                   '"original", "before", "after"', '"listener", "listener_kind"', '"stimulus_id", "file", "word"'):
+                   '"original", "before", "after"', '"listener", "listener_kind", "listener_source"', '"stimulus_id", "file", "word"'):
         found = subprocess.run(["git", "grep", "-l", "-F", needle, "--", "*.py", "*.html", "*.js"], cwd=ROOT,
                                capture_output=True, text=True).stdout.split()
         assert [f for f in found if not f.startswith(("hearsay/", "tests/"))] == [], needle

@@ -13,51 +13,9 @@ from django.core.management import CommandError, call_command
 from statsmodels.stats.multitest import multipletests
 
 from analysis.report import ReportOptions, build_report
-from analysis.table import COLUMNS, Exclusion
+from analysis.table import Exclusion
 
-WORDS = ["yes", "no", "up", "down"]
-CELLS = [("1-classifier-noise", "classifier", "noise", "after", 0.25),
-         ("2-classifier-test", "classifier", "test", "before", 0.8),
-         ("2-classifier-test", "classifier", "test", "after", 0.7),
-         ("3-decoder-noise", "decoder", "noise", "after", 0.45),
-         ("4-decoder-test", "decoder", "test", "before", 0.75),
-         ("4-decoder-test", "decoder", "test", "after", 0.6),
-         ("original", "natural", "none", "original", 0.95)]
-
-
-def stimuli():
-    out = []
-    for w in WORDS:
-        for cond, method, init, stage, p in CELLS:
-            pair = f"{w}-{'decoder' if method == 'natural' else method}" if init != "noise" else ""
-            out.append(dict(stimulus=f"s{len(out):03d}", stimulus_kind="test", pair_id=pair, method=method, init=init,
-                            stage=stage, condition=cond, word=w, p=p))
-    out.append(dict(stimulus="gold", stimulus_kind="gold", pair_id="", method="natural", init="none",
-                    stage="original", condition="", word="yes", p=0.95))
-    out.append(dict(stimulus="practice", stimulus_kind="practice", pair_id="", method="natural", init="none",
-                    stage="original", condition="", word="no", p=0.5))
-    return out
-
-
-def small_table(task="identification", listeners=8, machines=1, seed=0) -> pd.DataFrame:
-    """Every listener answers every clip; accuracy/rating falls with the condition's p."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for li in range(listeners + machines):
-        kind = "machine" if li >= listeners else "human"
-        for s in stimuli():
-            right = rng.random() < s["p"]
-            if task == "identification":
-                ans = s["word"] if right else str(rng.choice([w for w in WORDS if w != s["word"]] + ["none"]))
-                correct, rating = ans == s["word"], np.nan
-            else:
-                ans, correct = "", None
-                rating = float(np.clip(np.round(4 * s["p"] + rng.normal(0, 0.8)), 0, 4))
-            rows.append(dict(listener=f"L{li}", listener_kind=kind, listener_source="machine" if kind == "machine" else "web",
-                             **{k: v for k, v in s.items() if k != "p"}, answer=ans, correct=correct, rating=rating,
-                             play_count=1, listened_to_end=True, response_ms=1200.0, pay_ok=True, analyse_ok=True,
-                             analyse_reasons="", answered_at="2026-01-01T00:00:00+00:00"))
-    return pd.DataFrame(rows, columns=COLUMNS)
+from .report_data import CELLS, WORDS, small_table, stimuli
 
 
 def build(table, out, task="identification", **opts):
@@ -75,16 +33,18 @@ def test_identification_report_is_complete_self_contained_and_byte_stable(tmp_pa
     first = build(table, tmp_path / "a")
     second = build(table.sample(frac=1.0, random_state=1), tmp_path / "b")  # answer order must not matter
     html = (first / "report.html").read_text()
-    assert not re.search(r"""\b(src|href)\s*=\s*(?!["']?data:)""", html)
+    assert not re.search(r"""\bsrc\s*=\s*(?!["']?data:)""", html)  # every image embedded
+    for target in re.findall(r"""\bhref\s*=\s*["']?([^"' >]+)""", html):  # links stay inside the report folder
+        assert target.startswith("#") or (first / target).is_file(), target
     assert html.count("<img") == len(list((first / "figures").glob("*.png")))
     for name in ["accuracy_by_condition", "confusion", "word_accuracy", "contrasts_glm", "before_after_mcnemar",
                  "contrasts_mixed_bayes", "agreement", "exclusions", "listener_qc"]:
         assert (first / "tables" / f"{name}.csv").is_file(), name
     pngs = sorted(p.stem for p in (first / "figures").glob("*.png"))
     assert pngs == sorted(p.stem for p in (first / "figures").glob("*.pdf"))
-    assert "confusion_human_1_classifier_noise_after" in pngs
+    assert "confusion_people_1_classifier_noise_after" in pngs
     acc = pd.read_csv(first / "tables" / "accuracy_by_condition.csv")
-    assert set(acc["listener_kind"]) == {"human", "machine"}
+    assert set(acc["listener_kind"]) == {"human", "machine"} and set(acc["listener_group"]) == {"people", "L8"}
     human = acc[(acc.listener_kind == "human")].set_index("cell")
     assert human.loc["original", "answers"] == 8 * len(WORDS) and human.loc["original", "listeners"] == 8
     assert human["chance"].eq(0.2).all()
@@ -107,6 +67,27 @@ def test_identification_report_is_complete_self_contained_and_byte_stable(tmp_pa
     assert run["inputs"] == {"test-table": "0" * 64} and run["seed"] == 0
     assert {"numpy", "pandas", "scipy", "statsmodels", "matplotlib"} <= set(run["versions"])
     assert run["options"]["exclusion"]["rule"] == "gold" and "tables/confusion.csv" in run["outputs"]
+
+
+def test_one_machine_listener_with_zero_and_perfect_cells_is_analysed(tmp_path):
+    """A machine scoring 0 of n in one condition and n of n in another once crashed the error bars."""
+    one = small_table(listeners=0, machines=1)
+    # three clips per word and cell: 12 answers per cell, where floating point once put the bound past 0 of 12
+    table = pd.concat([one.assign(stimulus=one["stimulus"] + f"-{copy}") for copy in range(3)], ignore_index=True)
+    test = table.stimulus_kind == "test"
+    table.loc[test & (table.condition == "1-classifier-noise"), "answer"] = "none"
+    table.loc[test & (table.condition == "1-classifier-noise"), "correct"] = False
+    for cond in ("original", "2-classifier-test"):
+        rows = test & (table.condition == cond)
+        table.loc[rows, "answer"] = table.loc[rows, "word"]
+        table.loc[rows, "correct"] = True
+    out = build(table, tmp_path / "r")
+    acc = pd.read_csv(out / "tables" / "accuracy_by_condition.csv").set_index("cell")
+    assert acc.loc["1-classifier-noise / after", "answers"] == 12
+    assert acc.loc["1-classifier-noise / after", "accuracy"] == 0.0
+    assert acc.loc["original", "accuracy"] == 1.0
+    assert (acc["ci_low"] <= acc["accuracy"]).all() and (acc["accuracy"] <= acc["ci_high"]).all()
+    assert acc.loc["original", "ci_high"] == 1.0 and acc.loc["1-classifier-noise / after", "ci_low"] == 0.0
 
 
 def test_rating_report_with_paper_rule_and_generation_outputs(tmp_path):
@@ -133,14 +114,22 @@ def test_rating_report_with_paper_rule_and_generation_outputs(tmp_path):
     assert ratings.loc["original", "mean"] > ratings.loc["1-classifier-noise / after", "mean"]
     assert (ratings["ci_low"] <= ratings["mean"]).all() and (ratings["mean"] <= ratings["ci_high"]).all()
     tests = pd.read_csv(out / "tables" / "rating_tests.csv")
-    assert (tests["p_holm"] >= tests["p"]).all()
-    for stem in ["rating_hist_1_vs_3_noise_start_human", "rating_hist_2_vs_4_test_start_human",
-                 "rating_per_word_human", "objective_classifier_heatmap", "objective_decoder_heatmap", "tsne_tsne"]:
+    assert (tests["p_holm"] >= tests["p"]).all() and set(tests["listener_group"]) == {"people"}
+    for stem in ["rating_hist_1_vs_3_noise_start_people", "rating_hist_2_vs_4_test_start_people",
+                 "rating_per_word_people", "objective_classifier_heatmap", "objective_decoder_heatmap", "tsne_tsne"]:
         assert (out / "figures" / f"{stem}.png").is_file() and (out / "figures" / f"{stem}.pdf").is_file(), stem
     assert (out / "figures" / "tsne_tsne.png").read_bytes() == (tsne / "tsne.png").read_bytes()
     assert pd.read_csv(out / "tables" / "tsne_tsne.csv")["x"].tolist() == [-1.0, 0.5]
     assert (out / "tables" / "objective_summary.csv").is_file()
     assert any("objective/summary.csv" in k for k in json.loads((out / "run.json").read_text())["inputs"])
+
+
+def test_machine_ratings_get_permutation_tests_of_their_own(tmp_path):
+    out = build(small_table("rating", listeners=4, machines=1), tmp_path / "r", task="rating", rule="none")
+    tests = pd.read_csv(out / "tables" / "rating_tests.csv")
+    machine = tests[tests["listener_group"] == "L4"]
+    assert len(machine) and machine["test"].str.endswith("_permutation").all()
+    assert not tests[tests["listener_group"] == "people"]["test"].str.endswith("_permutation").any()
 
 
 def test_failed_run_keeps_the_previous_report_and_leaves_no_temp_folder(tmp_path):

@@ -33,6 +33,16 @@ def test_wilson_matches_hand_computation():
     assert np.allclose(vlo, [0.490162, 0.0], atol=1e-6) and np.allclose(vhi, [0.943318, 0.277533], atol=1e-6)
 
 
+@pytest.mark.parametrize("n", [3, 7, 9, 10, 12, 13, 14, 25])
+def test_wilson_bounds_enclose_zero_and_perfect_scores(n):
+    lo, hi = stats.wilson_arrays(np.array([0, n]), np.array([n, n]))
+    assert lo[0] == 0.0 and hi[1] == 1.0
+    assert lo[1] < 1.0 and hi[0] > 0.0
+    assert stats.wilson_interval(n, n)[1] == 1.0 and stats.wilson_interval(0, n)[0] == 0.0
+    nan_lo, nan_hi = stats.wilson_arrays(np.array([0]), np.array([0]))
+    assert np.isnan(nan_lo[0]) and np.isnan(nan_hi[0])
+
+
 def test_chance_corrected_accuracy():
     assert stats.chance_corrected(0.5, 0.25) == pytest.approx(1 / 3)
     assert stats.chance_corrected(0.25, 0.25) == 0.0
@@ -145,3 +155,56 @@ def test_bayes_mixed_model_agrees_in_sign_and_subsamples():
     again, _ = stats.bayes_mixed_logistic(df["correct"].astype(float).to_numpy(), df[["decoder"]],
                                           df["listener"], df["stimulus"], seed=0, max_answers=200)
     assert np.allclose(table["posterior_mean"], again["posterior_mean"])
+
+
+def test_sparse_laplace_mixed_model_agrees_with_statsmodels_vb_on_small_data():
+    df = tiny_clustered()
+    y = df["correct"].astype(float).to_numpy()
+    ours, used = stats.mixed_logistic_laplace(y, df[["decoder"]], df["listener"], df["stimulus"])
+    theirs, _ = stats.bayes_mixed_logistic(y, df[["decoder"]], df["listener"], df["stimulus"], seed=0)
+    assert used == len(df)
+    a, b = ours.set_index("term"), theirs.set_index("term")
+    assert abs(a.loc["decoder", "posterior_mean"] - b.loc["decoder", "posterior_mean"]) < 0.15
+    assert a.loc["decoder", "ci_low"] < a.loc["decoder", "odds_ratio"] < a.loc["decoder", "ci_high"]
+    # mean-field VB ignores the correlation between a clip-level effect and the clip intercepts,
+    # so its sd is never wider than the Laplace one taken from the full inverse Hessian
+    assert a.loc["decoder", "posterior_sd"] >= b.loc["decoder", "posterior_sd"] * 0.95
+    assert abs(a.loc["sd(listener)", "posterior_mean"] - b.loc["sd(listener)", "posterior_mean"]) < 0.25
+
+
+def test_sparse_laplace_recovers_simulated_effects():
+    rng = np.random.default_rng(5)
+    n_l, n_s = 120, 160
+    skill, difficulty = rng.normal(0, 0.6, n_l), rng.normal(0, 0.7, n_s)
+    listener = np.repeat(np.arange(n_l), 60)
+    stimulus = np.concatenate([rng.choice(n_s, 60, replace=False) for _ in range(n_l)])
+    decoder = (stimulus % 2).astype(float)
+    eta = -0.2 + 0.9 * decoder + skill[listener] + difficulty[stimulus]
+    y = (rng.random(eta.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    table, _ = stats.mixed_logistic_laplace(y, pd.DataFrame({"decoder": decoder}), listener, stimulus)
+    t = table.set_index("term")
+    assert np.log(t.loc["decoder", "ci_low"]) < 0.9 < np.log(t.loc["decoder", "ci_high"])
+    assert 0.4 < t.loc["sd(listener)", "posterior_mean"] < 0.8 and 0.5 < t.loc["sd(stimulus)", "posterior_mean"] < 0.9
+
+
+def test_permutation_rank_tests_are_exact_when_relabellings_are_few():
+    # 5 vs 5 fully separated: 2 of the C(10, 5) = 252 relabellings are as extreme
+    name, _, p = stats.rank_test([0] * 5, [4] * 5, permutations=4999)
+    assert name == "mann_whitney_u_permutation" and p == pytest.approx(2 / 252)
+    # 4 pairs all improving: 2 of the 2^4 = 16 sign patterns are as extreme
+    name, _, p = stats.rank_test([1, 1, 2, 0], [3, 4, 4, 2], paired=True, permutations=4999)
+    assert name == "wilcoxon_signed_rank_permutation" and p == pytest.approx(2 / 16)
+
+
+def test_logistic_cluster_skips_terms_the_design_cannot_separate():
+    """A predictor equal to another (or constant) made analyze crash with 'Singular matrix'; it is left out instead."""
+    rng = np.random.default_rng(0)
+    n = 400
+    decoder = rng.integers(0, 2, n)
+    y = (rng.random(n) < np.where(decoder == 1, 0.7, 0.4)).astype(float)
+    X = pd.DataFrame({"decoder": decoder, "copy_of_decoder": decoder, "constant": np.ones(n)})
+    fits = stats.logistic_cluster(y, X, {"listener": np.arange(n) % 20, "stimulus": np.arange(n) % 40})
+    assert set(fits) == {"listener", "stimulus", "listener+stimulus"}
+    for terms in fits.values():
+        assert [t.term for t in terms] == ["decoder"]
+        assert terms[0].odds_ratio > 1 and 0 < terms[0].ci_low < terms[0].ci_high

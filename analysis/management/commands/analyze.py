@@ -28,8 +28,8 @@ class Command(BaseCommand):
         parser.add_argument("--objective", type=Path, help="output folder of manage.py objective")
         parser.add_argument("--tsne", type=Path, help="folder with t-SNE PNG/CSV files")
         parser.add_argument("--seed", type=int, default=0, help="seed for bootstrap and subsampling")
-        parser.add_argument("--mixed-max-answers", type=int, default=50_000,
-                            help="subsample answers above this count for the Bayesian mixed model")
+        parser.add_argument("--mixed-max-answers", type=int, default=None,
+                            help="subsample answers above this count for the mixed model (default: fit on all)")
 
     def handle(self, *args, **opts):
         try:
@@ -48,7 +48,7 @@ class Command(BaseCommand):
 def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None, out: Path,
         batch_key: Path | None = None, strict: bool = False, exclude: str = "gold",
         min_gold_accuracy: float = 0.5, include_machines: bool = False, objective: Path | None = None,
-        tsne: Path | None = None, seed: int = 0, mixed_max_answers: int | None = 50_000,
+        tsne: Path | None = None, seed: int = 0, mixed_max_answers: int | None = None,
         progress: bool = True, note=None) -> Path:
     """Load the answers from either route, then build the report; HearsayError on bad input.
 

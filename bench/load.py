@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import html
 import http.client
 import io
 import json
@@ -51,6 +52,8 @@ SLUG = "bench"
 CSRF_RE = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 TOKEN_RE = re.compile(r'name="token" value="([^"]+)"')
 ANSWER_RE = re.compile(r'name="answer" value="([^"]+)"')
+AUDIO_RE = re.compile(r'<audio id="clip"[^>]* data-src="([^"]+)"')
+ACTION_RE = re.compile(r'<form method="post" action="([^"]+)" id="trial"')
 
 
 def replicated_manifest(copies: int, out: Path) -> Path:
@@ -131,19 +134,21 @@ def run_listener(b: Browser, n: int, rng: random.Random, lock: threading.Lock, r
     status, location, _ = b.get(f"/s/{SLUG}/?" + urlencode({"workerId": f"BENCH{n}", "assignmentId": f"A{n}", "hitId": "H", "turkSubmitTo": "https://www.mturk.com"}))
     if status != 302:
         raise RuntimeError(f"entry got {status}")
-    b.get(urlsplit(location).path)
-    b.post(f"/s/{SLUG}/consent", {"agree": "yes"})
-    b.post(f"/s/{SLUG}/instructions", {})
+    consent_url = urlsplit(location).path + "?" + urlsplit(location).query  # the pages' own links carry the participant
+    b.get(consent_url)
+    _, location, _ = b.post(consent_url, {"agree": "yes"})
+    _, trial_url, _ = b.post(location, {})
     while True:
         cycle_started, cycle_requests, cycle_queries = time.perf_counter(), b.requests, b.queries
-        status, location, page = b.get(f"/s/{SLUG}/trial")
+        status, location, page = b.get(trial_url)
         if status == 302 or "This study is full" in page:
             break
         if status != 200:
             raise RuntimeError(f"trial page got {status}")
         token = TOKEN_RE.search(page).group(1)
         words = ANSWER_RE.findall(page)
-        audio_status, _, _ = b.get(f"/a/{token}", Range="bytes=0-")
+        audio_url, answer_url = html.unescape(AUDIO_RE.search(page).group(1)), html.unescape(ACTION_RE.search(page).group(1))
+        audio_status, _, _ = b.get(audio_url, Range="bytes=0-")
         if audio_status not in (200, 206):
             raise RuntimeError(f"audio got {audio_status}")
         play_started = time.perf_counter()  # a page starts playing once the bytes are in
@@ -151,11 +156,12 @@ def run_listener(b: Browser, n: int, rng: random.Random, lock: threading.Lock, r
         wait = max(0.0, play_started + info.frames / info.samplerate - LISTEN_TOLERANCE_S + 0.01 - time.perf_counter())
         time.sleep(wait)  # the clip is playing: the server refuses answers before it can have been heard
         started = time.perf_counter()
-        status, _, _ = b.post(f"/s/{SLUG}/answer", {"token": token, "answer": rng.choice(words), "ended": "on", "response_ms": rng.randint(300, 3000)})
+        status, location, _ = b.post(answer_url, {"token": token, "answer": rng.choice(words), "ended": "on", "response_ms": rng.randint(300, 3000)})
         elapsed = time.perf_counter() - started
         with lock:
             results["latency"].append(elapsed)
             if status == 303:
+                trial_url = location
                 results["acknowledged"].append(token)
                 results["cycles"] += 1
                 results["cycle_busy_s"] += started + elapsed - cycle_started - wait

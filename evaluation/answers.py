@@ -113,10 +113,13 @@ def store_answer(
     def run() -> Stored:
         with transaction.atomic():
             take_write_lock(assignment.participant)
-            # of=("self",): lock only these rows, never the joined experiment (assignment.assign locks that one)
-            locked = Assignment.objects.select_for_update(of=("self",)).select_related("participant").get(pk=assignment.pk)
-            stimulus = Stimulus.objects.select_for_update(of=("self",)).select_related("experiment").get(pk=locked.stimulus_id)
-            participant = locked.participant
+            # the trial and its stimulus locked in one statement; of=: never the joined participant or
+            # experiment (assignment.assign locks that one)
+            locked = (
+                Assignment.objects.select_for_update(of=("self", "stimulus"))
+                .select_related("participant", "stimulus__experiment").get(pk=assignment.pk)
+            )
+            stimulus, participant = locked.stimulus, locked.participant
             if locked.answered:
                 previous = Response.objects.filter(assignment=locked).first()
                 if previous is None or (previous.answer == answer and previous.rating == rating):

@@ -157,6 +157,19 @@ def next_assignment(participant: Participant) -> Assignment | None:
         return pending
 
 
+def first_pending(trials: list[Assignment], experiment: Experiment) -> Assignment | None:
+    """next_assignment over trials already loaded (with their stimuli) by assign: the trial page's one query less."""
+    for pending in trials:
+        if pending.answered or pending.void:
+            continue
+        stim = pending.stimulus
+        if stim.kind == Stimulus.Kind.TEST and stim.answer_count >= experiment.ratings_per_stimulus:
+            Assignment.objects.filter(pk=pending.pk, answered=False).update(void=True)
+            continue
+        return pending
+    return None
+
+
 class Fetch(enum.Enum):
     """What one audio request is to the replay rule."""
 

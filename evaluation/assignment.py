@@ -14,8 +14,9 @@ experiment's timeout), so visits that never play anything cannot keep a study fu
 Audio fetches are counted here too (register_fetch): plays against the replay limit,
 and when a clip was first served in full, which the answer writer checks.
 
-Concurrency: on PostgreSQL the experiment row (for handing out) and the stimulus
-row (for answering) are locked with SELECT ... FOR UPDATE. SQLite has no row locks
+Concurrency: on PostgreSQL the experiment row (for handing out) is locked with SELECT ...
+FOR UPDATE, and an answer counts only through a conditional UPDATE of its stimulus row
+(answer_count < N), which waits for that row's lock and re-reads it. SQLite has no row locks
 but serializes writers; each transaction starts with a write so it takes the
 write lock up front, and "database is locked" is retried.
 """

@@ -90,6 +90,9 @@ class Browser:
         self.requests = 0
         self.queries = 0
         self.body = b""
+        self.server_s = 0.0
+        self.seen_trial = False
+        self.timings: list[tuple[str, float, float]] = []  # (request kind, seconds inside Django, seconds at the client)
 
     def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None):
         headers = dict(headers or {})
@@ -100,12 +103,19 @@ class Browser:
             data = urlencode(body).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
             headers["Referer"] = "http://127.0.0.1/"
+        sent = time.perf_counter()
         self.conn.request(method, path, body=data, headers=headers)
         response = self.conn.getresponse()
         payload = response.read()
         self.body = payload
         self.requests += 1
         self.queries += int(response.getheader("X-Queries") or 0)
+        self.server_s = float(response.getheader("X-Server-Ms") or 0) / 1000
+        kind = "audio" if path.startswith("/a/") else path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        if kind == "trial" and "This study is full" not in payload.decode("utf-8", "replace"):
+            kind = "trial (first visit)" if not self.seen_trial else "trial"
+            self.seen_trial = True
+        self.timings.append((kind, self.server_s, time.perf_counter() - sent))
         for name, value in response.getheaders():
             if name.lower() == "set-cookie":
                 key, _, rest = value.partition("=")
@@ -127,6 +137,7 @@ def listener(n: int, port: int, rng: random.Random, lock: threading.Lock, result
         with lock:
             results["requests"] += b.requests
             results["queries"] += b.queries
+            results["timings"] += b.timings
 
 
 def run_listener(b: Browser, n: int, rng: random.Random, lock: threading.Lock, results: dict) -> None:
@@ -272,7 +283,7 @@ def main() -> int:
         cpu0, client0 = server_cpu_s(server.pid), time.process_time()
         bare = ceiling(args.port, args.concurrency, args.ceiling_seconds)
         bare["server_cpu_s"], bare["client_cpu_s"] = server_cpu_s(server.pid) - cpu0, time.process_time() - client0
-        results = {"latency": [], "acknowledged": [], "conflicts": 0, "errors": [], "requests": 0, "queries": 0,
+        results = {"latency": [], "timings": [], "acknowledged": [], "conflicts": 0, "errors": [], "requests": 0, "queries": 0,
                    "cycles": 0, "cycle_busy_s": 0.0, "cycle_requests": 0, "cycle_queries": 0}
         cpu0, client0 = server_cpu_s(server.pid), time.process_time()
         lock = threading.Lock()
@@ -327,6 +338,12 @@ def main() -> int:
         "errors": results["errors"][:5],
     }
     print(json.dumps(report, indent=1))
+    for kind in sorted({k for k, _, _ in results["timings"]}):
+        server = sorted(t for k, t, _ in results["timings"] if k == kind)
+        client = sorted(t for k, _, t in results["timings"] if k == kind)
+        print(f"  {kind:<20} n={len(server):<5} inside Django p50 {1000 * statistics.median(server):6.1f} ms  "
+              f"p99 {1000 * server[int(0.99 * (len(server) - 1))]:6.1f} ms   at the client p50 {1000 * statistics.median(client):6.1f} ms  "
+              f"p99 {1000 * client[int(0.99 * (len(client) - 1))]:6.1f} ms")
     print(f"ceiling (bare view) {ceiling_rps:.0f} req/s  "
           f"answer cycles/s {cycles_per_s:.1f} ({cycles_per_s / ceiling_rps:.4f} x ceiling), "
           f"without listening waits {busy_cycles_per_s:.1f} ({busy_cycles_per_s / ceiling_rps:.4f} x ceiling)  "

@@ -1,4 +1,6 @@
 """URLs for bench/load.py: the project's routes plus `/bench/bare`, the do-nothing view whose requests/s is the ceiling."""
+import time
+
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
@@ -9,13 +11,15 @@ def bare(request: HttpRequest) -> HttpResponse:
 
 
 class QueryCountMiddleware:
-    """Adds X-Queries: how many SQL statements the request ran (counted without DEBUG's query log)."""
+    """Adds X-Queries (how many SQL statements the request ran, counted without DEBUG's query log)
+    and X-Server-Ms (wall time inside Django), so the bench can tell server time from waiting and client time."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         count = [0]
+        started = time.perf_counter()
 
         def counter(execute, sql, params, many, context):
             count[0] += 1
@@ -24,6 +28,7 @@ class QueryCountMiddleware:
         with connections["default"].execute_wrapper(counter):
             response = self.get_response(request)
         response["X-Queries"] = str(count[0])
+        response["X-Server-Ms"] = f"{1000 * (time.perf_counter() - started):.2f}"
         return response
 
 

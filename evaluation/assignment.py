@@ -63,14 +63,15 @@ def take_write_lock(participant: Participant) -> None:
     Participant.objects.filter(pk=participant.pk).update(last_seen_at=timezone.now())
 
 
-def _loads(experiment: Experiment, now) -> dict[int, int]:
+def _tests_and_loads(experiment: Experiment, now) -> tuple[list[Stimulus], dict[int, int]]:
+    """The experiment's test stimuli and each one's load, in one query (it runs under the experiment's lock)."""
     inflight = Count(
         "assignments",
         filter=Q(assignments__answered=False, assignments__void=False, assignments__expires_at__gt=now, assignments__participant__kind="human",
                  assignments__participant__preview=False),
     )
-    rows = experiment.stimuli.filter(kind=Stimulus.Kind.TEST).annotate(inflight=inflight).values_list("pk", "answer_count", "inflight")
-    return {pk: answers + inflight for pk, answers, inflight in rows}
+    tests = list(experiment.stimuli.filter(kind=Stimulus.Kind.TEST).annotate(inflight=inflight))
+    return tests, {s.pk: s.answer_count + s.inflight for s in tests}
 
 
 def pick_balanced(candidates: list[Stimulus], loads: dict[int, int], count: int, rng: random.Random) -> list[Stimulus]:
@@ -115,14 +116,14 @@ def assign(participant: Participant, rng: random.Random | None = None) -> list[A
             if existing:
                 return existing
             now = timezone.now()
-            loads = _loads(experiment, now)
+            test_stimuli, loads = _tests_and_loads(experiment, now)
             heard = set(
                 Assignment.objects.filter(participant__experiment=experiment, participant__worker_id=participant.worker_id)
                 .exclude(participant__worker_id="")
                 .values_list("stimulus_id", flat=True)
             )
             candidates = [
-                s for s in experiment.stimuli.filter(kind=Stimulus.Kind.TEST)
+                s for s in test_stimuli
                 if (participant.preview or loads[s.pk] < experiment.ratings_per_stimulus) and s.pk not in heard
             ]
             tests = pick_balanced(candidates, loads, experiment.trials_per_listener, rng)

@@ -60,8 +60,8 @@ def message(request: HttpRequest, title: str, text: str, status: int, experiment
     return render(request, "evaluation/message.html", {"title": title, "text": text, "experiment": experiment, "link": link}, status=status)
 
 
-def _session_key(experiment: Experiment) -> str:
-    return f"hearsay:{experiment.slug}"
+def _session_key(slug: str) -> str:
+    return f"hearsay:{slug}"
 
 
 def _open_experiment(request: HttpRequest, slug: str) -> Experiment | HttpResponse:
@@ -83,7 +83,7 @@ def _refuse_closed(request: HttpRequest, experiment: Experiment) -> HttpResponse
 
 def _participant_token(request: HttpRequest, experiment: Experiment) -> str | None:
     """The carried token (a page inside a frame without cookies) wins over the session cookie."""
-    return flow.carried_participant_token(request.GET.get("p")) or request.session.get(_session_key(experiment))
+    return flow.carried_participant_token(request.GET.get("p")) or request.session.get(_session_key(experiment.slug))
 
 
 def _participant(request: HttpRequest, experiment: Experiment) -> Participant | None:
@@ -95,7 +95,7 @@ def _participant(request: HttpRequest, experiment: Experiment) -> Participant | 
 
 def _participant_at(request: HttpRequest, slug: str) -> Participant | None:
     """The visitor's participant in the study at `slug`, with its experiment, in one query (every survey page asks)."""
-    token = flow.carried_participant_token(request.GET.get("p")) or request.session.get(f"hearsay:{slug}")
+    token = flow.carried_participant_token(request.GET.get("p")) or request.session.get(_session_key(slug))
     if not token or "\x00" in slug:
         return None
     return Participant.objects.select_related("experiment").filter(token=token, experiment__slug=slug).first()
@@ -162,7 +162,7 @@ def entry(request: HttpRequest, slug: str) -> HttpResponse:
             request, "You have already taken part",
             "Thank you! You already completed this study, and each person can take it only once.", 409, experiment,
         )
-    request.session[_session_key(experiment)] = participant.token
+    request.session[_session_key(experiment.slug)] = participant.token
     return HttpResponseRedirect(_step_url(participant))
 
 

@@ -1,11 +1,22 @@
 """Load test: many simulated listeners against the survey under gunicorn + PostgreSQL, on loopback only.
 
 Creates a fresh database, loads the fixture stimulus set (replicated to make a bigger
-study), starts gunicorn, and drives listeners concurrently through entry -> consent ->
-instructions -> every trial (fetching each clip before answering, as the pages do).
-Prints answers/s, p50/p99 latency of answer posts, answers lost (acknowledged with a
-303 but missing from the database; must be 0) and the worst over-collection on any
-stimulus (answers beyond N; must be 0). Stops by itself: a fixed number of listeners.
+study) and starts gunicorn (settings: bench/load_server.py, the project's own plus a bare
+view and a per-request SQL counter). Then, against that one server:
+
+1. the ceiling: requests/s of a bare Django view (same middleware, gunicorn, database
+   settings and keep-alive client), `--concurrency` clients for `--ceiling-seconds`;
+2. the survey: listeners driven concurrently through entry -> consent -> instructions ->
+   every trial: trial page, the clip (fetched whole, as the pages do), a wait while the
+   clip plays (its duration less the server's tolerance, from the moment the bytes are in:
+   the server refuses earlier answers), then the answer.
+
+Prints answer cycles/s (trial page + audio + answer), the same with the listening wait
+left out (what the server delivers to `--concurrency` listeners who never wait), each
+beside the ceiling and as a ratio to it; answer POST p50/p99; SQL queries per answer
+cycle; server and client CPU ms per request; answers lost (acknowledged with a 303 but
+missing from the database; must be 0) and the worst over-collection on any stimulus
+(answers beyond N; must be 0). Stops by itself: a fixed number of listeners.
 
     .venv/bin/python bench/load.py --listeners 64 --concurrency 16
 """
@@ -13,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import html
 import http.client
+import io
 import json
 import os
 import random
@@ -30,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
+import soundfile as sf
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,31 +52,47 @@ SLUG = "bench"
 CSRF_RE = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 TOKEN_RE = re.compile(r'name="token" value="([^"]+)"')
 ANSWER_RE = re.compile(r'name="answer" value="([^"]+)"')
+AUDIO_RE = re.compile(r'<audio id="clip"[^>]* data-src="([^"]+)"')
+ACTION_RE = re.compile(r'<form method="post" action="([^"]+)" id="trial"')
 
 
 def replicated_manifest(copies: int, out: Path) -> Path:
-    """The fixture manifest repeated `copies` times under new ids (same audio files): a bigger study."""
+    """The fixture manifest repeated `copies` times under new ids and file names (the same audio): a bigger study."""
     with FIXTURE.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         fields, rows = reader.fieldnames, list(reader)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(FIXTURE.parent / "wav", out / "wav", dirs_exist_ok=True)
+    (out / "wav").mkdir(parents=True, exist_ok=True)
     with (out / "manifest.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for copy in range(copies):
             for row in rows:
+                source = FIXTURE.parent / row["file"]
+                name = f"wav/{source.stem}-{copy}{source.suffix}"  # every clip of a manifest has its own file name
+                shutil.copyfile(source, out / name)
                 pair = f"{row['pair_id']}-{copy}" if row["pair_id"] else ""
-                writer.writerow({**row, "stimulus_id": f"{row['stimulus_id']}-{copy}", "pair_id": pair})
+                writer.writerow({**row, "stimulus_id": f"{row['stimulus_id']}-{copy}", "pair_id": pair, "file": name})
     return out / "manifest.csv"
 
 
+LISTEN_TOLERANCE_S = 0.25  # evaluation.answers.LISTEN_TOLERANCE_MS: the server accepts an answer this much before the clip's end
+
+
 class Browser:
-    """A listener's HTTP client: one keep-alive connection, its own cookies, no redirects followed implicitly."""
+    """A listener's HTTP client: one keep-alive connection, its own cookies, no redirects followed implicitly.
+
+    Counts its requests and the SQL queries the server reports for them (X-Queries).
+    """
 
     def __init__(self, port: int):
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         self.cookies: dict[str, str] = {}
+        self.requests = 0
+        self.queries = 0
+        self.body = b""
+        self.server_s = 0.0
+        self.seen_trial = False
+        self.timings: list[tuple[str, float, float]] = []  # (request kind, seconds inside Django, seconds at the client)
 
     def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None):
         headers = dict(headers or {})
@@ -73,9 +103,19 @@ class Browser:
             data = urlencode(body).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
             headers["Referer"] = "http://127.0.0.1/"
+        sent = time.perf_counter()
         self.conn.request(method, path, body=data, headers=headers)
         response = self.conn.getresponse()
         payload = response.read()
+        self.body = payload
+        self.requests += 1
+        self.queries += int(response.getheader("X-Queries") or 0)
+        self.server_s = float(response.getheader("X-Server-Ms") or 0) / 1000
+        kind = "audio" if path.startswith("/a/") else path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        if kind == "trial" and "This study is full" not in payload.decode("utf-8", "replace"):
+            kind = "trial (first visit)" if not self.seen_trial else "trial"
+            self.seen_trial = True
+        self.timings.append((kind, self.server_s, time.perf_counter() - sent))
         for name, value in response.getheaders():
             if name.lower() == "set-cookie":
                 key, _, rest = value.partition("=")
@@ -91,35 +131,93 @@ class Browser:
 
 def listener(n: int, port: int, rng: random.Random, lock: threading.Lock, results: dict) -> None:
     b = Browser(port)
+    try:
+        run_listener(b, n, rng, lock, results)
+    finally:
+        with lock:
+            results["requests"] += b.requests
+            results["queries"] += b.queries
+            results["timings"] += b.timings
+
+
+def run_listener(b: Browser, n: int, rng: random.Random, lock: threading.Lock, results: dict) -> None:
+    """One listener from the study link to the last trial (or "the study is full")."""
     status, location, _ = b.get(f"/s/{SLUG}/?" + urlencode({"workerId": f"BENCH{n}", "assignmentId": f"A{n}", "hitId": "H", "turkSubmitTo": "https://www.mturk.com"}))
     if status != 302:
         raise RuntimeError(f"entry got {status}")
-    b.get(urlsplit(location).path)
-    b.post(f"/s/{SLUG}/consent", {"agree": "yes"})
-    b.post(f"/s/{SLUG}/instructions", {})
+    consent_url = urlsplit(location).path + "?" + urlsplit(location).query  # the pages' own links carry the participant
+    b.get(consent_url)
+    _, location, _ = b.post(consent_url, {"agree": "yes"})
+    _, trial_url, _ = b.post(location, {})
     while True:
-        status, location, page = b.get(f"/s/{SLUG}/trial")
+        cycle_started, cycle_requests, cycle_queries = time.perf_counter(), b.requests, b.queries
+        status, location, page = b.get(trial_url)
         if status == 302 or "This study is full" in page:
             break
         if status != 200:
             raise RuntimeError(f"trial page got {status}")
         token = TOKEN_RE.search(page).group(1)
         words = ANSWER_RE.findall(page)
-        audio_status, _, _ = b.get(f"/a/{token}", Range="bytes=0-")
+        audio_url, answer_url = html.unescape(AUDIO_RE.search(page).group(1)), html.unescape(ACTION_RE.search(page).group(1))
+        audio_status, _, _ = b.get(audio_url, Range="bytes=0-")
         if audio_status not in (200, 206):
             raise RuntimeError(f"audio got {audio_status}")
+        play_started = time.perf_counter()  # a page starts playing once the bytes are in
+        info = sf.info(io.BytesIO(b.body))
+        wait = max(0.0, play_started + info.frames / info.samplerate - LISTEN_TOLERANCE_S + 0.01 - time.perf_counter())
+        time.sleep(wait)  # the clip is playing: the server refuses answers before it can have been heard
         started = time.perf_counter()
-        status, _, _ = b.post(f"/s/{SLUG}/answer", {"token": token, "answer": rng.choice(words), "ended": "on", "response_ms": rng.randint(300, 3000)})
+        status, location, _ = b.post(answer_url, {"token": token, "answer": rng.choice(words), "ended": "on", "response_ms": rng.randint(300, 3000)})
         elapsed = time.perf_counter() - started
         with lock:
             results["latency"].append(elapsed)
             if status == 303:
+                trial_url = location
                 results["acknowledged"].append(token)
+                results["cycles"] += 1
+                results["cycle_busy_s"] += started + elapsed - cycle_started - wait
+                results["cycle_requests"] += b.requests - cycle_requests
+                results["cycle_queries"] += b.queries - cycle_queries
             elif status == 409:
                 results["conflicts"] += 1
             else:
                 results["errors"].append(f"answer got {status}")
                 return
+
+
+def server_cpu_s(session: int) -> float:
+    """User + system CPU seconds of every live process in the server's session (gunicorn's master and workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == session:  # fields after "(comm)": state ppid pgrp session ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def ceiling(port: int, clients: int, seconds: float) -> dict:
+    """Requests/s of the bare view: `clients` keep-alive connections asking as fast as they can for `seconds`."""
+    stop = time.perf_counter() + seconds
+    counts = [0] * clients
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.perf_counter() < stop:
+            conn.request("GET", "/bench/bare")
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"bare view got {response.status}")
+            counts[i] += 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(client, range(clients)))
+    return {"requests": sum(counts), "wall_s": time.perf_counter() - started}
 
 
 def main() -> int:
@@ -135,6 +233,7 @@ def main() -> int:
     parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432", help="server URL (no database)")
     parser.add_argument("--database", default="hearsay_bench")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ceiling-seconds", type=float, default=5.0, help="how long to measure the bare view")
     args = parser.parse_args()
 
     import psycopg
@@ -171,7 +270,7 @@ def main() -> int:
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "gunicorn"), "config.wsgi", "-b", f"127.0.0.1:{args.port}", "-w", str(args.workers),
          "--threads", str(args.threads), "-k", "gthread", "--log-level", "warning"],
-        cwd=ROOT, env=env, start_new_session=True,
+        cwd=ROOT, env={**env, "DJANGO_SETTINGS_MODULE": "bench.load_server"}, start_new_session=True,
     )
     try:
         for _ in range(100):
@@ -180,7 +279,13 @@ def main() -> int:
                 break
             except OSError:
                 time.sleep(0.1)
-        results = {"latency": [], "acknowledged": [], "conflicts": 0, "errors": []}
+        ceiling(args.port, args.concurrency, 0.5)  # warm-up: every worker thread connected and imported
+        cpu0, client0 = server_cpu_s(server.pid), time.process_time()
+        bare = ceiling(args.port, args.concurrency, args.ceiling_seconds)
+        bare["server_cpu_s"], bare["client_cpu_s"] = server_cpu_s(server.pid) - cpu0, time.process_time() - client0
+        results = {"latency": [], "timings": [], "acknowledged": [], "conflicts": 0, "errors": [], "requests": 0, "queries": 0,
+                   "cycles": 0, "cycle_busy_s": 0.0, "cycle_requests": 0, "cycle_queries": 0}
+        cpu0, client0 = server_cpu_s(server.pid), time.process_time()
         lock = threading.Lock()
         rngs = [random.Random(args.seed * 100_000 + n) for n in range(args.listeners)]
         started = time.perf_counter()
@@ -192,6 +297,7 @@ def main() -> int:
                 except Exception as exc:  # noqa: BLE001 - counted and printed, the run goes on
                     results["errors"].append(repr(exc))
         wall = time.perf_counter() - started
+        survey_server_cpu, survey_client_cpu = server_cpu_s(server.pid) - cpu0, time.process_time() - client0
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -208,17 +314,42 @@ def main() -> int:
     latency = sorted(results["latency"])
     p50 = statistics.median(latency) * 1000
     p99 = latency[min(len(latency) - 1, int(0.99 * len(latency)))] * 1000
+    ceiling_rps = bare["requests"] / bare["wall_s"]
+    cycles_per_s = results["cycles"] / wall
+    busy_cycles_per_s = args.concurrency * results["cycles"] / results["cycle_busy_s"] if results["cycles"] else 0.0
     report = {
         "listeners": args.listeners, "concurrency": args.concurrency, "gunicorn": f"{args.workers}x{args.threads} gthread",
         "test_stimuli": len(counts), "ratings_per_stimulus": args.ratings_per_stimulus, "seed": args.seed,
+        "ceiling_bare_requests_per_s": round(ceiling_rps, 1),
+        "ceiling_server_cpu_ms_per_request": round(1000 * bare["server_cpu_s"] / bare["requests"], 3),
+        "ceiling_client_cpu_ms_per_request": round(1000 * bare["client_cpu_s"] / bare["requests"], 3),
         "answers_acknowledged": len(results["acknowledged"]), "answers_refused_409": results["conflicts"],
-        "wall_s": round(wall, 2), "answers_per_s": round(len(results["acknowledged"]) / wall, 1),
+        "wall_s": round(wall, 2), "answer_cycles_per_s": round(cycles_per_s, 2),
+        "answer_cycles_per_s_ratio_to_ceiling": round(cycles_per_s / ceiling_rps, 4),
+        "answer_cycles_per_s_without_listening": round(busy_cycles_per_s, 2),
+        "answer_cycles_per_s_without_listening_ratio_to_ceiling": round(busy_cycles_per_s / ceiling_rps, 4),
         "answer_post_p50_ms": round(p50, 1), "answer_post_p99_ms": round(p99, 1),
+        "requests_per_answer_cycle": round(results["cycle_requests"] / max(1, results["cycles"]), 2),
+        "queries_per_answer_cycle": round(results["cycle_queries"] / max(1, results["cycles"]), 2),
+        "queries_per_request": round(results["queries"] / max(1, results["requests"]), 2),
+        "server_cpu_ms_per_request": round(1000 * survey_server_cpu / max(1, results["requests"]), 3),
+        "client_cpu_ms_per_request": round(1000 * survey_client_cpu / max(1, results["requests"]), 3),
         "answers_lost": lost, "max_over_collection": over, "stimuli_filled": f"{filled}/{len(counts)}",
         "errors": results["errors"][:5],
     }
     print(json.dumps(report, indent=1))
-    print(f"answers/s {report['answers_per_s']}  p50 {p50:.1f} ms  p99 {p99:.1f} ms  lost {lost}  over-collection {over}")
+    for kind in sorted({k for k, _, _ in results["timings"]}):
+        server = sorted(t for k, t, _ in results["timings"] if k == kind)
+        client = sorted(t for k, _, t in results["timings"] if k == kind)
+        print(f"  {kind:<20} n={len(server):<5} inside Django p50 {1000 * statistics.median(server):6.1f} ms  "
+              f"p99 {1000 * server[int(0.99 * (len(server) - 1))]:6.1f} ms   at the client p50 {1000 * statistics.median(client):6.1f} ms  "
+              f"p99 {1000 * client[int(0.99 * (len(client) - 1))]:6.1f} ms")
+    print(f"ceiling (bare view) {ceiling_rps:.0f} req/s  "
+          f"answer cycles/s {cycles_per_s:.1f} ({cycles_per_s / ceiling_rps:.4f} x ceiling), "
+          f"without listening waits {busy_cycles_per_s:.1f} ({busy_cycles_per_s / ceiling_rps:.4f} x ceiling)  "
+          f"answer POST p50 {p50:.1f} ms  p99 {p99:.1f} ms  queries/cycle {report['queries_per_answer_cycle']}  "
+          f"server CPU {report['server_cpu_ms_per_request']} ms/request (bare {report['ceiling_server_cpu_ms_per_request']})  "
+          f"lost {lost}  over-collection {over}")
     with psycopg.connect(f"{args.postgres.rstrip('/')}/postgres", autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
     shutil.rmtree(work, ignore_errors=True)

@@ -28,6 +28,7 @@ from hearsay.answers import NONE_ANSWER, RATING_MAX, RATING_MIN
 from hearsay.errors import HearsayError
 
 RATINGS = range(RATING_MIN, RATING_MAX + 1)
+FULL = "this clip already has all the answers it needs; please continue with the next one"
 LISTEN_TOLERANCE_MS = 250
 
 
@@ -113,10 +114,14 @@ def store_answer(
     def run() -> Stored:
         with transaction.atomic():
             take_write_lock(assignment.participant)
-            # of=("self",): lock only these rows, never the joined experiment (assignment.assign locks that one)
-            locked = Assignment.objects.select_for_update(of=("self",)).select_related("participant").get(pk=assignment.pk)
-            stimulus = Stimulus.objects.select_for_update(of=("self",)).select_related("experiment").get(pk=locked.stimulus_id)
-            participant = locked.participant
+            # of=("self",): lock only the trial, never the joined rows (assignment.assign locks the
+            # experiment); the stimulus row is locked last, by the quota's conditional increment, so
+            # listeners answering the same clip wait for each other only from there to the commit
+            locked = (
+                Assignment.objects.select_for_update(of=("self",))
+                .select_related("participant", "stimulus__experiment").get(pk=assignment.pk)
+            )
+            stimulus, participant = locked.stimulus, locked.participant
             if locked.answered:
                 previous = Response.objects.filter(assignment=locked).first()
                 if previous is None or (previous.answer == answer and previous.rating == rating):
@@ -136,9 +141,9 @@ def store_answer(
                 play_count, listened, presented_at, answered_at = heard.play_count, heard.listened_to_end, heard.presented_at, heard.answered_at
             counted = participant.kind == Participant.Kind.HUMAN and not participant.preview  # machines and previews never use up the N
             n = stimulus.experiment.ratings_per_stimulus
-            if enforce_quota and counted and stimulus.kind == Stimulus.Kind.TEST and stimulus.answer_count >= n:
-                Assignment.objects.filter(pk=locked.pk).update(void=True)
-                raise Conflict("this clip already has all the answers it needs; please continue with the next one")
+            quota = enforce_quota and counted and stimulus.kind == Stimulus.Kind.TEST
+            if quota and stimulus.answer_count >= n:  # already full when read: no need to write anything
+                raise Conflict(FULL)
             Assignment.objects.filter(pk=locked.pk).update(answered=True, played_to_end=listened, play_count=play_count)
             # an active listener keeps their remaining slots
             Assignment.objects.filter(participant=participant, answered=False).update(
@@ -153,7 +158,11 @@ def store_answer(
             if answered_at is not None:
                 Response.objects.filter(pk=response.pk).update(answered_at=answered_at)
             if counted:
-                Stimulus.objects.filter(pk=stimulus.pk).update(answer_count=F("answer_count") + 1)
+                counter = Stimulus.objects.filter(pk=stimulus.pk)
+                if quota:  # the decision: under the row lock this UPDATE takes, re-read after any wait (no over-collection)
+                    counter = counter.filter(answer_count__lt=n)
+                if not counter.update(answer_count=F("answer_count") + 1):
+                    raise Conflict(FULL)  # rolls back this answer's writes
             return Stored(response, True)
 
     return with_retries(run)

@@ -14,8 +14,9 @@ experiment's timeout), so visits that never play anything cannot keep a study fu
 Audio fetches are counted here too (register_fetch): plays against the replay limit,
 and when a clip was first served in full, which the answer writer checks.
 
-Concurrency: on PostgreSQL the experiment row (for handing out) and the stimulus
-row (for answering) are locked with SELECT ... FOR UPDATE. SQLite has no row locks
+Concurrency: on PostgreSQL the experiment row (for handing out) is locked with SELECT ...
+FOR UPDATE, and an answer counts only through a conditional UPDATE of its stimulus row
+(answer_count < N), which waits for that row's lock and re-reads it. SQLite has no row locks
 but serializes writers; each transaction starts with a write so it takes the
 write lock up front, and "database is locked" is retried.
 """
@@ -62,14 +63,15 @@ def take_write_lock(participant: Participant) -> None:
     Participant.objects.filter(pk=participant.pk).update(last_seen_at=timezone.now())
 
 
-def _loads(experiment: Experiment, now) -> dict[int, int]:
+def _tests_and_loads(experiment: Experiment, now) -> tuple[list[Stimulus], dict[int, int]]:
+    """The experiment's test stimuli and each one's load, in one query (it runs under the experiment's lock)."""
     inflight = Count(
         "assignments",
         filter=Q(assignments__answered=False, assignments__void=False, assignments__expires_at__gt=now, assignments__participant__kind="human",
                  assignments__participant__preview=False),
     )
-    rows = experiment.stimuli.filter(kind=Stimulus.Kind.TEST).annotate(inflight=inflight).values_list("pk", "answer_count", "inflight")
-    return {pk: answers + inflight for pk, answers, inflight in rows}
+    tests = list(experiment.stimuli.filter(kind=Stimulus.Kind.TEST).annotate(inflight=inflight))
+    return tests, {s.pk: s.answer_count + s.inflight for s in tests}
 
 
 def pick_balanced(candidates: list[Stimulus], loads: dict[int, int], count: int, rng: random.Random) -> list[Stimulus]:
@@ -114,14 +116,14 @@ def assign(participant: Participant, rng: random.Random | None = None) -> list[A
             if existing:
                 return existing
             now = timezone.now()
-            loads = _loads(experiment, now)
+            test_stimuli, loads = _tests_and_loads(experiment, now)
             heard = set(
                 Assignment.objects.filter(participant__experiment=experiment, participant__worker_id=participant.worker_id)
                 .exclude(participant__worker_id="")
                 .values_list("stimulus_id", flat=True)
             )
             candidates = [
-                s for s in experiment.stimuli.filter(kind=Stimulus.Kind.TEST)
+                s for s in test_stimuli
                 if (participant.preview or loads[s.pk] < experiment.ratings_per_stimulus) and s.pk not in heard
             ]
             tests = pick_balanced(candidates, loads, experiment.trials_per_listener, rng)
@@ -155,6 +157,19 @@ def next_assignment(participant: Participant) -> Assignment | None:
             Assignment.objects.filter(pk=pending.pk, answered=False).update(void=True)
             continue
         return pending
+
+
+def first_pending(trials: list[Assignment], experiment: Experiment) -> Assignment | None:
+    """next_assignment over trials already loaded (with their stimuli) by assign: the trial page's one query less."""
+    for pending in trials:
+        if pending.answered or pending.void:
+            continue
+        stim = pending.stimulus
+        if stim.kind == Stimulus.Kind.TEST and stim.answer_count >= experiment.ratings_per_stimulus:
+            Assignment.objects.filter(pk=pending.pk, answered=False).update(void=True)
+            continue
+        return pending
+    return None
 
 
 class Fetch(enum.Enum):

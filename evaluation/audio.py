@@ -58,21 +58,48 @@ def clip_duration_ms(data: bytes) -> int:
 
 
 def audio_response(data: bytes, range_header: str | None, content_type: str = "audio/wav") -> HttpResponse:
-    size = len(data)
-    parsed = parse_range(range_header, size)
+    """The clip in `data` (whole, or the one range asked for)."""
+    return _ranged(io.BytesIO(data), len(data), parse_range(range_header, len(data)), content_type)
+
+
+def file_response(handle, size: int, parsed: tuple[int, int] | None | str, content_type: str = "audio/wav") -> HttpResponse:
+    """The range `parsed` (see parse_range) of an open stored file of `size` bytes: only those bytes are read."""
+    return _ranged(handle, size, parsed, content_type)
+
+
+def _ranged(handle, size: int, parsed: tuple[int, int] | None | str, content_type: str) -> HttpResponse:
     if parsed == "unsatisfiable":
         response = HttpResponse(status=416)
         response["Content-Range"] = f"bytes */{size}"
-    elif parsed is None:
-        response = HttpResponse(data, content_type=content_type)
     else:
-        start, end = parsed
-        response = HttpResponse(data[start : end + 1], content_type=content_type, status=206)
-        response["Content-Range"] = f"bytes {start}-{end}/{size}"
+        start, end = parsed or (0, size - 1)
+        handle.seek(start)
+        response = HttpResponse(handle.read(end - start + 1), content_type=content_type, status=200 if parsed is None else 206)
+        if parsed is not None:
+            response["Content-Range"] = f"bytes {start}-{end}/{size}"
     response["Accept-Ranges"] = "bytes"
     response["Cache-Control"] = "private, no-store"
     response["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+_DURATIONS: dict[tuple[str, str, int], int] = {}
+_DURATIONS_KEPT = 4096
+
+
+def stored_clip_duration_ms(handle, where: str, name: str, size: int) -> int:
+    """clip_duration_ms of an open stored file, read in full once per process and file.
+
+    Keyed by storage location, name and size: stored names are never reused for other audio
+    (uploads get fresh names), and the size guards against a file replaced in place.
+    """
+    key = (where, name, size)
+    if key not in _DURATIONS:
+        if len(_DURATIONS) >= _DURATIONS_KEPT:
+            _DURATIONS.clear()
+        handle.seek(0)
+        _DURATIONS[key] = clip_duration_ms(handle.read())
+    return _DURATIONS[key]
 
 
 @lru_cache(maxsize=2)

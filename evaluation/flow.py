@@ -216,7 +216,7 @@ def next_trial(participant: Participant) -> Progress | None:
     stored: the next visit decides again from the answers and live reservations of that moment.
     """
     trials = assigning.assign(participant)
-    current = assigning.next_assignment(participant)
+    current = assigning.first_pending(trials, participant.experiment)
     if current is None:
         finish(participant)
         return None

@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from evaluation import answers, flow, prolific
 from evaluation import assignment as assigning
-from evaluation.audio import HEADPHONE_TRIALS, audio_response, clip_duration_ms, headphone_trial, parse_range
+from evaluation.audio import HEADPHONE_TRIALS, audio_response, file_response, headphone_trial, parse_range, stored_clip_duration_ms
 from evaluation.forms import TOKEN, AnswerForm, HeadphoneForm
 from evaluation.models import Assignment, Experiment, Participant, Stimulus, UnknownExperiment
 from evaluation.traps import RATING_HINTS, RATING_LABELS
@@ -60,8 +60,8 @@ def message(request: HttpRequest, title: str, text: str, status: int, experiment
     return render(request, "evaluation/message.html", {"title": title, "text": text, "experiment": experiment, "link": link}, status=status)
 
 
-def _session_key(experiment: Experiment) -> str:
-    return f"hearsay:{experiment.slug}"
+def _session_key(slug: str) -> str:
+    return f"hearsay:{slug}"
 
 
 def _open_experiment(request: HttpRequest, slug: str) -> Experiment | HttpResponse:
@@ -69,16 +69,21 @@ def _open_experiment(request: HttpRequest, slug: str) -> Experiment | HttpRespon
         experiment = Experiment.objects.by_slug(slug)
     except UnknownExperiment:
         raise Http404("no such study") from None
+    return _refuse_closed(request, experiment) or experiment
+
+
+def _refuse_closed(request: HttpRequest, experiment: Experiment) -> HttpResponse | None:
+    """404 for a draft (unless staff), 410 for a closed study, None for a study that takes visitors."""
     if experiment.status == Experiment.Status.DRAFT and not request.user.is_staff:
         raise Http404("no such study")
     if experiment.status == Experiment.Status.CLOSED:
         return message(request, "This study is closed", "Thank you for your interest; this study no longer takes answers.", 410, experiment)
-    return experiment
+    return None
 
 
 def _participant_token(request: HttpRequest, experiment: Experiment) -> str | None:
     """The carried token (a page inside a frame without cookies) wins over the session cookie."""
-    return flow.carried_participant_token(request.GET.get("p")) or request.session.get(_session_key(experiment))
+    return flow.carried_participant_token(request.GET.get("p")) or request.session.get(_session_key(experiment.slug))
 
 
 def _participant(request: HttpRequest, experiment: Experiment) -> Participant | None:
@@ -86,6 +91,14 @@ def _participant(request: HttpRequest, experiment: Experiment) -> Participant | 
     if not token:
         return None
     return Participant.objects.select_related("experiment").filter(token=token, experiment=experiment).first()
+
+
+def _participant_at(request: HttpRequest, slug: str) -> Participant | None:
+    """The visitor's participant in the study at `slug`, with its experiment, in one query (every survey page asks)."""
+    token = flow.carried_participant_token(request.GET.get("p")) or request.session.get(_session_key(slug))
+    if not token or "\x00" in slug:
+        return None
+    return Participant.objects.select_related("experiment").filter(token=token, experiment__slug=slug).first()
 
 
 def _carry(url: str, participant: Participant) -> str:
@@ -109,12 +122,16 @@ def participant_page(step: str | None):
     def decorate(view):
         @functools.wraps(view)
         def wrapped(request, slug, *args, **kwargs):
-            experiment = _open_experiment(request, slug)
-            if isinstance(experiment, HttpResponse):
-                return experiment
-            participant = _participant(request, experiment)
+            participant = _participant_at(request, slug)
             if participant is None:
+                experiment = _open_experiment(request, slug)
+                if isinstance(experiment, HttpResponse):
+                    return experiment
                 return message(request, *NO_SESSION, 403, experiment)
+            experiment = participant.experiment
+            refusal = _refuse_closed(request, experiment)
+            if refusal is not None:
+                return refusal
             if step is not None and participant.step != step:
                 return HttpResponseRedirect(_step_url(participant), status=303 if request.method == "POST" else 302)
             return view(request, experiment, participant, *args, **kwargs)
@@ -145,7 +162,7 @@ def entry(request: HttpRequest, slug: str) -> HttpResponse:
             request, "You have already taken part",
             "Thank you! You already completed this study, and each person can take it only once.", 409, experiment,
         )
-    request.session[_session_key(experiment)] = participant.token
+    request.session[_session_key(experiment.slug)] = participant.token
     return HttpResponseRedirect(_step_url(participant))
 
 
@@ -284,16 +301,17 @@ def audio(request: HttpRequest, token: str) -> HttpResponse:
         raise Http404("no such clip")
     if experiment.status != Experiment.Status.LIVE and not target.participant.preview:
         return HttpResponse("this study is closed", status=410, content_type="text/plain")
-    with target.stimulus.audio.open("rb") as handle:
-        data = handle.read()
-    rng = request.headers.get("Range")
-    parsed = parse_range(rng, len(data))
-    if parsed != "unsatisfiable" and not _is_probe(rng):
-        start, end = parsed or (0, len(data) - 1)
-        fetch = assigning.register_fetch(target, start, end, len(data), clip_duration_ms(data), experiment.replay_limit)
-        if fetch is assigning.Fetch.REFUSED:
-            return HttpResponse("no plays left for this clip", status=403, content_type="text/plain")
-    return audio_response(data, rng)
+    clip = target.stimulus.audio
+    with clip.open("rb") as handle:
+        size = handle.size
+        rng = request.headers.get("Range")
+        parsed = parse_range(rng, size)
+        if parsed != "unsatisfiable" and not _is_probe(rng):
+            start, end = parsed or (0, size - 1)
+            fetch = assigning.register_fetch(target, start, end, size, stored_clip_duration_ms(handle, str(getattr(clip.storage, 'location', '')), clip.name, size), experiment.replay_limit)
+            if fetch is assigning.Fetch.REFUSED:
+                return HttpResponse("no plays left for this clip", status=403, content_type="text/plain")
+        return file_response(handle, size, parsed)
 
 
 def _is_probe(range_header: str | None) -> bool:

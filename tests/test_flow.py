@@ -1,14 +1,10 @@
-"""The listener flow, the answer writer, the experiment lookup and the command base, without HTTP."""
+"""The listener flow, the answer writer, and the experiment lookup, without HTTP."""
 from __future__ import annotations
 
 import pytest
-from django.core.management import call_command
-from django.core.management.base import CommandError
 
 from evaluation import answers, flow
-from evaluation.management.base import HearsayCommand
 from evaluation.models import Assignment, Experiment, Participant, Response, Stimulus, UnknownExperiment
-from hearsay.errors import HearsayError
 from tests.test_survey_flow import make_experiment, media  # noqa: F401
 
 SUBMIT = ("https://www.mturk.com",)
@@ -130,12 +126,3 @@ def test_experiments_are_found_by_slug_in_one_place(media):  # noqa: F811
         Experiment.objects.by_slug("nope")
     with pytest.raises(UnknownExperiment):
         Experiment.objects.by_slug("study1\x00")
-
-
-def test_the_command_base_turns_library_errors_into_one_line():
-    class Broken(HearsayCommand):
-        def handle(self, *args, **options):
-            raise HearsayError("the thing is broken")
-
-    with pytest.raises(CommandError, match="^the thing is broken$"):
-        call_command(Broken())

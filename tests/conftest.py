@@ -1,7 +1,10 @@
-"""Shared test configuration: keep torch small and deterministic on a 2-core machine."""
+"""Shared test configuration and fixtures: keep torch small and deterministic on a 2-core machine; media, browser, S3, database."""
 import os
 
 import pytest
+
+from tests.helpers.browser import ARGS, CHROMIUM
+from tests.helpers.storage import BUCKET
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -13,3 +16,86 @@ def _torch_threads():
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def media(settings, tmp_path):
+    """Uploaded and loaded audio goes to this test's own folder."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture
+def browser_settings(settings, tmp_path):
+    """Media in this test's folder, and cookies a plain-http live server can set."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
+    settings.SESSION_COOKIE_SAMESITE = settings.CSRF_COOKIE_SAMESITE = "Lax"
+    return settings
+
+
+@pytest.fixture(scope="module")
+def chromium(django_db_setup):
+    """Playwright's sync API keeps an event loop running in this thread; Django must be told the ORM use is safe."""
+    from playwright.sync_api import sync_playwright
+
+    old = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield browser
+        browser.close()
+    if old is None:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+@pytest.fixture
+def bucket(settings, monkeypatch):
+    """An S3 bucket in moto's server (no network here), set as the default file storage; yields a boto3 client."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from config import settings as hearsay_settings
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "hearsay-test", "AWS_SECRET_ACCESS_KEY": "hearsay-test", "AWS_DEFAULT_REGION": "us-east-1",
+        "HEARSAY_FILE_STORAGE": "s3", "HEARSAY_S3_BUCKET": BUCKET, "HEARSAY_S3_ENDPOINT_URL": endpoint,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    s3.create_bucket(Bucket=BUCKET)
+    settings.STORAGES = {**settings.STORAGES, "default": hearsay_settings._file_storage()}
+    yield s3
+    server.stop()
+
+
+@pytest.fixture
+def real_database(tmp_path):
+    """SQLite as deployed (a file, writers wait on its lock); PostgreSQL as configured.
+
+    Django's SQLite test database lives in shared-cache memory, where a locked table
+    fails at once instead of waiting, which no deployment does. So for SQLite every
+    thread of this test gets its own connection to a migrated file database instead.
+    """
+    from django.core.management import call_command
+    from django.db import connection, connections
+
+    if connection.vendor != "sqlite":
+        yield None
+        return
+    original = connections["default"]
+    file_settings = {**original.settings_dict, "NAME": str(tmp_path / "hearsay.sqlite3")}
+
+    def connect() -> None:
+        connections["default"] = original.__class__(file_settings, "default")
+
+    connect()
+    call_command("migrate", verbosity=0)
+    yield connect
+    connections["default"].close()
+    connections["default"] = original

@@ -8,15 +8,14 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from django.core.management import call_command
-from django.db import connection, connections
+from django.db import connection
 from django.db.models import Count
 from django.utils import timezone
 
 from evaluation import assignment as assigning
 from evaluation.answers import Heard, store_answer
 from evaluation.models import Assignment, Participant, Response, Stimulus
-from tests.test_survey_flow import Listener, make_experiment, media  # noqa: F401
+from tests.helpers.survey import Listener, make_experiment
 
 
 def answers_per_test_stimulus() -> dict[str, int]:
@@ -24,7 +23,7 @@ def answers_per_test_stimulus() -> dict[str, int]:
 
 
 @pytest.mark.django_db
-def test_every_stimulus_gets_exactly_n_answers_from_distinct_listeners(media):  # noqa: F811
+def test_every_stimulus_gets_exactly_n_answers_from_distinct_listeners(media):
     make_experiment(ratings_per_stimulus=2, trials_per_listener=5)
     for _ in range(5):  # 5 listeners x 5 trials = 25 slots for 12 x 2 = 24 answers
         person = Listener("demo")
@@ -43,7 +42,7 @@ def test_every_stimulus_gets_exactly_n_answers_from_distinct_listeners(media):  
 
 
 @pytest.mark.django_db
-def test_listeners_get_the_least_answered_stimuli_first(media):  # noqa: F811
+def test_listeners_get_the_least_answered_stimuli_first(media):
     make_experiment(ratings_per_stimulus=3, trials_per_listener=4)
     seen = []
     for _ in range(3):
@@ -56,7 +55,7 @@ def test_listeners_get_the_least_answered_stimuli_first(media):  # noqa: F811
 
 
 @pytest.mark.django_db
-def test_machine_listeners_do_not_use_up_the_human_answers(media):  # noqa: F811
+def test_machine_listeners_do_not_use_up_the_human_answers(media):
     experiment = make_experiment(ratings_per_stimulus=1, trials_per_listener=12)
     machine = Participant.objects.create(experiment=experiment, source="machine", kind="machine", worker_id="machine:asr")
     for position, stim in enumerate(experiment.stimuli.filter(kind="test")):
@@ -79,7 +78,7 @@ def test_pick_balanced_alternates_conditions_least_loaded_first():
 
 
 @pytest.mark.django_db
-def test_trial_order_is_random_per_listener_with_practice_first(media):  # noqa: F811
+def test_trial_order_is_random_per_listener_with_practice_first(media):
     make_experiment(ratings_per_stimulus=50, trials_per_listener=12, practice_trials=2, gold_per_listener=2, traps_per_listener=2)
     orders = []
     for _ in range(3):
@@ -94,7 +93,7 @@ def test_trial_order_is_random_per_listener_with_practice_first(media):  # noqa:
 
 
 @pytest.mark.django_db
-def test_abandoned_assignments_expire_and_are_handed_out_again(media):  # noqa: F811
+def test_abandoned_assignments_expire_and_are_handed_out_again(media):
     make_experiment(ratings_per_stimulus=1, trials_per_listener=12)
     quitter = Listener("demo")
     quitter.start()
@@ -112,7 +111,7 @@ def test_abandoned_assignments_expire_and_are_handed_out_again(media):  # noqa: 
 
 
 @pytest.mark.django_db
-def test_an_expired_trial_still_counts_when_its_stimulus_has_room(media):  # noqa: F811
+def test_an_expired_trial_still_counts_when_its_stimulus_has_room(media):
     make_experiment(ratings_per_stimulus=2, trials_per_listener=3)
     person = Listener("demo")
     person.start()
@@ -120,30 +119,6 @@ def test_an_expired_trial_still_counts_when_its_stimulus_has_room(media):  # noq
     Assignment.objects.update(expires_at=timezone.now() - timedelta(minutes=5))
     assert person.answer(trial).status_code == 303
     assert Assignment.objects.filter(participant=person.participant, answered=False, expires_at__gt=timezone.now()).exists()
-
-
-@pytest.fixture
-def real_database(tmp_path):
-    """SQLite as deployed (a file, writers wait on its lock); PostgreSQL as configured.
-
-    Django's SQLite test database lives in shared-cache memory, where a locked table
-    fails at once instead of waiting, which no deployment does. So for SQLite every
-    thread of this test gets its own connection to a migrated file database instead.
-    """
-    if connection.vendor != "sqlite":
-        yield None
-        return
-    original = connections["default"]
-    file_settings = {**original.settings_dict, "NAME": str(tmp_path / "hearsay.sqlite3")}
-
-    def connect() -> None:
-        connections["default"] = original.__class__(file_settings, "default")
-
-    connect()
-    call_command("migrate", verbosity=0)
-    yield connect
-    connections["default"].close()
-    connections["default"] = original
 
 
 def _run_listeners(count: int, acknowledged: list, errors: list, connect) -> None:
@@ -175,7 +150,7 @@ def _run_listeners(count: int, acknowledged: list, errors: list, connect) -> Non
 
 
 @pytest.mark.django_db(transaction=True)
-def test_many_listeners_at_once_never_over_collect_nor_lose_answers(media, real_database):  # noqa: F811
+def test_many_listeners_at_once_never_over_collect_nor_lose_answers(media, real_database):
     make_experiment(ratings_per_stimulus=2, trials_per_listener=4, assignment_timeout_minutes=0)  # everything expires: maximal contention
     acknowledged: list[int] = []
     errors: list[str] = []

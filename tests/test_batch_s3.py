@@ -12,13 +12,13 @@ from django.test import Client
 
 from evaluation.models import Experiment, MturkBatchClip
 from evaluation.stimuli import load_manifest
-from tests.test_s3_storage import BUCKET, bucket  # noqa: F401
+from tests.helpers.storage import BUCKET
 
 MANIFEST = Path(__file__).resolve().parent.parent / "fixtures" / "stimuli" / "manifest.csv"
 
 
 @pytest.fixture
-def s3(bucket):  # noqa: F811
+def s3(bucket):
     """The bucket, emptied afterwards (moto keeps state per process) and boto3's cached fake credentials dropped."""
     yield bucket
     for item in bucket.list_objects_v2(Bucket=BUCKET).get("Contents", []):

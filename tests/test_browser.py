@@ -6,55 +6,18 @@ Cookies are set without Secure here because the live server speaks plain http.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 from evaluation import assignment as assigning
 from evaluation.models import Participant
-from tests.test_survey_flow import make_experiment, right_answer
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
-]
-SPEECH_COMMANDS = sorted(
-    "backward bed bird cat dog down eight five follow forward four go happy house learn left marvin nine no off on one "
-    "right seven sheila six stop three tree two up visual wow yes zero".split()
-)
-SIZES = {
-    "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 2},
-    "desktop": {"viewport": {"width": 1280, "height": 800}},
-}
+from tests.helpers.browser import CHROMIUM, SIZES, SPEECH_COMMANDS
+from tests.helpers.survey import make_experiment, right_answer
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
 ]
-
-
-@pytest.fixture
-def browser_settings(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path / "media"
-    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
-    settings.SESSION_COOKIE_SAMESITE = settings.CSRF_COOKIE_SAMESITE = "Lax"
-    return settings
-
-
-@pytest.fixture(scope="module")
-def chromium(django_db_setup):
-    """Playwright's sync API keeps an event loop running in this thread; Django must be told the ORM use is safe."""
-    from playwright.sync_api import sync_playwright
-
-    old = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield browser
-        browser.close()
-    if old is None:
-        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
 
 def _answer_current(page, participant: Participant, task: str) -> str:

@@ -23,8 +23,8 @@ import pytest
 
 from evaluation import assignment as assigning
 from evaluation.models import Participant
-from tests.test_browser import ARGS, CHROMIUM
-from tests.test_survey_flow import make_experiment, right_answer
+from tests.helpers.browser import ARGS, CHROMIUM
+from tests.helpers.survey import make_experiment, right_answer
 
 SURVEY, MTURK = "survey.test", "worker.mturk.test"
 

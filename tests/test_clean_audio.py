@@ -14,7 +14,7 @@ from evaluation import clean_audio
 from evaluation.models import Experiment, Stimulus
 from evaluation.stimuli import load_manifest
 from hearsay.errors import HearsayError
-from tests.test_survey_flow import Listener, media  # noqa: F401
+from tests.helpers.survey import Listener
 
 WORDS = ("down", "up")
 TEST_RATE, TEST_SECONDS = 22_050, 1.03  # what the vocoder makes
@@ -76,7 +76,7 @@ def fmt_of(data: bytes) -> tuple[int, int, int, int]:
 
 
 @pytest.fixture
-def loaded(media, tmp_path):  # noqa: F811
+def loaded(media, tmp_path):
     manifest, tags = tagged_manifest(tmp_path / "set")
     load_manifest(manifest, "demo", create=True, gold_from_corpus=speech_commands(tmp_path / "corpus"), gold_per_word=2)
     Experiment.objects.filter(slug="demo").update(
@@ -124,7 +124,7 @@ def test_gold_trap_practice_and_test_clips_share_rate_format_and_lengths(loaded)
 
 
 @pytest.mark.django_db
-def test_rating_anchors_are_stored_like_the_test_clips(media, tmp_path):  # noqa: F811
+def test_rating_anchors_are_stored_like_the_test_clips(media, tmp_path):
     from django.core.files.storage import default_storage
 
     manifest, _ = tagged_manifest(tmp_path / "set")

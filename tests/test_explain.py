@@ -14,7 +14,7 @@ from generation.explain.attribution import METHODS, AttributionSettings, Explain
 from generation.features import extract_files
 from generation.corpus import read_corpus
 
-from .explain_fixtures import BAND, CFG, make_corpus, train_classifier
+from tests.helpers.explain import BAND, CFG, make_corpus, train_classifier
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

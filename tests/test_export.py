@@ -12,11 +12,11 @@ from hearsay.answers import ANSWER_COLUMNS
 from evaluation.machine import listen
 from evaluation.models import Experiment, Participant, Stimulus
 from hearsay.errors import HearsayError
-from tests.test_survey_flow import Listener, make_experiment, media  # noqa: F401
+from tests.helpers.survey import Listener, make_experiment
 
 
 @pytest.fixture
-def answered(media):  # noqa: F811
+def answered(media):
     make_experiment(trials_per_listener=3)
     web = Listener("demo")
     web.start()
@@ -53,7 +53,7 @@ def test_long_table_has_the_contract_columns_and_one_row_per_answer(answered):
 
 
 @pytest.mark.django_db
-def test_rating_answers_carry_ratings_and_no_correctness(media):  # noqa: F811
+def test_rating_answers_carry_ratings_and_no_correctness(media):
     make_experiment("rate", task="rating", trials_per_listener=2)
     person = Listener("rate")
     person.start()
@@ -66,7 +66,7 @@ def test_rating_answers_carry_ratings_and_no_correctness(media):  # noqa: F811
 
 
 @pytest.mark.django_db
-def test_unknown_and_unanswered_experiments_are_one_line_errors(media):  # noqa: F811
+def test_unknown_and_unanswered_experiments_are_one_line_errors(media):
     with pytest.raises(HearsayError, match="no experiment named 'x'"):
         long_table("x")
     with pytest.raises(HearsayError, match="no experiment named 'x'"):

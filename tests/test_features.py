@@ -11,7 +11,7 @@ import torch
 from generation import cache
 from generation.corpus import read_corpus
 from generation.features import PAPER, FeatureConfig, LogMel, extract_files, librosa_features, prepare_waves
-from tests.test_training import make_tiny_corpus
+from tests.helpers.corpora import make_tiny_corpus
 
 
 def _wave(rate: int, seed: int = 0) -> np.ndarray:

@@ -1,15 +1,11 @@
-"""The listener flow, the answer writer, the experiment lookup and the command base, without HTTP."""
+"""The listener flow, the answer writer, and the experiment lookup, without HTTP."""
 from __future__ import annotations
 
 import pytest
-from django.core.management import call_command
-from django.core.management.base import CommandError
 
 from evaluation import answers, flow
-from evaluation.management.base import HearsayCommand
 from evaluation.models import Assignment, Experiment, Participant, Response, Stimulus, UnknownExperiment
-from hearsay.errors import HearsayError
-from tests.test_survey_flow import make_experiment, media  # noqa: F401
+from tests.helpers.survey import make_experiment
 
 SUBMIT = ("https://www.mturk.com",)
 
@@ -56,7 +52,7 @@ def test_the_carried_token_is_signed_and_the_csrf_secret_is_bound_to_it():
 
 
 @pytest.mark.django_db
-def test_the_flow_moves_through_its_typed_steps(media):  # noqa: F811
+def test_the_flow_moves_through_its_typed_steps(media):
     experiment = make_experiment(headphone_check=True)
     participant = flow.enter(experiment, flow.Link(), current=None)
     assert flow.steps(participant) == ["consent", "instructions", "headphones", "trials", "done"]
@@ -69,7 +65,7 @@ def test_the_flow_moves_through_its_typed_steps(media):  # noqa: F811
 
 
 @pytest.mark.django_db
-def test_entering_twice_is_the_same_participant_and_a_finished_one_is_refused(media):  # noqa: F811
+def test_entering_twice_is_the_same_participant_and_a_finished_one_is_refused(media):
     experiment = make_experiment()
     link = flow.Link(source="mturk", worker_id="AW1", assignment_id="A1")
     first = flow.enter(experiment, link, current=None)
@@ -81,7 +77,7 @@ def test_entering_twice_is_the_same_participant_and_a_finished_one_is_refused(me
 
 
 @pytest.mark.django_db
-def test_one_writer_stores_machine_answers_as_reported_and_checks_options(media):  # noqa: F811
+def test_one_writer_stores_machine_answers_as_reported_and_checks_options(media):
     experiment = make_experiment(ratings_per_stimulus=1)
     machine = Participant.objects.create(experiment=experiment, source="machine", kind="machine", worker_id="m")
     stim = experiment.stimuli.filter(kind=Stimulus.Kind.TEST).first()
@@ -99,7 +95,7 @@ def test_one_writer_stores_machine_answers_as_reported_and_checks_options(media)
 
 
 @pytest.mark.django_db
-def test_the_quota_can_be_kept_for_work_already_done(media):  # noqa: F811
+def test_the_quota_can_be_kept_for_work_already_done(media):
     experiment = make_experiment(ratings_per_stimulus=1)
     stim = experiment.stimuli.filter(kind=Stimulus.Kind.TEST).first()
     people = [Participant.objects.create(experiment=experiment, source="mturk", worker_id=f"W{n}") for n in range(3)]
@@ -113,7 +109,7 @@ def test_the_quota_can_be_kept_for_work_already_done(media):  # noqa: F811
 
 
 @pytest.mark.django_db
-def test_a_web_answer_needs_the_servers_own_record_of_the_clip(media):  # noqa: F811
+def test_a_web_answer_needs_the_servers_own_record_of_the_clip(media):
     experiment = make_experiment()
     person = Participant.objects.create(experiment=experiment)
     slot = Assignment.objects.create(participant=person, stimulus=experiment.stimuli.first(), position=0, play_count=1)
@@ -123,19 +119,10 @@ def test_a_web_answer_needs_the_servers_own_record_of_the_clip(media):  # noqa: 
 
 
 @pytest.mark.django_db
-def test_experiments_are_found_by_slug_in_one_place(media):  # noqa: F811
+def test_experiments_are_found_by_slug_in_one_place(media):
     make_experiment("study1")
     assert Experiment.objects.by_slug("study1").slug == "study1"
     with pytest.raises(UnknownExperiment, match="no experiment named 'nope'"):
         Experiment.objects.by_slug("nope")
     with pytest.raises(UnknownExperiment):
         Experiment.objects.by_slug("study1\x00")
-
-
-def test_the_command_base_turns_library_errors_into_one_line():
-    class Broken(HearsayCommand):
-        def handle(self, *args, **options):
-            raise HearsayError("the thing is broken")
-
-    with pytest.raises(CommandError, match="^the thing is broken$"):
-        call_command(Broken())

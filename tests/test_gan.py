@@ -18,8 +18,7 @@ from generation.maximize import (
     PARAMETERIZATIONS, Parameterization, RMSStep, Settings, ascend, class_probability, maximize, optimize, parts, preset, step_rule,
 )
 from generation.train import partial_path, train_classifier
-from tests.test_survey_flow import media  # noqa: F401  (fixture)
-from tests.test_training import WORDS, make_tiny_corpus
+from tests.helpers.corpora import TINY_CORPUS_WORDS as WORDS, make_tiny_corpus
 
 TINY = dict(epochs=1, batch_size=8, latent=8, width=4)
 
@@ -249,7 +248,7 @@ def test_train_gan_command(corpus, evaluator, tmp_path, capsys):
 def _save_generator(path, arch: str, n_classes: int):
     from generation import checkpoint
     from generation.checkpoint import Checkpoint
-    from tests.test_generate import WORDS as GEN_WORDS
+    from tests.helpers.corpora import TONE_CORPUS_WORDS as GEN_WORDS
 
     torch.manual_seed(5)
     kwargs = {"latent": 8, "n_classes": n_classes, "width": 4}
@@ -261,7 +260,7 @@ def _save_generator(path, arch: str, n_classes: int):
 
 @pytest.fixture(scope="module")
 def gen_setup(tmp_path_factory):
-    from tests.test_generate import save_classifier
+    from tests.helpers.corpora import save_classifier
 
     root = tmp_path_factory.mktemp("gangen")
     return {"root": root, "A": save_classifier(root / "A.pt", 1), "B": save_classifier(root / "B.pt", 2),
@@ -364,9 +363,9 @@ def test_latent_tsne_of_gan_latents(gen_setup, tmp_path):
 
 
 @pytest.mark.django_db
-def test_gan_stimuli_join_an_existing_experiment(gen_setup, tmp_path, media):  # noqa: F811
+def test_gan_stimuli_join_an_existing_experiment(gen_setup, tmp_path, media):
     from evaluation.models import Stimulus
-    from tests.test_survey_flow import FIXTURE
+    from tests.helpers.survey import FIXTURE
 
     out = tmp_path / "cgan-load"
     _generate(gen_setup, out, "cgan", gen_setup["cgan"])

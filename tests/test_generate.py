@@ -13,48 +13,11 @@ import torch
 from django.core.management import CommandError, call_command
 
 from generation import checkpoint
-from generation.checkpoint import Checkpoint
 from generation.features import FeatureConfig, extract_files
-from generation.nets import Autoencoder, PaperClassifier
 from generation.stimuli import COLUMNS, JOURNAL, generate_stimuli
 from generation.vocoder import GriffinLimVocoder
-
-WORDS = ["bed", "go", "yes"]
-
-
-def _tone(word_index: int, speaker: int) -> np.ndarray:
-    sr = 16000
-    t = np.arange(int(0.6 * sr)) / sr
-    f = 200 + 250 * word_index + 15 * speaker
-    env = np.exp(-((t - 0.3) / 0.12) ** 2)
-    return (0.5 * env * np.sin(2 * np.pi * f * t)).astype(np.float32)
-
-
-def make_corpus(root: Path, words=WORDS) -> Path:
-    test, val = [], []
-    for wi, word in enumerate(words):
-        (root / word).mkdir(parents=True)
-        for s in range(6):
-            name = f"{s:08x}_nohash_0.wav"
-            sf.write(str(root / word / name), _tone(wi, s), 16000, subtype="PCM_16")
-            (test if s >= 4 else val if s == 3 else []).append(f"{word}/{name}")
-    (root / "testing_list.txt").write_text("\n".join(test) + "\n")
-    (root / "validation_list.txt").write_text("\n".join(val) + "\n")
-    return root
-
-
-def save_classifier(path: Path, seed: int, classes=WORDS, cfg=FeatureConfig()) -> Path:
-    torch.manual_seed(seed)
-    checkpoint.save(path, Checkpoint(kind="classifier", arch="paper", arch_kwargs={"n_classes": len(classes)},
-                                     model=PaperClassifier(len(classes)), feature_config=cfg, classes=list(classes)))
-    return path
-
-
-def save_autoencoder(path: Path, cfg=FeatureConfig()) -> Path:
-    torch.manual_seed(3)
-    checkpoint.save(path, Checkpoint(kind="autoencoder", arch="paper-ae", arch_kwargs={"latent": 16},
-                                     model=Autoencoder(latent=16), feature_config=cfg, classes=list(WORDS)))
-    return path
+from tests.helpers.corpora import TONE_CORPUS_WORDS as WORDS
+from tests.helpers.corpora import make_corpus, save_autoencoder, save_classifier
 
 
 @pytest.fixture(scope="module")

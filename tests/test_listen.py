@@ -9,7 +9,7 @@ from evaluation.models import Participant, Response, Stimulus
 from generation import checkpoint
 from generation.features import FeatureConfig
 from generation.nets import PaperClassifier
-from tests.test_survey_flow import make_experiment, media  # noqa: F401
+from tests.helpers.survey import make_experiment
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def classifier_b(tmp_path):
 
 
 @pytest.mark.django_db
-def test_evaluator_answers_every_test_and_gold_clip_once_without_using_up_human_slots(media, classifier_b):  # noqa: F811
+def test_evaluator_answers_every_test_and_gold_clip_once_without_using_up_human_slots(media, classifier_b):
     experiment = make_experiment()
     clips = experiment.stimuli.filter(kind__in=[Stimulus.Kind.TEST, Stimulus.Kind.GOLD])
     call_command("listen", experiment="demo", machine="evaluator", checkpoint=str(classifier_b), verbosity=0)
@@ -49,7 +49,7 @@ def test_evaluator_answers_every_test_and_gold_clip_once_without_using_up_human_
 
 
 @pytest.mark.django_db
-def test_pocketsphinx_listener_names_the_clean_gold_words(media):  # noqa: F811
+def test_pocketsphinx_listener_names_the_clean_gold_words(media):
     experiment = make_experiment()
     call_command("listen", experiment="demo", machine="asr", verbosity=0)
     answers = Response.objects.filter(participant__worker_id="machine:asr:pocketsphinx")
@@ -60,7 +60,7 @@ def test_pocketsphinx_listener_names_the_clean_gold_words(media):  # noqa: F811
 
 
 @pytest.mark.django_db
-def test_bad_listener_requests_are_one_line_errors(media, tmp_path):  # noqa: F811
+def test_bad_listener_requests_are_one_line_errors(media, tmp_path):
     make_experiment()
     with pytest.raises(CommandError, match="no experiment named 'nope'"):
         call_command("listen", experiment="nope", machine="asr")

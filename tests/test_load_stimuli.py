@@ -15,7 +15,7 @@ from django.core.management.base import CommandError
 from evaluation.models import Experiment, Stimulus
 from evaluation.stimuli import load_manifest
 from hearsay.errors import HearsayError
-from tests.test_survey_flow import FIXTURE, media  # noqa: F401
+from tests.helpers.survey import FIXTURE
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def media_files(root: Path) -> list[Path]:
 
 
 @pytest.mark.django_db
-def test_loading_creates_test_gold_trap_and_practice_clips_under_opaque_names(media):  # noqa: F811
+def test_loading_creates_test_gold_trap_and_practice_clips_under_opaque_names(media):
     call_command("load_stimuli", str(FIXTURE), "--experiment", "e1", "--create", "--ratings-per-stimulus", "5")
     experiment = Experiment.objects.get(slug="e1")
     assert experiment.words == ["down", "no", "up", "yes"] and experiment.ratings_per_stimulus == 5
@@ -60,7 +60,7 @@ def test_loading_creates_test_gold_trap_and_practice_clips_under_opaque_names(me
 
 
 @pytest.mark.django_db
-def test_loading_the_same_manifest_twice_changes_nothing(media):  # noqa: F811
+def test_loading_the_same_manifest_twice_changes_nothing(media):
     load_manifest(FIXTURE, "e1", create=True)
     before = sorted(Stimulus.objects.values_list("stimulus_id", "audio", "sha256"))
     files = sorted(media_files(media))
@@ -71,7 +71,7 @@ def test_loading_the_same_manifest_twice_changes_nothing(media):  # noqa: F811
 
 
 @pytest.mark.django_db
-def test_a_changed_file_for_a_known_stimulus_is_an_error(media, copy):  # noqa: F811
+def test_a_changed_file_for_a_known_stimulus_is_an_error(media, copy):
     load_manifest(copy, "e1", create=True)
     first = next(csv.DictReader(copy.open()))
     sf.write(copy.parent / first["file"], np.zeros(1600), 16000)
@@ -92,7 +92,7 @@ def test_a_changed_file_for_a_known_stimulus_is_an_error(media, copy):  # noqa: 
     ],
 )
 @pytest.mark.django_db
-def test_a_bad_manifest_loads_nothing(media, copy, change, message):  # noqa: F811
+def test_a_bad_manifest_loads_nothing(media, copy, change, message):
     rewrite(copy, change)
     with pytest.raises(CommandError, match=message):
         call_command("load_stimuli", str(copy), "--experiment", "e1", "--create")
@@ -101,7 +101,7 @@ def test_a_bad_manifest_loads_nothing(media, copy, change, message):  # noqa: F8
 
 
 @pytest.mark.django_db
-def test_words_must_belong_to_the_experiments_word_list(media, copy):  # noqa: F811
+def test_words_must_belong_to_the_experiments_word_list(media, copy):
     with pytest.raises(CommandError, match="not in the experiment's word list: up, yes"):
         call_command("load_stimuli", str(copy), "--experiment", "e1", "--create", "--words", "down", "no")
     assert not Experiment.objects.exists()
@@ -110,13 +110,13 @@ def test_words_must_belong_to_the_experiments_word_list(media, copy):  # noqa: F
 
 
 @pytest.mark.django_db
-def test_an_unknown_experiment_needs_create(media):  # noqa: F811
+def test_an_unknown_experiment_needs_create(media):
     with pytest.raises(CommandError, match="no experiment named 'e9'; pass --create"):
         call_command("load_stimuli", str(FIXTURE), "--experiment", "e9")
 
 
 @pytest.mark.django_db
-def test_a_database_failure_midway_leaves_no_files_behind(media, monkeypatch):  # noqa: F811
+def test_a_database_failure_midway_leaves_no_files_behind(media, monkeypatch):
     real_create = Stimulus.objects.create
     calls = {"n": 0}
 
@@ -134,7 +134,7 @@ def test_a_database_failure_midway_leaves_no_files_behind(media, monkeypatch):  
 
 
 @pytest.mark.django_db
-def test_gold_clips_can_come_from_a_speech_commands_folder(media, tmp_path):  # noqa: F811
+def test_gold_clips_can_come_from_a_speech_commands_folder(media, tmp_path):
     root = tmp_path / "sc"
     for word in ("down", "no", "up", "yes", "left"):
         (root / word).mkdir(parents=True)

@@ -14,7 +14,7 @@ from generation.neural_vocoder import (
 )
 from generation.train import partial_path
 from generation.vocoder import GriffinLimVocoder, Vocoder
-from tests.test_training import make_tiny_corpus
+from tests.helpers.corpora import make_tiny_corpus
 
 TINY = TrainSettings(epochs=2, batch_size=8, segment_frames=8, adversarial_after=1, dim=16, hidden=32, layers=1)
 
@@ -167,8 +167,7 @@ def _save_untrained_vocoder(path, cfg=PAPER):
 def test_generate_takes_a_neural_vocoder(tmp_path):
     import json
 
-    from tests.test_generate import make_corpus, save_autoencoder, save_classifier
-
+    from tests.helpers.corpora import make_corpus, save_autoencoder, save_classifier
     corpus = make_corpus(tmp_path / "corpus")
     a, b, ae = save_classifier(tmp_path / "A.pt", 1), save_classifier(tmp_path / "B.pt", 2), save_autoencoder(tmp_path / "AE.pt")
     voc = _save_untrained_vocoder(tmp_path / "V.pt")

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from evaluation.models import Experiment, Participant
-from tests.test_survey_flow import Listener, make_experiment, media  # noqa: F401
+from tests.helpers.survey import Listener, make_experiment
 
 FULL_CONSENT = (
     "This study is run by Dr Ada Lovelace's lab at the University of Somewhere. Questions: ada@example.org.\n"
@@ -20,7 +20,7 @@ def heading(page) -> str:
 
 
 @pytest.mark.django_db
-def test_the_heading_and_tab_show_the_title_never_the_slug(media):  # noqa: F811
+def test_the_heading_and_tab_show_the_title_never_the_slug(media):
     make_experiment()  # load_stimuli names the experiment after its slug when no title is given
     consent = Listener("demo").client.get("/s/demo/consent")
     assert heading(consent) == "Listening study" and b"<title>Listening study</title>" in consent.content
@@ -33,7 +33,7 @@ def test_the_heading_and_tab_show_the_title_never_the_slug(media):  # noqa: F811
 
 
 @pytest.mark.django_db
-def test_the_admin_warns_until_title_and_consent_name_researcher_contact_pay_and_retention(media, admin_client):  # noqa: F811
+def test_the_admin_warns_until_title_and_consent_name_researcher_contact_pay_and_retention(media, admin_client):
     from evaluation.admin import listener_page_gaps
 
     experiment = make_experiment()
@@ -64,7 +64,7 @@ def test_the_admin_warns_until_title_and_consent_name_researcher_contact_pay_and
 
 
 @pytest.mark.django_db
-def test_trial_markup_works_without_javascript_and_labels_state_and_progress(media):  # noqa: F811
+def test_trial_markup_works_without_javascript_and_labels_state_and_progress(media):
     make_experiment()
     listener = Listener("demo")
     listener.start()
@@ -84,7 +84,7 @@ def test_trial_markup_works_without_javascript_and_labels_state_and_progress(med
 
 
 @pytest.mark.django_db
-def test_the_prolific_redirect_is_announced_with_a_link(media):  # noqa: F811
+def test_the_prolific_redirect_is_announced_with_a_link(media):
     make_experiment(completion_code="PCODE")
     listener = Listener("demo", PROLIFIC_PID="pid9", STUDY_ID="study9", SESSION_ID="sess9")
     Participant.objects.filter(worker_id="pid9").update(step="done")

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from evaluation.models import Participant, Response
-from tests.test_browser import CHROMIUM, SIZES, SPEECH_COMMANDS, browser_settings, chromium  # noqa: F401
-from tests.test_survey_flow import make_experiment
+from tests.helpers.browser import CHROMIUM, SIZES, SPEECH_COMMANDS
+from tests.helpers.survey import make_experiment
 
 PHONE = SIZES["phone"]
 HEIGHT = PHONE["viewport"]["height"]
@@ -43,7 +43,7 @@ def in_view(page, selector: str) -> dict:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_phone_shows_the_state_beside_play_announces_it_and_confirms_before_storing(live_server, browser_settings, chromium):  # noqa: F811
+def test_phone_shows_the_state_beside_play_announces_it_and_confirms_before_storing(live_server, browser_settings, chromium):
     make_experiment(words=SPEECH_COMMANDS, replay_limit=2)
     context = chromium.new_context(**PHONE)
     page = context.new_page()
@@ -89,7 +89,7 @@ def test_phone_shows_the_state_beside_play_announces_it_and_confirms_before_stor
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_prolific_redirect_is_announced_with_a_link_and_can_wait(live_server, browser_settings, chromium):  # noqa: F811
+def test_the_prolific_redirect_is_announced_with_a_link_and_can_wait(live_server, browser_settings, chromium):
     make_experiment(completion_code="PCODE")
     context = chromium.new_context(**PHONE)
     page = context.new_page()
@@ -110,7 +110,7 @@ def test_the_prolific_redirect_is_announced_with_a_link_and_can_wait(live_server
 
 
 @pytest.mark.django_db(transaction=True)
-def test_without_javascript_one_tap_posts_one_answer(live_server, browser_settings, chromium):  # noqa: F811
+def test_without_javascript_one_tap_posts_one_answer(live_server, browser_settings, chromium):
     make_experiment()
     context = chromium.new_context(java_script_enabled=False, **PHONE)
     page = context.new_page()
@@ -126,7 +126,7 @@ def test_without_javascript_one_tap_posts_one_answer(live_server, browser_settin
 
 
 @pytest.mark.django_db(transaction=True)
-def test_after_the_last_play_a_reload_lets_the_listener_answer(live_server, browser_settings, chromium):  # noqa: F811
+def test_after_the_last_play_a_reload_lets_the_listener_answer(live_server, browser_settings, chromium):
     make_experiment(replay_limit=1)
     context = chromium.new_context(**PHONE)
     page = context.new_page()

@@ -10,35 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
-from config import settings as hearsay_settings
 from evaluation.models import Stimulus
-from tests.test_survey_flow import Listener, make_experiment
+from tests.helpers.storage import BUCKET
+from tests.helpers.survey import Listener, make_experiment
 
-BUCKET = "hearsay-audio"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def bucket(settings, monkeypatch):
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    env = {
-        "AWS_ACCESS_KEY_ID": "hearsay-test", "AWS_SECRET_ACCESS_KEY": "hearsay-test", "AWS_DEFAULT_REGION": "us-east-1",
-        "HEARSAY_FILE_STORAGE": "s3", "HEARSAY_S3_BUCKET": BUCKET, "HEARSAY_S3_ENDPOINT_URL": endpoint,
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    s3.create_bucket(Bucket=BUCKET)
-    settings.STORAGES = {**settings.STORAGES, "default": hearsay_settings._file_storage()}
-    yield s3
-    server.stop()
 
 
 def keys(s3) -> list[str]:

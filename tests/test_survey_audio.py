@@ -5,11 +5,11 @@ import pytest
 
 from evaluation.models import Experiment
 from evaluation.audio import HEADPHONE_RATE, headphone_trial, parse_range
-from tests.test_survey_flow import Listener, make_experiment, media  # noqa: F401
+from tests.helpers.survey import Listener, make_experiment
 
 
 @pytest.fixture
-def trial_and_listener(media):  # noqa: F811
+def trial_and_listener(media):
     make_experiment()
     person = Listener("demo")
     person.start()

@@ -5,11 +5,11 @@ import pytest
 from django.test import Client
 
 from evaluation.models import Assignment, Experiment, Participant, Response
-from tests.test_survey_flow import Listener, make_experiment, media  # noqa: F401  (media is a fixture)
+from tests.helpers.survey import Listener, make_experiment
 
 
 @pytest.fixture
-def listener(media):  # noqa: F811
+def listener(media):
     make_experiment()
     person = Listener("demo")
     person.start()
@@ -32,7 +32,7 @@ def test_tampered_identification_answers_are_refused(listener, fields):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("rating", ["5", "-1", "excellent", ""])
-def test_out_of_range_ratings_are_refused(media, rating):  # noqa: F811
+def test_out_of_range_ratings_are_refused(media, rating):
     make_experiment("rate", task="rating")
     person = Listener("rate")
     person.start()
@@ -80,7 +80,7 @@ def test_an_answer_to_a_clip_never_fetched_is_refused(listener):
 
 
 @pytest.mark.django_db
-def test_a_post_without_csrf_token_is_forbidden(media):  # noqa: F811
+def test_a_post_without_csrf_token_is_forbidden(media):
     make_experiment()
     person = Listener("demo", client=Client(enforce_csrf_checks=True))
     assert person.client.post("/s/demo/consent", {"agree": "yes"}).status_code == 403
@@ -109,7 +109,7 @@ def test_a_closed_experiment_takes_no_new_listeners_and_no_answers(listener):
 
 
 @pytest.mark.django_db
-def test_draft_and_unknown_experiments_are_not_found(media):  # noqa: F811
+def test_draft_and_unknown_experiments_are_not_found(media):
     make_experiment(status="draft")
     assert Client().get("/s/demo/").status_code == 404
     assert Client().get("/s/nope/").status_code == 404
@@ -139,7 +139,7 @@ def test_ranges_that_do_not_start_at_byte_0_count_as_plays_too(listener):
 
 
 @pytest.mark.django_db
-def test_pages_before_entry_send_the_listener_back_politely(media):  # noqa: F811
+def test_pages_before_entry_send_the_listener_back_politely(media):
     make_experiment()
     client = Client()
     for url in ("/s/demo/consent", "/s/demo/trial", "/s/demo/done"):

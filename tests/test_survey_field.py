@@ -21,8 +21,7 @@ from django.utils import timezone
 
 from evaluation import assignment as assigning
 from evaluation.models import Assignment, Experiment, Participant, Response, Stimulus
-from tests.test_assignment import real_database  # noqa: F401  (a fixture)
-from tests.test_survey_flow import Listener, let_clip_play, make_experiment, media, right_answer  # noqa: F401
+from tests.helpers.survey import Listener, let_clip_play, make_experiment, right_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,7 +149,7 @@ def test_a_worker_id_that_no_platform_issues_is_refused(media):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_same_worker_in_many_tabs_at_once_is_one_participant(media, real_database):  # noqa: F811
+def test_the_same_worker_in_many_tabs_at_once_is_one_participant(media, real_database):
     make_experiment()
     tabs = 6
     barrier = threading.Barrier(tabs)
@@ -242,7 +241,7 @@ def test_staff_trying_a_draft_store_and_use_up_nothing(media):
 
 
 @pytest.fixture
-def trial_person(media):  # noqa: F811
+def trial_person(media):
     make_experiment()
     person = Listener("demo")
     person.start()

@@ -13,7 +13,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from evaluation.audio import file_response, parse_range
-from tests.test_survey_flow import Listener, let_clip_play, make_experiment, media, right_answer  # noqa: F401
+from tests.helpers.survey import Listener, let_clip_play, make_experiment, right_answer
 
 TRIAL_PAGE_QUERIES = 3  # session, participant with experiment, trials with stimuli
 CLIP_QUERIES = 4  # trial with participant/experiment/stimulus, session, locked trial, its update
@@ -21,7 +21,7 @@ ANSWER_QUERIES = 9  # session, participant, trial; write lock, trial + stimulus 
 
 
 @pytest.fixture
-def listener(media):  # noqa: F811
+def listener(media):
     make_experiment()
     person = Listener("demo")
     person.start()

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from django.core.management import CommandError, call_command
 
@@ -15,44 +14,8 @@ from generation import checkpoint
 from hearsay.errors import HearsayError
 from generation.features import extract_files
 from generation.train import partial_path, resolve_device, train_autoencoder, train_classifier
-
-RATE = 16000
-WORDS = ("chirp", "noise", "tone")
-
-
-def _clip(word: str, speaker: int, take: int, rng: np.random.Generator) -> np.ndarray:
-    """0.4 s of a class-typical sound, pitched per speaker, at a random offset in 1 s."""
-    t = np.arange(int(0.4 * RATE)) / RATE
-    base = 300.0 * (1 + 0.15 * speaker)
-    if word == "tone":
-        sound = np.sin(2 * np.pi * base * t)
-    elif word == "chirp":
-        sound = np.sin(2 * np.pi * (base * t + 4 * base * t**2))
-    else:
-        sound = rng.standard_normal(len(t)) * np.hanning(len(t))
-    out = 0.003 * rng.standard_normal(RATE)
-    start = int(rng.integers(0, RATE - len(t)))
-    out[start : start + len(t)] += 0.5 * sound
-    return out.astype(np.float32)
-
-
-def make_tiny_corpus(root: Path, speakers: int = 6, takes: int = 2, seed: int = 0) -> Path:
-    """Words x speakers x takes; the last speaker is the test split, the one before it validation."""
-    rng = np.random.default_rng(seed)
-    lists: dict[str, list[str]] = {"validation_list.txt": [], "testing_list.txt": []}
-    for word in WORDS:
-        (root / word).mkdir(parents=True, exist_ok=True)
-        for s in range(speakers):
-            for n in range(takes):
-                name = f"spk{s:02d}_nohash_{n}.wav"
-                sf.write(root / word / name, _clip(word, s, n, rng), RATE, subtype="PCM_16")
-                if s == speakers - 1:
-                    lists["testing_list.txt"].append(f"{word}/{name}")
-                elif s == speakers - 2:
-                    lists["validation_list.txt"].append(f"{word}/{name}")
-    for name, entries in lists.items():
-        (root / name).write_text("\n".join(entries) + "\n")
-    return root
+from tests.helpers.corpora import TINY_CORPUS_WORDS as WORDS
+from tests.helpers.corpora import make_tiny_corpus
 
 
 @pytest.fixture

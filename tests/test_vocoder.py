@@ -94,8 +94,7 @@ def test_write_wav_is_pcm16_and_atomic(tmp_path, vocoder, features):
 
 def test_round_trip_reports_accuracy_before_and_after_vocoding(tmp_path):
     from generation.vocoder import round_trip
-    from tests.test_generate import make_corpus, save_classifier
-
+    from tests.helpers.corpora import make_corpus, save_classifier
     corpus = make_corpus(tmp_path / "corpus")
     model = save_classifier(tmp_path / "A.pt", 1)
     rt = round_trip(model, corpus, n=4, vocoder=GriffinLimVocoder(PAPER, n_iter=16))

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
-
 from analysis.report import ReportOptions, build_report, sha256_file, table_sha256
 from analysis.table import EXCLUDE_RULES, Exclusion, read_mturk
+from config.commands import HearsayCommand
 from hearsay.errors import HearsayError
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = "Accuracy, confusions, ratings and statistical comparisons of a listening test in one report folder."
+    interrupted = "interrupted: the previous report, if any, is unchanged; rerun the command"
 
     def add_arguments(self, parser):
         source = parser.add_mutually_exclusive_group(required=True)
@@ -32,16 +32,13 @@ class Command(BaseCommand):
                             help="subsample answers above this count for the mixed model (default: fit on all)")
 
     def handle(self, *args, **opts):
-        try:
-            out = run(experiment=opts.get("experiment"), mturk_csv=opts.get("mturk_csv"),
-                      manifest=opts.get("manifest"), batch_key=opts.get("batch_key"), strict=opts["strict"],
-                      out=opts["out"], exclude=opts["exclude"],
-                      min_gold_accuracy=opts["min_gold_accuracy"], include_machines=opts["include_machines"],
-                      objective=opts.get("objective"), tsne=opts.get("tsne"), seed=opts["seed"],
-                      mixed_max_answers=opts["mixed_max_answers"], progress=opts.get("verbosity", 1) > 0,
-                      note=lambda line: self.stdout.write(self.style.WARNING(line)))
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from exc
+        out = run(experiment=opts.get("experiment"), mturk_csv=opts.get("mturk_csv"),
+                  manifest=opts.get("manifest"), batch_key=opts.get("batch_key"), strict=opts["strict"],
+                  out=opts["out"], exclude=opts["exclude"],
+                  min_gold_accuracy=opts["min_gold_accuracy"], include_machines=opts["include_machines"],
+                  objective=opts.get("objective"), tsne=opts.get("tsne"), seed=opts["seed"],
+                  mixed_max_answers=opts["mixed_max_answers"], progress=opts.get("verbosity", 1) > 0,
+                  note=lambda line: self.stdout.write(self.style.WARNING(line)))
         self.stdout.write(f"report written to {out / 'report.html'}")
 
 

@@ -19,7 +19,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError, CommandParser
 
-from evaluation.management.base import HearsayCommand
+from config.commands import HearsayCommand
 from evaluation.models import Experiment
 
 EXPERIMENT = "demo"
@@ -27,6 +27,7 @@ EXPERIMENT = "demo"
 
 class Command(HearsayCommand):
     help = "Run the whole Hearsay study on the built-in corpus and serve the survey at http://127.0.0.1:8000."
+    interrupted = "interrupted: rerun the same command to resume; finished steps are skipped"
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--out", default=str(settings.DATA_DIR / "demo"), help="working folder (default var/demo)")

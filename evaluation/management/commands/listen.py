@@ -1,8 +1,8 @@
 """manage.py listen: a machine listener answers an experiment like a person would."""
 from django.core.management.base import CommandError, CommandParser
 
+from config.commands import HearsayCommand
 from evaluation.machine import asr_judge, evaluator_judge, listen
-from evaluation.management.base import HearsayCommand
 from evaluation.models import Experiment
 
 
@@ -11,6 +11,7 @@ class Command(HearsayCommand):
         "Let a machine answer every test and gold clip of an experiment through the survey's own answer path: "
         "--machine evaluator (a classifier checkpoint, e.g. the independent B) or --machine asr (pocketsphinx)."
     )
+    interrupted = "interrupted: answers given so far are kept; rerun the same command to go on"
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--experiment", required=True, help="experiment slug")

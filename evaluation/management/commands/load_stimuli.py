@@ -1,13 +1,14 @@
 """manage.py load_stimuli MANIFEST --experiment SLUG: add a generated stimulus set to an experiment."""
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from config.commands import HearsayCommand
 from evaluation.models import Experiment
 from evaluation.stimuli import load_manifest
-from hearsay.errors import HearsayError
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = "Validate a manifest.csv and its wav files, then load them (idempotently) into an experiment."
+    interrupted = "interrupted: nothing was loaded; rerun the command"
 
     def add_arguments(self, parser):
         parser.add_argument("manifest", help="manifest.csv written by generation (files relative to its folder)")
@@ -25,12 +26,9 @@ class Command(BaseCommand):
             raise CommandError(f"no experiment named {opts['experiment']!r}; pass --create to make it")
         if opts["ratings_per_stimulus"] is not None and opts["ratings_per_stimulus"] < 1:
             raise CommandError("--ratings-per-stimulus must be at least 1")
-        try:
-            report = load_manifest(
-                opts["manifest"], opts["experiment"], create=opts["create"], task=opts["task"], words=opts["words"],
-                ratings_per_stimulus=opts["ratings_per_stimulus"], title=opts["title"],
-                gold_from_corpus=opts["gold_from_corpus"], gold_per_word=opts["gold_per_word"],
-            )
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
+        report = load_manifest(
+            opts["manifest"], opts["experiment"], create=opts["create"], task=opts["task"], words=opts["words"],
+            ratings_per_stimulus=opts["ratings_per_stimulus"], title=opts["title"],
+            gold_from_corpus=opts["gold_from_corpus"], gold_per_word=opts["gold_per_word"],
+        )
         self.stdout.write(report.summary())

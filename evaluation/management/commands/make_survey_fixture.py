@@ -8,12 +8,14 @@ import secrets
 from pathlib import Path
 
 import numpy as np
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from scipy.signal import butter, sosfilt
 
+from config.commands import HearsayCommand
 from evaluation.audio import wav_bytes
 from generation import espeak
 from hearsay.manifest import MANIFEST_NAME, ORIGINAL_CONDITION, PAPER_CONDITIONS, write_manifest
+
 
 _NOISE, _DECODER_TEST = PAPER_CONDITIONS[0], PAPER_CONDITIONS[3]
 CONDITIONS = (  # condition, method, init, stage, pairing
@@ -34,8 +36,9 @@ def degrade(samples: np.ndarray, condition: str, stage: str, rng: np.random.Gene
     return sosfilt(sos, samples) + 0.02 * rng.standard_normal(samples.size)
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = "Write a small manifest.csv + wav/ stimulus set (espeak words) for tests and demos."
+    interrupted = "interrupted: no manifest was written; rerun the command"
 
     def add_arguments(self, parser):
         parser.add_argument("out", help="output folder (created)")

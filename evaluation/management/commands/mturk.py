@@ -8,10 +8,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from config.commands import HearsayCommand
 from evaluation import mturk
-from hearsay.errors import HearsayError
 
 DEFAULT_TITLES = {
     "identification": "Listen to short recordings and say which word you hear",
@@ -19,8 +19,9 @@ DEFAULT_TITLES = {
 }
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = "Mechanical Turk: create-hits, status, sync, approve, reject, bonus, expire, export-batch, import-results."
+    interrupted = "interrupted: work done so far is recorded; rerun the same command to resume"
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -75,8 +76,6 @@ class Command(BaseCommand):
         try:
             experiment = mturk.get_experiment(opts["experiment"])
             getattr(self, "do_" + opts["action"].replace("-", "_"))(experiment, opts)
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from exc
         except BotoCoreError as exc:  # no credentials, no network: work done so far is recorded, a rerun resumes
             raise CommandError(f"MTurk call failed: {exc}") from exc
 

@@ -2,8 +2,8 @@
 from django.core.management.base import CommandError, CommandParser
 from django.urls import reverse
 
+from config.commands import HearsayCommand
 from evaluation import prolific
-from evaluation.management.base import HearsayCommand
 from evaluation.models import Experiment
 
 

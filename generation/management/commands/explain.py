@@ -1,8 +1,9 @@
 """`manage.py explain`: attribution maps turned into audio regions, with their faithfulness (seed 002)."""
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from hearsay.errors import HearsayError
+from config.commands import HearsayCommand
 from generation.explain.attribution import DEFAULT_METHODS, METHODS
+from hearsay.errors import HearsayError
 
 
 def number_list(text: str, kind, option: str) -> list:
@@ -15,7 +16,7 @@ def number_list(text: str, kind, option: str) -> list:
     return values
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = (
         "Explain clips of a Speech Commands-layout corpus with captum attribution methods, cut each relevance map into "
         "rectangular time-frequency regions (percentile threshold + HDBSCAN, settings searched on validation clips), "
@@ -24,6 +25,7 @@ class Command(BaseCommand):
         "vs random regions (faithfulness.csv), figures, manifest.csv for load_stimuli, and run.json. "
         f"Methods: {', '.join(METHODS)}. Rerun the same command to resume."
     )
+    interrupted = "interrupted: rerun the same command to resume; finished methods are kept"
 
     def add_arguments(self, parser):
         parser.add_argument("--classifier", required=True, help="classifier checkpoint (--arch conv or paper)")
@@ -50,24 +52,19 @@ class Command(BaseCommand):
         from generation.explain.pipeline import ExplainOptions, run_explain
         from generation.train import resolve_device
 
-        try:
-            if opts["ig_steps"] < 1 or opts["lime_samples"] < 2:
-                raise HearsayError("--ig-steps must be >= 1 and --lime-samples >= 2")
-            options = ExplainOptions(
-                methods=parse_methods(opts["methods"]), n=opts["n"], split=opts["split"], tune_n=opts["tune_n"],
-                target=opts["target"], strategies=[s.strip() for s in opts["audio"].split(",") if s.strip()],
-                percentiles=number_list(opts["percentiles"], float, "--percentiles"),
-                min_cluster_sizes=number_list(opts["min_cluster_sizes"], int, "--min-cluster-sizes"),
-                min_samples=number_list(opts["min_samples"], int, "--min-samples"), runs=opts["random_runs"],
-                attribution=AttributionSettings(ig_steps=opts["ig_steps"], lime_samples=opts["lime_samples"], seed=opts["seed"]),
-                seed=opts["seed"], batch_size=opts["batch_size"],
-            )
-            summary = run_explain(opts["classifier"], opts["corpus"], opts["out"], options,
-                                  device=resolve_device(opts["device"]), progress=opts["verbosity"] > 0)
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
-        except KeyboardInterrupt:
-            raise CommandError("interrupted: rerun the same command to resume; finished methods are kept") from None
+        if opts["ig_steps"] < 1 or opts["lime_samples"] < 2:
+            raise HearsayError("--ig-steps must be >= 1 and --lime-samples >= 2")
+        options = ExplainOptions(
+            methods=parse_methods(opts["methods"]), n=opts["n"], split=opts["split"], tune_n=opts["tune_n"],
+            target=opts["target"], strategies=[s.strip() for s in opts["audio"].split(",") if s.strip()],
+            percentiles=number_list(opts["percentiles"], float, "--percentiles"),
+            min_cluster_sizes=number_list(opts["min_cluster_sizes"], int, "--min-cluster-sizes"),
+            min_samples=number_list(opts["min_samples"], int, "--min-samples"), runs=opts["random_runs"],
+            attribution=AttributionSettings(ig_steps=opts["ig_steps"], lime_samples=opts["lime_samples"], seed=opts["seed"]),
+            seed=opts["seed"], batch_size=opts["batch_size"],
+        )
+        summary = run_explain(opts["classifier"], opts["corpus"], opts["out"], options,
+                              device=resolve_device(opts["device"]), progress=opts["verbosity"] > 0)
         for row in summary.table:
             self.stdout.write(
                 f"{row['method']:>22}: regions drop {row['mean_drop_regions']:+.3f}, random {row['mean_drop_random']:+.3f}, "

@@ -1,18 +1,20 @@
 """`manage.py generate`: the paper's perceptual stimulus set (conditions 1-4 plus originals)."""
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from hearsay.errors import HearsayError
+from config.commands import HearsayCommand
 from generation.maximize import PRESETS
 from generation.stimuli import DESIGNS
+from hearsay.errors import HearsayError
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = (
         "Maximize, vocode and package the paper's perceptual stimulus set: per word, --per-class samples of "
         "(1) classifier/noise, (2) classifier/test before+after, (3) decoder/noise, (4) decoder/test before "
         "(autoencoder reconstruction) + after + the untouched original. Writes wav/ and features/ under opaque "
         "ids, manifest.csv and run.json. Rerun the same command to resume an interrupted run."
     )
+    interrupted = "interrupted: rerun the same command to resume from the last finished word/condition"
 
     def add_arguments(self, parser):
         parser.add_argument("--classifier", required=True, help="classifier A checkpoint (drives the maximization)")
@@ -40,21 +42,16 @@ class Command(BaseCommand):
             if opts[flag] < 1:
                 raise CommandError(f"--{flag.replace('_', '-')} must be at least 1, got {opts[flag]}")
         words = opts["words"].split(",") if opts["words"] is not None else None
-        try:
-            vocoder = vocoder_for(opts["vocoder"], opts["classifier"], opts["device"])
-            if opts["method"] != "paper":
-                return self.handle_gan(opts, words, vocoder)
-            if not (opts["decoder"] and opts["corpus"]):
-                raise HearsayError("the paper method needs --decoder and --corpus")
-            summary = generate_stimuli(
-                opts["classifier"], opts["evaluator"], opts["decoder"], opts["corpus"], opts["out"],
-                design=opts["design"], per_class=opts["per_class"], max_attempts=opts["max_attempts"], seed=opts["seed"],
-                device=opts["device"], words=words, preset=opts["preset"], vocoder=vocoder, progress=opts["verbosity"] > 0,
-            )
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
-        except KeyboardInterrupt:
-            raise CommandError("interrupted: rerun the same command to resume from the last finished word/condition") from None
+        vocoder = vocoder_for(opts["vocoder"], opts["classifier"], opts["device"])
+        if opts["method"] != "paper":
+            return self.handle_gan(opts, words, vocoder)
+        if not (opts["decoder"] and opts["corpus"]):
+            raise HearsayError("the paper method needs --decoder and --corpus")
+        summary = generate_stimuli(
+            opts["classifier"], opts["evaluator"], opts["decoder"], opts["corpus"], opts["out"],
+            design=opts["design"], per_class=opts["per_class"], max_attempts=opts["max_attempts"], seed=opts["seed"],
+            device=opts["device"], words=words, preset=opts["preset"], vocoder=vocoder, progress=opts["verbosity"] > 0,
+        )
         resumed = f", {summary.units_resumed} resumed" if summary.units_resumed else ""
         self.stdout.write(
             f"{summary.out / 'manifest.csv'}: {summary.clips} clips ({summary.units_run} units run{resumed}); "
@@ -66,16 +63,12 @@ class Command(BaseCommand):
 
         if not opts["gan"]:
             raise CommandError(f"--method {opts['method']} needs --gan (a generator checkpoint from manage.py train_gan)")
-        try:
-            s = generate_gan_stimuli(
-                opts["classifier"], opts["evaluator"], opts["gan"], opts["out"], method=opts["method"], per_class=opts["per_class"],
-                max_attempts=opts["max_attempts"], seed=opts["seed"], device=opts["device"], words=words, preset=opts["preset"],
-                vocoder=vocoder, progress=opts["verbosity"] > 0,
-            )
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
-        except KeyboardInterrupt:
-            raise CommandError("interrupted: rerun the same command to resume from the last finished word") from None
+        self.interrupted = "interrupted: rerun the same command to resume from the last finished word"
+        s = generate_gan_stimuli(
+            opts["classifier"], opts["evaluator"], opts["gan"], opts["out"], method=opts["method"], per_class=opts["per_class"],
+            max_attempts=opts["max_attempts"], seed=opts["seed"], device=opts["device"], words=words, preset=opts["preset"],
+            vocoder=vocoder, progress=opts["verbosity"] > 0,
+        )
         total = {k: f"{v:.0%}" if isinstance(v, float) else "n/a" for k, v in s.enhancer[-1].items()}
         self.stdout.write(
             f"{s.out / 'manifest.csv'}: {s.clips} clips ({s.words_run} words run, {s.words_resumed} resumed); {s.unconverged} unconverged, "

@@ -1,10 +1,8 @@
 """`manage.py importance_masks`: the sparsest binary mask that keeps each clip's decision, as figures and audio (seed 001)."""
-from django.core.management.base import BaseCommand, CommandError
-
-from hearsay.errors import HearsayError
+from config.commands import HearsayCommand
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = (
         "For each clip, optimize the sparsest binary mask M with the same top class on M x X as on X (a sigmoid "
         "relaxation with a sparsity penalty, binarized and verified); write the kept share (masks.csv), a GIF of the "
@@ -12,6 +10,7 @@ class Command(BaseCommand):
         "below 0.1/0.2/0.3 (plus equal-size random controls), the muting figure, manifest.csv and run.json. "
         "Rerun the same command to resume."
     )
+    interrupted = "interrupted: rerun the same command to resume; finished batches are kept"
 
     def add_arguments(self, parser):
         parser.add_argument("--classifier", required=True, help="classifier checkpoint (--arch conv or paper)")
@@ -31,17 +30,12 @@ class Command(BaseCommand):
         from generation.explain.masks import MaskSettings, run_importance_masks
         from generation.train import resolve_device
 
-        try:
-            summary = run_importance_masks(
-                opts["classifier"], opts["corpus"], opts["out"], n=opts["n"], split=opts["split"],
-                settings=MaskSettings(steps=opts["steps"], lr=opts["lr"], sparsity=opts["sparsity"]), seed=opts["seed"],
-                batch_size=opts["batch_size"], device=resolve_device(opts["device"]), animations=opts["animations"],
-                progress=opts["verbosity"] > 0,
-            )
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
-        except KeyboardInterrupt:
-            raise CommandError("interrupted: rerun the same command to resume; finished batches are kept") from None
+        summary = run_importance_masks(
+            opts["classifier"], opts["corpus"], opts["out"], n=opts["n"], split=opts["split"],
+            settings=MaskSettings(steps=opts["steps"], lr=opts["lr"], sparsity=opts["sparsity"]), seed=opts["seed"],
+            batch_size=opts["batch_size"], device=resolve_device(opts["device"]), animations=opts["animations"],
+            progress=opts["verbosity"] > 0,
+        )
         self.stdout.write(
             f"{summary.out}: {summary.clips} clips, masks keep {100 * summary.mean_kept_share:.1f}% of the input on average, "
             f"{summary.verified} verified after binarization, {summary.seconds:.1f} s; masks.csv, manifest.csv, figures/ written"

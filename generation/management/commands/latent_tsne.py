@@ -1,15 +1,16 @@
 """`manage.py latent_tsne`: the paper's figure of how maximization moves real utterances in latent space."""
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from hearsay.errors import HearsayError
+from config.commands import HearsayCommand
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = (
         "Encode a split's utterances with the autoencoder, maximize each toward its own word through the decoder "
         "(paper preset), and plot a t-SNE of original and maximized latents coloured by word and by speaker, with "
         "arrows and utterances misclassified by A marked. Writes OUT/tsne.png, tsne.pdf, tsne.csv and tsne.json."
     )
+    interrupted = "interrupted: nothing was written; rerun the command"
 
     def add_arguments(self, parser):
         parser.add_argument("--encoder", help="autoencoder checkpoint")
@@ -31,16 +32,11 @@ class Command(BaseCommand):
             return self.handle_gan(opts)
         if not (opts["encoder"] and opts["corpus"]):
             raise CommandError("--encoder and --corpus are needed (or --gan for a GAN's latents)")
-        try:
-            record = run_latent_tsne(
-                opts["encoder"], opts["classifier"], opts["corpus"], opts["out"], split=opts["split"],
-                max_utterances=opts["max_utterances"], seed=opts["seed"], device=resolve_device(opts["device"]),
-                progress=opts["verbosity"] > 0,
-            )
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
-        except KeyboardInterrupt:
-            raise CommandError("interrupted: nothing was written; rerun the command") from None
+        record = run_latent_tsne(
+            opts["encoder"], opts["classifier"], opts["corpus"], opts["out"], split=opts["split"],
+            max_utterances=opts["max_utterances"], seed=opts["seed"], device=resolve_device(opts["device"]),
+            progress=opts["verbosity"] > 0,
+        )
         self.stdout.write(
             f"{opts['out']}: t-SNE of {record['utterances']} {record['split']} utterances "
             f"({record['misclassified']} misclassified by A, {record['failed']} failed) -> tsne.png, tsne.pdf, tsne.csv"
@@ -50,11 +46,8 @@ class Command(BaseCommand):
         from generation.gan import run_gan_tsne
         from generation.train import resolve_device
 
-        try:
-            record = run_gan_tsne(opts["gan"], opts["classifier"], opts["out"], per_word=opts["per_word"], seed=opts["seed"],
-                                  device=resolve_device(opts["device"]))
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
+        record = run_gan_tsne(opts["gan"], opts["classifier"], opts["out"], per_word=opts["per_word"], seed=opts["seed"],
+                              device=resolve_device(opts["device"]))
         self.stdout.write(
             f"{opts['out']}: t-SNE of {record['samples']} {record['method']} latents ({record['maximized_target']} reach their word for A, "
             f"{record['failed']} failed) -> tsne.png, tsne.pdf, tsne.csv"

@@ -1,6 +1,7 @@
 """manage.py make_corpus: write the built-in offline espeak corpus in the Speech Commands V2 layout."""
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandParser
 
+from config.commands import HearsayCommand
 from generation.corpus import SPEECH_COMMANDS_WORDS, CorpusSettings, build_corpus
 from hearsay.errors import HearsayError
 
@@ -22,8 +23,9 @@ def _noise(text: str) -> tuple[float, float] | None:
     return low, high
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = "Synthesize the built-in speech-command corpus offline with eSpeak NG (Speech Commands V2 layout)."
+    interrupted = "interrupted; run the same command again to resume where it stopped"
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--out", required=True, help="new or empty folder (or an unfinished run of the same settings, which is resumed)")
@@ -35,15 +37,10 @@ class Command(BaseCommand):
         parser.add_argument("--jobs", type=int, default=1, help="parallel synthesis processes (default 1)")
 
     def handle(self, *args, **options) -> None:
-        try:
-            settings = CorpusSettings(
-                words=_words(options["words"]), speakers=options["speakers"], seed=options["seed"],
-                noise_db=_noise(options["noise_db"]), takes=options["takes"],
-            )
-            report = build_corpus(options["out"], settings, jobs=options["jobs"], progress=options["verbosity"] > 0)
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
-        except KeyboardInterrupt:
-            raise CommandError("interrupted; run the same command again to resume where it stopped") from None
+        settings = CorpusSettings(
+            words=_words(options["words"]), speakers=options["speakers"], seed=options["seed"],
+            noise_db=_noise(options["noise_db"]), takes=options["takes"],
+        )
+        report = build_corpus(options["out"], settings, jobs=options["jobs"], progress=options["verbosity"] > 0)
         speed = f"; {report.clips_per_second:.1f} clips/s" if report.written else ""
         self.stdout.write(f"{report.out}: {report.written} clips written, {report.skipped} already there{speed}")

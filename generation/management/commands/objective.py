@@ -1,16 +1,15 @@
 """`manage.py objective`: the paper's noise-start experiment, judged by an independent classifier."""
-from django.core.management.base import BaseCommand, CommandError
-
-from hearsay.errors import HearsayError
+from config.commands import HearsayCommand
 from generation.maximize import METHODS, PRESETS
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = (
         "For every word and method, maximize N noise starts toward the word for classifier A and record A's and "
         "B's softmax before and after (OUT/<method>/<word>.npz), B's mean-softmax heatmaps (heatmap_<method>.png/.pdf/.csv) "
         "and how often A and B pick the target (summary.csv). Rerunning the same command resumes after an interruption."
     )
+    interrupted = "interrupted: rerun the same command to resume; finished words are kept"
 
     def add_arguments(self, parser):
         parser.add_argument("--classifier", required=True, help="classifier A checkpoint (the one maximized)")
@@ -34,18 +33,13 @@ class Command(BaseCommand):
         from generation.train import resolve_device
 
         words = [w for item in opts["words"] or [] for w in item.split(",") if w]
-        try:
-            run = run_objective(
-                opts["classifier"], opts["evaluator"], opts["decoder"], opts["out"], n=opts["n"], words=words or None,
-                methods=[m.strip() for m in opts["methods"].split(",") if m.strip()], preset_name=opts["preset"],
-                seed=opts["seed"], device=resolve_device(opts["device"]), batch_size=opts["batch_size"],
-                progress=opts["verbosity"] > 0,
-                gans={m: opts[k] for m, k in (("gan", "gan"), ("cgan", "cgan"), ("wave-gan", "wave_gan")) if opts[k]},
-            )
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
-        except KeyboardInterrupt:
-            raise CommandError("interrupted: rerun the same command to resume; finished words are kept") from None
+        run = run_objective(
+            opts["classifier"], opts["evaluator"], opts["decoder"], opts["out"], n=opts["n"], words=words or None,
+            methods=[m.strip() for m in opts["methods"].split(",") if m.strip()], preset_name=opts["preset"],
+            seed=opts["seed"], device=resolve_device(opts["device"]), batch_size=opts["batch_size"],
+            progress=opts["verbosity"] > 0,
+            gans={m: opts[k] for m, k in (("gan", "gan"), ("cgan", "cgan"), ("wave-gan", "wave_gan")) if opts[k]},
+        )
         self.stdout.write(format_summary(run))
         self.stdout.write(
             f"{run.out}: {run.computed} word(s) computed, {run.resumed} resumed, {run.seconds:.1f} s; "

@@ -1,15 +1,14 @@
 """`manage.py train_autoencoder`: the paper's autoencoder, whose decoder is the prior for maximization."""
-from django.core.management.base import BaseCommand, CommandError
-
-from hearsay.errors import HearsayError
+from config.commands import HearsayCommand
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = (
         "Train the paper's autoencoder (conv encoder, linear latent, sigmoid decoder, BCE) on a Speech Commands "
         "V2-layout folder; keeps the epoch with the lowest validation BCE and reports test BCE and MSE. "
         "An interrupted run resumes from FILE.partial when rerun with the same arguments."
     )
+    interrupted = "interrupted: rerun the same command to resume from the last finished epoch"
 
     def add_arguments(self, parser):
         parser.add_argument("--data", required=True, help="corpus folder in the Speech Commands V2 layout")
@@ -25,16 +24,11 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         from generation.train import train_autoencoder
 
-        try:
-            ckpt = train_autoencoder(
-                opts["data"], opts["out"], epochs=opts["epochs"], seed=opts["seed"], latent=opts["latent"],
-                batch_size=opts["batch_size"], lr=opts["lr"], device=opts["device"], init_from=opts["init_from"],
-                progress=opts["verbosity"] > 0,
-            )
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
-        except KeyboardInterrupt:
-            raise CommandError("interrupted: rerun the same command to resume from the last finished epoch") from None
+        ckpt = train_autoencoder(
+            opts["data"], opts["out"], epochs=opts["epochs"], seed=opts["seed"], latent=opts["latent"],
+            batch_size=opts["batch_size"], lr=opts["lr"], device=opts["device"], init_from=opts["init_from"],
+            progress=opts["verbosity"] > 0,
+        )
         m = ckpt.metrics
         self.stdout.write(
             f"{ckpt.path}: test BCE {m['test_bce']:.4f}, MSE {m['test_mse']:.5f} on {m['n_test']} held-out clips "

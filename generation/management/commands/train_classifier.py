@@ -1,11 +1,9 @@
 """`manage.py train_classifier`: one speech-command classifier per run (A, or B with another seed)."""
-from django.core.management.base import BaseCommand, CommandError
-
-from hearsay.errors import HearsayError
+from config.commands import HearsayCommand
 from generation.nets import CLASSIFIERS
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = (
         "Train a speech-command classifier on a Speech Commands V2-layout folder, choose the epoch on the "
         "validation split and report accuracy on the test split (speakers unseen in training). "
@@ -13,6 +11,7 @@ class Command(BaseCommand):
         "The independent evaluator B is the same command with another --seed (e.g. A: --seed 1, B: --seed 2). "
         "An interrupted run resumes from FILE.partial when rerun with the same arguments."
     )
+    interrupted = "interrupted: rerun the same command to resume from the last finished epoch"
 
     def add_arguments(self, parser):
         parser.add_argument("--data", required=True, help="corpus folder in the Speech Commands V2 layout")
@@ -30,16 +29,11 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         from generation.train import train_classifier
 
-        try:
-            ckpt = train_classifier(
-                opts["data"], opts["out"], epochs=opts["epochs"], seed=opts["seed"], arch=opts["arch"],
-                batch_size=opts["batch_size"], lr=opts["lr"], schedule=opts["schedule"], augmentation=not opts["no_augment"],
-                device=opts["device"], init_from=opts["init_from"], progress=opts["verbosity"] > 0,
-            )
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
-        except KeyboardInterrupt:
-            raise CommandError("interrupted: rerun the same command to resume from the last finished epoch") from None
+        ckpt = train_classifier(
+            opts["data"], opts["out"], epochs=opts["epochs"], seed=opts["seed"], arch=opts["arch"],
+            batch_size=opts["batch_size"], lr=opts["lr"], schedule=opts["schedule"], augmentation=not opts["no_augment"],
+            device=opts["device"], init_from=opts["init_from"], progress=opts["verbosity"] > 0,
+        )
         m = ckpt.metrics
         self.stdout.write(
             f"{ckpt.path}: test accuracy {m['test_accuracy']:.2%} on {m['n_test']} held-out clips "

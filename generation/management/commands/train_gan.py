@@ -1,10 +1,8 @@
 """`manage.py train_gan`: a GAN prior (log-mel or raw-waveform generator, plain or conditional on the word)."""
-from django.core.management.base import BaseCommand, CommandError
-
-from hearsay.errors import HearsayError
+from config.commands import HearsayCommand
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = (
         "Train a GAN whose generator serves as a prior for maximization (seed 004): --domain mel generates log-mel "
         "features, --domain wave raw audio judged through a differentiable copy of the feature pipeline; --conditional "
@@ -12,6 +10,7 @@ class Command(BaseCommand):
         "conditional samples per word and the Fréchet distance in B's penultimate layer, and writes FILE.samples.png. "
         "An interrupted run resumes from FILE.partial when rerun with the same arguments (--epochs may grow)."
     )
+    interrupted = "interrupted: rerun the same command to resume from the last finished epoch"
 
     def add_arguments(self, parser):
         from generation.gan import DOMAINS, GanSettings
@@ -38,13 +37,8 @@ class Command(BaseCommand):
             domain=opts["domain"], conditional=opts["conditional"], epochs=opts["epochs"], batch_size=opts["batch_size"],
             latent=opts["latent"], width=opts["width"], lr_g=opts["lr_g"], lr_d=opts["lr_d"], seed=opts["seed"],
         )
-        try:
-            ckpt = train_gan(opts["data"], opts["out"], settings=settings, evaluator=opts["evaluator"], device=opts["device"],
-                             progress=opts["verbosity"] > 0)
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
-        except KeyboardInterrupt:
-            raise CommandError("interrupted: rerun the same command to resume from the last finished epoch") from None
+        ckpt = train_gan(opts["data"], opts["out"], settings=settings, evaluator=opts["evaluator"], device=opts["device"],
+                         progress=opts["verbosity"] > 0)
         m = ckpt.metrics
         parts = [f"{ckpt.train_config['epochs_run']} epochs in {m['train_seconds']:.0f} s ({m['train_cpu_seconds']:.0f} CPU s)"]
         if "b_accuracy" in m:

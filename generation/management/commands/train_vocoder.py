@@ -1,16 +1,15 @@
 """`manage.py train_vocoder`: a neural vocoder for our features, trained on the corpus at hand."""
-from django.core.management.base import BaseCommand, CommandError
-
-from hearsay.errors import HearsayError
+from config.commands import HearsayCommand
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = (
         "Train a Vocos-style neural vocoder (ConvNeXt + inverse STFT; multi-period and multi-resolution discriminators) "
         "on the training split of a Speech Commands V2-layout folder; reports feature L1 and mel-cepstral distortion of "
         "re-extracted test clips beside Griffin-Lim's. An interrupted run resumes from FILE.partial when rerun with the "
         "same arguments (--epochs may grow). Use it with --vocoder FILE in generate and demo."
     )
+    interrupted = "interrupted: rerun the same command to resume from the last finished epoch"
 
     def add_arguments(self, parser):
         from generation.neural_vocoder import TrainSettings
@@ -36,12 +35,7 @@ class Command(BaseCommand):
             epochs=opts["epochs"], batch_size=opts["batch_size"], segment_frames=opts["segment_frames"], lr=opts["lr"],
             adversarial_after=opts["adversarial_after"], seed=opts["seed"], dim=opts["dim"], layers=opts["layers"],
         )
-        try:
-            ckpt = train_vocoder(opts["data"], opts["out"], settings=settings, device=opts["device"], progress=opts["verbosity"] > 0)
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
-        except KeyboardInterrupt:
-            raise CommandError("interrupted: rerun the same command to resume from the last finished epoch") from None
+        ckpt = train_vocoder(opts["data"], opts["out"], settings=settings, device=opts["device"], progress=opts["verbosity"] > 0)
         m = ckpt.metrics
         self.stdout.write(
             f"{ckpt.path}: on {m['n_test']} held-out clips feature L1 {m['test_feature_l1']:.4f} (Griffin-Lim "

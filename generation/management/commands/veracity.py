@@ -1,10 +1,9 @@
 """`manage.py veracity`: LIME under targeted adversarial attack, partial perturbations and drawn "horses" (seed 003)."""
-from django.core.management.base import BaseCommand, CommandError
-
+from config.commands import HearsayCommand
 from hearsay.errors import HearsayError
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = (
         "Attack clips toward a random other word (on the waveform through the feature pipeline, or on the log-mel input; "
         "L-infinity bound, SNR reported), explain each successful adversarial clip with LIME on time segments and on "
@@ -12,6 +11,7 @@ class Command(BaseCommand):
         "perturbed segments (veracity.csv, figures/veracity); partial perturbations confined to a few cells (does LIME "
         "find them?); drawn patterns that flip the label and whether each attribution method points at them (horses.csv)."
     )
+    interrupted = "interrupted: rerun the same command to resume (the attacks are kept)"
 
     def add_arguments(self, parser):
         parser.add_argument("--classifier", required=True, help="classifier checkpoint (--arch conv or paper)")
@@ -40,22 +40,17 @@ class Command(BaseCommand):
         from generation.train import resolve_device
 
         try:
-            try:
-                ks = tuple(int(k) for k in opts["k"].split(",") if k.strip())
-            except ValueError:
-                raise HearsayError(f"--k must be comma-separated whole numbers, got {opts['k']!r}") from None
-            options = VeracityOptions(
-                attack=opts["attack"], n=opts["n"], split=opts["split"], epsilon=opts["epsilon"], steps=opts["steps"], lr=opts["lr"],
-                c=opts["c"], segments_time=opts["segments_time"], segments_freq=opts["segments_freq"], lime_samples=opts["lime_samples"],
-                ks=ks, partial_segments=opts["partial_segments"], horse_methods=tuple(parse_methods(opts["horse_methods"])),
-                seed=opts["seed"], batch_size=opts["batch_size"],
-            )
-            summary = run_veracity(opts["classifier"], opts["corpus"], opts["out"], options, device=resolve_device(opts["device"]),
-                                   progress=opts["verbosity"] > 0)
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
-        except KeyboardInterrupt:
-            raise CommandError("interrupted: rerun the same command to resume (the attacks are kept)") from None
+            ks = tuple(int(k) for k in opts["k"].split(",") if k.strip())
+        except ValueError:
+            raise HearsayError(f"--k must be comma-separated whole numbers, got {opts['k']!r}") from None
+        options = VeracityOptions(
+            attack=opts["attack"], n=opts["n"], split=opts["split"], epsilon=opts["epsilon"], steps=opts["steps"], lr=opts["lr"],
+            c=opts["c"], segments_time=opts["segments_time"], segments_freq=opts["segments_freq"], lime_samples=opts["lime_samples"],
+            ks=ks, partial_segments=opts["partial_segments"], horse_methods=tuple(parse_methods(opts["horse_methods"])),
+            seed=opts["seed"], batch_size=opts["batch_size"],
+        )
+        summary = run_veracity(opts["classifier"], opts["corpus"], opts["out"], options, device=resolve_device(opts["device"]),
+                               progress=opts["verbosity"] > 0)
         self.stdout.write(f"attack success: {100 * summary.attack_success:.0f}% of clips")
         for r in summary.table:
             flips = ", ".join(f"top{k[len('lime_top'):]}: LIME {r[k]} vs largest {r['largest_top' + k[len('lime_top'):]]}"

@@ -1,7 +1,7 @@
 """`manage.py visualize`: inputs that maximize chosen units of a layer, beside the corpus clips that excite them most (seed 001)."""
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from hearsay.errors import HearsayError
+from config.commands import HearsayCommand
 
 
 def _numbers(text, kind, option):
@@ -11,13 +11,14 @@ def _numbers(text, kind, option):
         raise CommandError(f"{option} must be a comma-separated list of numbers, got {text!r}") from None
 
 
-class Command(BaseCommand):
+class Command(HearsayCommand):
     help = (
         "For each layer (default: every convolution and dense layer, first to logits) and total-variation weight, learn "
         "the input that maximizes the mean activation of the chosen units (neuron objective - λ x TV), vocode it, and "
         "find the corpus clips that activate the same units most. Writes learned.csv, top_examples.csv, wav/, "
         "figures/grid.png|pdf (layers x λ plus top clips) and one GIF per λ of the inputs over the steps."
     )
+    interrupted = "interrupted: rerun the same command to resume; finished layers are kept"
 
     def add_arguments(self, parser):
         parser.add_argument("--classifier", required=True, help="classifier checkpoint (--arch conv or paper)")
@@ -39,17 +40,12 @@ class Command(BaseCommand):
         from generation.train import resolve_device
 
         layers = [n.strip() for item in opts["layer"] or [] for n in item.split(",") if n.strip()]
-        try:
-            summary = run_visualize(
-                opts["classifier"], opts["out"], layers=layers or None, units=_numbers(opts["units"], int, "--units"),
-                tv=_numbers(opts["tv"], float, "--tv"), steps=opts["steps"], lr=opts["lr"], frames=opts["frames"],
-                corpus=opts["corpus"], split=opts["split"], top=opts["top"], seed=opts["seed"],
-                device=resolve_device(opts["device"]), progress=opts["verbosity"] > 0,
-            )
-        except HearsayError as exc:
-            raise CommandError(str(exc)) from None
-        except KeyboardInterrupt:
-            raise CommandError("interrupted: rerun the same command to resume; finished layers are kept") from None
+        summary = run_visualize(
+            opts["classifier"], opts["out"], layers=layers or None, units=_numbers(opts["units"], int, "--units"),
+            tv=_numbers(opts["tv"], float, "--tv"), steps=opts["steps"], lr=opts["lr"], frames=opts["frames"],
+            corpus=opts["corpus"], split=opts["split"], top=opts["top"], seed=opts["seed"],
+            device=resolve_device(opts["device"]), progress=opts["verbosity"] > 0,
+        )
         for row in summary.learned:
             self.stdout.write(f"{row['layer']:>12} λ={row['tv']:<5g} units {row['units']}: activation {row['activation_start']:.4g} -> {row['activation']:.4g}")
         self.stdout.write(f"{summary.out}: {len(summary.learned)} learned inputs, {summary.seconds:.1f} s; grid and GIFs in figures/")

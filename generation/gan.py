@@ -450,8 +450,7 @@ def train_gan(
     """Train (or resume) a GAN prior on the training split; quality figures use classifier B (`evaluator`) when given."""
     from tqdm import tqdm
 
-    from .neural_vocoder import load_partial
-    from .train import _prepare, partial_path, sibling
+    from .train import _prepare, partial_path, resume_partial, save_partial, sibling
 
     settings.validate()
     corpus, out, dev, cfg = _prepare(corpus_root, out, device, feature_config)
@@ -480,16 +479,8 @@ def train_gan(
     opt_g = torch.optim.Adam(generator.parameters(), lr=settings.lr_g, betas=(0.0, 0.9))
     opt_d = torch.optim.Adam(critic.parameters(), lr=settings.lr_d, betas=(0.0, 0.9))
     state_path = partial_path(out)
-    epoch, history, seconds, cpu_seconds = 0, [], 0.0, 0.0
-    raw = load_partial(state_path, identity)
-    if raw is not None:
-        generator.load_state_dict(raw["generator"])
-        critic.load_state_dict(raw["critic"])
-        opt_g.load_state_dict(raw["opt_g"])
-        opt_d.load_state_dict(raw["opt_d"])
-        epoch, history, seconds, cpu_seconds = int(raw["epoch"]), list(raw["history"]), float(raw["seconds"]), float(raw["cpu_seconds"])
-        torch.set_rng_state(raw["rng_cpu"])
-        gen.set_state(raw["rng_gen"])
+    trained = {"generator": generator, "critic": critic, "opt_g": opt_g, "opt_d": opt_d}
+    epoch, history, seconds, cpu_seconds = resume_partial(state_path, identity, trained, gen)
 
     x_train = feats["train"]
     bar = tqdm(total=settings.epochs, initial=min(epoch, settings.epochs), desc=f"{out.name} ({settings.domain} GAN)", unit="epoch", disable=not progress)
@@ -526,11 +517,7 @@ def train_gan(
         if not (math.isfinite(record["critic_loss"]) and math.isfinite(record["generator_loss"])):
             raise HearsayError(f"training diverged at epoch {epoch} (NaN loss); lower the learning rates")
         history.append(record)
-        checkpoint.atomic_torch_save({
-            "identity": identity, "generator": generator.state_dict(), "critic": critic.state_dict(), "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(), "epoch": epoch, "history": history, "seconds": seconds, "cpu_seconds": cpu_seconds,
-            "rng_cpu": torch.get_rng_state(), "rng_gen": gen.get_state(),
-        }, state_path)
+        save_partial(state_path, identity, trained, gen, epoch=epoch, history=history, seconds=seconds, cpu_seconds=cpu_seconds)
         bar.set_postfix(d=f"{record['critic_loss']:.3f}", g=f"{record['generator_loss']:.3f}")
         bar.update(1)
         if on_epoch:

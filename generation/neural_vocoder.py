@@ -404,22 +404,6 @@ def evaluate(model: nn.Module, waves: torch.Tensor, feats: torch.Tensor, cfg: Fe
     return {"feature_l1": float(torch.cat(l1).mean()) if l1 else float("nan"), "mcd_db": float(torch.cat(mcd).mean()) if mcd else float("nan")}
 
 
-def load_partial(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
-    """The saved state of an interrupted run, if any; refused when it was started with other arguments or data."""
-    if not path.is_file():
-        return None
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raise HearsayError(f"{path} is unreadable; delete it to start training afresh") from None
-    theirs = raw.get("identity", {}) if isinstance(raw, dict) else {}
-    diff = sorted(k for k in set(theirs) | set(identity) if theirs.get(k) != identity.get(k))
-    if diff:
-        raise HearsayError(f"{path} belongs to a run with different {'data' if 'data_fingerprint' in diff else 'arguments'} "
-                           f"({', '.join(diff)}); rerun with the same ones or delete it")
-    return raw
-
-
 def train_vocoder(
     corpus_root: str | Path,
     out: str | Path,
@@ -433,7 +417,7 @@ def train_vocoder(
     """Train (or resume) a vocoder on the corpus' training split; validation and test clips are only measured."""
     from tqdm import tqdm
 
-    from .train import _prepare, partial_path, sibling
+    from .train import _prepare, partial_path, resume_partial, save_partial, sibling
 
     corpus, out, dev, cfg = _prepare(corpus_root, out, device, feature_config)
     settings.validate(cfg)
@@ -456,16 +440,8 @@ def train_vocoder(
     opt_g = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.8, 0.99))
     opt_d = torch.optim.AdamW(disc.parameters(), lr=settings.lr, betas=(0.8, 0.99))
     state_path = partial_path(out)
-    epoch, history, seconds, cpu_seconds = 0, [], 0.0, 0.0
-    raw = load_partial(state_path, identity)
-    if raw is not None:
-        model.load_state_dict(raw["generator"])
-        disc.load_state_dict(raw["discriminators"])
-        opt_g.load_state_dict(raw["opt_g"])
-        opt_d.load_state_dict(raw["opt_d"])
-        epoch, history, seconds, cpu_seconds = int(raw["epoch"]), list(raw["history"]), float(raw["seconds"]), float(raw["cpu_seconds"])
-        torch.set_rng_state(raw["rng_cpu"])
-        gen.set_state(raw["rng_gen"])
+    trained = {"generator": model, "discriminators": disc, "opt_g": opt_g, "opt_d": opt_d}
+    epoch, history, seconds, cpu_seconds = resume_partial(state_path, identity, trained, gen)
 
     bar = tqdm(total=settings.epochs, initial=min(epoch, settings.epochs), desc=f"{out.name} (vocoder)", unit="epoch", disable=not progress)
     if epoch:
@@ -510,11 +486,7 @@ def train_vocoder(
         record = {"epoch": epoch, "adversarial": adversarial, "steps": steps, **{f"train_{k}": v / steps for k, v in sums.items()},
                   **{f"val_{k}": v for k, v in evaluate(model, val_waves, val_feats, cfg, dev).items()}, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1)}
         history.append(record)
-        checkpoint.atomic_torch_save({
-            "identity": identity, "generator": model.state_dict(), "discriminators": disc.state_dict(), "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(), "epoch": epoch, "history": history, "seconds": seconds, "cpu_seconds": cpu_seconds,
-            "rng_cpu": torch.get_rng_state(), "rng_gen": gen.get_state(),
-        }, state_path)
+        save_partial(state_path, identity, trained, gen, epoch=epoch, history=history, seconds=seconds, cpu_seconds=cpu_seconds)
         bar.set_postfix(mel_l1=f"{record['train_mel_l1']:.3f}", val_l1=f"{record['val_feature_l1']:.4f}", mcd=f"{record['val_mcd_db']:.2f}")
         bar.update(1)
         if on_epoch:

@@ -53,6 +53,48 @@ def partial_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def _load_partial(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved state of an interrupted run, if any; refused when it was started with other arguments or data."""
+    if not path.is_file():
+        return None
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise HearsayError(f"{path} is unreadable; delete it to start training afresh") from None
+    theirs = raw.get("identity", {}) if isinstance(raw, dict) else {}
+    diff = sorted(k for k in set(theirs) | set(identity) if theirs.get(k) != identity.get(k))
+    if diff:
+        raise HearsayError(f"{path} belongs to a run with different {'data' if 'data_fingerprint' in diff else 'arguments'} "
+                           f"({', '.join(diff)}); rerun with the same ones or delete it")
+    return raw
+
+
+def resume_partial(path: Path, identity: dict[str, Any], parts: dict[str, Any], gen: torch.Generator
+                   ) -> tuple[int, list[dict[str, Any]], float, float]:
+    """Restore an interrupted adversarial run: `parts` (networks and optimizers by name) and the random state.
+
+    Returns (epochs done, history, wall seconds, CPU seconds); a fresh run gives (0, [], 0.0, 0.0).
+    """
+    raw = _load_partial(path, identity)
+    if raw is None:
+        return 0, [], 0.0, 0.0
+    for name, part in parts.items():
+        part.load_state_dict(raw[name])
+    torch.set_rng_state(raw["rng_cpu"])
+    gen.set_state(raw["rng_gen"])
+    return int(raw["epoch"]), list(raw["history"]), float(raw["seconds"]), float(raw["cpu_seconds"])
+
+
+def save_partial(path: Path, identity: dict[str, Any], parts: dict[str, Any], gen: torch.Generator, *, epoch: int,
+                 history: list[dict[str, Any]], seconds: float, cpu_seconds: float) -> None:
+    """Save where an adversarial run stands after an epoch, so `resume_partial` continues it exactly."""
+    checkpoint.atomic_torch_save({
+        "identity": identity, **{name: part.state_dict() for name, part in parts.items()}, "epoch": epoch,
+        "history": history, "seconds": seconds, "cpu_seconds": cpu_seconds,
+        "rng_cpu": torch.get_rng_state(), "rng_gen": gen.get_state(),
+    }, path)
+
+
 def sibling(out: str | Path, suffix: str) -> Path:
     """`<out stem><suffix>` next to the checkpoint, e.g. A.confusion.csv for A.pt."""
     out = Path(out)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from hearsay import atomic
+from hearsay import atomic, csvread
 from hearsay.errors import HearsayError
 
 MANIFEST_NAME = "manifest.csv"
@@ -146,11 +146,9 @@ def read_manifest(path: str | Path) -> Manifest:
         raise HearsayError(f"cannot read manifest {path}: {exc}") from None
     if "\x00" in text:
         raise HearsayError(f"cannot read manifest {path}: it contains a NUL byte (not a text CSV)")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = [h.strip() for h in next(reader, [])]
-    except csv.Error as exc:
-        raise HearsayError(f"{path}:1: malformed CSV: {exc}") from None
+    records = csvread.records(path, text)
+    first = next(records, None)
+    header = [h.strip() for h in first[1]] if first else []
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise HearsayError(f"manifest {path} lacks required column(s): {', '.join(missing)}")
@@ -159,16 +157,7 @@ def read_manifest(path: str | Path) -> Manifest:
     rows: list[ManifestRow] = []
     ids: set[str] = set()
     names: dict[str, int] = {}
-    line = reader.line_num
-    while True:
-        start = line + 1
-        try:
-            record = next(reader, None)
-        except csv.Error as exc:
-            raise HearsayError(f"{path}:{start}: malformed CSV: {exc}") from None
-        line = reader.line_num
-        if record is None:
-            break
+    for start, record in records:
         if not any(cell.strip() for cell in record):
             continue
         where = f"{path}:{start}"

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from hearsay.answers import parse_identification, parse_rating
+from hearsay import csvread
 from hearsay.errors import HearsayError
 
 # The names our batch layout gives its answers (and the original study's rating field).
@@ -170,22 +171,6 @@ class ResultsFile:
         )
 
 
-def _records(path: Path, text: str) -> Iterable[tuple[int, list[str]]]:
-    """(first file line, fields) per record; multi-line cells keep the line numbers right."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    line = 0
-    while True:
-        start = line + 1
-        try:
-            record = next(reader, None)
-        except csv.Error as exc:
-            raise HearsayError(f"{path}:{start}: malformed CSV: {exc}") from None
-        line = reader.line_num
-        if record is None:
-            return
-        yield start, record
-
-
 def read_results(path: str | Path) -> ResultsFile:
     """Read a results CSV; structural problems raise HearsayError naming the file and line."""
     path = Path(path).expanduser()
@@ -197,7 +182,7 @@ def read_results(path: str | Path) -> ResultsFile:
         raise HearsayError(f"cannot read MTurk results file {path}: {exc}") from None
     if "\x00" in text:
         raise HearsayError(f"cannot read MTurk results file {path}: it contains a NUL byte")
-    records = _records(path, text)
+    records = csvread.records(path, text)
     first = next(records, None)
     if first is None:
         raise HearsayError(f"{path} is empty")
@@ -350,7 +335,7 @@ def read_batch_key(path: str | Path) -> dict[str, str]:
         text = path.read_bytes().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise HearsayError(f"cannot read batch key file {path}: {exc}") from None
-    records = _records(path, text)
+    records = csvread.records(path, text)
     first = next(records, None)
     if first is None or tuple(h.strip() for h in first[1]) != KEY_COLUMNS:
         raise HearsayError(f"{path} is not a batch key file (expected the columns {', '.join(KEY_COLUMNS)})")

@@ -723,7 +723,7 @@ def _stage_rating_agreement(res: Analysis, state: dict) -> None:
 def _stage_objective(res: Analysis, state: dict) -> None:
     root = Path(res.options.objective_dir)
     if not root.is_dir():
-        raise HearsayError(f"--objective folder not found: {root}")
+        raise HearsayError(f"objective folder not found: {root}")
     tables, figs = [], []
     summary = root / "summary.csv"
     used = [p for p in (summary, root / "run.json") if p.is_file()]
@@ -749,7 +749,7 @@ def _stage_objective(res: Analysis, state: dict) -> None:
             res.images[name] = pictures[method].read_bytes()
         figs.append(name)
     if not tables and not figs:
-        raise HearsayError(f"--objective folder {root} has no summary.csv and no heatmap_<method>.csv|png")
+        raise HearsayError(f"objective folder {root} has no summary.csv and no heatmap_<method>.csv|png")
     res.inputs.update(_checksums(used))
     res.sections.append(Section("Objective experiment (from generation)", (
         f"Copied from {root.name}: how often maximized inputs are classified as their target by the classifier "
@@ -760,7 +760,7 @@ def _stage_objective(res: Analysis, state: dict) -> None:
 def _stage_tsne(res: Analysis, state: dict) -> None:
     root = Path(res.options.tsne_dir)
     if not root.is_dir():
-        raise HearsayError(f"--tsne folder not found: {root}")
+        raise HearsayError(f"tsne folder not found: {root}")
     tables, figs = [], []
     for path in sorted(root.glob("*.csv")):
         name = f"tsne_{_slug(path.stem)}"
@@ -771,7 +771,7 @@ def _stage_tsne(res: Analysis, state: dict) -> None:
         res.images[name] = path.read_bytes()
         figs.append(name)
     if not tables and not figs:
-        raise HearsayError(f"--tsne folder {root} has no .csv or .png files")
+        raise HearsayError(f"tsne folder {root} has no .csv or .png files")
     res.inputs.update(_checksums(sorted(root.glob("*.csv")) + sorted(root.glob("*.png")) + sorted(root.glob("*.json"))))
     res.sections.append(Section("t-SNE of latents (from generation)", (
         f"Copied from {root.name}: encoded test utterances and their maximized versions embedded by t-SNE."),
@@ -815,7 +815,7 @@ def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: 
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():
-        raise HearsayError(f"--out {out} exists and is not a folder")
+        raise HearsayError(f"output {out} exists and is not a folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         start = time.perf_counter()

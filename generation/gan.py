@@ -430,7 +430,7 @@ class GanSettings:
         if self.domain not in DOMAINS:
             raise HearsayError(f"unknown domain {self.domain!r}; choose from {', '.join(DOMAINS)}")
         if self.epochs < 1 or self.batch_size < 2 or self.latent < 1 or self.width < 1:
-            raise HearsayError("--epochs, --latent and --width must be at least 1 and --batch-size at least 2")
+            raise HearsayError("epochs, latent and width must be at least 1 and batch_size at least 2")
         if not (self.lr_g > 0 and self.lr_d > 0):
             raise HearsayError("learning rates must be positive")
 
@@ -457,9 +457,9 @@ def train_gan(
     b = checkpoint.load(evaluator, dev, kind="classifier") if evaluator is not None else None
     if b is not None:
         if b.feature_config != cfg:
-            raise HearsayError(f"--evaluator {evaluator} reads other features than this GAN is trained on")
+            raise HearsayError(f"evaluator {evaluator} reads other features than this GAN is trained on")
         if b.classes != corpus.classes:
-            raise HearsayError(f"--evaluator {evaluator} knows other words than the corpus at {corpus.root}")
+            raise HearsayError(f"evaluator {evaluator} knows other words than the corpus at {corpus.root}")
     n_classes = len(corpus.classes) if settings.conditional else 0
     if settings.domain == "mel":
         arch_kwargs: dict[str, Any] = {"latent": settings.latent, "n_classes": n_classes, "shape": list(cfg.shape), "width": 2 * settings.width}
@@ -573,7 +573,7 @@ def run_gan_tsne(generator: str | Path, classifier: str | Path, out: str | Path,
     from .objective import save_figure, write_csv
 
     if per_word < 1:
-        raise HearsayError(f"--per-word must be at least 1, got {per_word}")
+        raise HearsayError(f"per_word must be at least 1, got {per_word}")
     device = torch.device(device)
     a = checkpoint.load(classifier, device, kind="classifier")
     g = load(generator, device)
@@ -581,7 +581,7 @@ def run_gan_tsne(generator: str | Path, classifier: str | Path, out: str | Path,
     load_generators({method: generator}, a, device)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise HearsayError(f"--out {out} exists and is not a folder")
+        raise HearsayError(f"output {out} exists and is not a folder")
     targets = torch.arange(len(a.classes)).repeat_interleave(per_word)
     if len(targets) < 2:
         raise HearsayError("t-SNE needs at least 2 samples")

@@ -79,7 +79,7 @@ def generate_gan_stimuli(
     from .train import resolve_device
 
     if per_class < 1 or max_attempts < 1:
-        raise HearsayError("--per-class and --max-attempts must be at least 1")
+        raise HearsayError("per_class and max_attempts must be at least 1")
     dev = resolve_device(device)
     a = checkpoint.load(classifier, dev, kind="classifier")
     b = checkpoint.load(evaluator, dev, kind="classifier")

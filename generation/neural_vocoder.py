@@ -314,10 +314,10 @@ def load_vocoder(spec: str | None, device: str | torch.device = "cpu", cfg: Feat
     if spec is None or spec == "griffin-lim":
         return GriffinLimVocoder(cfg or PAPER, device=device)
     if not Path(spec).is_file():
-        raise HearsayError(f"--vocoder {spec}: no such file; use {VOCODER_CHOICES}")
+        raise HearsayError(f"vocoder {spec}: no such file; use {VOCODER_CHOICES}")
     ckpt = load(spec, device)
     if cfg is not None and ckpt.feature_config != cfg:
-        raise HearsayError(f"--vocoder {spec} was trained on other features (FeatureConfig {ckpt.feature_config.fingerprint()} vs {cfg.fingerprint()})")
+        raise HearsayError(f"vocoder {spec} was trained on other features (FeatureConfig {ckpt.feature_config.fingerprint()} vs {cfg.fingerprint()})")
     return NeuralVocoder(ckpt, device=device)
 
 
@@ -352,11 +352,11 @@ class TrainSettings:
 
     def validate(self, cfg: FeatureConfig) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.adversarial_after < 0:
-            raise HearsayError("--epochs and --batch-size must be at least 1, --lr positive and --adversarial-after >= 0")
+            raise HearsayError("epochs and batch_size must be at least 1, lr positive and adversarial_after >= 0")
         if not 2 <= self.segment_frames <= cfg.n_frames:
-            raise HearsayError(f"--segment-frames must be between 2 and {cfg.n_frames}")
+            raise HearsayError(f"segment_frames must be between 2 and {cfg.n_frames}")
         if min(self.dim, self.hidden, self.layers) < 1:
-            raise HearsayError("--dim, --hidden and --layers must be at least 1")
+            raise HearsayError("dim, hidden and layers must be at least 1")
 
 
 def load_waves(utterances, cfg: FeatureConfig) -> torch.Tensor:

@@ -235,17 +235,17 @@ def run_objective(
     from tqdm import tqdm
 
     if n < 1:
-        raise HearsayError(f"--n must be at least 1, got {n}")
+        raise HearsayError(f"n must be at least 1, got {n}")
     from .gan import load_generators
 
     methods = list(dict.fromkeys([*methods, *(gans or {})]))
     for m in methods:
         if m not in METHODS and m not in (gans or {}):
-            raise HearsayError(f"unknown method {m!r}; choose from {', '.join(METHODS)} (GAN priors: --gan, --cgan, --wave-gan)")
+            raise HearsayError(f"unknown method {m!r}; choose from {', '.join(METHODS)} (GAN priors: gan, cgan, wave-gan)")
     if not methods:
         raise HearsayError("no method chosen; use classifier, decoder or both")
     if "decoder" in methods and decoder is None:
-        raise HearsayError("the decoder method needs --decoder (an autoencoder checkpoint)")
+        raise HearsayError("the decoder method needs an autoencoder checkpoint")
     for m in methods:
         preset(preset_name, m)
     device = torch.device(device)

@@ -90,14 +90,14 @@ def run_latent_tsne(
         raise HearsayError(f"{Path(a.path).name} does not know the corpus word(s) {', '.join(unknown)}")
     if max_utterances is not None:
         if max_utterances < 2:
-            raise HearsayError(f"--max-utterances must be at least 2, got {max_utterances}")
+            raise HearsayError(f"max_utterances must be at least 2, got {max_utterances}")
         if len(utts) > max_utterances:
             utts = sorted(random.Random(seed).sample(utts, max_utterances), key=lambda u: str(u.path))
     if len(utts) < 2:
         raise HearsayError(f"the {split} split has {len(utts)} utterance(s); t-SNE needs at least 2")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise HearsayError(f"--out {out} exists and is not a folder")
+        raise HearsayError(f"output {out} exists and is not a folder")
 
     feats = torch.from_numpy(features_for(utts, a.feature_config, device=device, progress=progress))
     targets = torch.tensor([a.class_index(u.word) for u in utts])

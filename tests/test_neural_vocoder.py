@@ -151,7 +151,7 @@ def test_command_trains_and_reports(corpus, tmp_path, capsys):
     assert "MCD" in capsys.readouterr().out and out.is_file()
     with pytest.raises(CommandError, match="does not exist"):
         call_command("train_vocoder", data=str(tmp_path / "nowhere"), out=str(out), device="cpu", verbosity=0)
-    with pytest.raises(CommandError, match="segment-frames"):
+    with pytest.raises(CommandError, match="segment_frames"):
         call_command("train_vocoder", data=str(corpus), out=str(tmp_path / "W.pt"), segment_frames=1, device="cpu", verbosity=0)
 
 

@@ -136,7 +136,7 @@ def test_failed_run_keeps_the_previous_report_and_leaves_no_temp_folder(tmp_path
     out = tmp_path / "report"
     out.mkdir()
     (out / "report.html").write_text("previous")
-    with pytest.raises(CommandError, match="--objective folder not found"):
+    with pytest.raises(CommandError, match="objective folder not found"):
         call_command("analyze", mturk_csv=str(write_batch(tmp_path)[0]), manifest=str(tmp_path / "manifest.csv"),
                      out=str(out), objective=str(tmp_path / "missing"), verbosity=0)
     assert (out / "report.html").read_text() == "previous"

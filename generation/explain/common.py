@@ -155,13 +155,13 @@ class RunFolder:
                 previous = json.loads(self.path.read_text(encoding="utf-8"))
                 old = previous["identity"]
             except (OSError, ValueError, KeyError, TypeError):
-                raise HearsayError(f"{self.path} is unreadable; delete {self.out} or choose another --out") from None
+                raise HearsayError(f"{self.path} is unreadable; delete {self.out} or choose another output folder") from None
             mine = json.loads(json.dumps(self.identity, default=_jsonable))
             if previous.get("command") != self.command or old != mine:
                 differ = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k)) or ["command"]
-                raise HearsayError(f"{self.out} holds a run made with other settings (differs in: {', '.join(differ)}); choose another --out")
+                raise HearsayError(f"{self.out} holds a run made with other settings (differs in: {', '.join(differ)}); choose another output folder")
         elif self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
-            raise HearsayError(f"--out {self.out} exists and is not an empty folder nor a previous {self.command} run")
+            raise HearsayError(f"output folder {self.out} exists and is not an empty folder nor a previous {self.command} run")
         self.out.mkdir(parents=True, exist_ok=True)
         for stale in self.out.rglob(".*.tmp"):
             stale.unlink()

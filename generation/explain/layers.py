@@ -72,7 +72,7 @@ def run_visualize(classifier, out, *, layers: Sequence[str] | None = None, units
     from tqdm import tqdm
 
     if steps < 1 or frames < 1 or not lr > 0 or top < 0 or any(t < 0 for t in tv) or not tv:
-        raise HearsayError("--steps and --frames must be >= 1, --lr > 0, --top >= 0, --tv non-negative values")
+        raise HearsayError("steps and frames must be >= 1, lr > 0, top >= 0, tv non-negative values")
     started = time.time()
     ckpt = load_classifier(classifier, device)
     model, cfg = ckpt.model, ckpt.feature_config

@@ -44,7 +44,7 @@ class MaskSettings:
 
     def validate(self) -> None:
         if self.steps < 1 or not self.lr > 0 or self.sparsity < 0 or self.snapshots < 1:
-            raise HearsayError("mask settings: --steps >= 1, --lr > 0, --sparsity >= 0")
+            raise HearsayError("mask settings: steps >= 1, lr > 0, sparsity >= 0")
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -124,7 +124,7 @@ def run_importance_masks(classifier, corpus, out, *, n: int = 50, split: str = "
 
     settings.validate()
     if n < 1 or batch_size < 1:
-        raise HearsayError("--n and --batch-size must be at least 1")
+        raise HearsayError("n and batch_size must be at least 1")
     started = time.time()
     ckpt = load_classifier(classifier, device)
     data, pool = read_split(corpus, ckpt, split)

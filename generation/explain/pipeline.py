@@ -60,18 +60,18 @@ class ExplainOptions:
 
     def validate(self) -> None:
         if self.n < 1:
-            raise HearsayError(f"--n must be at least 1, got {self.n}")
+            raise HearsayError(f"n must be at least 1, got {self.n}")
         if self.tune_n < 0:
-            raise HearsayError(f"--tune-n must be >= 0, got {self.tune_n}")
+            raise HearsayError(f"tune_n must be >= 0, got {self.tune_n}")
         if self.target not in TARGETS:
-            raise HearsayError(f"unknown --target {self.target!r}; choose from {', '.join(TARGETS)}")
+            raise HearsayError(f"unknown target {self.target!r}; choose from {', '.join(TARGETS)}")
         bad = [s for s in self.strategies if s not in sonify.STRATEGIES]
         if bad or not self.strategies:
             raise HearsayError(f"unknown audio strategy {bad[0] if bad else ''!r}; choose from {', '.join(sonify.STRATEGIES)}")
         if self.runs < 1:
-            raise HearsayError(f"--random-runs must be at least 1, got {self.runs}")
+            raise HearsayError(f"random_runs must be at least 1, got {self.runs}")
         if self.batch_size < 1:
-            raise HearsayError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise HearsayError(f"batch_size must be at least 1, got {self.batch_size}")
         R.grid(self.percentiles, self.min_cluster_sizes, self.min_samples)
 
     def identity(self) -> dict:
@@ -109,7 +109,7 @@ def run_explain(classifier: str | Path, corpus: str | Path, out: str | Path, opt
     tune_pool = data.split("validation")
     tune_utts = pick(tune_pool, options.tune_n, options.seed + 1) if options.tune_n else []
     if options.tune_n and not tune_utts:
-        raise HearsayError(f"the corpus at {data.root} has no validation clips for the region search; pass --tune-n 0 to use the first value of each search list")
+        raise HearsayError(f"the corpus at {data.root} has no validation clips for the region search; set tune_n to 0 to use the first value of each search list")
     cfg = ckpt.feature_config
     vocoder = vocoder or GriffinLimVocoder(cfg, device=device)
     voc_config = vocoder.config() if hasattr(vocoder, "config") else {"vocoder": type(vocoder).__name__, "sample_rate": vocoder.sample_rate}

@@ -21,6 +21,7 @@ from django.db import transaction
 from evaluation import clean_audio, traps
 from evaluation.models import Experiment, Stimulus
 from hearsay import manifest as manifest_contract
+from hearsay.answers import RATING_LABELS
 from hearsay.errors import HearsayError
 
 MAX_CLIP_SECONDS = 30.0
@@ -216,7 +217,7 @@ def load_manifest(
                 for value, samples in anchors:
                     name = default_storage.save(_opaque_name(), ContentFile(stored[clean_audio.anchor_key(value)]))
                     saved.append(name)
-                    entries.append({"value": value, "label": traps.RATING_LABELS[value], "audio": name, "word": manifest_words[0]})
+                    entries.append({"value": value, "label": RATING_LABELS[value], "audio": name, "word": manifest_words[0]})
                 experiment.anchors = entries
                 experiment.save(update_fields=["anchors"])
     except BaseException:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hearsay.answers import RATING_HINTS, RATING_LABELS  # noqa: F401  (the views read them here)
+from hearsay.answers import RATING_LABELS
 from hearsay.errors import HearsayError
 
 RATE = 16_000  # espeak.synthesize's rate; clean_audio resamples to the experiment's

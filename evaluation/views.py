@@ -24,7 +24,7 @@ from evaluation import assignment as assigning
 from evaluation.audio import HEADPHONE_TRIALS, audio_response, file_response, headphone_trial, parse_range, stored_clip_duration_ms
 from evaluation.forms import TOKEN, AnswerForm, HeadphoneForm
 from evaluation.models import Assignment, Experiment, Participant, Stimulus, UnknownExperiment
-from evaluation.traps import RATING_HINTS, RATING_LABELS
+from hearsay.answers import RATING_HINTS, RATING_LABELS
 
 Step = Participant.Step
 STUDY_FULL = "Thank you! Every clip already has all the answers we need, so there is nothing left to do."

@@ -450,7 +450,7 @@ def train_gan(
     """Train (or resume) a GAN prior on the training split; quality figures use classifier B (`evaluator`) when given."""
     from tqdm import tqdm
 
-    from .train import _prepare, partial_path, resume_partial, save_partial, sibling
+    from .train import _prepare, finish_checkpoint, partial_path, resume_partial, save_partial, sibling
 
     settings.validate()
     corpus, out, dev, cfg = _prepare(corpus_root, out, device, feature_config)
@@ -543,12 +543,7 @@ def train_gan(
                     "selected": "last epoch"}
     ckpt = Checkpoint(kind=KIND, arch=settings.domain, arch_kwargs=arch_kwargs, model=generator, feature_config=cfg, classes=list(corpus.classes),
                       train_config=train_config, metrics=metrics, data_fingerprint=fingerprint, versions=checkpoint.library_versions())
-    checkpoint.save(out, ckpt)
-    atomic.write_text(sibling(out, ".metrics.json"), json.dumps({"train_config": train_config, "metrics": metrics}, indent=2))
-    state_path.unlink(missing_ok=True)
-    ckpt.path = str(out)
-    ckpt.sha256 = checkpoint.file_sha256(out)
-    return ckpt
+    return finish_checkpoint(out, ckpt, state_path)
 
 
 # --------------------------------------------------------------------------- t-SNE of GAN latents

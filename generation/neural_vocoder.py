@@ -18,7 +18,6 @@ training configuration, data fingerprint and held-out metrics.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
-from hearsay import atomic
 
 from . import checkpoint
 from .checkpoint import Checkpoint
@@ -113,6 +111,17 @@ class VocosGenerator(nn.Module):
 # --------------------------------------------------------------------------- discriminators
 
 
+def _judge(x: torch.Tensor, convs: nn.ModuleList, out: nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A discriminator's conv stack: (scores [B, n], every layer's feature map for feature matching)."""
+    maps = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
+        maps.append(x)
+    x = out(x)
+    maps.append(x)
+    return x.flatten(1), maps
+
+
 class PeriodDiscriminator(nn.Module):
     """HiFi-GAN's period discriminator: the wave folded into [T / p, p] columns, 2-D convs along time."""
 
@@ -131,13 +140,7 @@ class PeriodDiscriminator(nn.Module):
         b, t = wave.shape
         pad = (-t) % self.period
         x = F.pad(wave, (0, pad), mode="reflect" if pad < t else "constant").view(b, 1, -1, self.period)
-        maps = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            maps.append(x)
-        x = self.out(x)
-        maps.append(x)
-        return x.flatten(1), maps
+        return _judge(x, self.convs, self.out)
 
 
 class ResolutionDiscriminator(nn.Module):
@@ -158,13 +161,7 @@ class ResolutionDiscriminator(nn.Module):
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, center=True, return_complex=True).abs()
         x = torch.log(spec.clamp(min=1e-5)).unsqueeze(1)
-        maps = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            maps.append(x)
-        x = self.out(x)
-        maps.append(x)
-        return x.flatten(1), maps
+        return _judge(x, self.convs, self.out)
 
 
 class Discriminators(nn.Module):
@@ -417,7 +414,7 @@ def train_vocoder(
     """Train (or resume) a vocoder on the corpus' training split; validation and test clips are only measured."""
     from tqdm import tqdm
 
-    from .train import _prepare, partial_path, resume_partial, save_partial, sibling
+    from .train import _prepare, finish_checkpoint, partial_path, resume_partial, save_partial
 
     corpus, out, dev, cfg = _prepare(corpus_root, out, device, feature_config)
     settings.validate(cfg)
@@ -507,9 +504,4 @@ def train_vocoder(
                     "torch_threads": torch.get_num_threads(), "selected": "last epoch"}
     ckpt = Checkpoint(kind=KIND, arch=ARCH, arch_kwargs=arch_kwargs, model=model.eval(), feature_config=cfg, classes=list(corpus.classes),
                       train_config=train_config, metrics=metrics, data_fingerprint=fingerprint, versions=checkpoint.library_versions())
-    checkpoint.save(out, ckpt)
-    atomic.write_text(sibling(out, ".metrics.json"), json.dumps({"train_config": train_config, "metrics": metrics}, indent=2))
-    state_path.unlink(missing_ok=True)
-    ckpt.path = str(out)
-    ckpt.sha256 = checkpoint.file_sha256(out)
-    return ckpt
+    return finish_checkpoint(out, ckpt, state_path)

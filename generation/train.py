@@ -319,10 +319,11 @@ def _write_confusion(out: Path, classes: list[str], conf: np.ndarray, accuracy: 
     _write_png(sibling(out, ".confusion.png"), fig)
 
 
-def _finish(out: Path, ckpt: Checkpoint, run: _Run) -> Checkpoint:
+def finish_checkpoint(out: Path, ckpt: Checkpoint, partial: Path) -> Checkpoint:
+    """Save the finished model and its metrics beside it, then drop the interrupted-run state it no longer needs."""
     checkpoint.save(out, ckpt)
     _write_text(sibling(out, ".metrics.json"), json.dumps({"train_config": ckpt.train_config, "metrics": ckpt.metrics}, indent=2))
-    run.partial.unlink(missing_ok=True)
+    partial.unlink(missing_ok=True)
     ckpt.path = str(out)
     ckpt.sha256 = file_sha256(out)
     return ckpt
@@ -426,7 +427,7 @@ def train_classifier(
         train_config=train_config, metrics=metrics, data_fingerprint=fingerprint, versions=library_versions(),
     )
     _write_confusion(out, corpus.classes, conf, metrics["test_accuracy"])
-    return _finish(out, ckpt, run)
+    return finish_checkpoint(out, ckpt, run.partial)
 
 
 def train_autoencoder(
@@ -505,4 +506,4 @@ def train_autoencoder(
         kind="autoencoder", arch="paper", arch_kwargs=arch_kwargs, model=model.eval(), feature_config=cfg, classes=list(corpus.classes),
         train_config=train_config, metrics=metrics, data_fingerprint=fingerprint, versions=library_versions(),
     )
-    return _finish(out, ckpt, run)
+    return finish_checkpoint(out, ckpt, run.partial)

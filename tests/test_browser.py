@@ -5,7 +5,6 @@ Cookies are set without Secure here because the live server speaks plain http.
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 

@@ -1,7 +1,6 @@
 """The listener's path through the survey, as a browser without JavaScript would take it (Django test client)."""
 from __future__ import annotations
 
-import re
 
 import pytest
 from django.test import Client

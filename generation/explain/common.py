@@ -17,12 +17,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from hearsay import atomic
+from hearsay import atomic, runs
+from hearsay.errors import HearsayError
+from hearsay.provenance import DEFAULT_LIBRARIES, library_versions
 
 from .. import checkpoint
 from ..checkpoint import Checkpoint
 from ..corpus import Corpus, Utterance, read_corpus
-from hearsay.errors import HearsayError
 from ..features import extract_files, prepare_waves, read_wave
 from ..objective import save_figure, write_csv
 
@@ -139,35 +140,22 @@ def _jsonable(value: Any) -> Any:
 
 
 class RunFolder:
-    """An output folder tied to one identity; `run.json` records it with provenance, then the outcome."""
+    """An explanation run's output folder: hearsay.runs' identity check and record, the command part of the identity."""
 
     def __init__(self, out: str | Path, command: str, identity: dict[str, Any]):
         self.out = Path(out)
         self.command = command
-        self.identity = identity
-        self.key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=_jsonable).encode()).hexdigest()
-        self.path = self.out / "run.json"
+        self.identity = _plain(identity)  # as it reads back from run.json, so a resumed run compares equal
+        self.key = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()
+        self.folder = runs.RunFolder(self.out, {"command": command, **self.identity}, what=f"{command} run")
 
     def open(self, paths: dict[str, str], device: torch.device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Refuse a folder holding another run; otherwise (re)write run.json as incomplete and return the record."""
-        if self.path.is_file():
-            try:
-                previous = json.loads(self.path.read_text(encoding="utf-8"))
-                old = previous["identity"]
-            except (OSError, ValueError, KeyError, TypeError):
-                raise HearsayError(f"{self.path} is unreadable; delete {self.out} or choose another output folder") from None
-            mine = json.loads(json.dumps(self.identity, default=_jsonable))
-            if previous.get("command") != self.command or old != mine:
-                differ = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k)) or ["command"]
-                raise HearsayError(f"{self.out} holds a run made with other settings (differs in: {', '.join(differ)}); choose another output folder")
-        elif self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
-            raise HearsayError(f"output folder {self.out} exists and is not an empty folder nor a previous {self.command} run")
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.folder.open()
         for stale in self.out.rglob(".*.tmp"):
             stale.unlink()
         record = {
             "command": self.command,
-            "identity": self.identity,
             "key": self.key,
             "paths": paths,
             "device": str(device),
@@ -176,24 +164,22 @@ class RunFolder:
             "complete": False,
             **(extra or {}),
         }
-        write_json(self.path, record)
+        self.folder.write_record(_plain(record))
         return record
 
     def finish(self, record: dict[str, Any], **outcome: Any) -> None:
         record.update(outcome, complete=True, finished=datetime.now(timezone.utc).isoformat())
-        write_json(self.path, record)
+        self.folder.write_record(_plain(record))
+
+
+def _plain(data: Any) -> Any:
+    """JSON-ready copy: numpy numbers and arrays, and paths, as JSON numbers, lists and text."""
+    return json.loads(json.dumps(data, default=_jsonable))
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = checkpoint.library_versions()
-    for name in ("captum", "lime", "scikit-learn", "matplotlib"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+    """The checkpoint libraries' versions plus those the explanations use."""
+    return library_versions((*DEFAULT_LIBRARIES, "captum", "lime", "scikit-learn", "matplotlib"))
 
 
 def plt():

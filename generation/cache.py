@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import checkpoint
 from hearsay import atomic
 from hearsay.errors import HearsayError
+from hearsay.provenance import library_versions
+
 from .features import FeatureConfig, extract_files
 
 CHUNK = 512
@@ -70,7 +71,7 @@ def _describe(folder: Path, cfg: FeatureConfig, dtype: str) -> None:
     info = folder / "config.json"
     if info.is_file():
         return
-    text = json.dumps({"feature_config": cfg.to_dict(), "dtype": dtype, "versions": checkpoint.library_versions()}, indent=2)
+    text = json.dumps({"feature_config": cfg.to_dict(), "dtype": dtype, "versions": library_versions()}, indent=2)
     atomic.write_text(info, text)
 
 

@@ -41,10 +41,11 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from hearsay import atomic
+from hearsay.errors import HearsayError
+from hearsay.provenance import library_versions
 
 from . import cache, checkpoint
 from .checkpoint import Checkpoint
-from hearsay.errors import HearsayError
 from .features import PAPER, FeatureConfig, LogMel
 from .maximize import PARAMETERIZATIONS, Parameterization, Settings, maximize, noise, preset
 
@@ -542,7 +543,7 @@ def train_gan(
                     "evaluator": str(evaluator) if evaluator else None, "loss": "hinge, spectral-norm critic" + (" with projection" if n_classes else ""),
                     "selected": "last epoch"}
     ckpt = Checkpoint(kind=KIND, arch=settings.domain, arch_kwargs=arch_kwargs, model=generator, feature_config=cfg, classes=list(corpus.classes),
-                      train_config=train_config, metrics=metrics, data_fingerprint=fingerprint, versions=checkpoint.library_versions())
+                      train_config=train_config, metrics=metrics, data_fingerprint=fingerprint, versions=library_versions())
     return finish_checkpoint(out, ckpt, state_path)
 
 
@@ -624,6 +625,6 @@ def run_gan_tsne(generator: str | Path, classifier: str | Path, out: str | Path,
     record = {"method": method, "per_word": per_word, "samples": n, "failed": int((~ok).sum()),
               "start_not_target": int(elsewhere.sum()), "maximized_target": int((after == t).sum()), "seed": seed, "perplexity": perplexity,
               "settings": settings.to_dict(), "generator_sha256": g.sha256, "classifier_sha256": a.sha256,
-              "versions": checkpoint.library_versions()}
+              "versions": library_versions()}
     atomic.write_text(out / "tsne.json", json.dumps(record, indent=2))
     return record

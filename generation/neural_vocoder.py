@@ -30,10 +30,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+from hearsay.errors import HearsayError
+from hearsay.provenance import library_versions
 
 from . import checkpoint
 from .checkpoint import Checkpoint
-from hearsay.errors import HearsayError
 from .features import PAPER, FeatureConfig, LogMel, prepare_waves, read_wave, unit_to_amp
 from .vocoder import GriffinLimVocoder, Vocoder, finish
 
@@ -503,5 +504,5 @@ def train_vocoder(
     train_config = {**identity, "epochs": settings.epochs, "epochs_run": epoch, "data": str(corpus.root), "device": str(dev),
                     "torch_threads": torch.get_num_threads(), "selected": "last epoch"}
     ckpt = Checkpoint(kind=KIND, arch=ARCH, arch_kwargs=arch_kwargs, model=model.eval(), feature_config=cfg, classes=list(corpus.classes),
-                      train_config=train_config, metrics=metrics, data_fingerprint=fingerprint, versions=checkpoint.library_versions())
+                      train_config=train_config, metrics=metrics, data_fingerprint=fingerprint, versions=library_versions())
     return finish_checkpoint(out, ckpt, state_path)

@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint
 from hearsay import atomic
-from .corpus import read_corpus
 from hearsay.errors import HearsayError
+from hearsay.provenance import library_versions
+
+from . import checkpoint
+from .corpus import read_corpus
 from .maximize import PRESETS, maximize
 from .objective import save_figure, write_csv
 
@@ -149,7 +151,7 @@ def run_latent_tsne(
         "corpus": str(corpus.root),
         "corpus_fingerprint": corpus.fingerprint(),
         "max_utterances": max_utterances,
-        "versions": checkpoint.library_versions(),
+        "versions": library_versions(),
         "written": datetime.now(timezone.utc).isoformat(),
     }
     atomic.write_with(out / "tsne.json", lambda fh: fh.write(json.dumps(record, indent=2).encode()))

@@ -21,7 +21,6 @@ Printed:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from generation import checkpoint  # noqa: E402
 from generation.checkpoint import Checkpoint  # noqa: E402
 from generation.corpus import SPEECH_COMMANDS_WORDS  # noqa: E402
 from generation.features import PAPER  # noqa: E402
-from generation.maximize import PRESETS, optimize, parts  # noqa: E402
+from generation.maximize import PRECISIONS, PRESETS, default_batch_size, optimize, parts  # noqa: E402
 from generation.nets import Autoencoder, PaperClassifier  # noqa: E402
 from generation.objective import run_objective  # noqa: E402
 from generation.vocoder import GriffinLimVocoder  # noqa: E402
@@ -79,21 +78,6 @@ def train_tiny(out: Path, device: torch.device, steps: int) -> dict[str, Path]:
     return paths
 
 
-@contextlib.contextmanager
-def precision(mode: str, device: torch.device):
-    """fp32 as is; tf32 lets CUDA matmuls and convolutions use TF32; bf16 runs under autocast."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    try:
-        if mode == "tf32":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        else:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16"):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def maximization(models: dict, device: torch.device, n: int, batches: dict[str, int]) -> list[dict]:
     rows = []
     a = models["A"].model
@@ -105,9 +89,8 @@ def maximization(models: dict, device: torch.device, n: int, batches: dict[str, 
         for mode in ("fp32", "tf32", "bf16") if device.type == "cuda" else ("fp32", "bf16"):
             def run(count: int):
                 param, objective, step = parts(settings, method, models["AE"].model if method == "decoder" else None)
-                with precision(mode, device):
-                    return optimize(a, targets[:count], param, objective, step, steps=settings.steps, seed=5,
-                                    device=device, batch_size=batch)
+                return optimize(a, targets[:count], param, objective, step, steps=settings.steps, seed=5,
+                                device=device, batch_size=batch, precision_mode=mode)
             run(min(n, 64))  # warm-up (CUDA context, kernels, allocator)
             sync(device)
             t0 = time.perf_counter()
@@ -143,33 +126,37 @@ def vocoding(device: torch.device, clips: int) -> dict:
     return row
 
 
-def objective(paths: dict, device: torch.device, out: Path, n: int, batch: int, budget: float) -> dict:
+def objective(paths: dict, device: torch.device, out: Path, n: int, batch: int | None, budget: float, mode: str) -> dict:
     """The real experiment on as many words as fit the budget; the 35-word wall time extrapolated from them.
 
     Per method: one word first (its loop time sizes the next call), then k more
-    words in one call. Loop seconds per word come from `run_objective`'s own
-    timing of its maximization loop; the rest of a call's wall time (loading
-    models, writing heatmaps) is counted once per method.
+    words in one call. The classifier method may use half the budget; the
+    decoder method whatever is left. Loop seconds per word come from
+    `run_objective`'s own timing of its maximization loop; the rest of a call's
+    wall time (loading models, writing heatmaps) is counted once per method.
     """
     rows = {}
-    for method in ("classifier", "decoder"):
+    left = budget
+    for method, share in (("classifier", 0.5), ("decoder", 1.0)):
         def call(words: list[str], tag: str):
             sync(device)
             t0 = time.perf_counter()
             run = run_objective(paths["A"], paths["B"], paths["AE"], out / f"objective-{method}-{tag}", n=n, words=words,
-                                methods=[method], device=device, batch_size=batch, progress=False)
+                                methods=[method], device=device, batch_size=batch, progress=False, precision_mode=mode)
             sync(device)
             return time.perf_counter() - t0, run.seconds
+        started = time.perf_counter()
         wall1, loop1 = call(WORDS[:1], "probe")
-        k = max(1, min(len(WORDS) - 1, int((budget / 2 - wall1) / max(loop1, 1e-3))))
+        k = max(1, min(len(WORDS) - 1, int((left * share - wall1) / max(loop1, 1e-3))))
         wall, loop = call(WORDS[1 : 1 + k], "rest")
+        left -= time.perf_counter() - started
         per_word = (loop1 + loop) / (1 + k)
         overhead = wall - loop
         rows[method] = {"words_run": 1 + k, "loop_seconds_per_word": round(per_word, 3), "overhead_seconds": round(overhead, 2),
-                        "full_seconds": round(overhead + per_word * len(WORDS), 1)}
+                        "full_seconds": round(overhead + per_word * len(WORDS), 1),
+                        "measured_seconds": round(wall1 + wall, 1)}
     measured = all(r["words_run"] == len(WORDS) for r in rows.values())
-    row = {"n_per_word": n, "batch": batch, "words": len(WORDS), "methods": rows,
-           "precision": "PyTorch defaults (cuDNN convolutions may use TF32, matmuls fp32)" if device.type == "cuda" else "fp32",
+    row = {"n_per_word": n, "batch": batch or default_batch_size(device), "words": len(WORDS), "methods": rows, "precision": mode,
            "full_experiment_seconds": round(sum(r["full_seconds"] for r in rows.values()), 1), "measured": measured,
            "note": "measured in full" if measured else "extrapolated from the words run (same n and batch for every word)"}
     print(json.dumps({"objective": row}), flush=True)
@@ -182,15 +169,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks every step in seconds (for CPU and tests)")
     ap.add_argument("--out", default=None, help="folder for checkpoints and results (default: a temporary folder)")
     ap.add_argument("--objective-budget", type=float, default=None, help="seconds for the objective experiment's measured part")
+    ap.add_argument("--objective-precision", choices=PRECISIONS, default=None,
+                    help="the objective experiment's precision (default: bf16 on CUDA, whose agreement step 1 prints; fp32 on a CPU)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device here; use --device cpu (with --quick for a dry run)")
-    # Decoder batches stay near 2,000: its activations take about 5 MB a sample with their gradients.
+    # Decoder batches stay near 4,000: its activations take about 5 MB a sample with their gradients in fp32.
     sizes = dict(train=1, n=16, batch={"classifier": 16, "decoder": 8}, clips=2, objective_n=8, objective_batch=8, budget=2.0) \
         if args.quick else \
-        dict(train=50, n=8192, batch={"classifier": 8192, "decoder": 2048}, clips=256, objective_n=10000, objective_batch=2500,
-             budget=120.0)
+        dict(train=50, n=8192, batch={"classifier": 8192, "decoder": 4096}, clips=256, objective_n=10000, objective_batch=None,
+             budget=200.0)
+    mode = args.objective_precision or ("bf16" if device.type == "cuda" else "fp32")
     budget = args.objective_budget if args.objective_budget is not None else sizes["budget"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(json.dumps({"device": name, "torch": torch.__version__, "quick": args.quick}), flush=True)
@@ -205,7 +195,7 @@ def main() -> None:
             "device": name,
             "maximization": maximization(models, device, sizes["n"], sizes["batch"]),
             "griffin_lim": vocoding(device, sizes["clips"]),
-            "objective": objective(paths, device, out, sizes["objective_n"], sizes["objective_batch"], budget),
+            "objective": objective(paths, device, out, sizes["objective_n"], sizes["objective_batch"], budget, mode),
         }
         (out / "gpu_summary.json").write_text(json.dumps(summary, indent=2))
         print(f"summary written to {out / 'gpu_summary.json'}" if args.out else "done")

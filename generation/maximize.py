@@ -36,7 +36,9 @@ outputs lie in [0, 1] by construction (sigmoid).
 from __future__ import annotations
 
 import hashlib
+import os
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, ClassVar, Iterator
@@ -49,7 +51,7 @@ from hearsay.errors import HearsayError
 from .nets import Autoencoder
 
 STEPS = ("rms", "adam")
-OBJECTIVES = ("probability", "logit", "log_probability", "neuron")
+OBJECTIVES = ("probability", "logit", "log_probability", "logit_margin", "neuron")
 METHODS = ("classifier", "decoder")
 
 
@@ -98,6 +100,11 @@ PRESETS: dict[str, dict[str, Settings]] = {
     "paper": {"classifier": replace(_PAPER, lr=0.01), "decoder": replace(_PAPER, lr=0.1)},
     # Hearsay's default: the same, but direct inputs stay in the feature range [0, 1].
     "hearsay": {"classifier": replace(_PAPER, lr=0.01, clamp=True), "decoder": replace(_PAPER, lr=0.1, clamp=True)},
+    # Seed 004's GAN-prior loss: maximize target logit - mean of the other logits - 0.01 * ||z||^2 (the seed leaves the
+    # weight to its notebooks). Priors (decoder and, through its settings, the GAN methods) get the latent penalty;
+    # direct inputs have no latent, so they are clamped to the feature range instead.
+    "seed004": {"classifier": replace(_PAPER, lr=0.01, clamp=True, objective="logit_margin"),
+                "decoder": replace(_PAPER, lr=0.1, objective="logit_margin", l2_weight=0.01)},
 }
 
 
@@ -369,6 +376,16 @@ def log_probability(targets: torch.Tensor | None = None) -> Objective:
     return Objective(lambda c: _picked(torch.log_softmax(c.logits, dim=1), _targets(targets, c)), "log_probability")
 
 
+def logit_margin(targets: torch.Tensor | None = None) -> Objective:
+    """The target's logit minus the mean of the other logits (seed 004): rises only as the target pulls ahead."""
+
+    def fn(c: Context) -> torch.Tensor:
+        picked = _picked(c.logits, _targets(targets, c))
+        return picked - (c.logits.sum(dim=1) - picked) / (c.logits.shape[1] - 1)
+
+    return Objective(fn, "logit_margin")
+
+
 def neuron(layer: str, units: tuple[int, ...] = ()) -> Objective:
     """Mean activation of chosen channels/units (dim 1) of a named layer, over all positions (seed 001)."""
     index = list(units)
@@ -414,6 +431,7 @@ def build_objective(settings: Settings, targets: torch.Tensor | None = None) -> 
         "probability": lambda: class_probability(targets),
         "logit": lambda: class_logit(targets),
         "log_probability": lambda: log_probability(targets),
+        "logit_margin": lambda: logit_margin(targets),
         "neuron": lambda: neuron(settings.layer or "", settings.units),
     }[settings.objective]()
     if settings.tv_weight:
@@ -500,8 +518,8 @@ def parts(settings: Settings, method: str = "classifier", decoder: nn.Module | N
 
 @dataclass
 class Result:
-    features: torch.Tensor
-    start_features: torch.Tensor
+    features: torch.Tensor | None  # None where `optimize(..., keep_features=False)`
+    start_features: torch.Tensor | None
     latents: torch.Tensor | None
     start_latents: torch.Tensor | None
     trajectory: torch.Tensor
@@ -515,12 +533,13 @@ class Result:
 
 
 @contextmanager
-def frozen(*models: nn.Module | None) -> Iterator[None]:
+def frozen(*models: nn.Module | None, channels_last: bool = True) -> Iterator[None]:
     """Eval mode (dropout off, batch-norm statistics fixed) and no weight gradients, restored afterwards.
 
-    Weights also go channels-last for the duration: the paper net's tiny 2x2
-    convolutions run about twice as fast in that layout on CPU at batch sizes
-    of 32 and more, and the layout changes no result beyond rounding.
+    With `channels_last` weights also go channels-last for the duration: the
+    paper net's tiny 2x2 convolutions run about twice as fast in that layout on
+    CPU at batch sizes of 32 and more, and the layout changes no result beyond
+    rounding.
     """
     saved = []
     for m in models:
@@ -530,7 +549,8 @@ def frozen(*models: nn.Module | None) -> Iterator[None]:
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
-        m.to(memory_format=torch.channels_last)
+        if channels_last:
+            m.to(memory_format=torch.channels_last)
     try:
         yield
     finally:
@@ -677,14 +697,107 @@ def derive_seed(seed: int, *keys: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
-def noise(shape: tuple[int, ...], std: float, seed: int, first_index: int, count: int) -> torch.Tensor:
-    """N(0, std) starts for samples first_index .. first_index+count-1, drawn on CPU for device-independence."""
+def noise(shape: tuple[int, ...], std: float, seed: int, first_index: int, count: int, workers: int = 1) -> torch.Tensor:
+    """N(0, std) starts for samples first_index .. first_index+count-1, drawn on CPU for device-independence.
+
+    Each sample has its own generator, so `workers` threads can fill disjoint
+    samples (torch releases the GIL while it draws) with the same result as one.
+    """
     out = torch.empty(count, *shape)
-    gen = torch.Generator()
-    for k in range(count):
-        gen.manual_seed(sample_seed(seed, first_index + k))
-        out[k].normal_(0.0, std, generator=gen)
+
+    def fill(lo: int, hi: int) -> None:
+        gen = torch.Generator()
+        for k in range(lo, hi):
+            gen.manual_seed(sample_seed(seed, first_index + k))
+            out[k].normal_(0.0, std, generator=gen)
+
+    workers = max(1, min(workers, count // 256))
+    if workers == 1:
+        fill(0, count)
+    else:
+        step = -(-count // workers)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda lo: fill(lo, min(lo + step, count)), range(0, count, step)))
     return out
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextmanager
+def precision(mode: str, device: torch.device) -> Iterator[None]:
+    """fp32 as written; tf32 lets CUDA matmuls and convolutions use TF32; bf16 runs the networks under autocast.
+
+    Step-rule updates and the recorded probabilities stay fp32 in every mode;
+    only the networks' arithmetic changes (bench/gpu.py prints the agreement).
+    """
+    if mode not in PRECISIONS:
+        raise HearsayError(f"unknown precision {mode!r}; choose from {', '.join(PRECISIONS)}")
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "tf32"
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def layouts(device: torch.device, precision_mode: str) -> tuple[bool, bool]:
+    """Whether (the classifiers, the prior's networks) run channels-last: whichever was faster where measured.
+
+    On a CPU both (the paper net's 2x2 convolutions run about twice as fast).
+    On an H100 (bench/gpu_sweep.py) the paper classifier, whose first layer has
+    one input channel, ran 0.76x as fast channels-last, and the decoder 0.82x in
+    fp32 but 1.2x (TF32) to 1.4x (bf16) faster than in its default layout.
+    """
+    if device.type == "cpu":
+        return True, True
+    return False, precision_mode != "fp32"
+
+
+def default_batch_size(device: torch.device) -> int:
+    """64 on a CPU (small batches stay in cache); on a GPU up to 4,096, as far as free memory allows.
+
+    The decoder prior holds about 5 MB per sample with its gradients in fp32;
+    beyond 4,096 samples an H100 ran no faster (bench/gpu_sweep.py).
+    """
+    if device.type != "cuda":
+        return 64
+    free, _ = torch.cuda.mem_get_info(device)
+    fit = max(256, free // (8 << 20))
+    return int(min(4096, 1 << (int(fit).bit_length() - 1)))
+
+
+class NoiseStarts:
+    """The noise starts of one run, chunk by chunk; on a GPU the next chunk is drawn while the device works."""
+
+    def __init__(self, shape: tuple[int, ...], std: float, seed: int, first_index: int, device: torch.device):
+        self.shape, self.std, self.seed, self.first_index, self.device = shape, std, seed, first_index, device
+        overlap = device.type == "cuda"
+        # threads pay off for feature-sized starts only (measured: 10,000 x 7,200 values 0.82 s on one thread,
+        # 0.46 s on eight; 10,000 x 256 latents 0.12 s on one, slower on more)
+        per_sample = int(np.prod(shape))
+        self.workers = max(1, min(8, (os.cpu_count() or 1) - 1, per_sample // 1024)) if overlap else 1
+        self.pool = ThreadPoolExecutor(1) if overlap else None
+        self.pending: dict[tuple[int, int], Future] = {}
+
+    def _draw(self, lo: int, hi: int) -> torch.Tensor:
+        x = noise(self.shape, self.std, self.seed, self.first_index + lo, hi - lo, self.workers)
+        return x.pin_memory() if self.device.type == "cuda" else x
+
+    def prefetch(self, lo: int, hi: int) -> None:
+        if self.pool is not None and hi > lo and (lo, hi) not in self.pending:
+            self.pending[(lo, hi)] = self.pool.submit(self._draw, lo, hi)
+
+    def get(self, lo: int, hi: int) -> torch.Tensor:
+        job = self.pending.pop((lo, hi), None)
+        x = job.result() if job is not None else self._draw(lo, hi)
+        return x.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _probe(model: nn.Module, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -712,6 +825,9 @@ def optimize(
     first_index: int = 0,
     rewrite: bool = True,
     keep_waves: bool = True,
+    keep_features: bool = True,
+    precision_mode: str = "fp32",
+    channels_last: bool | None = None,
 ) -> Result:
     """Push every sample toward its target class of `classifier` (A) with the given parts; report A's and B's verdicts.
 
@@ -726,7 +842,11 @@ def optimize(
     `pool_before_relu(classifier)`, which gives the same numbers faster; False
     runs the classifier as written. Audio a prior generates itself
     (`param.waves()`) is kept in the result unless `keep_waves` is False (it is
-    large: one clip per sample, twice).
+    large: one clip per sample, twice); likewise features unless `keep_features`
+    (the objective experiment needs only the verdicts: on a GPU the copies of
+    10,000 feature maps back to the host cost more than their maximization).
+    `precision_mode` is one of `PRECISIONS` (see `precision`); `channels_last`
+    sets every network's weight layout for the run (default: `layouts`).
     """
     from tqdm import tqdm
 
@@ -735,6 +855,8 @@ def optimize(
     if batch_size < 1:
         raise HearsayError(f"batch size must be >= 1, got {batch_size}")
     device = torch.device(device)
+    if precision_mode not in PRECISIONS:
+        raise HearsayError(f"unknown precision {precision_mode!r}; choose from {', '.join(PRECISIONS)}")
     targets = torch.as_tensor(targets).long().flatten().cpu()
     total = len(targets)
     if start is not None and start_latents is not None:
@@ -745,7 +867,9 @@ def optimize(
     for m in (evaluator, *param.modules()):
         if m is not None:
             m.to(device)
-    with frozen(classifier, evaluator, *param.modules()):
+    classifier_last, prior_last = layouts(device, precision_mode) if channels_last is None else (channels_last, channels_last)
+    with frozen(classifier, evaluator, channels_last=classifier_last), frozen(*param.modules(), channels_last=prior_last), \
+            precision(precision_mode, device):
         shape = tuple(start.shape[1:]) if start is not None else param.feature_shape(tuple(shape))
         if start_latents is not None and tuple(start_latents.shape) != (total, *param.noise_shape(shape)):
             raise HearsayError(f"start latents must be {[total, *param.noise_shape(shape)]}, got {list(start_latents.shape)}")
@@ -763,43 +887,49 @@ def optimize(
         net = pool_before_relu(classifier, objective.layers) if rewrite else classifier
         parts_: dict[str, list[torch.Tensor]] = {}
         chunks = range(0, total, batch_size)
-        for lo in tqdm(chunks, desc="maximize", unit="batch", disable=not progress or len(chunks) < 2):
-            hi = min(lo + batch_size, total)
-            chunk_targets = targets[lo:hi].to(device)
-            if start is not None:
-                x0 = param.encode(start[lo:hi].float().to(device))
-            elif start_latents is not None:
-                x0 = start_latents[lo:hi].float().to(device)
-            else:
-                x0 = noise(param.noise_shape(shape), init_std, seed, first_index + lo, hi - lo).to(device)
-            param.start(x0, chunk_targets)
-            with torch.no_grad():
-                start_feats = param.features().detach().clone()
-                start_lat = param.latents()
-                start_lat = None if start_lat is None else start_lat.detach().clone()
-                start_waves = param.waves() if keep_waves else None
-            traj, failed, logits0, logits1 = ascend(classifier, param, objective, chunk_targets, step, steps, net)
-            with torch.no_grad():
-                feats = param.features().detach()
-                out = {
-                    "features": feats,
-                    "start_features": start_feats,
-                    "trajectory": traj,
-                    "prob_a": torch.softmax(logits1, dim=1),
-                    "start_prob_a": torch.softmax(logits0, dim=1),
-                    "failed": failed,
-                }
-                lat = param.latents()
-                if lat is not None:
-                    out["latents"] = lat.detach()
-                    out["start_latents"] = start_lat
-                if evaluator is not None:
-                    out["prob_b"] = torch.softmax(evaluator(feats), dim=1)
-                    out["start_prob_b"] = torch.softmax(evaluator(start_feats), dim=1)
-                if start_waves is not None:
-                    out["waves"], out["start_waves"] = param.waves(), start_waves
-            for k, v in out.items():
-                parts_.setdefault(k, []).append(v.float().cpu() if v.dtype != torch.bool else v.cpu())
+        starts = NoiseStarts(param.noise_shape(shape), init_std, seed, first_index, device) \
+            if start is None and start_latents is None else None
+        try:
+            for lo in tqdm(chunks, desc="maximize", unit="batch", disable=not progress or len(chunks) < 2):
+                hi = min(lo + batch_size, total)
+                chunk_targets = targets[lo:hi].to(device)
+                if start is not None:
+                    x0 = param.encode(start[lo:hi].float().to(device))
+                elif start_latents is not None:
+                    x0 = start_latents[lo:hi].float().to(device)
+                else:
+                    x0 = starts.get(lo, hi)
+                    starts.prefetch(hi, min(hi + batch_size, total))
+                param.start(x0, chunk_targets)
+                with torch.no_grad():
+                    start_feats = param.features().detach().clone()
+                    start_lat = param.latents()
+                    start_lat = None if start_lat is None else start_lat.detach().clone()
+                    start_waves = param.waves() if keep_waves else None
+                traj, failed, logits0, logits1 = ascend(classifier, param, objective, chunk_targets, step, steps, net)
+                with torch.no_grad():
+                    feats = param.features().detach()
+                    out = {
+                        **({"features": feats, "start_features": start_feats} if keep_features else {}),
+                        "trajectory": traj,
+                        "prob_a": torch.softmax(logits1, dim=1),
+                        "start_prob_a": torch.softmax(logits0, dim=1),
+                        "failed": failed,
+                    }
+                    lat = param.latents()
+                    if lat is not None:
+                        out["latents"] = lat.detach()
+                        out["start_latents"] = start_lat
+                    if evaluator is not None:
+                        out["prob_b"] = torch.softmax(evaluator(feats), dim=1)
+                        out["start_prob_b"] = torch.softmax(evaluator(start_feats), dim=1)
+                    if start_waves is not None:
+                        out["waves"], out["start_waves"] = param.waves(), start_waves
+                for k, v in out.items():
+                    parts_.setdefault(k, []).append(v.float().cpu() if v.dtype != torch.bool else v.cpu())
+        finally:
+            if starts is not None:
+                starts.close()
 
     def cat(key: str) -> torch.Tensor | None:
         return torch.cat(parts_[key]) if key in parts_ else None
@@ -840,7 +970,8 @@ def maximize(
     generator for ``gan``, ``cgan`` and ``wave-gan``.
 
     `options` are `optimize`'s keywords (start, start_latents, seed, evaluator,
-    device, batch_size, progress, shape, first_index, rewrite, keep_waves).
+    device, batch_size, progress, shape, first_index, rewrite, keep_waves, keep_features, precision_mode,
+    channels_last).
     """
     param, objective, step = parts(settings, method, decoder)
     return optimize(classifier, targets, param, objective, step, steps=settings.steps, init_std=settings.init_std, **options)

@@ -28,7 +28,7 @@ from hearsay.runs import RunFolder
 
 from . import checkpoint
 from .checkpoint import Checkpoint
-from .maximize import METHODS, Result, derive_seed, maximize, preset
+from .maximize import METHODS, PRECISIONS, Result, default_batch_size, derive_seed, maximize, preset
 
 ARRAYS = ("prob_a_before", "prob_a_after", "prob_b_before", "prob_b_after", "failed", "trajectory")
 
@@ -98,7 +98,7 @@ def load_models(classifier: str | Path, evaluator: str | Path, decoder: str | Pa
 
 
 def _config(n: int, words: list[str], methods: list[str], preset_name: str, seed: int, a: Checkpoint, b: Checkpoint, ae: Checkpoint | None,
-            gens: dict[str, Checkpoint] | None = None) -> dict:
+            gens: dict[str, Checkpoint] | None = None, precision_mode: str = "fp32") -> dict:
     """Everything the saved arrays depend on (not the device or batch size, which only change speed)."""
     return {
         "n": n,
@@ -112,6 +112,8 @@ def _config(n: int, words: list[str], methods: list[str], preset_name: str, seed
         "evaluator_sha256": b.sha256,
         "decoder_sha256": ae.sha256 if ae is not None else None,
         "feature_config": a.feature_config.to_dict(),
+        # fp32 runs keep the identity they had before precisions existed, so they still resume
+        **({"precision": precision_mode} if precision_mode != "fp32" else {}),
         **({"generator_sha256": {m: g.sha256 for m, g in gens.items()}} if gens else {}),
     }
 
@@ -225,15 +227,18 @@ def run_objective(
     batch_size: int | None = None,
     progress: bool = True,
     gans: dict[str, str | Path] | None = None,
+    precision_mode: str = "fp32",
 ) -> ObjectiveRun:
     """Run (or resume) the experiment into `out`; returns the per-class statistics and heatmaps.
 
-    `batch_size` None takes 64 on a CPU (small batches stay in cache: about twice
-    the samples/s of 2048 in bench/maximize.py) and 2048 on a GPU; results agree
-    across batch sizes to float rounding (1e-6).
+    `batch_size` None takes `maximize.default_batch_size` (64 on a CPU, up to
+    4,096 on a GPU); results agree across batch sizes to float rounding (1e-6). `precision_mode` (fp32, tf32,
+    bf16; see `maximize.precision`) is part of the run's identity.
     """
     from tqdm import tqdm
 
+    if precision_mode not in PRECISIONS:
+        raise HearsayError(f"unknown precision {precision_mode!r}; choose from {', '.join(PRECISIONS)}")
     if n < 1:
         raise HearsayError(f"n must be at least 1, got {n}")
     from .gan import load_generators
@@ -249,13 +254,13 @@ def run_objective(
     for m in methods:
         preset(preset_name, m)
     device = torch.device(device)
-    batch_size = batch_size or (64 if device.type == "cpu" else 2048)
+    batch_size = batch_size or default_batch_size(device)
     a, b, ae = load_models(classifier, evaluator, decoder if "decoder" in methods else None, device)
     gens = load_generators(gans or {}, a, device)
     words = list(dict.fromkeys(words)) if words else list(a.classes)
     targets = {w: a.class_index(w) for w in words}
     out = Path(out)
-    config = _config(n, words, methods, preset_name, seed, a, b, ae, gens)
+    config = _config(n, words, methods, preset_name, seed, a, b, ae, gens, precision_mode)
     folder = RunFolder(out, config, what="objective run", identity_key="config")
     folder.open()
     _write_run_json(folder, device, batch_size, {"status": "running"})
@@ -276,7 +281,8 @@ def run_objective(
             result = maximize(
                 a.model, torch.full((n,), targets[word], dtype=torch.long), method=method, decoder=prior,
                 settings=preset(preset_name, method), seed=derive_seed(seed, method, word), evaluator=b.model,
-                device=device, batch_size=batch_size, shape=a.feature_config.shape, keep_waves=False,
+                device=device, batch_size=batch_size, shape=a.feature_config.shape, keep_waves=False, keep_features=False,
+                precision_mode=precision_mode,
             )
             _save_class(path, result)
             arrays = _load_class(path, n, len(a.classes))

@@ -331,3 +331,51 @@ def test_the_engine_arms_a_parameterization_with_each_batchs_targets_and_given_l
     assert torch.equal(given.start_latents, z0) and given.waves is None
     with pytest.raises(HearsayError, match=r"start latents must be \[3, 8\]"):
         optimize(PaperClassifier(3), torch.tensor([0, 1, 2]), DecoderParam(ae), class_logit(), AdamStep(0.1), steps=1, start_latents=z0[:2])
+
+
+def test_noise_starts_are_the_same_drawn_by_threads_prefetched_or_serially():
+    from generation.maximize import NoiseStarts, noise
+
+    serial = noise((6, 4), 0.1, seed=3, first_index=10, count=600)
+    assert torch.equal(noise((6, 4), 0.1, seed=3, first_index=10, count=600, workers=3), serial)
+    starts = NoiseStarts((6, 4), 0.1, seed=3, first_index=10, device=torch.device("cpu"))
+    starts.pool = __import__("concurrent.futures").futures.ThreadPoolExecutor(1)  # the GPU path: the next chunk drawn ahead
+    try:
+        first = starts.get(0, 256)
+        starts.prefetch(256, 600)
+        assert (256, 600) in starts.pending
+        second = starts.get(256, 600)
+    finally:
+        starts.close()
+    assert torch.equal(torch.cat([first, second]), serial)
+
+
+def test_verdicts_without_features_and_a_bf16_run_that_agrees_with_fp32():
+    model = PaperClassifier(3)
+    targets = torch.tensor([0, 1, 2, 1, 0, 2])
+    s = Settings(steps=3)
+    full = maximize(model, targets, settings=s, seed=7, evaluator=model)
+    lean = maximize(model, targets, settings=s, seed=7, evaluator=model, keep_features=False)
+    assert lean.features is None and lean.start_features is None
+    torch.testing.assert_close(lean.prob_a, full.prob_a)
+    torch.testing.assert_close(lean.prob_b, full.prob_b)
+    half = maximize(model, targets, settings=s, seed=7, precision_mode="bf16")
+    assert half.prob_a.dtype == torch.float32
+    torch.testing.assert_close(half.prob_a, full.prob_a, atol=0.02, rtol=0)
+    with pytest.raises(HearsayError, match="unknown precision 'fp8'"):
+        maximize(model, targets, settings=s, precision_mode="fp8")
+
+
+def test_seed004_objective_is_target_logit_minus_mean_of_others_minus_weighted_latent_norm():
+    from generation.maximize import Context, build_objective, preset
+
+    logits = torch.tensor([[2.0, -1.0, 5.0], [0.5, 0.5, 3.5]])
+    z = torch.tensor([[1.0, 2.0], [0.0, -3.0]])
+    ctx = Context(features=torch.zeros(2, 6, 4), logits=logits, activations={}, parameter=z, targets=torch.tensor([2, 0]))
+    score = build_objective(preset("seed004", "decoder"))(ctx)
+    # sample 0: 5 - (2 - 1)/2 - 0.01 * 5; sample 1: 0.5 - (0.5 + 3.5)/2 - 0.01 * 9
+    torch.testing.assert_close(score, torch.tensor([5 - 0.5 - 0.05, 0.5 - 2.0 - 0.09]))
+    assert preset("seed004", "cgan").objective == "logit_margin" and preset("seed004", "cgan").l2_weight == 0.01
+    assert preset("seed004", "classifier").l2_weight == 0.0 and preset("seed004", "classifier").clamp
+    res = maximize(trained_mlp(), torch.tensor([0, 1, 2]), settings=preset("seed004", "classifier"), seed=1, shape=SHAPE)
+    assert (res.trajectory[:, -1] > res.trajectory[:, 0]).all()

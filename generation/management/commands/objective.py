@@ -1,6 +1,6 @@
 """`manage.py objective`: the paper's noise-start experiment, judged by an independent classifier."""
 from config.commands import HearsayCommand
-from generation.maximize import METHODS, PRESETS
+from generation.maximize import METHODS, PRECISIONS, PRESETS
 
 
 class Command(HearsayCommand):
@@ -23,7 +23,10 @@ class Command(HearsayCommand):
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
         parser.add_argument("--batch-size", type=int, default=None,
-                            help="samples per batch (default: 64 on a CPU, 2048 on a GPU; results agree to float rounding)")
+                            help="samples per batch (default: 64 on a CPU, up to 4096 on a GPU as memory allows; results agree to float rounding)")
+        parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                            help="the networks' arithmetic: fp32 (default), tf32 or bf16 (CUDA; recorded in run.json, "
+                                 "so a resumed run never mixes precisions)")
         parser.add_argument("--gan", help="plain log-mel GAN generator (manage.py train_gan): adds the method 'gan'")
         parser.add_argument("--cgan", help="conditional log-mel GAN generator: adds the method 'cgan'")
         parser.add_argument("--wave-gan", help="waveform GAN generator (--domain wave): adds the method 'wave-gan'")
@@ -37,7 +40,7 @@ class Command(HearsayCommand):
             opts["classifier"], opts["evaluator"], opts["decoder"], opts["out"], n=opts["n"], words=words or None,
             methods=[m.strip() for m in opts["methods"].split(",") if m.strip()], preset_name=opts["preset"],
             seed=opts["seed"], device=resolve_device(opts["device"]), batch_size=opts["batch_size"],
-            progress=opts["verbosity"] > 0,
+            precision_mode=opts["precision"], progress=opts["verbosity"] > 0,
             gans={m: opts[k] for m, k in (("gan", "gan"), ("cgan", "cgan"), ("wave-gan", "wave_gan")) if opts[k]},
         )
         self.stdout.write(format_summary(run))

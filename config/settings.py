@@ -19,7 +19,7 @@ def _flag(name: str, default: bool) -> bool:
 
 
 DEBUG = _flag("DEBUG", False)
-DATA_DIR = Path(os.environ.get("HEARSAY_DATA_DIR", BASE_DIR / "var"))
+DATA_DIR = Path(os.environ.get("HEARSAY_DATA_DIR") or BASE_DIR / "var")  # an empty value is unset, not "here"
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 
@@ -118,14 +118,14 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", DATA_DIR / "staticfiles"))
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or DATA_DIR / "staticfiles")
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # The survey's script gates answering: a forgotten collectstatic must not leave listeners with a dead page.
 WHITENOISE_USE_FINDERS = True
 
 MEDIA_URL = "media/"
-MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", DATA_DIR / "media"))
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT") or DATA_DIR / "media")
 
 
 

@@ -42,3 +42,18 @@ def test_every_model_change_has_its_migration(tmp_path):
     """A deployment runs `migrate` only: a model change without a migration would break it silently."""
     run = manage(tmp_path, "makemigrations", "--check", "--dry-run")
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_an_empty_data_dir_setting_means_the_default_not_the_working_directory(tmp_path):
+    """`HEARSAY_DATA_DIR= manage.py ...` once put the database and secret key in whatever folder it ran from."""
+    full = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE",)}
+    full.update(HEARSAY_DATA_DIR="", DJANGO_SETTINGS_MODULE="config.settings")
+    full.update(STATIC_ROOT="", MEDIA_ROOT="")
+    code = ("import django; django.setup(); from django.conf import settings; "
+            "print(settings.DATA_DIR, settings.STATIC_ROOT, settings.MEDIA_ROOT)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**full, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    data, static, media = map(Path, run.stdout.split())
+    assert (data, static, media) == (ROOT / "var", ROOT / "var" / "staticfiles", ROOT / "var" / "media")
+    assert not list(tmp_path.iterdir())

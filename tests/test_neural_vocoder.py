@@ -152,6 +152,10 @@ def test_command_trains_and_reports(corpus, tmp_path, capsys):
     call_command("train_vocoder", data=str(corpus), out=str(out), epochs=1, adversarial_after=1, batch_size=8, segment_frames=8,
                  dim=16, layers=1, device="cpu", verbosity=0)
     assert "MCD" in capsys.readouterr().out and out.is_file()
+    call_command("train_vocoder", data=str(corpus), out=str(tmp_path / "T.pt"), epochs=9, max_seconds=1e-6, adversarial_after=0,
+                 adversarial_ramp=0, lr_d=1e-4, batch_size=8, segment_frames=8, dim=16, hidden=16, layers=1, device="cpu", verbosity=0)
+    assert "kept epoch 1 of 1" in (said := capsys.readouterr().out) and "stopped by time budget" in said
+    assert load(tmp_path / "T.pt").train_config["lr_d"] == 1e-4
     with pytest.raises(CommandError, match="does not exist"):
         call_command("train_vocoder", data=str(tmp_path / "nowhere"), out=str(out), device="cpu", verbosity=0)
     with pytest.raises(CommandError, match="segment_frames"):

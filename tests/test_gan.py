@@ -296,6 +296,11 @@ def test_generate_cgan_writes_enhancer_pairs_and_resumes(gen_setup, tmp_path):
     enhancer = list(csv.DictReader(open(out / "enhancer.csv")))
     assert [e["word"] for e in enhancer] == ["bed", "go", "ALL"] and enhancer[-1]["n_after"] == "2"
     assert "0 words run, 2 resumed" in _generate(gen_setup, out, "cgan", gen_setup["cgan"])
+    lost = out / "features" / f"{rows[0]['stimulus_id']}.npy"
+    kept = lost.read_bytes()
+    lost.unlink()  # a word whose feature file is gone is redone, as in the paper set, not taken as done
+    assert "1 words run, 1 resumed" in _generate(gen_setup, out, "cgan", gen_setup["cgan"])
+    assert lost.read_bytes() == kept
 
 
 def test_generate_wave_gan_writes_the_generators_audio(gen_setup, tmp_path):

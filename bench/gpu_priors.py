@@ -27,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench.vocoder_compare import compare  # noqa: E402
+from generation import checkpoint  # noqa: E402
+from generation.corpus import read_corpus  # noqa: E402
 from generation.gan import GanSettings, train_gan  # noqa: E402
 from generation.neural_vocoder import TrainSettings, train_vocoder  # noqa: E402
 from generation.train import resolve_device  # noqa: E402
@@ -83,6 +86,46 @@ def curve(history: list[dict]) -> dict:
     return out
 
 
+def vocoder_step(opts, device: torch.device, work: Path) -> dict:
+    settings = QUICK_VOCODER if opts.quick else GPU_VOCODER
+    changes = {"max_seconds": opts.vocoder_seconds}
+    if opts.adversarial_after is not None:
+        changes["adversarial_after"] = opts.adversarial_after
+    settings = TrainSettings(**{**settings.__dict__, **changes})
+    say(f"1/3 neural vocoder: {opts.vocoder_seconds:g} s budget, {settings}")
+    v = train_vocoder(opts.corpus, work / "V.pt", settings=settings, device=device, progress=False,
+                      on_epoch=EveryFewSeconds("vocoder", ("adversarial_share", "train_mel_l1", "val_feature_l1", "val_mcd_db", "best_epoch", "seconds")))
+    for name in ("V.pt", "V.metrics.json"):
+        shutil.copy(work / name, opts.out / name)
+    m = v.metrics
+    say(f"vocoder: kept {v.train_config['selected']}; test MCD {m['test_mcd_db']:.2f} dB (Griffin-Lim {m['test_griffin_lim_mcd_db']:.2f} dB), "
+        f"feature L1 {m['test_feature_l1']:.4f} (Griffin-Lim {m['test_griffin_lim_feature_l1']:.4f})")
+    return {"settings": settings.__dict__, "selected": v.train_config["selected"], "stopped_by": v.train_config["stopped_by"],
+            "train_seconds": m["train_seconds"],
+            **{k: m[k] for k in ("best_epoch", "best_val_mcd_db", "test_feature_l1", "test_mcd_db", "test_griffin_lim_feature_l1", "test_griffin_lim_mcd_db")},
+            "validation_curve": curve(m["history"])}
+
+
+def comparison_step(opts, device: torch.device, work: Path) -> dict:
+    say("2/3 comparison on the held-out test clips")
+    rows, facts, _, _ = compare(opts.corpus, opts.evaluator, opts.out / "V.pt", n=8 if opts.quick else 0, device=str(device), log=say)
+    return {"figures": rows, **facts}
+
+
+def gan_step(opts, device: torch.device, work: Path) -> dict:
+    settings = GanSettings(**{**(QUICK_GAN if opts.quick else GPU_GAN).__dict__, "max_seconds": opts.gan_seconds})
+    say(f"3/3 conditional mel GAN: {opts.gan_seconds:g} s budget, {settings}")
+    c = train_gan(opts.corpus, work / "C.pt", settings=settings, evaluator=opts.evaluator, device=device, cache_dir=work / "cache",
+                  progress=False, on_epoch=EveryFewSeconds("gan", ("critic_loss", "generator_loss", "seconds")))
+    for name in ("C.metrics.json", "C.samples.png"):
+        shutil.copy(work / name, opts.out / name)
+    m = c.metrics
+    say(f"cGAN: {c.train_config['epochs_run']} epochs; B recognizes {m['b_accuracy']:.1%} of its samples as their word "
+        f"(chance {1 / len(c.classes):.1%}); FID(B) {m['fid_b']:.1f} (real vs real {m['fid_b_real_vs_real']:.1f})")
+    return {"settings": settings.__dict__, "epochs_run": c.train_config["epochs_run"], "train_seconds": m["train_seconds"], "chance": 1 / len(c.classes),
+            **{k: m.get(k) for k in ("b_accuracy", "fid_b", "fid_b_real_vs_real", "b_predicted_words", "b_prediction_entropy_bits")}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="folder for summary.json and the files that come back")
@@ -96,71 +139,50 @@ def main() -> None:
     opts = parser.parse_args()
 
     started = time.perf_counter()
-    device = resolve_device(opts.device)
+    try:
+        device = resolve_device(opts.device)
+        classes = checkpoint.load(opts.evaluator, "cpu", kind="classifier").classes
+        if read_corpus(opts.corpus).classes != classes:
+            raise HearsayError(f"{opts.evaluator} knows other words than the corpus at {opts.corpus}")
+    except HearsayError as exc:
+        sys.exit(f"gpu_priors: {exc}")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes throughout
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls (convolutions use it by default): more steps in the budget
     opts.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="gpu-priors-"))
+    shm = Path("/dev/shm")  # checkpoints are saved every epoch: keep them in memory, copy only the results to OUT
+    work = Path(tempfile.mkdtemp(prefix="gpu-priors-", dir=shm if shm.is_dir() else None))
     summary: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__, "quick": opts.quick,
         "corpus": opts.corpus, "evaluator": opts.evaluator, "budgets_seconds": {"vocoder": opts.vocoder_seconds, "gan": opts.gan_seconds},
+        "tf32": device.type == "cuda",
     }
-
-    def record(step: str, data: dict) -> None:
-        summary[step] = data
-        summary["wall_seconds"] = round(time.perf_counter() - started, 1)
-        atomic.write_text(opts.out / "summary.json", json.dumps(summary, indent=2, default=str))
-
     say(f"device {summary['device']}, torch {torch.__version__}, work folder {work}")
-    vocoder_settings = QUICK_VOCODER if opts.quick else GPU_VOCODER
-    changes = {"max_seconds": opts.vocoder_seconds}
-    if opts.adversarial_after is not None:
-        changes["adversarial_after"] = opts.adversarial_after
-    vocoder_settings = TrainSettings(**{**vocoder_settings.__dict__, **changes})
+    steps = [("vocoder", vocoder_step), ("comparison", comparison_step)] + ([("gan", gan_step)] if opts.gan_seconds > 0 else [])
+    failed = []
     try:
-        say(f"1/3 neural vocoder: {opts.vocoder_seconds:g} s budget, {vocoder_settings}")
-        t0 = time.perf_counter()
-        v = train_vocoder(opts.corpus, work / "V.pt", settings=vocoder_settings, device=device, progress=False,
-                          on_epoch=EveryFewSeconds("vocoder", ("adversarial_share", "train_mel_l1", "val_feature_l1", "val_mcd_db", "best_epoch", "seconds")))
-        for name in ("V.pt", "V.metrics.json"):
-            shutil.copy(work / name, opts.out / name)
-        m = v.metrics
-        record("vocoder", {
-            "wall_seconds": round(time.perf_counter() - t0, 1), "settings": vocoder_settings.__dict__, "selected": v.train_config["selected"],
-            "stopped_by": v.train_config["stopped_by"], "train_seconds": m["train_seconds"],
-            **{k: m[k] for k in ("best_epoch", "best_val_mcd_db", "test_feature_l1", "test_mcd_db", "test_griffin_lim_feature_l1", "test_griffin_lim_mcd_db")},
-            "validation_curve": curve(m["history"]),
-        })
-        say(f"vocoder: kept {v.train_config['selected']}; test MCD {m['test_mcd_db']:.2f} dB (Griffin-Lim {m['test_griffin_lim_mcd_db']:.2f} dB), "
-            f"feature L1 {m['test_feature_l1']:.4f} (Griffin-Lim {m['test_griffin_lim_feature_l1']:.4f})")
-
-        say("2/3 comparison on the held-out test clips")
-        t0 = time.perf_counter()
-        rows, facts, _, _ = compare(opts.corpus, opts.evaluator, opts.out / "V.pt", n=8 if opts.quick else 0, device=str(device), log=say)
-        record("comparison", {"wall_seconds": round(time.perf_counter() - t0, 1), "figures": rows, **facts})
-
-        if opts.gan_seconds > 0:
-            gan_settings = GanSettings(**{**(QUICK_GAN if opts.quick else GPU_GAN).__dict__, "max_seconds": opts.gan_seconds})
-            say(f"3/3 conditional mel GAN: {opts.gan_seconds:g} s budget, {gan_settings}")
+        for name, step in steps:
+            if name == "comparison" and "vocoder" in failed:
+                summary[name] = {"skipped": "no vocoder was trained"}
+                continue
             t0 = time.perf_counter()
-            c = train_gan(opts.corpus, work / "C.pt", settings=gan_settings, evaluator=opts.evaluator, device=device, cache_dir=work / "cache",
-                          progress=False, on_epoch=EveryFewSeconds("gan", ("critic_loss", "generator_loss", "seconds")))
-            for name in ("C.metrics.json", "C.samples.png"):
-                shutil.copy(work / name, opts.out / name)
-            m = c.metrics
-            record("gan", {
-                "wall_seconds": round(time.perf_counter() - t0, 1), "settings": gan_settings.__dict__, "epochs_run": c.train_config["epochs_run"],
-                "train_seconds": m["train_seconds"], "chance": 1 / len(c.classes),
-                **{k: m.get(k) for k in ("b_accuracy", "fid_b", "fid_b_real_vs_real", "b_predicted_words", "b_prediction_entropy_bits")},
-            })
-            say(f"cGAN: {c.train_config['epochs_run']} epochs; B recognizes {m['b_accuracy']:.1%} of its samples as their word "
-                f"(chance {1 / len(c.classes):.1%}); FID(B) {m['fid_b']:.1f} (real vs real {m['fid_b_real_vs_real']:.1f})")
-        else:
-            record("gan", {"skipped": "--gan-seconds 0"})
-    except HearsayError as exc:
-        record("error", {"message": str(exc)})
-        sys.exit(f"gpu_priors: {exc}")
+            try:  # each step reports on its own: a failure in one never costs the others' figures
+                summary[name] = {**step(opts, device, work), "wall_seconds": round(time.perf_counter() - t0, 1)}
+            except HearsayError as exc:
+                failed.append(name)
+                summary[name] = {"error": str(exc)}
+                say(f"gpu_priors: {name}: {exc}")
+            except Exception as exc:
+                failed.append(name)
+                summary[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+                traceback.print_exc()
+            summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+            atomic.write_text(opts.out / "summary.json", json.dumps(summary, indent=2, default=str))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    say(f"done in {time.perf_counter() - started:.0f} s; {opts.out / 'summary.json'}")
+    say(f"done in {time.perf_counter() - started:.0f} s; {opts.out / 'summary.json'}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,27 @@ def test_gpu_priors_script_says_what_is_missing(tmp_path):
                            str(tmp_path / "nowhere"), "--evaluator", str(tmp_path / "B.pt")], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr
     assert "gpu_priors:" in done.stdout + done.stderr
+
+
+def test_a_failed_step_costs_only_its_own_figures(tmp_path, monkeypatch):
+    from bench import gpu_priors
+    from generation.train import train_classifier
+
+    corpus = make_tiny_corpus(tmp_path / "corpus", speakers=4, takes=1)
+    train_classifier(corpus, tmp_path / "B.pt", epochs=1, seed=2, arch="paper", device="cpu", progress=False)
+    monkeypatch.setenv("HEARSAY_CACHE_DIR", str(tmp_path / "cache"))
+
+    def broken(*args):
+        raise RuntimeError("the device fell over")
+
+    monkeypatch.setattr(gpu_priors, "vocoder_step", broken)
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["gpu_priors.py", "--out", str(out), "--quick", "--device", "cpu", "--corpus", str(corpus),
+                                      "--evaluator", str(tmp_path / "B.pt")])
+    with pytest.raises(SystemExit) as stopped:
+        gpu_priors.main()
+    assert stopped.value.code == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["vocoder"]["error"] == "RuntimeError: the device fell over" and "Traceback" in summary["vocoder"]["traceback"]
+    assert summary["comparison"] == {"skipped": "no vocoder was trained"}
+    assert 0 <= summary["gan"]["b_accuracy"] <= 1 and (out / "C.samples.png").is_file()

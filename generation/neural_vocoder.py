@@ -10,11 +10,13 @@ aligned with the features (frame t is centred on sample t * hop).
 Training (GAN, hinge loss): a multi-period discriminator on the waveform and a
 multi-resolution discriminator on STFT magnitudes, feature matching, and an L1
 loss on log-mel spectrograms plus a multi-resolution STFT loss. The adversarial
-terms start after `adversarial_after` epochs: on a 2-core CPU the reconstruction
-losses alone give a usable voice within minutes, and the discriminators then
-remove the remaining metallic smear when time allows. Training resumes from
-`OUT.partial` after an interruption; the checkpoint records the FeatureConfig,
-training configuration, data fingerprint and held-out metrics.
+terms start after `adversarial_after` epochs and fade in: on a 2-core CPU the
+reconstruction losses alone give a usable voice within minutes, and the
+discriminators then remove the remaining metallic smear when time allows. Every
+epoch is judged on the validation clips, and the generator of the best one is
+what is saved. Training resumes from `OUT.partial` after an interruption, and
+stops early at a time budget; the checkpoint records the FeatureConfig, training
+configuration, data fingerprint and held-out metrics.
 """
 from __future__ import annotations
 

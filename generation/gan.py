@@ -425,6 +425,7 @@ class GanSettings:
     width: int = 16  # a CPU-sized default; on a GPU 32 or more
     lr_g: float = 2e-4
     lr_d: float = 4e-4
+    max_seconds: float = 0.0  # training time budget: stop after the epoch that reaches it (0: none)
     seed: int = 1
 
     def validate(self) -> None:
@@ -434,6 +435,8 @@ class GanSettings:
             raise HearsayError("epochs, latent and width must be at least 1 and batch_size at least 2")
         if not (self.lr_g > 0 and self.lr_d > 0):
             raise HearsayError("learning rates must be positive")
+        if self.max_seconds < 0:
+            raise HearsayError("max_seconds must not be negative")
 
 
 def train_gan(
@@ -469,7 +472,8 @@ def train_gan(
     fingerprint = corpus.fingerprint()
     identity = {"kind": KIND, "arch": settings.domain, "arch_kwargs": arch_kwargs, **settings.__dict__,
                 "feature_config": cfg.fingerprint(), "data_fingerprint": fingerprint}
-    identity.pop("epochs")
+    for budget in ("epochs", "max_seconds"):  # a resumed run may be given more of either
+        identity.pop(budget)
 
     feats = {s: torch.from_numpy(cache.features_for(corpus.split(s), cfg, dev, cache_dir, progress=progress)) for s in ("train", "validation", "test")}
     labels = torch.tensor(corpus.labels(corpus.split("train")), dtype=torch.long)
@@ -487,7 +491,7 @@ def train_gan(
     bar = tqdm(total=settings.epochs, initial=min(epoch, settings.epochs), desc=f"{out.name} ({settings.domain} GAN)", unit="epoch", disable=not progress)
     if epoch:
         bar.write(f"resuming {out.name} after epoch {epoch} from {state_path.name}")
-    while epoch < settings.epochs:
+    while epoch < settings.epochs and not (settings.max_seconds and seconds >= settings.max_seconds):
         started, cpu_started = time.perf_counter(), time.process_time()
         generator.train()
         critic.train()
@@ -539,7 +543,9 @@ def train_gan(
         flat = torch.arange(len(samples)) % len(corpus.classes)  # rows are only a layout: the samples carry no word
         write_grid(sibling(out, ".samples.png"), samples, flat, [f"#{i + 1}" for i in range(len(corpus.classes))],
                    f"{out.name}: {kind} samples (B's word above each)", predicted=predicted)
-    train_config = {**identity, "epochs": settings.epochs, "epochs_run": epoch, "data": str(corpus.root), "device": str(dev),
+    stopped = "epochs" if epoch >= settings.epochs else f"time budget ({settings.max_seconds:g} s)"
+    train_config = {**identity, "epochs": settings.epochs, "max_seconds": settings.max_seconds, "epochs_run": epoch, "stopped_by": stopped,
+                    "data": str(corpus.root), "device": str(dev),
                     "evaluator": str(evaluator) if evaluator else None, "loss": "hinge, spectral-norm critic" + (" with projection" if n_classes else ""),
                     "selected": "last epoch"}
     ckpt = Checkpoint(kind=KIND, arch=settings.domain, arch_kwargs=arch_kwargs, model=generator, feature_config=cfg, classes=list(corpus.classes),

@@ -3,7 +3,8 @@
 For every word, `per_class` samples of the generator (for a conditional one, samples
 of that word) are pushed toward the word for classifier A through the generator,
 retried as in the paper design (rounds of attempts up to `max_attempts`, the first
-attempt A agrees with kept, else the last finite one marked ``unconverged``).
+attempt A agrees with kept, else the last finite one marked ``unconverged``). The
+retries, the journal and the files are the paper set's own (`generation.stimuli`).
 Each slot gives a before/after pair: "before" is the generator's own sample, so
 for a conditional generator the pair is the enhancer's input and output.
 Mel generators are voiced by the chosen vocoder; a wave generator's own audio is
@@ -25,20 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
-from hearsay import atomic
 from hearsay.errors import HearsayError
 from hearsay.manifest import MANIFEST_NAME, write_manifest
 from hearsay.provenance import file_sha256, library_versions
-from hearsay.runs import RunFolder
 
 from . import checkpoint, gan
 from . import maximize as engine
 from .objective import write_csv
-from .stimuli import COLUMNS, JOURNAL, attempt_rounds, stimulus_id
-from .vocoder import GriffinLimVocoder, Vocoder, finish, write_wav
+from .stimuli import COLUMNS, maximize_with_retries, open_stimulus_folder, run_journalled, stimulus_id, write_clip
+from .vocoder import GriffinLimVocoder, Vocoder, finish
 
 
 @dataclass
@@ -50,10 +48,6 @@ class GanSummary:
     unconverged: int
     failed: int
     enhancer: list[dict[str, Any]]
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    atomic.write_with(path, lambda fh: np.save(fh, np.asarray(array, dtype=np.float32)))
 
 
 def generate_gan_stimuli(
@@ -74,8 +68,6 @@ def generate_gan_stimuli(
     progress: bool = False,
 ) -> GanSummary:
     """Write (or resume) the GAN-prior stimulus set for `method` into `out`; see module doc."""
-    from tqdm import tqdm
-
     from .train import resolve_device
 
     if per_class < 1 or max_attempts < 1:
@@ -102,34 +94,22 @@ def generate_gan_stimuli(
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     out = Path(out)
-    folder = RunFolder(out, identity, what="stimulus set")
-    resumed_run = folder.open()
-    for sub in ("wav", "features"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"key": key, "columns": list(COLUMNS), "complete": False, "device": str(dev),
                               "paths": {"classifier": str(classifier), "evaluator": str(evaluator), "generator": str(generator)},
                               "versions": library_versions()}
-    if not resumed_run:
-        folder.write_record(record)
+    folder = open_stimulus_folder(out, identity, record)
 
     recognizer = None
     if asr:
         from .asr import Recognizer
 
         recognizer = Recognizer(list(a.classes))
-    journal = folder.journal(JOURNAL)
-    done = {u: entry["rows"] for u, entry in journal.read().items()
-            if all((out / r["file"]).is_file() for r in entry["rows"] if r["file"])}
     avoid = list(a.classes) + [method, "gan", "noise", "before", "after"]
-    ran = 0
     started = time.time()
-    for word in tqdm(chosen, desc=f"stimuli ({method})", unit="word", disable=not progress):
-        if word in done:
-            continue
-        rows = _run_word(word, targets[word], method, a, b, g, settings, per_class, max_attempts, seed, key, avoid, vocoder, recognizer, dev, out)
-        journal.append(word, {"rows": rows})
-        done[word] = rows
-        ran += 1
+    done, ran = run_journalled(
+        folder, out, chosen,
+        lambda word: _run_word(word, targets[word], method, a, b, g, settings, per_class, max_attempts, seed, key, avoid, vocoder, recognizer, dev, out),
+        desc=f"stimuli ({method})", progress=progress)
 
     all_rows = [r for w in chosen for r in done[w]]
     kept = [r for r in all_rows if r["status"] != "failed"]
@@ -146,24 +126,14 @@ def generate_gan_stimuli(
 
 def _run_word(word, target, method, a, b, g, settings, per_class, max_attempts, seed, key, avoid, vocoder, recognizer, dev, out) -> list[dict]:
     unit_seed = engine.derive_seed(seed, "gan-prior", method, word)
-    parts = []
-    for lo, hi in attempt_rounds(max_attempts):
-        n = (hi - lo) * per_class
-        parts.append(engine.maximize(a.model, torch.full((n,), target, dtype=torch.long), method=method, decoder=g.model,
-                                     settings=settings, seed=unit_seed, first_index=lo * per_class, evaluator=b.model, device=dev))
-        agree = torch.cat([(p.prob_a.argmax(1) == target) & ~p.failed for p in parts])
-        if bool(agree.view(-1, per_class).any(dim=0).all()):
-            break
-    res = engine.Result(**{f: None if getattr(parts[0], f) is None else torch.cat([getattr(p, f) for p in parts])
-                           for f in engine.Result.__dataclass_fields__})
-    computed = len(agree) // per_class
+    res, picks = maximize_with_retries(
+        lambda lo, hi: engine.maximize(a.model, torch.full((hi - lo,), target, dtype=torch.long), method=method, decoder=g.model,
+                                       settings=settings, seed=unit_seed, first_index=lo, evaluator=b.model, device=dev),
+        target, per_class, max_attempts)
     classes = a.classes
     rows, clips = [], []
-    for slot in range(per_class):
-        tries = [j * per_class + slot for j in range(computed)]
-        good = [k for k in tries if bool(agree[k])]
-        finite = [k for k in tries if not bool(res.failed[k])]
-        k, status = (good[0], "converged") if good else (finite[-1], "unconverged") if finite else (tries[-1], "failed")
+    for slot, pick in enumerate(picks):
+        k, status = pick.index, pick.status
         pair = stimulus_id(key, word, slot, "pair", avoid=avoid)
         stages = (("before", res.start_features[k], res.start_prob_a[k], res.start_prob_b[k], res.start_waves),
                   ("after", res.features[k], res.prob_a[k], res.prob_b[k], res.waves))
@@ -172,7 +142,7 @@ def _run_word(word, target, method, a, b, g, settings, per_class, max_attempts, 
             row = {
                 "stimulus_id": sid, "file": "", "word": word, "method": method, "init": "noise", "stage": stage, "pair_id": pair,
                 "condition": f"{method}-noise", "source_file": "", "speaker": "", "seed": unit_seed,
-                "attempts": tries.index(k) + 1 if status == "converged" else computed,
+                "attempts": pick.attempts,
                 "pred_a": classes[int(pa.argmax())], "prob_a": round(float(pa[target]), 6),
                 "pred_b": classes[int(pb.argmax())], "prob_b": round(float(pb[target]), 6),
                 "target_prob_a": round(float(pa[target]), 6), "classifier_sha256": a.sha256, "evaluator_sha256": b.sha256,
@@ -196,8 +166,7 @@ def _write(clips, vocoder, recognizer, rate: int, out: Path) -> None:
     else:
         waves = finish(torch.stack([w for _, _, w in clips]), rate).numpy()
     for (row, feat, _), wave in zip(clips, waves):
-        write_wav(out / row["file"], wave, rate)
-        _save_npy(out / "features" / f"{row['stimulus_id']}.npy", feat.numpy())
+        write_clip(out, row["stimulus_id"], wave, rate, feat)
         row["pred_asr"] = recognizer.recognize(wave, rate) if recognizer is not None else ""
 
 

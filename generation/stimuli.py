@@ -24,7 +24,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -74,9 +74,83 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     atomic.write_bytes(path, buf.getvalue())
 
 
+def write_clip(out: Path, sid: str, wave: np.ndarray, rate: int, features: torch.Tensor) -> None:
+    """One stimulus: `wav/<id>.wav` and the features it was made from, `features/<id>.npy`."""
+    write_wav(out / "wav" / f"{sid}.wav", wave, rate)
+    _save_npy(out / "features" / f"{sid}.npy", features.numpy())
+
+
 def _files_present(out: Path, rows: list[dict[str, Any]]) -> bool:
     """A journalled unit whose files were deleted since is redone (same seed, same files)."""
     return all((out / r["file"]).is_file() and (out / "features" / f"{r['stimulus_id']}.npy").is_file() for r in rows if r["file"])
+
+
+def open_stimulus_folder(out: Path, identity: dict[str, Any], record: dict[str, Any]) -> RunFolder:
+    """The run folder of a stimulus set (refused if it holds another run), with `wav/` and `features/` and no stale temporaries."""
+    folder = RunFolder(out, identity, what="stimulus set")
+    resumed_run = folder.open()
+    for sub in ("wav", "features"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        for stale in (out / sub).glob(".*.tmp"):
+            stale.unlink()
+    if not resumed_run:
+        folder.write_record(record)
+    return folder
+
+
+def run_journalled(folder: RunFolder, out: Path, units: Sequence[str], run_unit: Callable[[str], list[dict[str, Any]]], *,
+                   desc: str, progress: bool) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """Run every unit not yet journalled with its files present, one journal line each: ({unit: rows}, units run now)."""
+    from tqdm import tqdm
+
+    journal = folder.journal(JOURNAL)
+    done = {unit: entry["rows"] for unit, entry in journal.read().items() if _files_present(out, entry["rows"])}
+    ran = 0
+    for unit in tqdm(units, desc=desc, unit="unit", disable=not progress):
+        if unit in done:
+            continue
+        rows = run_unit(unit)
+        journal.append(unit, {"rows": rows})
+        done[unit] = rows
+        ran += 1
+    return done, ran
+
+
+@dataclass
+class Pick:
+    """The attempt kept for one slot: its sample index, ``converged``/``unconverged``/``failed``, attempts counted."""
+
+    index: int
+    status: str
+    attempts: int
+
+
+def maximize_with_retries(run_attempts: Callable[[int, int], Result], target: int, per_class: int, max_attempts: int
+                          ) -> tuple[Result, list[Pick]]:
+    """The paper's retries for one unit: attempts in rounds (`attempt_rounds`) until A agrees in every slot.
+
+    `run_attempts(first, stop)` maximizes samples [first, stop); attempt j of slot i
+    is sample j * per_class + i. A slot keeps its first attempt A agrees with, else
+    its last finite one (unconverged), else its last (failed, never voiced).
+    """
+    parts = []
+    for lo, hi in attempt_rounds(max_attempts):
+        parts.append(run_attempts(lo * per_class, hi * per_class))
+        agree = torch.cat([(p.prob_a.argmax(1) == target) & ~p.failed for p in parts])
+        if bool(agree.view(-1, per_class).any(dim=0).all()):
+            break
+    res = Result(**{f: None if getattr(parts[0], f) is None else torch.cat([getattr(p, f) for p in parts]) for f in Result.__dataclass_fields__})
+    computed = len(agree) // per_class
+    picks = []
+    for slot in range(per_class):
+        tries = [j * per_class + slot for j in range(computed)]
+        good = [k for k in tries if bool(agree[k])]
+        finite = [k for k in tries if not bool(res.failed[k])]
+        if good:
+            picks.append(Pick(good[0], "converged", tries.index(good[0]) + 1))
+        else:
+            picks.append(Pick(finite[-1], "unconverged", computed) if finite else Pick(tries[-1], "failed", computed))
+    return res, picks
 
 
 @dataclass
@@ -140,8 +214,6 @@ def generate_stimuli(
     progress: bool = False,
 ) -> Summary:
     """Write the paper's perceptual stimulus set to `out`, resuming a previous run with the same arguments."""
-    from tqdm import tqdm
-
     from .train import resolve_device
 
     if design not in DESIGNS:
@@ -176,14 +248,7 @@ def generate_stimuli(
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     out = Path(out)
-    folder = RunFolder(out, identity, what="stimulus set")
-    resumed_run = folder.open()
-    journal, manifest_path = folder.journal(JOURNAL), out / MANIFEST_NAME
-    for sub in ("wav", "features"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-        for stale in (out / sub).glob(".*.tmp"):
-            stale.unlink()
-
+    manifest_path = out / MANIFEST_NAME
     record = {
         "key": key,
         "paths": {"classifier": str(classifier), "evaluator": str(evaluator), "decoder": str(decoder), "corpus": str(data.root)},
@@ -193,27 +258,18 @@ def generate_stimuli(
         "conditions": [c.__dict__ for c in CONDITIONS],
         "complete": False,
     }
-    if not resumed_run:
-        folder.write_record(record)
-
-    done = {unit: entry["rows"] for unit, entry in journal.read().items() if _files_present(out, entry["rows"])}
-    units = [(w, c) for w in chosen for c in CONDITIONS]
-    resumed = sum(f"{w}|{c.name}" in done for w, c in units)
-    ran = 0
+    folder = open_stimulus_folder(out, identity, record)
     started = time.time()
     avoid = list(models.a.classes) + list(REVEALING_WORDS)
     tests = {w: [u for u in data.split("test") if u.word == w] for w in chosen}
-    for word, cond in tqdm(units, desc="stimuli", unit="unit", disable=not progress):
-        unit = f"{word}|{cond.name}"
-        if unit in done:
-            continue
-        rows = _run_unit(word, cond, tests[word], models, settings[cond.method], per_class, max_attempts, seed, key, avoid,
-                         vocoder, dev, out)
-        journal.append(unit, {"rows": rows})
-        done[unit] = rows
-        ran += 1
+    by_unit = {f"{w}|{c.name}": (w, c) for w in chosen for c in CONDITIONS}
 
-    all_rows = [r for w, c in units for r in done[f"{w}|{c.name}"]]
+    def run_unit(unit: str) -> list[dict[str, Any]]:
+        word, cond = by_unit[unit]
+        return _run_unit(word, cond, tests[word], models, settings[cond.method], per_class, max_attempts, seed, key, avoid, vocoder, dev, out)
+
+    done, ran = run_journalled(folder, out, list(by_unit), run_unit, desc="stimuli", progress=progress)
+    all_rows = [r for unit in by_unit for r in done[unit]]
     kept = [r for r in all_rows if r["status"] != "failed"]
     write_manifest(manifest_path, kept)
     counts: dict[str, int] = {}
@@ -232,7 +288,7 @@ def generate_stimuli(
         seconds_last_run=round(time.time() - started, 1),
     )
     folder.write_record(record)
-    return Summary(out, len(kept), ran, resumed, unconverged, len(failed), counts)
+    return Summary(out, len(kept), ran, len(by_unit) - ran, unconverged, len(failed), counts)
 
 
 def attempt_rounds(max_attempts: int) -> list[tuple[int, int]]:
@@ -257,20 +313,12 @@ def _run_unit(word, cond, test_utts, models, settings, per_class, max_attempts, 
         feats = extract_files(unique, models.a.feature_config, device=dev)
         where = {p: i for i, p in enumerate(unique)}
         start_feats = torch.from_numpy(feats[[where[u.path] for u in starts]])
-    parts = []
-    for lo, hi in attempt_rounds(max_attempts):
-        a, b = lo * per_class, hi * per_class
-        parts.append(maximize(
-            models.a.model, torch.full((b - a,), target, dtype=torch.long), method=cond.method,
-            decoder=models.ae.model if cond.method == "decoder" else None,
-            start=None if start_feats is None else start_feats[a:b], settings=settings, seed=unit_seed, first_index=a,
-            evaluator=models.b.model, device=dev, shape=models.a.feature_config.shape,
-        ))
-        agree = torch.cat([(p.prob_a.argmax(1) == target) & ~p.failed for p in parts])
-        if bool(agree.view(-1, per_class).any(dim=0).all()):
-            break
-    res = Result(**{f: None if getattr(parts[0], f) is None else torch.cat([getattr(p, f) for p in parts]) for f in Result.__dataclass_fields__})
-    computed = len(agree) // per_class
+    res, picks = maximize_with_retries(lambda a, b: maximize(
+        models.a.model, torch.full((b - a,), target, dtype=torch.long), method=cond.method,
+        decoder=models.ae.model if cond.method == "decoder" else None,
+        start=None if start_feats is None else start_feats[a:b], settings=settings, seed=unit_seed, first_index=a,
+        evaluator=models.b.model, device=dev, shape=models.a.feature_config.shape,
+    ), target, per_class, max_attempts)
     classes = models.a.classes
     base = {
         "word": word, "condition": cond.name, "seed": unit_seed,
@@ -279,17 +327,8 @@ def _run_unit(word, cond, test_utts, models, settings, per_class, max_attempts, 
     rows: list[dict[str, Any]] = []
     clips: list[tuple[str, torch.Tensor]] = []
     originals: list[tuple[str, Utterance, torch.Tensor]] = []
-    for slot in range(per_class):
-        tries = [j * per_class + slot for j in range(computed)]
-        good = [k for k in tries if bool(agree[k])]
-        finite = [k for k in tries if not bool(res.failed[k])]
-        if good:
-            k, status = good[0], "converged"
-        elif finite:
-            k, status = finite[-1], "unconverged"
-        else:
-            k, status = tries[-1], "failed"
-        attempts = tries.index(k) + 1 if status == "converged" else computed
+    for slot, pick in enumerate(picks):
+        k, status, attempts = pick.index, pick.status, pick.attempts
         utt = starts[k] if starts else None
         pair = stimulus_id(key, word, cond.name, slot, "pair", avoid=avoid) if cond.paired else ""
         common = {
@@ -328,8 +367,7 @@ def _write_clips(clips, originals, rows, models, target, vocoder, dev, out: Path
     if clips:
         waves = vocoder(torch.stack([f for _, f in clips]))
         for (sid, feat), wave in zip(clips, waves):
-            write_wav(out / "wav" / f"{sid}.wav", wave, vocoder.sample_rate)
-            _save_npy(out / "features" / f"{sid}.npy", feat.numpy())
+            write_clip(out, sid, wave, vocoder.sample_rate, feat)
     if originals:
         feats = torch.stack([f for _, _, f in originals])
         pa, pb = _probs(models.a.model, feats, dev), _probs(models.b.model, feats, dev)
@@ -338,8 +376,7 @@ def _write_clips(clips, originals, rows, models, target, vocoder, dev, out: Path
         for i, (sid, utt, feat) in enumerate(originals):
             wave, rate = read_wave(utt.path)
             tuned = finish(torch.from_numpy(wave)[None], rate, getattr(vocoder, "target_rms_db", -23.0), getattr(vocoder, "fade_ms", 10.0))
-            write_wav(out / "wav" / f"{sid}.wav", tuned[0].numpy(), rate)
-            _save_npy(out / "features" / f"{sid}.npy", feat.numpy())
+            write_clip(out, sid, tuned[0].numpy(), rate, feat)
             by_id[sid].update(
                 pred_a=classes[int(pa[i].argmax())], prob_a=round(float(pa[i, target]), 6),
                 pred_b=classes[int(pb[i].argmax())], prob_b=round(float(pb[i, target]), 6),

@@ -236,6 +236,9 @@ def test_train_gan_command(corpus, evaluator, tmp_path, capsys):
     call_command("train_gan", data=str(corpus), out=str(out), epochs=1, batch_size=8, latent=8, width=4, evaluator=str(evaluator),
                  device="cpu", verbosity=0)
     assert "FID(B)" in capsys.readouterr().out
+    call_command("train_gan", data=str(corpus), out=str(tmp_path / "T.pt"), epochs=9, max_seconds=1e-6, batch_size=8, latent=8, width=4,
+                 device="cpu", verbosity=0)
+    assert "1 epochs (stopped by time budget" in capsys.readouterr().out
     with pytest.raises(CommandError, match="domain"):
         call_command("train_gan", data=str(corpus), out=str(out), domain="video", device="cpu", verbosity=0)
     with pytest.raises(CommandError, match="not found"):
@@ -293,6 +296,11 @@ def test_generate_cgan_writes_enhancer_pairs_and_resumes(gen_setup, tmp_path):
     enhancer = list(csv.DictReader(open(out / "enhancer.csv")))
     assert [e["word"] for e in enhancer] == ["bed", "go", "ALL"] and enhancer[-1]["n_after"] == "2"
     assert "0 words run, 2 resumed" in _generate(gen_setup, out, "cgan", gen_setup["cgan"])
+    lost = out / "features" / f"{rows[0]['stimulus_id']}.npy"
+    kept = lost.read_bytes()
+    lost.unlink()  # a word whose feature file is gone is redone, as in the paper set, not taken as done
+    assert "1 words run, 1 resumed" in _generate(gen_setup, out, "cgan", gen_setup["cgan"])
+    assert lost.read_bytes() == kept
 
 
 def test_generate_wave_gan_writes_the_generators_audio(gen_setup, tmp_path):
@@ -393,3 +401,12 @@ def test_generate_never_writes_failed_gan_samples(gen_setup, tmp_path):
     assert "2 failed" in text
     assert list(csv.DictReader(open(out / "manifest.csv"))) == [] and list((out / "wav").iterdir()) == []
     assert json_load(out / "run.json")["failed"] == 2
+
+
+def test_a_time_budget_stops_gan_training_with_a_proper_checkpoint(corpus, tmp_path):
+    out = tmp_path / "G.pt"
+    ckpt = train_gan(corpus, out, settings=GanSettings(conditional=True, **{**TINY, "epochs": 50}, max_seconds=1e-6), device="cpu", progress=False)
+    assert ckpt.train_config["epochs_run"] == 1 and ckpt.train_config["stopped_by"] == "time budget (1e-06 s)"
+    assert len(ckpt.metrics["history"]) == 1 and load(out).train_config["max_seconds"] == 1e-6 and not partial_path(out).exists()
+    with pytest.raises(HearsayError, match="max_seconds"):
+        train_gan(corpus, tmp_path / "H.pt", settings=GanSettings(**TINY, max_seconds=-1.0), device="cpu", progress=False)

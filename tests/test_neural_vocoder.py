@@ -9,11 +9,12 @@ from django.core.management import CommandError, call_command
 from generation import checkpoint
 from hearsay.errors import HearsayError
 from generation.features import PAPER, LogMel, prepare_waves
+from generation import neural_vocoder
 from generation.neural_vocoder import (
-    NeuralVocoder, TrainSettings, VocosGenerator, load, load_vocoder, mel_cepstral_distortion, train_vocoder,
+    NeuralVocoder, SpectralLosses, TrainSettings, VocosGenerator, load, load_vocoder, mel_cepstral_distortion, score, train_vocoder,
 )
 from generation.train import partial_path
-from generation.vocoder import GriffinLimVocoder, Vocoder
+from generation.vocoder import GriffinLimVocoder, Vocoder, finish
 from tests.helpers.corpora import make_tiny_corpus
 
 TINY = TrainSettings(epochs=2, batch_size=8, segment_frames=8, adversarial_after=1, dim=16, hidden=32, layers=1)
@@ -64,6 +65,8 @@ def test_train_save_reload_and_vocode(trained):
     m = ckpt.metrics
     assert (m["n_train"], m["n_validation"], m["n_test"]) == (6, 3, 3)
     assert [h["adversarial"] for h in m["history"]] == [False, True]
+    assert m["best_epoch"] in (1, 2) and ckpt.train_config["selected"].startswith(f"epoch {m['best_epoch']} of 2")
+    assert ckpt.train_config["stopped_by"] == "epochs"
     assert "train_discriminator" in m["history"][1] and "train_discriminator" not in m["history"][0]
     assert np.isfinite([m["test_feature_l1"], m["test_mcd_db"], m["test_griffin_lim_mcd_db"]]).all()
     assert not partial_path(trained).exists()
@@ -149,6 +152,10 @@ def test_command_trains_and_reports(corpus, tmp_path, capsys):
     call_command("train_vocoder", data=str(corpus), out=str(out), epochs=1, adversarial_after=1, batch_size=8, segment_frames=8,
                  dim=16, layers=1, device="cpu", verbosity=0)
     assert "MCD" in capsys.readouterr().out and out.is_file()
+    call_command("train_vocoder", data=str(corpus), out=str(tmp_path / "T.pt"), epochs=9, max_seconds=1e-6, adversarial_after=0,
+                 adversarial_ramp=0, lr_d=1e-4, batch_size=8, segment_frames=8, dim=16, hidden=16, layers=1, device="cpu", verbosity=0)
+    assert "kept epoch 1 of 1" in (said := capsys.readouterr().out) and "stopped by time budget" in said
+    assert load(tmp_path / "T.pt").train_config["lr_d"] == 1e-4
     with pytest.raises(CommandError, match="does not exist"):
         call_command("train_vocoder", data=str(tmp_path / "nowhere"), out=str(out), device="cpu", verbosity=0)
     with pytest.raises(CommandError, match="segment_frames"):
@@ -183,3 +190,101 @@ def test_generate_takes_a_neural_vocoder(tmp_path):
     other = _save_untrained_vocoder(tmp_path / "V2.pt", PAPER.__class__(**{**PAPER.to_dict(), "f_max": 8000.0}))
     with pytest.raises(CommandError, match="other features"):
         call_command("generate", out=str(tmp_path / "out3"), vocoder=str(other), **common)
+
+
+def _scripted_validation(monkeypatch, val_mcd):
+    """Make validation report `val_mcd` epoch after epoch (test scoring stays real) and keep each epoch's weights."""
+    real_evaluate, seen = neural_vocoder.evaluate, []
+
+    def scripted(model, feats, cfg, device, batch=32):
+        if len(seen) == len(val_mcd):
+            return real_evaluate(model, feats, cfg, device, batch)
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"feature_l1": 0.1, "mcd_db": val_mcd[len(seen) - 1]}
+
+    monkeypatch.setattr(neural_vocoder, "evaluate", scripted)
+    return seen
+
+
+def test_a_later_worse_epoch_never_replaces_the_best_one(corpus, tmp_path, monkeypatch):
+    seen = _scripted_validation(monkeypatch, [6.0, 5.0, 9.0])
+    ckpt = train_vocoder(corpus, tmp_path / "V.pt", settings=TrainSettings(**{**TINY.__dict__, "epochs": 3}), device="cpu", progress=False)
+    assert ckpt.metrics["best_epoch"] == 2 and ckpt.metrics["best_val_mcd_db"] == 5.0
+    assert ckpt.train_config["selected"] == "epoch 2 of 3 (lowest validation MCD)" and ckpt.train_config["epochs_run"] == 3
+    assert [h["best_epoch"] for h in ckpt.metrics["history"]] == [1, 2, 2]
+    saved = load(tmp_path / "V.pt").model.state_dict()
+    for k, v in saved.items():
+        assert torch.equal(v, seen[1][k]), k
+    assert any(not torch.equal(v, seen[2][k]) for k, v in saved.items())
+
+
+def test_the_best_epoch_survives_an_interruption(corpus, tmp_path, monkeypatch):
+    seen = _scripted_validation(monkeypatch, [5.0, 7.0, 8.0])
+    settings = TrainSettings(**{**TINY.__dict__, "epochs": 3})
+
+    def stop(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_vocoder(corpus, tmp_path / "V.pt", settings=settings, device="cpu", progress=False, on_epoch=stop)
+    ckpt = train_vocoder(corpus, tmp_path / "V.pt", settings=settings, device="cpu", progress=False)
+    assert ckpt.metrics["best_epoch"] == 1 and len(ckpt.metrics["history"]) == 3
+    for k, v in ckpt.model.state_dict().items():
+        assert torch.equal(v.cpu(), seen[0][k]), k
+
+
+def test_a_time_budget_stops_training_with_a_proper_checkpoint(corpus, tmp_path):
+    out = tmp_path / "V.pt"
+    ckpt = train_vocoder(corpus, out, settings=TrainSettings(**{**TINY.__dict__, "epochs": 50, "max_seconds": 1e-6}), device="cpu", progress=False)
+    assert ckpt.train_config["epochs_run"] == 1 and ckpt.train_config["stopped_by"] == "time budget (1e-06 s)"
+    assert ckpt.metrics["best_epoch"] == 1 and np.isfinite(ckpt.metrics["test_mcd_db"])
+    assert load(out).train_config["max_seconds"] == 1e-6 and not partial_path(out).exists()
+
+
+def test_schedules_decay_the_learning_rate_and_ramp_the_adversarial_terms():
+    s = TrainSettings(epochs=10, adversarial_after=4, adversarial_ramp=2, final_lr_ratio=0.1)
+    assert s.lr_factor(0, 0.0) == pytest.approx(1.0) and s.lr_factor(10, 0.0) == pytest.approx(0.1)
+    assert s.lr_factor(5, 0.0) == pytest.approx(0.55)
+    budget = TrainSettings(epochs=1000, max_seconds=100.0, final_lr_ratio=0.1)
+    assert budget.lr_factor(1, 50.0) == pytest.approx(0.55) and budget.lr_factor(1, 500.0) == pytest.approx(0.1)
+    assert [s.adversarial_share(e) for e in range(7)] == [0, 0, 0, 0, 0.5, 1.0, 1.0]
+    assert TrainSettings(adversarial_after=0, adversarial_ramp=0).adversarial_share(0) == 1.0
+    with pytest.raises(HearsayError, match="final_lr_ratio"):
+        TrainSettings(final_lr_ratio=0.0).validate(PAPER)
+
+
+def _real_like_waves(n=2):
+    t = np.arange(PAPER.clip_samples) / PAPER.sample_rate
+    rng = np.random.default_rng(0)
+    env = np.exp(-((t - 0.5) ** 2) / 0.02)
+    return [(env * (np.sin(2 * np.pi * f * t) + 0.3 * np.sin(2 * np.pi * 2.5 * f * t)) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+            for f in (180.0, 260.0)[:n]]
+
+
+def test_the_mel_loss_measures_what_the_features_see():
+    """On the features' bands and dB range: it is the feature L1 (times 100 dB in nepers) wherever the fake is not below the floor."""
+    real = torch.from_numpy(np.stack(_real_like_waves()))
+    losses, logmel = SpectralLosses(PAPER), LogMel(PAPER)
+    frames = 1 + PAPER.clip_samples // PAPER.hop_length
+    nepers = -PAPER.min_level_db / 20.0 * np.log(10.0)
+    for louder in (1.5, 3.0):  # louder everywhere: never below the floor where the real one is above it
+        fake = real * louder
+        feature_l1 = float((logmel(fake) - logmel(real))[:, :frames].abs().mean())
+        assert float(losses.mel_l1(fake, real)) == pytest.approx(nepers * feature_l1, rel=1e-3)
+    quiet = real * 1e-3  # mostly under the floor: the loss still pulls it up, more than the clipped features show
+    assert float(losses.mel_l1(quiet, real)) > nepers * float((logmel(quiet) - logmel(real))[:, :frames].abs().mean())
+    quiet.requires_grad_(True)
+    losses.mel_l1(quiet, real).backward()
+    assert quiet.grad.abs().sum() > 0
+
+
+def test_every_vocoder_is_scored_on_the_same_aligned_path():
+    """Finished originals score almost perfectly (fades touch one frame), and a one-hop shift is what the score punishes."""
+    waves = torch.from_numpy(np.stack(_real_like_waves()))
+    feats = LogMel(PAPER)(prepare_waves(list(waves.numpy()), PAPER.sample_rate, PAPER))
+    _, l1, mcd = score(finish(waves, PAPER.sample_rate), feats, PAPER)
+    assert float(l1.max()) < 0.002 and float(mcd.max()) < 0.5
+    shifted = torch.roll(waves, PAPER.hop_length, dims=1)
+    _, l1_shift, mcd_shift = score(finish(shifted, PAPER.sample_rate), feats, PAPER)
+    assert float(mcd_shift.min()) > 5 * float(mcd.max()) + 0.5 and float(l1_shift.min()) > float(l1.max())

@@ -8,7 +8,7 @@ class Command(HearsayCommand):
         "features, --domain wave raw audio judged through a differentiable copy of the feature pipeline; --conditional "
         "makes the word an input. Hinge loss, spectral-norm critic. With --evaluator B.pt it reports B's accuracy on "
         "conditional samples per word and the Fréchet distance in B's penultimate layer, and writes FILE.samples.png. "
-        "An interrupted run resumes from FILE.partial when rerun with the same arguments (--epochs may grow)."
+        "An interrupted run resumes from FILE.partial when rerun with the same arguments (--epochs and --max-seconds may grow)."
     )
     interrupted = "interrupted: rerun the same command to resume from the last finished epoch"
 
@@ -22,6 +22,8 @@ class Command(HearsayCommand):
         parser.add_argument("--conditional", action="store_true", help="the generator (and critic) take the word")
         parser.add_argument("--evaluator", help="independent classifier B checkpoint for the quality figures")
         parser.add_argument("--epochs", type=int, default=d.epochs)
+        parser.add_argument("--max-seconds", type=float, default=d.max_seconds,
+                            help="training time budget: stop after the epoch that reaches it and save as usual (default 0: none)")
         parser.add_argument("--batch-size", type=int, default=d.batch_size)
         parser.add_argument("--latent", type=int, default=d.latent)
         parser.add_argument("--width", type=int, default=d.width, help="base channel count")
@@ -34,13 +36,13 @@ class Command(HearsayCommand):
         from generation.gan import GanSettings, train_gan
 
         settings = GanSettings(
-            domain=opts["domain"], conditional=opts["conditional"], epochs=opts["epochs"], batch_size=opts["batch_size"],
+            domain=opts["domain"], conditional=opts["conditional"], epochs=opts["epochs"], max_seconds=opts["max_seconds"], batch_size=opts["batch_size"],
             latent=opts["latent"], width=opts["width"], lr_g=opts["lr_g"], lr_d=opts["lr_d"], seed=opts["seed"],
         )
         ckpt = train_gan(opts["data"], opts["out"], settings=settings, evaluator=opts["evaluator"], device=opts["device"],
                          progress=opts["verbosity"] > 0)
         m = ckpt.metrics
-        parts = [f"{ckpt.train_config['epochs_run']} epochs in {m['train_seconds']:.0f} s ({m['train_cpu_seconds']:.0f} CPU s)"]
+        parts = [f"{ckpt.train_config['epochs_run']} epochs (stopped by {ckpt.train_config['stopped_by']}) in {m['train_seconds']:.0f} s ({m['train_cpu_seconds']:.0f} CPU s)"]
         if "b_accuracy" in m:
             parts.append(f"B recognizes {m['b_accuracy']:.1%} of conditional samples as their word")
         if "fid_b" in m:

@@ -33,6 +33,19 @@ class Trial:
     answer_count: int
 
 
+@dataclass(frozen=True)
+class Clip:
+    """What serving a trial's clip needs: the trial's row, who it was handed to, whether its study still serves it, the stored file."""
+
+    assignment_id: int
+    participant_token: str
+    preview: bool
+    slug: str
+    status: str
+    replay_limit: int
+    audio: str
+
+
 TRIAL_COLUMNS = "a.token, a.answered, a.void, a.play_count, s.kind, s.word, s.answer_count"
 
 
@@ -48,10 +61,15 @@ def _converters(model: type[Model], db) -> tuple:
     return tuple(out)
 
 
-def columns(model: type[Model], alias: str) -> str:
-    """Every concrete column of `model` under the table alias `alias`, in field order, for a SELECT list."""
+@lru_cache(maxsize=64)
+def _columns(model: type[Model], alias: str, vendor: str) -> str:
     quote = connection.ops.quote_name
     return ", ".join(f"{alias}.{quote(f.column)}" for f in model._meta.concrete_fields)
+
+
+def columns(model: type[Model], alias: str) -> str:
+    """Every concrete column of `model` under the table alias `alias`, in field order, for a SELECT list."""
+    return _columns(model, alias, connection.vendor)
 
 
 def instance(model: type[Model], row, start: int) -> tuple[Model, int]:
@@ -75,24 +93,18 @@ def fetch(sql: str, params) -> list[tuple]:
 def participant_at(slug: str, token: str, with_trials: bool) -> tuple[Participant, list[Trial]] | None:
     """The participant with this token in the study at `slug` (its experiment attached), and, when asked, its trials in order.
 
-    One statement either way: with the trials, one row per trial (or one row of NULLs for a
-    participant who has none yet), the participant and experiment read from the first.
+    The trials are a second, narrow statement: joined to the participant's row they would
+    repeat it on every row, and as one UNION ALL PostgreSQL took longer to plan than the two
+    statements take to run.
     """
-    sql = (f"SELECT {columns(Participant, 'p')}, {columns(Experiment, 'e')}"
-           f"{', ' + TRIAL_COLUMNS if with_trials else ''} "
-           "FROM evaluation_participant p JOIN evaluation_experiment e ON e.id = p.experiment_id ")
-    if with_trials:
-        sql += ("LEFT JOIN evaluation_assignment a ON a.participant_id = p.id "
-                "LEFT JOIN evaluation_stimulus s ON s.id = a.stimulus_id ")
-    sql += "WHERE p.token = %s AND e.slug = %s"
-    sql += " ORDER BY a.position" if with_trials else ""
-    rows = fetch(sql, [token, slug])
+    rows = fetch(f"SELECT {columns(Participant, 'p')}, {columns(Experiment, 'e')} "
+                 "FROM evaluation_participant p JOIN evaluation_experiment e ON e.id = p.experiment_id "
+                 "WHERE p.token = %s AND e.slug = %s", [token, slug])
     if not rows:
         return None
     participant, at = instance(Participant, rows[0], 0)
-    participant.experiment, at = instance(Experiment, rows[0], at)
-    trials = [Trial(*row[at:]) for row in rows if row[at] is not None] if with_trials else []
-    return participant, trials
+    participant.experiment, _ = instance(Experiment, rows[0], at)
+    return participant, trials_of(participant) if with_trials else []
 
 
 def trials_of(participant: Participant) -> list[Trial]:
@@ -102,21 +114,14 @@ def trials_of(participant: Participant) -> list[Trial]:
     return [Trial(*row) for row in rows]
 
 
-def trial_by_token(token: str, participant_token: str | None = None, slug: str | None = None) -> Assignment | None:
-    """The trial with this audio token, with its participant (and the participant's experiment) and its stimulus.
-
-    With `participant_token` and `slug`, only that participant's trial in that study: an
-    answer form's trial, checked against who is answering in the same statement.
-    """
+def trial_by_token(token: str, participant_token: str, slug: str) -> Assignment | None:
+    """The trial with this audio token if it is this participant's in the study at `slug`, with its participant (and the
+    participant's experiment) and its stimulus: an answer form's trial, checked against who is answering in the same statement."""
     sql = (f"SELECT {columns(Assignment, 'a')}, {columns(Participant, 'p')}, {columns(Experiment, 'e')}, {columns(Stimulus, 's')} "
            "FROM evaluation_assignment a JOIN evaluation_participant p ON p.id = a.participant_id "
            "JOIN evaluation_experiment e ON e.id = p.experiment_id JOIN evaluation_stimulus s ON s.id = a.stimulus_id "
-           "WHERE a.token = %s")
-    params = [token]
-    if participant_token is not None:
-        sql += " AND p.token = %s AND e.slug = %s"
-        params += [participant_token, slug]
-    rows = fetch(sql, params)
+           "WHERE a.token = %s AND p.token = %s AND e.slug = %s")
+    rows = fetch(sql, [token, participant_token, slug])
     if not rows:
         return None
     trial, at = instance(Assignment, rows[0], 0)
@@ -125,3 +130,12 @@ def trial_by_token(token: str, participant_token: str | None = None, slug: str |
     trial.participant = participant
     trial.stimulus, _ = instance(Stimulus, rows[0], at)
     return trial
+
+
+def clip_by_token(token: str) -> Clip | None:
+    """The clip behind a trial's audio token, in one narrow statement."""
+    rows = fetch("SELECT a.id, p.token, p.preview, e.slug, e.status, e.replay_limit, s.audio "
+                 "FROM evaluation_assignment a JOIN evaluation_participant p ON p.id = a.participant_id "
+                 "JOIN evaluation_experiment e ON e.id = p.experiment_id JOIN evaluation_stimulus s ON s.id = a.stimulus_id "
+                 "WHERE a.token = %s", [token])
+    return Clip(*rows[0]) if rows else None

@@ -83,13 +83,13 @@ def _refuse_closed(request: HttpRequest, experiment: Experiment) -> HttpResponse
     return None
 
 
-def _participant_token(request: HttpRequest, experiment: Experiment) -> str | None:
+def _participant_token(request: HttpRequest, slug: str) -> str | None:
     """The carried token (a page inside a frame without cookies) wins over the session cookie."""
-    return flow.carried_participant_token(request.GET.get("p")) or request.session.get(_session_key(experiment.slug))
+    return flow.carried_participant_token(request.GET.get("p")) or request.session.get(_session_key(slug))
 
 
 def _participant(request: HttpRequest, experiment: Experiment) -> Participant | None:
-    token = _participant_token(request, experiment)
+    token = _participant_token(request, experiment.slug)
     if not token:
         return None
     return Participant.objects.select_related("experiment").filter(token=token, experiment=experiment).first()
@@ -97,14 +97,10 @@ def _participant(request: HttpRequest, experiment: Experiment) -> Participant | 
 
 def _participant_at(request: HttpRequest, slug: str, with_trials: bool = False) -> tuple[Participant, list[Trial]] | None:
     """The visitor's participant in the study at `slug`, with its experiment (and its trials when asked), in one query (every survey page asks)."""
-    token = _visitor_token(request, slug)
+    token = _participant_token(request, slug)
     if not token or "\x00" in slug:
         return None
     return rows.participant_at(slug, token, with_trials)
-
-
-def _visitor_token(request: HttpRequest, slug: str) -> str | None:
-    return flow.carried_participant_token(request.GET.get("p")) or request.session.get(_session_key(slug))
 
 
 def _carry(url: str, participant: Participant) -> str:
@@ -274,7 +270,7 @@ ANSWER_NOT_SAVED = ("That answer could not be saved", "The answer was not one of
 def answer(request, slug):
     """Store the answer to one of the visitor's trials; the trial, its participant, experiment and clip are read in one query."""
     form = AnswerForm(request.POST)
-    token = _visitor_token(request, slug)
+    token = _participant_token(request, slug)
     target = rows.trial_by_token(form.cleaned_data["token"], token, slug) if form.is_valid() and token and "\x00" not in slug else None
     if target is None:  # who is this, and why is there no such trial of theirs: the usual pages say
         found = _visitor(request, slug, None)
@@ -323,23 +319,20 @@ def audio(request: HttpRequest, token: str) -> HttpResponse:
     """A trial's clip, only for the listener it was handed to; plays are counted and a full serving is noted (assignment.register_fetch)."""
     if not TOKEN.regex.fullmatch(token):
         return HttpResponse("not a clip token", status=400, content_type="text/plain")
-    target = rows.trial_by_token(token)
-    if target is None:
+    clip = rows.clip_by_token(token)
+    if clip is None or _participant_token(request, clip.slug) != clip.participant_token:
         raise Http404("no such clip")
-    experiment = target.participant.experiment
-    if _participant_token(request, experiment) != target.participant.token:
-        raise Http404("no such clip")
-    if experiment.status != Experiment.Status.LIVE and not target.participant.preview:
+    if clip.status != Experiment.Status.LIVE and not clip.preview:
         return HttpResponse("this study is closed", status=410, content_type="text/plain")
-    clip = target.stimulus.audio
-    with clip.open("rb") as handle:
+    storage = Stimulus._meta.get_field("audio").storage
+    with storage.open(clip.audio, "rb") as handle:
         size = handle.size
         rng = request.headers.get("Range")
         parsed = parse_range(rng, size)
         if parsed != "unsatisfiable" and not _is_probe(rng):
             start, end = parsed or (0, size - 1)
-            fetch = assigning.register_fetch(target, start, end, size, stored_clip_duration_ms(handle, str(getattr(clip.storage, 'location', '')), clip.name, size), experiment.replay_limit)
-            if fetch is assigning.Fetch.REFUSED:
+            duration_ms = stored_clip_duration_ms(handle, str(getattr(storage, "location", "")), clip.audio, size)
+            if assigning.register_fetch(clip.assignment_id, start, end, size, duration_ms, clip.replay_limit) is assigning.Fetch.REFUSED:
                 return HttpResponse("no plays left for this clip", status=403, content_type="text/plain")
         return file_response(handle, size, parsed)
 

@@ -20,9 +20,9 @@ from evaluation.audio import file_response, parse_range
 from evaluation.models import Assignment, Response
 from tests.helpers.survey import Listener, let_clip_play, make_experiment, right_answer
 
-TRIAL_PAGE_QUERIES = 1  # the participant with its experiment and its trials with their stimuli, in one statement
-FIRST_TRIAL_PAGE_QUERIES = 4  # that, the experiment's lock, every clip's load, the trials inserted
-CLIP_QUERIES = 2  # the trial with participant, experiment and stimulus; its conditional update
+TRIAL_PAGE_QUERIES = 2  # the participant with its experiment; its trials with their stimuli
+FIRST_TRIAL_PAGE_QUERIES = 5  # those, the experiment's lock, every clip's load, the trials inserted
+CLIP_QUERIES = 2  # the clip and whose trial it is; the trial's conditional update
 ANSWER_QUERIES = 4  # the trial with participant, experiment, stimulus; trial marked answered (holds extended); the answer; the count
 TOKEN_RE = re.compile(r'name="token" value="([^"]+)"')
 AUDIO_RE = re.compile(r'<audio id="clip"[^>]* data-src="([^"]+)"')

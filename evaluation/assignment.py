@@ -39,6 +39,7 @@ from evaluation.rows import Trial, fetch, trials_of
 from hearsay.errors import HearsayError
 
 T = TypeVar("T")
+S = TypeVar("S")
 RETRIES = 20
 RETRYABLE = ("locked", "deadlock detected")
 UNSTARTED_HOLD_MINUTES = 5
@@ -98,8 +99,8 @@ WHERE s.experiment_id = %(experiment)s
 """
 
 
-class _Clip:
-    """A stimulus as handing out sees it."""
+class _StimulusLoad:
+    """A stimulus as handing out sees it: what it is, its answers, its load, and whether this worker has it already."""
 
     __slots__ = ("pk", "kind", "condition", "stimulus_id", "word", "answer_count", "load", "heard")
 
@@ -108,19 +109,19 @@ class _Clip:
         self.word, self.answer_count, self.load, self.heard = word, answer_count, load, bool(heard)
 
 
-def _clips(participant: Participant, now) -> list[_Clip]:
+def _clips(participant: Participant, now) -> list[_StimulusLoad]:
     params = {"experiment": participant.experiment_id, "worker": participant.worker_id, "human": Participant.Kind.HUMAN,
               "now": connection.ops.adapt_datetimefield_value(now)}
-    return [_Clip(*row) for row in fetch(STIMULI_AND_LOADS, params)]
+    return [_StimulusLoad(*row) for row in fetch(STIMULI_AND_LOADS, params)]
 
 
-def pick_balanced(candidates: list[Stimulus], loads: dict[int, int], count: int, rng: random.Random) -> list[Stimulus]:
-    """Least loaded first; among equally loaded stimuli, round-robin over conditions (random order), random tie-break.
+def pick_balanced(candidates: list[S], loads: dict[int, int], count: int, rng: random.Random) -> list[S]:
+    """Least loaded first; among equally loaded stimuli (anything with .pk and .condition), round-robin over conditions (random order), random tie-break.
 
     Load comes first so the study fills evenly (an early stop leaves no clip short);
     within a load level each listener hears the conditions in equal measure.
     """
-    by_condition: dict[str, list[Stimulus]] = defaultdict(list)
+    by_condition: dict[str, list[S]] = defaultdict(list)
     for stim in candidates:
         by_condition[stim.condition].append(stim)
     queues = []
@@ -130,7 +131,7 @@ def pick_balanced(candidates: list[Stimulus], loads: dict[int, int], count: int,
         items.sort(key=lambda s: loads[s.pk])
         queues.append(items)
     rng.shuffle(queues)
-    chosen: list[Stimulus] = []
+    chosen: list[S] = []
     while len(chosen) < count and any(queues):
         level = min(loads[q[0].pk] for q in queues if q)
         for queue in queues:
@@ -141,10 +142,10 @@ def pick_balanced(candidates: list[Stimulus], loads: dict[int, int], count: int,
     return chosen
 
 
-def _choose(participant: Participant, clips: list[_Clip], rng: random.Random) -> list[_Clip]:
+def _choose(participant: Participant, clips: list[_StimulusLoad], rng: random.Random) -> list[_StimulusLoad]:
     """Practice first, then the tests, gold and traps in random order; StudyFull when no test clip still needs answers."""
     experiment = participant.experiment
-    by_kind: dict[str, list[_Clip]] = defaultdict(list)
+    by_kind: dict[str, list[_StimulusLoad]] = defaultdict(list)
     for clip in clips:
         by_kind[clip.kind].append(clip)
     candidates = [c for c in by_kind[Stimulus.Kind.TEST]

@@ -1,13 +1,15 @@
 """Hand-written reads for the listener's hot path: every trial page, clip and answer reads here.
 
 The ORM builds a query's SQL anew on every call; on these requests that cost more CPU
-than the rest of the request together (about 2 ms per select_related query against
-0.2 ms for the same SQL written out). So each request of an answer cycle reads what it
-needs in one statement written here: every concrete column of each model it reads (a
-model instance read here is whole, never completed later by a hidden query), each value
-passed through Django's own converters (JSON, SQLite's datetimes and booleans), so the
-instances are exactly what the ORM would have built. The writes that decide quotas and
-plays live with their rules, in evaluation.answers and evaluation.assignment.
+than the rest of the request together (a select_related over four tables: about ten times
+the CPU of the same SQL written out). So each request of an answer cycle reads what it
+needs in one or two statements written here. A read that makes model instances selects
+every concrete column of each model (an instance read here is whole, never completed
+later by a hidden query) and passes each value through Django's own converters (JSON,
+SQLite's datetimes and booleans), so the instances are what the ORM would have built; the
+trial page and the clip read only the columns they use, into small records. The writes
+that decide quotas and plays live with their rules, in evaluation.answers and
+evaluation.assignment.
 """
 from __future__ import annotations
 
@@ -51,7 +53,9 @@ TRIAL_COLUMNS = "a.token, a.answered, a.void, a.play_count, s.kind, s.word, s.an
 
 @lru_cache(maxsize=64)
 def _converters(model: type[Model], db) -> tuple:
-    """(position, column, converters) for each of the model's columns that a backend returns in another form than the field's."""
+    """(position, column, converters) for each of the model's columns that a backend returns in another form than the field's.
+
+    Per connection (a thread's own), since converters may be methods of its backend."""
     out = []
     for i, field in enumerate(model._meta.concrete_fields):
         column = field.get_col(model._meta.db_table)
@@ -63,7 +67,7 @@ def _converters(model: type[Model], db) -> tuple:
 
 @lru_cache(maxsize=64)
 def _columns(model: type[Model], alias: str, vendor: str) -> str:
-    quote = connection.ops.quote_name
+    quote = connection.ops.quote_name  # backends quote names their own way: hence the vendor in the cache key
     return ", ".join(f"{alias}.{quote(f.column)}" for f in model._meta.concrete_fields)
 
 

@@ -271,7 +271,9 @@ def answer(request, slug):
     """Store the answer to one of the visitor's trials; the trial, its participant, experiment and clip are read in one query."""
     form = AnswerForm(request.POST)
     token = _participant_token(request, slug)
-    target = rows.trial_by_token(form.cleaned_data["token"], token, slug) if form.is_valid() and token and "\x00" not in slug else None
+    target = None
+    if form.is_valid() and token and "\x00" not in slug:
+        target = rows.trial_by_token(form.cleaned_data["token"], token, slug)
     if target is None:  # who is this, and why is there no such trial of theirs: the usual pages say
         found = _visitor(request, slug, None)
         if isinstance(found, HttpResponse):

@@ -14,9 +14,11 @@ view and a per-request SQL counter). Then, against that one server:
 Prints answer cycles/s (trial page + audio + answer), the same with the listening wait
 left out (what the server delivers to `--concurrency` listeners who never wait), each
 beside the ceiling and as a ratio to it; answer POST p50/p99; SQL queries per answer
-cycle; server and client CPU ms per request; answers lost (acknowledged with a 303 but
-missing from the database; must be 0) and the worst over-collection on any stimulus
-(answers beyond N; must be 0). Stops by itself: a fixed number of listeners.
+cycle; server, database and client CPU ms per request; per request kind, the time inside
+Django (wall and the serving thread's CPU), queries and the time at the client; answers
+lost (acknowledged with a 303 but missing from the database; must be 0) and the worst
+over-collection on any stimulus (answers beyond N; must be 0). Stops by itself: a fixed
+number of listeners.
 
     .venv/bin/python bench/load.py --listeners 64 --concurrency 16
 """
@@ -92,7 +94,7 @@ class Browser:
         self.body = b""
         self.server_s = 0.0
         self.seen_trial = False
-        self.timings: list[tuple[str, float, float]] = []  # (request kind, seconds inside Django, seconds at the client)
+        self.timings: list[tuple[str, float, float, float, int]] = []  # (kind, s inside Django, its CPU s, s at the client, queries)
 
     def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None):
         headers = dict(headers or {})
@@ -109,13 +111,15 @@ class Browser:
         payload = response.read()
         self.body = payload
         self.requests += 1
-        self.queries += int(response.getheader("X-Queries") or 0)
+        queries = int(response.getheader("X-Queries") or 0)
+        self.queries += queries
         self.server_s = float(response.getheader("X-Server-Ms") or 0) / 1000
+        server_cpu_s = float(response.getheader("X-Server-Cpu-Ms") or 0) / 1000
         kind = "audio" if path.startswith("/a/") else path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
         if kind == "trial" and "This study is full" not in payload.decode("utf-8", "replace"):
             kind = "trial (first visit)" if not self.seen_trial else "trial"
             self.seen_trial = True
-        self.timings.append((kind, self.server_s, time.perf_counter() - sent))
+        self.timings.append((kind, self.server_s, server_cpu_s, time.perf_counter() - sent, queries))
         for name, value in response.getheaders():
             if name.lower() == "set-cookie":
                 key, _, rest = value.partition("=")
@@ -196,6 +200,21 @@ def server_cpu_s(session: int) -> float:
             continue
         if int(fields[3]) == session:  # fields after "(comm)": state ppid pgrp session ... utime(11) stime(12)
             total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def database_cpu_s(database: str) -> float:
+    """User + system CPU seconds of the PostgreSQL backends serving `database` (on this machine; 0 if it runs elsewhere)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if f" {database} " not in (proc / "cmdline").read_bytes().decode(errors="replace").replace("\0", " "):
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])
     return total / ticks
 
 
@@ -285,7 +304,7 @@ def main() -> int:
         bare["server_cpu_s"], bare["client_cpu_s"] = server_cpu_s(server.pid) - cpu0, time.process_time() - client0
         results = {"latency": [], "timings": [], "acknowledged": [], "conflicts": 0, "errors": [], "requests": 0, "queries": 0,
                    "cycles": 0, "cycle_busy_s": 0.0, "cycle_requests": 0, "cycle_queries": 0}
-        cpu0, client0 = server_cpu_s(server.pid), time.process_time()
+        cpu0, client0, db0 = server_cpu_s(server.pid), time.process_time(), database_cpu_s(args.database)
         lock = threading.Lock()
         rngs = [random.Random(args.seed * 100_000 + n) for n in range(args.listeners)]
         started = time.perf_counter()
@@ -298,6 +317,7 @@ def main() -> int:
                     results["errors"].append(repr(exc))
         wall = time.perf_counter() - started
         survey_server_cpu, survey_client_cpu = server_cpu_s(server.pid) - cpu0, time.process_time() - client0
+        survey_database_cpu = database_cpu_s(args.database) - db0  # before the server ends: its backends still exist
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -333,22 +353,25 @@ def main() -> int:
         "queries_per_answer_cycle": round(results["cycle_queries"] / max(1, results["cycles"]), 2),
         "queries_per_request": round(results["queries"] / max(1, results["requests"]), 2),
         "server_cpu_ms_per_request": round(1000 * survey_server_cpu / max(1, results["requests"]), 3),
+        "database_cpu_ms_per_request": round(1000 * survey_database_cpu / max(1, results["requests"]), 3),
         "client_cpu_ms_per_request": round(1000 * survey_client_cpu / max(1, results["requests"]), 3),
         "answers_lost": lost, "max_over_collection": over, "stimuli_filled": f"{filled}/{len(counts)}",
         "errors": results["errors"][:5],
     }
     print(json.dumps(report, indent=1))
-    for kind in sorted({k for k, _, _ in results["timings"]}):
-        server = sorted(t for k, t, _ in results["timings"] if k == kind)
-        client = sorted(t for k, _, t in results["timings"] if k == kind)
-        print(f"  {kind:<20} n={len(server):<5} inside Django p50 {1000 * statistics.median(server):6.1f} ms  "
-              f"p99 {1000 * server[int(0.99 * (len(server) - 1))]:6.1f} ms   at the client p50 {1000 * statistics.median(client):6.1f} ms  "
+    for kind in sorted({t[0] for t in results["timings"]}):
+        rows = [t for t in results["timings"] if t[0] == kind]
+        server, client = sorted(t[1] for t in rows), sorted(t[3] for t in rows)
+        print(f"  {kind:<20} n={len(rows):<5} inside Django p50 {1000 * statistics.median(server):6.1f} ms  "
+              f"p99 {1000 * server[int(0.99 * (len(server) - 1))]:6.1f} ms  CPU {1000 * statistics.fmean(t[2] for t in rows):5.2f} ms  "
+              f"queries {statistics.fmean(t[4] for t in rows):5.2f}   at the client p50 {1000 * statistics.median(client):6.1f} ms  "
               f"p99 {1000 * client[int(0.99 * (len(client) - 1))]:6.1f} ms")
     print(f"ceiling (bare view) {ceiling_rps:.0f} req/s  "
           f"answer cycles/s {cycles_per_s:.1f} ({cycles_per_s / ceiling_rps:.4f} x ceiling), "
           f"without listening waits {busy_cycles_per_s:.1f} ({busy_cycles_per_s / ceiling_rps:.4f} x ceiling)  "
           f"answer POST p50 {p50:.1f} ms  p99 {p99:.1f} ms  queries/cycle {report['queries_per_answer_cycle']}  "
-          f"server CPU {report['server_cpu_ms_per_request']} ms/request (bare {report['ceiling_server_cpu_ms_per_request']})  "
+          f"server CPU {report['server_cpu_ms_per_request']} ms/request (bare {report['ceiling_server_cpu_ms_per_request']}), "
+          f"database {report['database_cpu_ms_per_request']}  "
           f"lost {lost}  over-collection {over}")
     with psycopg.connect(f"{args.postgres.rstrip('/')}/postgres", autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')

@@ -11,15 +11,16 @@ def bare(request: HttpRequest) -> HttpResponse:
 
 
 class QueryCountMiddleware:
-    """Adds X-Queries (how many SQL statements the request ran, counted without DEBUG's query log)
-    and X-Server-Ms (wall time inside Django), so the bench can tell server time from waiting and client time."""
+    """Adds X-Queries (how many SQL statements the request ran, counted without DEBUG's query log),
+    X-Server-Ms (wall time inside Django) and X-Server-Cpu-Ms (CPU time of the thread that served it),
+    so the bench can tell work from waiting (locks, the database, other threads) and from the client."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         count = [0]
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
 
         def counter(execute, sql, params, many, context):
             count[0] += 1
@@ -29,6 +30,7 @@ class QueryCountMiddleware:
             response = self.get_response(request)
         response["X-Queries"] = str(count[0])
         response["X-Server-Ms"] = f"{1000 * (time.perf_counter() - started):.2f}"
+        response["X-Server-Cpu-Ms"] = f"{1000 * (time.thread_time() - cpu_started):.2f}"
         return response
 
 

@@ -12,17 +12,25 @@ heard to the end, and keeps each test clip's quota of N human answers under row 
   route reports is stored as given.
 
 Staff previews store no Response at all: the trial is only marked done so the flow moves on.
+
+A web answer is three statements in one transaction, each deciding one thing on the rows as
+they are when it runs: the trial is marked answered only if it still is unanswered and not
+voided (the same statement extends the listener's other holds), the answer is inserted, and
+the clip's count rises only while it is below N (its row lock is taken last, so listeners
+answering the same clip wait for each other only from there to the commit). What they read
+before (the listening log, the clip's count) only ever grows, so a check that passed on
+that read still holds; a check that failed refuses the answer without writing anything.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
-from django.db.models import F, Max
+from django.db import connection, transaction
+from django.db.models import Max
 from django.utils import timezone
 
-from evaluation.assignment import take_write_lock, with_retries
+from evaluation.assignment import with_retries
 from evaluation.models import Assignment, Experiment, Participant, Response, Stimulus
 from hearsay.answers import NONE_ANSWER, RATING_MAX, RATING_MIN
 from hearsay.errors import HearsayError
@@ -76,7 +84,7 @@ def slot_for(participant: Participant, stimulus: Stimulus) -> Assignment:
     listeners, and results of batches run on the requester site.
     """
     with transaction.atomic():
-        existing = Assignment.objects.filter(participant=participant, stimulus=stimulus).first()
+        existing = Assignment.objects.select_related("participant__experiment", "stimulus").filter(participant=participant, stimulus=stimulus).first()
         if existing is not None:
             return existing
         last = participant.assignments.aggregate(m=Max("position"))["m"]
@@ -91,6 +99,39 @@ def listening_gap_ms(assignment: Assignment, now: datetime) -> int | None:
     return max(0, int((heard_by - now).total_seconds() * 1000))
 
 
+# Marks the trial answered if it still is unanswered and not voided, and extends every
+# other unanswered trial of the listener's to the full timeout (an active listener keeps
+# their slots). RETURNING tells whether the trial was among the rows, and its play count then.
+MARK_ANSWERED = """
+UPDATE evaluation_assignment
+SET answered = (id = %(trial)s),
+    played_to_end = CASE WHEN id = %(trial)s THEN %(listened)s ELSE played_to_end END,
+    play_count = CASE WHEN id = %(trial)s THEN COALESCE(%(plays)s, play_count) ELSE play_count END,
+    expires_at = %(expires)s
+WHERE participant_id = %(participant)s AND answered = FALSE AND (id <> %(trial)s OR void = FALSE)
+RETURNING id, play_count
+"""
+INSERT_RESPONSE = """
+INSERT INTO evaluation_response
+    (assignment_id, participant_id, stimulus_id, answer, rating, play_count, listened_to_end, response_ms, presented_at, answered_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+RETURNING id
+"""
+COUNT_ANSWER = "UPDATE evaluation_stimulus SET answer_count = answer_count + 1 WHERE id = %s"
+COUNT_ANSWER_UNDER_N = COUNT_ANSWER + " AND answer_count < %s"
+
+
+def _answered_before(assignment: Assignment, answer: str, rating: int | None) -> Stored:
+    """The outcome for a trial that is answered or voided already: the stored answer for an identical repeat, else Conflict."""
+    state = Assignment.objects.filter(pk=assignment.pk).values("answered", "void").first()
+    if state is None or not state["answered"]:
+        raise Conflict("this clip is no longer needed; please continue with the next one")
+    previous = Response.objects.filter(assignment_id=assignment.pk).first()
+    if previous is None or (previous.answer == answer and previous.rating == rating):
+        return Stored(previous, False)
+    raise Conflict("this clip was already answered differently; answers cannot be changed")
+
+
 def store_answer(
     assignment: Assignment,
     *,
@@ -102,66 +143,57 @@ def store_answer(
 ) -> Stored:
     """Store one answer to `assignment` exactly once.
 
-    `heard` is None when this app served the clip (its audio log decides), else what the
-    route that played it reports. `enforce_quota=False` keeps human answers to clips that
-    already have their N (batch results: the work was done and paid for; it is still counted).
-    An identical repeat returns the stored answer with created=False.
-    Raises InvalidAnswer for an option the experiment does not offer and Conflict for a
-    different answer to an answered trial, a clip not yet heard to the end, or a full clip.
+    `assignment` comes with its participant (and the participant's experiment) and its
+    stimulus, as read by the caller. `heard` is None when this app served the clip (its
+    audio log decides), else what the route that played it reports. `enforce_quota=False`
+    keeps human answers to clips that already have their N (batch results: the work was
+    done and paid for; it is still counted). An identical repeat returns the stored answer
+    with created=False. Raises InvalidAnswer for an option the experiment does not offer and
+    Conflict for a different answer to an answered trial, a voided trial, a clip not yet
+    heard to the end, or a full clip.
     """
-    answer, rating = validate(assignment.participant.experiment, answer, rating)
+    participant, stimulus = assignment.participant, assignment.stimulus
+    experiment = participant.experiment
+    answer, rating = validate(experiment, answer, rating)
+    if assignment.answered or assignment.void:
+        return _answered_before(assignment, answer, rating)
+    now = timezone.now()
+    if heard is None:
+        gap = listening_gap_ms(assignment, now)
+        if gap is None:
+            raise Conflict("please listen to the whole clip before answering")
+        if gap > 0:
+            raise Conflict(f"please listen to the whole clip before answering ({gap / 1000:.1f} s of it had not played yet)")
+        plays, listened, presented_at, answered_at = None, True, assignment.created, now
+    else:
+        plays, listened, presented_at, answered_at = heard.play_count, heard.listened_to_end, heard.presented_at, heard.answered_at or now
+    counted = participant.kind == Participant.Kind.HUMAN and not participant.preview  # machines and previews never use up the N
+    n = experiment.ratings_per_stimulus
+    quota = enforce_quota and counted and stimulus.kind == Stimulus.Kind.TEST
+    if quota and stimulus.answer_count >= n:  # already full when read: no need to write anything
+        raise Conflict(FULL)
+    adapt = connection.ops.adapt_datetimefield_value
+    marking = {"trial": assignment.pk, "participant": participant.pk, "listened": listened, "plays": plays,
+               "expires": adapt(now + timedelta(minutes=experiment.assignment_timeout_minutes))}
 
     def run() -> Stored:
-        with transaction.atomic():
-            take_write_lock(assignment.participant)
-            # of=("self",): lock only the trial, never the joined rows (assignment.assign locks the
-            # experiment); the stimulus row is locked last, by the quota's conditional increment, so
-            # listeners answering the same clip wait for each other only from there to the commit
-            locked = (
-                Assignment.objects.select_for_update(of=("self",))
-                .select_related("participant", "stimulus__experiment").get(pk=assignment.pk)
-            )
-            stimulus, participant = locked.stimulus, locked.participant
-            if locked.answered:
-                previous = Response.objects.filter(assignment=locked).first()
-                if previous is None or (previous.answer == answer and previous.rating == rating):
-                    return Stored(previous, False)
-                raise Conflict("this clip was already answered differently; answers cannot be changed")
-            if locked.void:
-                raise Conflict("this clip is no longer needed; please continue with the next one")
-            now = timezone.now()
-            if heard is None:
-                gap = listening_gap_ms(locked, now)
-                if gap is None:
-                    raise Conflict("please listen to the whole clip before answering")
-                if gap > 0:
-                    raise Conflict(f"please listen to the whole clip before answering ({gap / 1000:.1f} s of it had not played yet)")
-                play_count, listened, presented_at, answered_at = locked.play_count, True, locked.created, None
-            else:
-                play_count, listened, presented_at, answered_at = heard.play_count, heard.listened_to_end, heard.presented_at, heard.answered_at
-            counted = participant.kind == Participant.Kind.HUMAN and not participant.preview  # machines and previews never use up the N
-            n = stimulus.experiment.ratings_per_stimulus
-            quota = enforce_quota and counted and stimulus.kind == Stimulus.Kind.TEST
-            if quota and stimulus.answer_count >= n:  # already full when read: no need to write anything
-                raise Conflict(FULL)
-            Assignment.objects.filter(pk=locked.pk).update(answered=True, played_to_end=listened, play_count=play_count)
-            # an active listener keeps their remaining slots
-            Assignment.objects.filter(participant=participant, answered=False).update(
-                expires_at=now + timedelta(minutes=stimulus.experiment.assignment_timeout_minutes)
-            )
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(MARK_ANSWERED, marking)
+            play_count = next((count for pk, count in cursor.fetchall() if pk == assignment.pk), None)
+            if play_count is None:  # answered (another tab, a double click) or voided since the caller read it
+                return _answered_before(assignment, answer, rating)
             if participant.preview:
                 return Stored(None, True)
-            response = Response.objects.create(
-                assignment=locked, participant=participant, stimulus=stimulus, answer=answer, rating=rating,
-                play_count=play_count, listened_to_end=listened, response_ms=response_ms, presented_at=presented_at,
-            )
-            if answered_at is not None:
-                Response.objects.filter(pk=response.pk).update(answered_at=answered_at)
-            if counted:
-                counter = Stimulus.objects.filter(pk=stimulus.pk)
-                if quota:  # the decision: under the row lock this UPDATE takes, re-read after any wait (no over-collection)
-                    counter = counter.filter(answer_count__lt=n)
-                if not counter.update(answer_count=F("answer_count") + 1):
+            response = Response(assignment_id=assignment.pk, participant_id=participant.pk, stimulus_id=stimulus.pk, answer=answer,
+                                rating=rating, play_count=play_count, listened_to_end=listened, response_ms=response_ms,
+                                presented_at=presented_at, answered_at=answered_at)
+            cursor.execute(INSERT_RESPONSE, [response.assignment_id, response.participant_id, response.stimulus_id, answer, rating,
+                                             play_count, listened, response_ms, adapt(presented_at), adapt(answered_at)])
+            response.pk = cursor.fetchone()[0]
+            response._state.adding, response._state.db = False, connection.alias
+            if counted:  # under quota, the decision: under the row lock this UPDATE takes, re-read after any wait
+                cursor.execute(*((COUNT_ANSWER_UNDER_N, [stimulus.pk, n]) if quota else (COUNT_ANSWER, [stimulus.pk])))
+                if not cursor.rowcount:
                     raise Conflict(FULL)  # rolls back this answer's writes
             return Stored(response, True)
 

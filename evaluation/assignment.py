@@ -14,11 +14,13 @@ experiment's timeout), so visits that never play anything cannot keep a study fu
 Audio fetches are counted here too (register_fetch): plays against the replay limit,
 and when a clip was first served in full, which the answer writer checks.
 
-Concurrency: on PostgreSQL the experiment row (for handing out) is locked with SELECT ...
-FOR UPDATE, and an answer counts only through a conditional UPDATE of its stimulus row
-(answer_count < N), which waits for that row's lock and re-reads it. SQLite has no row locks
-but serializes writers; each transaction starts with a write so it takes the
-write lock up front, and "database is locked" is retried.
+Concurrency: handing out is one short transaction per listener that holds the experiment
+(PostgreSQL: its row FOR NO KEY UPDATE, so listeners can still join and answer meanwhile)
+while it reads every clip's load in one statement and inserts the trials. An answer counts
+only through a conditional UPDATE of its stimulus row (answer_count < N), which waits for
+that row's lock and re-reads it; a clip fetch is one conditional UPDATE of its trial. SQLite
+has no row locks but serializes writers; each transaction starts with a write so it takes
+the write lock up front, and "database is locked" is retried.
 """
 from __future__ import annotations
 
@@ -29,14 +31,15 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Callable, TypeVar
 
-from django.db import OperationalError, transaction
-from django.db.models import Count, Q
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from evaluation.models import Assignment, Experiment, Participant, Stimulus
+from evaluation.rows import Trial, fetch, trials_of
 from hearsay.errors import HearsayError
 
 T = TypeVar("T")
+S = TypeVar("S")
 RETRIES = 20
 RETRYABLE = ("locked", "deadlock detected")
 UNSTARTED_HOLD_MINUTES = 5
@@ -63,24 +66,62 @@ def take_write_lock(participant: Participant) -> None:
     Participant.objects.filter(pk=participant.pk).update(last_seen_at=timezone.now())
 
 
-def _tests_and_loads(experiment: Experiment, now) -> tuple[list[Stimulus], dict[int, int]]:
-    """The experiment's test stimuli and each one's load, in one query (it runs under the experiment's lock)."""
-    inflight = Count(
-        "assignments",
-        filter=Q(assignments__answered=False, assignments__void=False, assignments__expires_at__gt=now, assignments__participant__kind="human",
-                 assignments__participant__preview=False),
-    )
-    tests = list(experiment.stimuli.filter(kind=Stimulus.Kind.TEST).annotate(inflight=inflight))
-    return tests, {s.pk: s.answer_count + s.inflight for s in tests}
+def _lock_for_handing_out(participant: Participant) -> None:
+    """Hand out one listener's trials at a time per experiment, so loads are read and raised as one step.
+
+    PostgreSQL: the experiment's row, FOR NO KEY UPDATE (listeners can still join and
+    answer meanwhile), and the commit does not wait for the disk (synchronous_commit off,
+    for this transaction only), so the lock is held for the statements alone. A hand-out
+    lost in a crash within that moment costs nothing: the listener's next page hands out
+    again. Answers are committed synchronously as always.
+    SQLite: no row locks but one writer at a time, taken up front by a first write.
+    """
+    if connection.features.has_select_for_no_key_update:
+        fetch("SELECT set_config('synchronous_commit', 'off', true) FROM evaluation_experiment WHERE id = %s FOR NO KEY UPDATE",
+              [participant.experiment_id])
+    else:
+        take_write_lock(participant)
 
 
-def pick_balanced(candidates: list[Stimulus], loads: dict[int, int], count: int, rng: random.Random) -> list[Stimulus]:
-    """Least loaded first; among equally loaded stimuli, round-robin over conditions (random order), random tie-break.
+# Every stimulus of the experiment with its load (answers + live human reservations) and
+# whether this worker already has it under another participant row, in one statement.
+STIMULI_AND_LOADS = """
+SELECT s.id, s.kind, s.condition, s.stimulus_id, s.word, s.answer_count, s.answer_count + COALESCE(f.inflight, 0),
+       EXISTS (SELECT 1 FROM evaluation_assignment h JOIN evaluation_participant hp ON hp.id = h.participant_id
+               WHERE h.stimulus_id = s.id AND hp.experiment_id = %(experiment)s AND hp.worker_id = %(worker)s AND hp.worker_id <> '')
+FROM evaluation_stimulus s
+LEFT JOIN (SELECT a.stimulus_id, COUNT(*) AS inflight
+           FROM evaluation_assignment a JOIN evaluation_participant p ON p.id = a.participant_id
+           WHERE p.experiment_id = %(experiment)s AND p.kind = %(human)s AND p.preview = FALSE
+             AND a.answered = FALSE AND a.void = FALSE AND a.expires_at > %(now)s
+           GROUP BY a.stimulus_id) f ON f.stimulus_id = s.id
+WHERE s.experiment_id = %(experiment)s
+"""
+
+
+class _StimulusLoad:
+    """A stimulus as handing out sees it: what it is, its answers, its load, and whether this worker has it already."""
+
+    __slots__ = ("pk", "kind", "condition", "stimulus_id", "word", "answer_count", "load", "heard")
+
+    def __init__(self, pk, kind, condition, stimulus_id, word, answer_count, load, heard):
+        self.pk, self.kind, self.condition, self.stimulus_id = pk, kind, condition, stimulus_id
+        self.word, self.answer_count, self.load, self.heard = word, answer_count, load, bool(heard)
+
+
+def _clips(participant: Participant, now) -> list[_StimulusLoad]:
+    params = {"experiment": participant.experiment_id, "worker": participant.worker_id, "human": Participant.Kind.HUMAN,
+              "now": connection.ops.adapt_datetimefield_value(now)}
+    return [_StimulusLoad(*row) for row in fetch(STIMULI_AND_LOADS, params)]
+
+
+def pick_balanced(candidates: list[S], loads: dict[int, int], count: int, rng: random.Random) -> list[S]:
+    """Least loaded first; among equally loaded stimuli (anything with .pk and .condition), round-robin over conditions (random order), random tie-break.
 
     Load comes first so the study fills evenly (an early stop leaves no clip short);
     within a load level each listener hears the conditions in equal measure.
     """
-    by_condition: dict[str, list[Stimulus]] = defaultdict(list)
+    by_condition: dict[str, list[S]] = defaultdict(list)
     for stim in candidates:
         by_condition[stim.condition].append(stim)
     queues = []
@@ -90,7 +131,7 @@ def pick_balanced(candidates: list[Stimulus], loads: dict[int, int], count: int,
         items.sort(key=lambda s: loads[s.pk])
         queues.append(items)
     rng.shuffle(queues)
-    chosen: list[Stimulus] = []
+    chosen: list[S] = []
     while len(chosen) < count and any(queues):
         level = min(loads[q[0].pk] for q in queues if q)
         for queue in queues:
@@ -101,49 +142,53 @@ def pick_balanced(candidates: list[Stimulus], loads: dict[int, int], count: int,
     return chosen
 
 
-def assign(participant: Participant, rng: random.Random | None = None) -> list[Assignment]:
-    """Hand out this participant's trials (once); later calls return the existing ones."""
-    rng = rng or random.Random()
-    existing = list(participant.assignments.select_related("stimulus").order_by("position"))
-    if existing:  # the common case (every trial page): no lock needed
-        return existing
+def _choose(participant: Participant, clips: list[_StimulusLoad], rng: random.Random) -> list[_StimulusLoad]:
+    """Practice first, then the tests, gold and traps in random order; StudyFull when no test clip still needs answers."""
+    experiment = participant.experiment
+    by_kind: dict[str, list[_StimulusLoad]] = defaultdict(list)
+    for clip in clips:
+        by_kind[clip.kind].append(clip)
+    candidates = [c for c in by_kind[Stimulus.Kind.TEST]
+                  if (participant.preview or c.load < experiment.ratings_per_stimulus) and not c.heard]
+    tests = pick_balanced(candidates, {c.pk: c.load for c in candidates}, experiment.trials_per_listener, rng)
+    if not tests:
+        raise StudyFull("every clip of this study already has all the answers it needs")
+    gold = by_kind[Stimulus.Kind.GOLD]
+    rng.shuffle(gold)
+    gold = sorted(gold, key=lambda c: c.answer_count)[: experiment.gold_per_listener]  # least answered, ties at random
+    trap_pool = by_kind[Stimulus.Kind.TRAP]
+    traps = rng.sample(trap_pool, min(experiment.traps_per_listener, len(trap_pool)))
+    practice = sorted(by_kind[Stimulus.Kind.PRACTICE], key=lambda c: c.stimulus_id)[: experiment.practice_trials]
+    main = tests + gold + traps
+    rng.shuffle(main)
+    return practice + main
 
-    def run() -> list[Assignment]:
+
+def assign(participant: Participant, rng: random.Random | None = None) -> list[Trial]:
+    """Hand out this participant's trials; a participant who already has them (another tab was first) gets those."""
+    rng = rng or random.Random()
+    experiment = participant.experiment
+
+    def run() -> list[Trial]:
         with transaction.atomic():
-            take_write_lock(participant)
-            experiment = Experiment.objects.select_for_update().get(pk=participant.experiment_id)
-            existing = list(participant.assignments.select_related("stimulus").order_by("position"))
-            if existing:
-                return existing
+            _lock_for_handing_out(participant)
             now = timezone.now()
-            test_stimuli, loads = _tests_and_loads(experiment, now)
-            heard = set(
-                Assignment.objects.filter(participant__experiment=experiment, participant__worker_id=participant.worker_id)
-                .exclude(participant__worker_id="")
-                .values_list("stimulus_id", flat=True)
-            )
-            candidates = [
-                s for s in test_stimuli
-                if (participant.preview or loads[s.pk] < experiment.ratings_per_stimulus) and s.pk not in heard
-            ]
-            tests = pick_balanced(candidates, loads, experiment.trials_per_listener, rng)
-            if not tests:
-                raise StudyFull("every clip of this study already has all the answers it needs")
-            gold = list(experiment.stimuli.filter(kind=Stimulus.Kind.GOLD).order_by("answer_count", "?")[: experiment.gold_per_listener])
-            trap_pool = list(experiment.stimuli.filter(kind=Stimulus.Kind.TRAP))
-            traps = rng.sample(trap_pool, min(experiment.traps_per_listener, len(trap_pool)))
-            practice = list(experiment.stimuli.filter(kind=Stimulus.Kind.PRACTICE).order_by("stimulus_id")[: experiment.practice_trials])
-            main = tests + gold + traps
-            rng.shuffle(main)
+            chosen = _choose(participant, _clips(participant, now), rng)
             # a visitor who never answers holds clips only briefly; the first answer extends the hold to the full timeout
             expires = now + timedelta(minutes=min(UNSTARTED_HOLD_MINUTES, experiment.assignment_timeout_minutes))
-            Assignment.objects.bulk_create(
-                Assignment(participant=participant, stimulus=stim, position=i, expires_at=expires)
-                for i, stim in enumerate(practice + main)
+            made = Assignment.objects.bulk_create(
+                Assignment(participant=participant, stimulus_id=clip.pk, position=i, expires_at=expires)
+                for i, clip in enumerate(chosen)
             )
-            return list(participant.assignments.select_related("stimulus").order_by("position"))
+            return [Trial(a.token, False, False, 0, clip.kind, clip.word, clip.answer_count) for a, clip in zip(made, chosen)]
 
-    return with_retries(run)
+    try:
+        return with_retries(run)
+    except IntegrityError:  # the same participant's other tab handed out their trials meanwhile (unique positions)
+        trials = trials_of(participant)
+        if not trials:
+            raise
+        return trials
 
 
 def next_assignment(participant: Participant) -> Assignment | None:
@@ -159,14 +204,13 @@ def next_assignment(participant: Participant) -> Assignment | None:
         return pending
 
 
-def first_pending(trials: list[Assignment], experiment: Experiment) -> Assignment | None:
-    """next_assignment over trials already loaded (with their stimuli) by assign: the trial page's one query less."""
+def first_pending(trials: list[Trial], experiment: Experiment) -> Trial | None:
+    """next_assignment over trials already read with the page (evaluation.rows): no query unless a trial is skipped."""
     for pending in trials:
         if pending.answered or pending.void:
             continue
-        stim = pending.stimulus
-        if stim.kind == Stimulus.Kind.TEST and stim.answer_count >= experiment.ratings_per_stimulus:
-            Assignment.objects.filter(pk=pending.pk, answered=False).update(void=True)
+        if pending.kind == Stimulus.Kind.TEST and pending.answer_count >= experiment.ratings_per_stimulus:
+            Assignment.objects.filter(token=pending.token, answered=False).update(void=True)
             continue
         return pending
     return None
@@ -175,12 +219,37 @@ def first_pending(trials: list[Assignment], experiment: Experiment) -> Assignmen
 class Fetch(enum.Enum):
     """What one audio request is to the replay rule."""
 
-    PLAY = "a new play (counted)"
+    PLAY = "a new play (counted while the trial is unanswered)"
     CONTINUE = "the current play streaming on"
     REFUSED = "no plays left"
 
 
-def register_fetch(assignment: Assignment, start: int, end: int, size: int, clip_ms: int, limit: int) -> Fetch:
+# PostgreSQL: this one statement's commit does not wait for the disk (synchronous_commit off
+# for its own transaction). A play log lost in a crash within that moment only asks the
+# listener to play the clip again; answers are committed synchronously as always.
+NO_DISK_WAIT = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_disk_wait\n"
+# A range that begins where the current play's bytes stopped streams that play on.
+CONTINUE_PLAY = """
+UPDATE evaluation_assignment
+SET play_served_to = CASE WHEN play_served_to > %(end)s THEN play_served_to ELSE %(end)s END,
+    served_full_at = CASE WHEN %(full)s AND served_full_at IS NULL THEN %(now)s ELSE served_full_at END,
+    clip_ms = CASE WHEN %(full)s AND served_full_at IS NULL THEN %(clip_ms)s ELSE clip_ms END
+{nowait}WHERE id = %(id)s AND play_served_to >= 0 AND play_served_to < %(last)s AND %(start)s <= play_served_to + 1
+"""
+# Any other range is a play: counted (after the answer, plays no longer matter: nothing is
+# counted nor refused), refused once the limit is reached.
+NEW_PLAY = """
+UPDATE evaluation_assignment
+SET play_count = play_count + CASE WHEN answered OR void THEN 0 ELSE 1 END,
+    play_served_to = %(served_to)s,
+    first_played_at = CASE WHEN %(from_start)s AND first_played_at IS NULL THEN %(now)s ELSE first_played_at END,
+    served_full_at = CASE WHEN %(full)s AND served_full_at IS NULL THEN %(now)s ELSE served_full_at END,
+    clip_ms = CASE WHEN %(full)s AND served_full_at IS NULL THEN %(clip_ms)s ELSE clip_ms END
+{nowait}WHERE id = %(id)s AND (answered OR void OR play_count < %(limit)s)
+"""
+
+
+def register_fetch(assignment_id: int, start: int, end: int, size: int, clip_ms: int, limit: int) -> Fetch:
     """Count plays and note a clip served in full, for bytes start..end (inclusive) of a size-byte clip.
 
     A range from byte 0 starts a play; a range that begins exactly where the current play's
@@ -188,30 +257,22 @@ def register_fetch(assignment: Assignment, start: int, end: int, size: int, clip
     too, so partial fetches cannot get round the replay limit. The first time one play
     has delivered every byte from 0 to the end is kept, with the clip's duration: the
     answer writer refuses answers sooner than that duration after the first play began.
+    Each outcome is one conditional UPDATE of the trial's row, decided on the row as it is
+    when the statement runs (no read before it, no lock held across statements).
     """
+    params = {"id": assignment_id, "start": start, "end": end, "last": size - 1, "clip_ms": clip_ms, "limit": limit,
+              "now": connection.ops.adapt_datetimefield_value(timezone.now())}
+    nowait = NO_DISK_WAIT if connection.vendor == "postgresql" else ""
 
     def run() -> Fetch:
-        with transaction.atomic():
-            locked = Assignment.objects.select_for_update().get(pk=assignment.pk)
-            now = timezone.now()
-            continues = start > 0 and 0 <= locked.play_served_to < size - 1 and start <= locked.play_served_to + 1
-            if continues:
-                locked.play_served_to = max(locked.play_served_to, end)
-                kind = Fetch.CONTINUE
-            else:
-                if locked.answered or locked.void:
-                    kind = Fetch.CONTINUE  # after the answer, plays no longer matter; nothing is counted
-                elif locked.play_count >= limit:
-                    return Fetch.REFUSED
-                else:
-                    locked.play_count += 1
-                    kind = Fetch.PLAY
-                locked.play_served_to = end if start == 0 else -1
-                if start == 0 and locked.first_played_at is None:
-                    locked.first_played_at = now
-            if locked.play_served_to >= size - 1 and locked.served_full_at is None:
-                locked.served_full_at, locked.clip_ms = now, clip_ms
-            locked.save(update_fields=["play_count", "play_served_to", "first_played_at", "served_full_at", "clip_ms"])
-            return kind
+        with connection.cursor() as cursor:
+            if start > 0:
+                cursor.execute(CONTINUE_PLAY.format(nowait=nowait), {**params, "full": end >= size - 1})
+                if cursor.rowcount:
+                    return Fetch.CONTINUE
+            served_to = end if start == 0 else -1
+            cursor.execute(NEW_PLAY.format(nowait=nowait),
+                           {**params, "served_to": served_to, "from_start": start == 0, "full": served_to >= size - 1})
+            return Fetch.PLAY if cursor.rowcount else Fetch.REFUSED
 
     return with_retries(run)

@@ -26,7 +26,8 @@ from django.utils.crypto import salted_hmac
 
 from evaluation import assignment as assigning
 from evaluation.audio import HEADPHONE_PASS, HEADPHONE_TRIALS
-from evaluation.models import Assignment, Experiment, Participant, Stimulus
+from evaluation.models import Experiment, Participant, Stimulus
+from evaluation.rows import Trial
 from hearsay.errors import HearsayError
 
 Step = Participant.Step
@@ -195,34 +196,34 @@ def screen_headphones(participant: Participant, answers: list[int]) -> bool:
 
 @dataclass(frozen=True)
 class Progress:
-    current: Assignment
+    current: Trial
     done: int
     total: int
     practice_total: int
 
     @property
     def is_practice(self) -> bool:
-        return self.current.stimulus.kind == Stimulus.Kind.PRACTICE
+        return self.current.kind == Stimulus.Kind.PRACTICE
 
     @property
     def practice_over(self) -> bool:
         return not self.is_practice and self.practice_total > 0 and self.done == self.practice_total
 
 
-def next_trial(participant: Participant) -> Progress | None:
-    """The trial to show now, handing out trials on the first visit; None when all are answered (the participant is finished).
+def next_trial(participant: Participant, trials: list[Trial]) -> Progress | None:
+    """The trial to show now, given the participant's trials as read with the page (handed out here on the first visit); None when all are answered (the participant is finished).
 
     Raises assignment.StudyFull when no clip still needs answers. Nothing about that is
     stored: the next visit decides again from the answers and live reservations of that moment.
     """
-    trials = assigning.assign(participant)
+    trials = trials or assigning.assign(participant)
     current = assigning.first_pending(trials, participant.experiment)
     if current is None:
         finish(participant)
         return None
-    live = [a for a in trials if not a.void or a.answered]
-    practice_total = sum(1 for a in trials if a.stimulus.kind == Stimulus.Kind.PRACTICE)
-    return Progress(current=current, done=sum(1 for a in live if a.answered), total=len(live), practice_total=practice_total)
+    live = [t for t in trials if not t.void or t.answered]
+    practice_total = sum(1 for t in trials if t.kind == Stimulus.Kind.PRACTICE)
+    return Progress(current=current, done=sum(1 for t in live if t.answered), total=len(live), practice_total=practice_total)
 
 
 def finish(participant: Participant) -> None:

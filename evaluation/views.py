@@ -19,11 +19,12 @@ from django.urls import reverse
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from evaluation import answers, flow, prolific
+from evaluation import answers, flow, prolific, rows
 from evaluation import assignment as assigning
 from evaluation.audio import HEADPHONE_TRIALS, audio_response, file_response, headphone_trial, parse_range, stored_clip_duration_ms
 from evaluation.forms import TOKEN, AnswerForm, HeadphoneForm
-from evaluation.models import Assignment, Experiment, Participant, Stimulus, UnknownExperiment
+from evaluation.models import Experiment, Participant, Stimulus, UnknownExperiment
+from evaluation.rows import Trial
 from hearsay.answers import RATING_HINTS, RATING_LABELS
 
 Step = Participant.Step
@@ -33,6 +34,7 @@ STUDY_FULL_MTURK = (
     "Please return this HIT (the Return button on Mechanical Turk's page) so that it does not count against you."
 )
 NO_SESSION = ("Please start from the study link", "We could not find your session; please open the study link again.")
+RATINGS = [(v, RATING_LABELS[v], RATING_HINTS[RATING_LABELS[v]]) for v in range(4, -1, -1)]
 STEP_PAGES = {Step.CONSENT: "consent", Step.INSTRUCTIONS: "instructions", Step.HEADPHONES: "headphones", Step.TRIALS: "trial"}
 
 
@@ -81,24 +83,24 @@ def _refuse_closed(request: HttpRequest, experiment: Experiment) -> HttpResponse
     return None
 
 
-def _participant_token(request: HttpRequest, experiment: Experiment) -> str | None:
+def _participant_token(request: HttpRequest, slug: str) -> str | None:
     """The carried token (a page inside a frame without cookies) wins over the session cookie."""
-    return flow.carried_participant_token(request.GET.get("p")) or request.session.get(_session_key(experiment.slug))
+    return flow.carried_participant_token(request.GET.get("p")) or request.session.get(_session_key(slug))
 
 
 def _participant(request: HttpRequest, experiment: Experiment) -> Participant | None:
-    token = _participant_token(request, experiment)
+    token = _participant_token(request, experiment.slug)
     if not token:
         return None
     return Participant.objects.select_related("experiment").filter(token=token, experiment=experiment).first()
 
 
-def _participant_at(request: HttpRequest, slug: str) -> Participant | None:
-    """The visitor's participant in the study at `slug`, with its experiment, in one query (every survey page asks)."""
-    token = flow.carried_participant_token(request.GET.get("p")) or request.session.get(_session_key(slug))
+def _participant_at(request: HttpRequest, slug: str, with_trials: bool = False) -> tuple[Participant, list[Trial]] | None:
+    """The visitor's participant in the study at `slug`, with its experiment (and its trials when asked), in one query (every survey page asks)."""
+    token = _participant_token(request, slug)
     if not token or "\x00" in slug:
         return None
-    return Participant.objects.select_related("experiment").filter(token=token, experiment__slug=slug).first()
+    return rows.participant_at(slug, token, with_trials)
 
 
 def _carry(url: str, participant: Participant) -> str:
@@ -116,25 +118,36 @@ def _page(request: HttpRequest, template: str, participant: Participant, context
     return render(request, template, {**context, "participant": participant, "carry": carry}, status=status)
 
 
-def participant_page(step: str | None):
-    """Load experiment + participant; send a listener who is elsewhere in the flow back to their step."""
+def _visitor(request: HttpRequest, slug: str, step: str | None, with_trials: bool = False) -> tuple[Participant, list[Trial]] | HttpResponse:
+    """The visitor's participant (and trials), or the page for a visitor who has none here, a closed study, or another step."""
+    found = _participant_at(request, slug, with_trials)
+    if found is None:
+        experiment = _open_experiment(request, slug)
+        if isinstance(experiment, HttpResponse):
+            return experiment
+        return message(request, *NO_SESSION, 403, experiment)
+    participant = found[0]
+    refusal = _refuse_closed(request, participant.experiment)
+    if refusal is not None:
+        return refusal
+    if step is not None and participant.step != step:
+        return HttpResponseRedirect(_step_url(participant), status=303 if request.method == "POST" else 302)
+    return found
+
+
+def participant_page(step: str | None, with_trials: bool = False):
+    """Load experiment + participant (+ trials, for the trial page); send a listener who is elsewhere in the flow back to their step."""
 
     def decorate(view):
         @functools.wraps(view)
         def wrapped(request, slug, *args, **kwargs):
-            participant = _participant_at(request, slug)
-            if participant is None:
-                experiment = _open_experiment(request, slug)
-                if isinstance(experiment, HttpResponse):
-                    return experiment
-                return message(request, *NO_SESSION, 403, experiment)
-            experiment = participant.experiment
-            refusal = _refuse_closed(request, experiment)
-            if refusal is not None:
-                return refusal
-            if step is not None and participant.step != step:
-                return HttpResponseRedirect(_step_url(participant), status=303 if request.method == "POST" else 302)
-            return view(request, experiment, participant, *args, **kwargs)
+            found = _visitor(request, slug, step, with_trials)
+            if isinstance(found, HttpResponse):
+                return found
+            participant, trials = found
+            if with_trials:
+                return view(request, participant.experiment, participant, trials, *args, **kwargs)
+            return view(request, participant.experiment, participant, *args, **kwargs)
 
         return frameable(wrapped)
 
@@ -217,10 +230,10 @@ def headphone_audio(request, experiment, participant, n: int):
 
 
 @require_GET
-@participant_page(Step.TRIALS)
-def trial(request, experiment, participant):
+@participant_page(Step.TRIALS, with_trials=True)
+def trial(request, experiment, participant, trials):
     try:
-        progress = flow.next_trial(participant)
+        progress = flow.next_trial(participant, trials)
     except assigning.StudyFull:
         text = STUDY_FULL_MTURK if participant.source == Participant.Source.MTURK else STUDY_FULL
         return message(request, "This study is full", text, 200, experiment)
@@ -239,31 +252,46 @@ def trial(request, experiment, participant):
         "practice_over": progress.practice_over,
         "words": experiment.words,
         "none_answer": answers.NONE_ANSWER,
-        "ratings": [(v, RATING_LABELS[v], RATING_HINTS[RATING_LABELS[v]]) for v in range(4, -1, -1)],
-        "anchors": _anchors(experiment),
-        "question_word": current.stimulus.word,
+        "question_word": current.word,
     }
+    if experiment.task == Experiment.Task.RATING:
+        context["ratings"] = RATINGS
+        context["anchors"] = _anchors(experiment)
     response = _page(request, "evaluation/trial.html", participant, context)
     response["Cache-Control"] = "private, no-store"
     return response
 
 
+ANSWER_NOT_SAVED = ("That answer could not be saved", "The answer was not one of the options. Please go back and choose again.")
+
+
 @require_POST
-@participant_page(None)
-def answer(request, experiment, participant):
+@frameable
+def answer(request, slug):
+    """Store the answer to one of the visitor's trials; the trial, its participant, experiment and clip are read in one query."""
     form = AnswerForm(request.POST)
-    if not form.is_valid():
-        return message(request, "That answer could not be saved", "The answer was not one of the options. Please go back and choose again.",
-                       400, experiment, _step_url(participant))
-    data = form.cleaned_data
-    target = Assignment.objects.select_related("participant__experiment").filter(token=data["token"], participant=participant).first()
-    if target is None:
+    token = _participant_token(request, slug)
+    target = None
+    if form.is_valid() and token and "\x00" not in slug:
+        target = rows.trial_by_token(form.cleaned_data["token"], token, slug)
+    if target is None:  # who is this, and why is there no such trial of theirs: the usual pages say
+        found = _visitor(request, slug, None)
+        if isinstance(found, HttpResponse):
+            return found
+        participant = found[0]
+        if not form.is_valid():
+            return message(request, *ANSWER_NOT_SAVED, 400, participant.experiment, _step_url(participant))
         raise Http404("no such trial")
+    participant = target.participant
+    experiment = participant.experiment
+    refusal = _refuse_closed(request, experiment)
+    if refusal is not None:
+        return refusal
+    data = form.cleaned_data
     try:
         answers.store_answer(target, answer=data["answer"], rating=data["rating"], response_ms=data["response_ms"])
     except answers.InvalidAnswer:
-        return message(request, "That answer could not be saved", "The answer was not one of the options. Please go back and choose again.",
-                       400, experiment, _step_url(participant))
+        return message(request, *ANSWER_NOT_SAVED, 400, experiment, _step_url(participant))
     except answers.Conflict as exc:
         return message(request, "Not saved", str(exc)[:1].upper() + str(exc)[1:] + ".", 409, experiment, _step_url(participant))
     return HttpResponseRedirect(_carry(reverse("evaluation:trial", args=[experiment.slug]), participant), status=303)
@@ -293,23 +321,20 @@ def audio(request: HttpRequest, token: str) -> HttpResponse:
     """A trial's clip, only for the listener it was handed to; plays are counted and a full serving is noted (assignment.register_fetch)."""
     if not TOKEN.regex.fullmatch(token):
         return HttpResponse("not a clip token", status=400, content_type="text/plain")
-    target = Assignment.objects.select_related("participant__experiment", "stimulus").filter(token=token).first()
-    if target is None:
+    clip = rows.clip_by_token(token)
+    if clip is None or _participant_token(request, clip.slug) != clip.participant_token:
         raise Http404("no such clip")
-    experiment = target.participant.experiment
-    if _participant_token(request, experiment) != target.participant.token:
-        raise Http404("no such clip")
-    if experiment.status != Experiment.Status.LIVE and not target.participant.preview:
+    if clip.status != Experiment.Status.LIVE and not clip.preview:
         return HttpResponse("this study is closed", status=410, content_type="text/plain")
-    clip = target.stimulus.audio
-    with clip.open("rb") as handle:
+    storage = Stimulus._meta.get_field("audio").storage
+    with storage.open(clip.audio, "rb") as handle:
         size = handle.size
         rng = request.headers.get("Range")
         parsed = parse_range(rng, size)
         if parsed != "unsatisfiable" and not _is_probe(rng):
             start, end = parsed or (0, size - 1)
-            fetch = assigning.register_fetch(target, start, end, size, stored_clip_duration_ms(handle, str(getattr(clip.storage, 'location', '')), clip.name, size), experiment.replay_limit)
-            if fetch is assigning.Fetch.REFUSED:
+            duration_ms = stored_clip_duration_ms(handle, str(getattr(storage, "location", "")), clip.audio, size)
+            if assigning.register_fetch(clip.assignment_id, start, end, size, duration_ms, clip.replay_limit) is assigning.Fetch.REFUSED:
                 return HttpResponse("no plays left for this clip", status=403, content_type="text/plain")
         return file_response(handle, size, parsed)
 

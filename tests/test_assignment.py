@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import re
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -10,12 +11,13 @@ from types import SimpleNamespace
 import pytest
 from django.db import connection
 from django.db.models import Count
+from django.test import Client
 from django.utils import timezone
 
 from evaluation import assignment as assigning
 from evaluation.answers import Heard, store_answer
 from evaluation.models import Assignment, Participant, Response, Stimulus
-from tests.helpers.survey import Listener, make_experiment
+from tests.helpers.survey import Listener, let_clip_play, make_experiment
 
 
 def answers_per_test_stimulus() -> dict[str, int]:
@@ -164,3 +166,64 @@ def test_many_listeners_at_once_never_over_collect_nor_lose_answers(media, real_
     # 8 listeners want 32 test trials but only 24 answers are needed: whoever comes late is told the study is full
     assert all(p.finished_at is not None or not p.assignments.exists() for p in Participant.objects.all())
     assert Participant.objects.filter(finished_at__isnull=False).exists()
+
+
+def _at_once(count: int, connect, work) -> tuple[list, list[str]]:
+    """work(n) in `count` threads released together, each on its own connection; (results, errors)."""
+    barrier = threading.Barrier(count)
+    results: list = []
+    errors: list[str] = []
+
+    def one(n: int) -> None:
+        if connect:
+            connect()
+        try:
+            barrier.wait(timeout=60)
+            results.append(work(n))
+        except Exception as exc:  # noqa: BLE001 - reported to the main thread
+            errors.append(f"thread {n}: {exc!r}")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results, errors
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_listener_opening_the_trials_in_many_tabs_at_once_gets_one_set_of_trials(media, real_database):
+    make_experiment(ratings_per_stimulus=3, trials_per_listener=4)
+    person = Listener("demo")
+    person.start()
+    trial_url = person.client.get("/s/demo/instructions")["Location"]  # the flow's own link, carrying the participant
+    shown, errors = _at_once(6, real_database, lambda n: Client().get(trial_url))
+    assert errors == [] and [page.status_code for page in shown] == [200] * 6
+    tokens = {re.search(rb'name="token" value="([^"]+)"', page.content).group(1) for page in shown}
+    trials = person.participant.assignments.all()
+    assert len(tokens) == 1 and trials.count() == 1 + 4 + 1 + 1  # practice, tests, gold, trap: handed out once
+    assert trials.filter(token=tokens.pop().decode(), position=0).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_trial_answered_from_many_tabs_at_once_is_stored_and_counted_once(media, real_database):
+    make_experiment(ratings_per_stimulus=3, trials_per_listener=4, practice_trials=0)
+    person = Listener("demo")
+    person.start()
+    trial = person.current()
+    person.client.get(f"/a/{trial.token}")
+    let_clip_play(trial)
+    cookies = person.client.cookies
+    answer = {"token": trial.token, "answer": trial.stimulus.expected_answer or trial.stimulus.word, "ended": "on"}
+
+    def post(n: int) -> int:
+        tab = Client()
+        tab.cookies = cookies
+        return tab.post("/s/demo/answer", answer).status_code
+
+    statuses, errors = _at_once(6, real_database, post)
+    assert errors == [] and statuses == [303] * 6  # an identical repeat is acknowledged, not stored again
+    assert Response.objects.filter(assignment_id=trial.pk).count() == 1
+    assert Stimulus.objects.get(pk=trial.stimulus_id).answer_count == 1  # every human answer counts, the quota only for tests

@@ -47,3 +47,18 @@ def test_gpu_script_runs_every_step_on_cpu(tmp_path):
     assert objective["words"] == 35 and objective["full_experiment_seconds"] > 0
     assert objective["measured"] is False and "extrapolated" in objective["note"]
     assert (tmp_path / "A.pt").is_file() and (tmp_path / "AE.pt").is_file(), "the script trains its own models"
+
+
+@pytest.mark.slow
+def test_gpu_sweep_prints_every_measurement_on_cpu():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_sweep.py"), "--quick", "--device", "cpu"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    steps = [r["steps"] for r in rows if "steps" in r]
+    assert {(r["method"], r["layout"]) for r in steps} == {(m, l) for m in ("classifier", "decoder")
+                                                           for l in ("contiguous", "channels_last")}
+    assert all(r["samples_per_s"] > 0 and 0 <= r["same_argmax"] <= 1 for r in steps)
+    assert {r["noise"]["method"] for r in rows if "noise" in r} == {"classifier", "decoder"}
+    assert "convolution" in done.stdout, "the profile table names the kernels"

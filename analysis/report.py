@@ -75,6 +75,7 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
     long_tables: set[str] = field(default_factory=set)
+    wide_figures: set[str] = field(default_factory=set)
     summary: list[str] = field(default_factory=list)
     summary_crowd: str = ""
 
@@ -129,6 +130,14 @@ def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: b
         stage(result, state)
         result.timings[name] = time.perf_counter() - start
     return result
+
+
+def _panel_figure(res: Analysis, name: str, draw: Callable, panels: list, *args, **kwargs) -> str:
+    """Describe a small-multiples figure (one panel per listener group or condition); returns its name."""
+    res.figures[name] = figures.Later(draw, panels, *args, **kwargs)
+    if len(panels) > 1:
+        res.wide_figures.add(name)
+    return name
 
 
 def _by_group(frame: pd.DataFrame):
@@ -194,15 +203,14 @@ def _stage_accuracy(res: Analysis, state: dict) -> None:
     if not qc.empty:
         res.tables["accuracy_gold_trap"] = _accuracy_table(qc, ["listener_group", "stimulus_kind"], chance)
         tables.append("accuracy_gold_trap")
-    figs = []
     order = {c: i for i, c in enumerate(_cell_order(state["test"]))}
-    for kind, part in _by_group(acc):
-        part = part.sort_values("cell", key=lambda s: s.map(order))
-        name = f"accuracy_{_slug(kind)}"
-        res.figures[name] = figures.Later(figures.interval_bars, part, "accuracy", "ci_low", "ci_high", "cell",
-                                          "accuracy", f"Identification accuracy ({kind}), 95% Wilson intervals",
-                                          (0, 1), reference=part["chance"])
-        figs.append(name)
+    panels = [(kind, part.sort_values("cell", key=lambda s: s.map(order))[["cell", "accuracy", "ci_low", "ci_high",
+                                                                            "chance"]])
+              for kind, part in _by_group(acc)]
+    figs = [_panel_figure(res, "accuracy_by_condition", figures.interval_bar_panels, panels, "accuracy", "ci_low",
+                          "ci_high", "cell", "accuracy",
+                          "Identification accuracy per listener group, 95% Wilson intervals", (0, 1),
+                          reference="chance")]
     res.sections.append(Section("Identification accuracy", (
         f"Accuracy is the share of answers naming the intended word; 'can't tell' counts as wrong. Chance is "
         f"1 / (number of answer options including 'can't tell') = 1/{len(state['words']) + 1} = {chance:.4f}. "
@@ -231,9 +239,11 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
     grouped = test.groupby(["listener_group", "cell", "word", "answer"], sort=True).size()
     long_rows, figs, shares = [], [], {}
     order = _cell_order(test)
+    present = set(grouped.index.droplevel([2, 3]))
     for kind in contrasts.group_order(test["listener_group"]):
+        panels = []
         for cell in order:
-            if (kind, cell) not in grouped.index.droplevel([2, 3]):
+            if (kind, cell) not in present:
                 continue
             counts = grouped.loc[(kind, cell)].unstack("answer", fill_value=0)
             count_m, share_m = _confusion_matrix(counts, words)
@@ -241,22 +251,20 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
             stacked = pd.DataFrame({"count": count_m.stack(), "share": share_m.stack()}).reset_index()
             stacked.columns = ["word", "answer", "count", "share"]
             long_rows.append(stacked.assign(listener_group=kind, cell=cell))
-            name = f"confusion_{_slug(kind)}_{_slug(cell)}"
-            res.figures[name] = figures.Later(figures.confusion, share_m,
-                                              f"Intended x heard: {cell} ({kind}); rows sum to 1")
-            figs.append(name)
+            panels.append((cell, share_m))
+        if panels:
+            figs.append(_panel_figure(res, f"confusion_{_slug(kind)}", figures.confusion_panels, panels,
+                                      f"Intended x heard per condition ({kind}); rows sum to 1"))
     confusion = pd.concat(long_rows, ignore_index=True)
     res.tables["confusion"] = confusion[["listener_group", "cell", "word", "answer", "count", "share"]]
     res.long_tables.add("confusion")
     attrs = test[["cell", "method", "init", "stage"]].drop_duplicates().set_index("cell")
-    diff_figs, diff_rows = [], []
+    diff_figs, diff_rows, diff_panels = [], [], []
     for (kind, a), (kind_b, b) in _single_factor_pairs(shares.keys(), attrs):
         if kind != kind_b or kind != contrasts.PEOPLE:  # a machine's one answer per clip makes differences noise
             continue
         delta = shares[(kind, a)].fillna(0) - shares[(kind, b)].fillna(0)
-        name = f"confusion_diff_{_slug(kind)}_{_slug(a)}_minus_{_slug(b)}"
-        res.figures[name] = figures.Later(figures.confusion_difference, delta, f"{a} minus {b} ({kind})")
-        diff_figs.append(name)
+        diff_panels.append((f"{a} minus {b}", delta))
         diag = np.diag(delta.reindex(columns=delta.index).to_numpy())
         diff_rows.append({"listener_group": kind, "a": a, "b": b, "mean_diagonal_difference": float(np.mean(diag)),
                           "none_share_difference": float(delta["none"].mean())})
@@ -264,8 +272,12 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
     if diff_rows:
         res.tables["confusion_differences"] = pd.DataFrame(diff_rows)
         tables.append("confusion_differences")
+        diff_figs.append(_panel_figure(res, "confusion_differences", figures.confusion_difference_panels,
+                                       diff_panels, f"Pairs of conditions that differ in one factor "
+                                                    f"({contrasts.PEOPLE}): first minus second"))
     res.sections.append(Section("Confusions", (
-        "Each heatmap crosses the intended word (rows) with the answer (columns); the last column is 'can't tell'"
+        "Each heatmap crosses the intended word (rows) with the answer (columns), one panel per condition and one "
+        "figure per listener group; the last column is 'can't tell'"
         " and an 'other' column appears only if free-text answers fell outside the word list. Rows are normalized "
         "to sum to 1 and every heatmap uses the same colour scale [0, 1]. Difference heatmaps subtract two "
         "conditions that differ in exactly one factor (method, start or stage), for people, on a fixed diverging scale "
@@ -291,14 +303,13 @@ def _stage_words(res: Analysis, state: dict) -> None:
     table = _accuracy_table(test, ["listener_group", "cell", "word"], state["chance"])
     res.tables["word_accuracy"] = table
     res.long_tables.add("word_accuracy")
-    figs = []
     order = _cell_order(test)
+    panels = []
     for kind, part in _by_group(table):
         matrix = part.pivot(index="word", columns="cell", values="accuracy")
-        matrix = matrix.reindex(index=state["words"], columns=[c for c in order if c in matrix.columns])
-        name = f"word_accuracy_{_slug(kind)}"
-        res.figures[name] = figures.Later(figures.word_accuracy, matrix, f"Accuracy per word and condition ({kind})")
-        figs.append(name)
+        panels.append((kind, matrix.reindex(index=state["words"], columns=[c for c in order if c in matrix.columns])))
+    figs = [_panel_figure(res, "word_accuracy", figures.word_accuracy_panels, panels,
+                          "Accuracy per word and condition, per listener group")]
     res.sections.append(Section("Accuracy per word", (
         "Accuracy for every intended word in every condition, with 95% Wilson intervals in the table; blank "
         "cells in the figure had no answers."), ["word_accuracy"], figs))
@@ -604,38 +615,37 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
                      **{f"n_{i}": int(hist[i]) for i in range(5)}})
     table = pd.DataFrame(rows)
     res.tables["rating_by_condition"] = table
-    figs = []
     order = {c: i for i, c in enumerate(_cell_order(rated))}
-    for kind, part in _by_group(table):
-        part = part.sort_values("cell", key=lambda s: s.map(order))
-        name = f"rating_mean_{_slug(kind)}"
-        res.figures[name] = figures.Later(figures.interval_bars, part, "mean", "ci_low", "ci_high", "cell",
-                                          "mean rating (0-4)",
-                                          f"Mean rating ({kind}), 95% listener-bootstrap intervals", (0, 4))
-        figs.append(name)
+    panels = [(kind, part.sort_values("cell", key=lambda s: s.map(order))[["cell", "mean", "ci_low", "ci_high"]])
+              for kind, part in _by_group(table)]
+    figs = [_panel_figure(res, "rating_by_condition", figures.interval_bar_panels, panels, "mean", "ci_low",
+                          "ci_high", "cell", "mean rating (0-4)",
+                          "Mean rating per listener group, 95% listener-bootstrap intervals", (0, 4))]
     words = rated.groupby(["listener_group", "cell", "method", "stage", "word"], sort=True)["rating"].agg(
         answers="size", mean="mean").reset_index()
     res.tables["rating_by_word"] = words
     res.long_tables.add("rating_by_word")
+    panels = []
     for kind, part in _by_group(words[words["stage"].isin(["original", "after"])]):
         part = part.assign(group=np.where(part["stage"] == "original", "original", part["method"]))
         weighted = part.assign(_s=part["mean"] * part["answers"]).groupby(["word", "group"])[["_s", "answers"]].sum()
         sums = (weighted["_s"] / weighted["answers"]).unstack("group")
         cols = [c for c in ["original", "classifier", "decoder"] if c in sums.columns]
         cols += sorted(c for c in sums.columns if c not in cols)
-        name = f"rating_per_word_{_slug(kind)}"
-        res.figures[name] = figures.Later(figures.grouped_bars, sums.reindex(index=state["words"], columns=cols),
-                                          "mean rating (0-4)", f"Mean rating per word ({kind})", (0, 4))
-        figs.append(name)
+        panels.append((kind, sums.reindex(index=state["words"], columns=cols)))
+    if panels:
+        figs.append(_panel_figure(res, "rating_by_word", figures.grouped_bar_panels, panels, "mean rating (0-4)",
+                                  "Mean rating per word, per listener group", (0, 4)))
+    panels = []
     for label, init in (("1 vs 3 (noise start)", "noise"), ("2 vs 4 (test start)", "test")):
         for kind, part in _by_group(rated[(rated["init"] == init) & (rated["stage"] == "after")
                                           & rated["method"].isin(["classifier", "decoder"])]):
             counts = pd.DataFrame({cell: np.bincount(p["rating"].round().astype(int), minlength=5)
                                    for cell, p in part.groupby("cell", sort=True)})
-            name = f"rating_hist_{_slug(label)}_{_slug(kind)}"
-            res.figures[name] = figures.Later(figures.rating_histograms, counts,
-                                              f"Ratings, conditions {label} ({kind})")
-            figs.append(name)
+            panels.append((f"conditions {label} ({kind})", counts))
+    if panels:
+        figs.append(_panel_figure(res, "rating_histograms", figures.rating_histogram_panels, panels,
+                                  "Ratings: share of answers at each rating"))
     res.sections.append(Section("Ratings", (
         "Ratings run from Bad = 0 to Excellent = 4. Means come with 95% percentile intervals from a bootstrap "
         f"that resamples whole listeners ({res.options.n_boot} resamples, seed {res.options.seed}), so one "
@@ -810,8 +820,12 @@ def _versions() -> dict[str, str]:
     return library_versions(("numpy", "pandas", "scipy", "statsmodels", "matplotlib"))
 
 
-def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: bool = True) -> Path:
-    """Write tables, figures, report.html and run.json into a temp folder, then swap it into `out`."""
+def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: bool = True, pdf: bool = False,
+                 ) -> Path:
+    """Write tables, figures, report.html and run.json into a temp folder, then swap it into `out`.
+
+    Figures are PNGs (embedded in report.html); pdf=True also writes each as a PDF for print.
+    """
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():
@@ -825,9 +839,12 @@ def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: 
             (tmp / "tables" / f"{name}.csv").write_bytes(csv_bytes(df))
         pngs = dict(result.images)
         for name, data in result.images.items():
-            figures.save_png_copy(data, tmp / "figures" / name)
-        pngs.update(figures.render_all(result.figures, tmp / "figures", progress=progress))
-        (tmp / "report.html").write_text(_html(result, pngs), encoding="utf-8")
+            figures.save_png_copy(data, tmp / "figures" / name, pdf)
+        result.timings["tables"] = time.perf_counter() - start
+        drawing = time.perf_counter()
+        pngs.update(figures.render_all(result.figures, tmp / "figures", progress=progress, pdf=pdf))
+        result.timings["figures"] = time.perf_counter() - drawing
+        (tmp / "report.html").write_text(_html(result, pngs, pdf), encoding="utf-8")
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         run = {
             "tool": "hearsay manage.py analyze",
@@ -837,6 +854,7 @@ def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: 
             "seed": result.options.seed,
             "inputs": dict(sorted({**inputs, **result.inputs}.items())),
             "versions": _versions(),
+            "figure_formats": ["png", "pdf"] if pdf else ["png"],
             "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
             "notes": result.notes,
             "outputs": files,
@@ -884,7 +902,7 @@ STYLE = (
     ".9em;white-space:nowrap}.guide{font-weight:600}.tw{overflow-x:auto;max-width:100%}table.t{border-collapse:"
     "collapse;font-size:12px;margin:.3em 0}table.t td,table.t th{border:1px solid #ccc;padding:2px 5px;text-align:"
     "right;overflow-wrap:anywhere}details{margin:.4em 0}summary{cursor:pointer;color:#245}.grid{display:grid;"
-    "grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:8px}.grid>*{min-width:0}ul.findings li{margin:"
+    "grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:8px}.grid>*{min-width:0}.grid>.wide{grid-column:1/-1}ul.findings li{margin:"
     ".25em 0}p,li,figcaption,summary,h3{overflow-wrap:anywhere}"
 )
 
@@ -942,14 +960,16 @@ def _pct(x: float) -> str:
     return "" if np.isnan(x) else f"{x:.0%}"
 
 
-def _figure_html(name: str, pngs: dict[str, bytes]) -> str:
+def _figure_html(name: str, pngs: dict[str, bytes], pdf: bool, wide: bool) -> str:
+    """An embedded PNG that opens full size when clicked; small multiples take a whole row of a grid."""
     data = base64.b64encode(pngs[name]).decode("ascii")
-    return (f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>figures/{html.escape(name)}.png (<a href='figures/{html.escape(name)}.pdf'>PDF</a>)"
-            "</figcaption></figure>")
+    stem = html.escape(name)
+    also = f" (<a href='figures/{stem}.pdf'>PDF</a>)" if pdf else ""
+    return (f"<figure{' class=wide' if wide else ''}><a href='figures/{stem}.png'><img alt='{stem}' "
+            f"src='data:image/png;base64,{data}'></a><figcaption>figures/{stem}.png{also}</figcaption></figure>")
 
 
-def _html(result: Analysis, pngs: dict[str, bytes]) -> str:
+def _html(result: Analysis, pngs: dict[str, bytes], pdf: bool = False) -> str:
     info = result.info
     slug = html.escape(str(info.get("slug", "")))
     anchors = [(f"s-{_slug(sec.title)}", sec) for sec in result.sections]
@@ -959,7 +979,8 @@ def _html(result: Analysis, pngs: dict[str, bytes]) -> str:
         f"<title>Hearsay analysis: {slug}</title><style>{STYLE}</style></head><body>",
         f"<h1>Listening test analysis: {slug}</h1>",
         f"<p class=meta>Task: {html.escape(str(info.get('task', '')))}; {len(info.get('words') or [])} words; "
-        f"seed {result.options.seed}. Every table is a CSV under tables/, every figure a PNG and PDF under figures/; "
+        f"seed {result.options.seed}. Every table is a CSV under tables/, every figure a PNG"
+        f"{' and PDF' if pdf else ''} under figures/ (click a figure for full size); "
         "run.json records versions, options and input checksums.</p>",
         "<nav class=toc aria-label=Contents>" + " ".join(
             f"<a href='#{a}'>{html.escape(sec.title)}</a>" for a, sec in anchors) + "</nav>",
@@ -971,14 +992,15 @@ def _html(result: Analysis, pngs: dict[str, bytes]) -> str:
         if section.guide:
             parts.append(f"<p class=guide>{html.escape(section.guide)}</p>")
         for name in section.figures[:SHOWN_FIGURES]:
-            parts.append(_figure_html(name, pngs))
+            parts.append(_figure_html(name, pngs, pdf, False))
         if section.title == "Summary" and result.summary:
             parts.append("<ul class=findings>" + "".join(f"<li>{html.escape(line)}</li>" for line in result.summary)
                          + "</ul>")
         folded = section.figures[SHOWN_FIGURES:] + section.more_figures
         if folded:
             parts.append(f"<details><summary>{len(folded)} more figures</summary><div class=grid>"
-                         + "".join(_figure_html(n, pngs) for n in folded) + "</div></details>")
+                         + "".join(_figure_html(n, pngs, pdf, n in result.wide_figures) for n in folded)
+                         + "</div></details>")
         for name in section.tables:
             if name == "main_contrasts":
                 parts.append(_main_contrasts_html(result.tables[name]))
@@ -991,7 +1013,8 @@ def _html(result: Analysis, pngs: dict[str, bytes]) -> str:
 
 
 def build_report(table: pd.DataFrame, info: dict, out: Path, options: ReportOptions, inputs: dict[str, str],
-                 progress: bool = True) -> Path:
-    """Analyse the long table and write the complete report folder; returns its path."""
+                 progress: bool = True, pdf: bool = False) -> Path:
+    """Analyse the long table and write the complete report folder (PDFs of the figures too if pdf); returns its
+    path."""
     result = analyse(table, info, options, progress=progress)
-    return write_report(result, out, inputs, progress=progress)
+    return write_report(result, out, inputs, progress=progress, pdf=pdf)

@@ -79,18 +79,24 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 
 def holm(pvalues) -> np.ndarray:
-    """Holm step-down adjusted p-values (statsmodels multipletests; NaNs left out).
+    """Holm step-down adjusted p-values (NaNs left out).
 
     Controls the family-wise error rate: the i-th smallest p is multiplied by (m - i)
-    and adjusted values never decrease.
+    and adjusted values never decrease. The arithmetic of statsmodels' multipletests
+    (method="holm"), step for step, without the full garbage collection it runs on every
+    call (a tenth of a second each while a million-answer table is in memory).
     """
-    from statsmodels.stats.multitest import multipletests
-
     p = np.asarray(pvalues, dtype=float)
     out = np.full_like(p, np.nan)
     ok = ~np.isnan(p)
     if ok.any():
-        out[ok] = multipletests(p[ok], method="holm")[1]
+        order = np.argsort(p[ok])
+        ranked = p[ok][order]
+        adjusted = np.maximum.accumulate(ranked * np.arange(ranked.size, 0, -1))
+        adjusted[adjusted > 1] = 1
+        back = np.empty_like(adjusted)
+        back[order] = adjusted
+        out[ok] = back
     return out
 
 
@@ -113,11 +119,20 @@ def fleiss_kappa(counts: np.ndarray) -> float:
 
 
 def counts_matrix(units, values, categories=None) -> tuple[np.ndarray, list]:
-    """Units x categories count matrix from two parallel sequences (one entry per answer)."""
-    frame = pd.DataFrame({"u": list(units), "v": list(values)}).dropna()
-    cats = sorted(frame["v"].unique()) if categories is None else list(categories)
-    table = pd.crosstab(frame["u"], pd.Categorical(frame["v"], categories=cats), dropna=False)
-    return table.to_numpy(dtype=float), cats
+    """Units x categories count matrix from two parallel sequences (one entry per answer).
+
+    Rows are the units in sorted order; answers that are missing or outside `categories` are not counted.
+    """
+    units = pd.Series(np.asarray(units, dtype=object))
+    values = pd.Series(np.asarray(values, dtype=object))
+    keep = (units.notna() & values.notna()).to_numpy()
+    units, values = units[keep], values[keep]
+    cats = sorted(values.unique()) if categories is None else list(categories)
+    value_codes = pd.Categorical(values, categories=cats).codes
+    counted = value_codes >= 0
+    unit_codes, unit_names = pd.factorize(units[counted], sort=True)
+    flat = np.bincount(unit_codes * len(cats) + value_codes[counted], minlength=len(unit_names) * len(cats))
+    return flat.reshape(len(unit_names), len(cats)).astype(float), cats
 
 
 def krippendorff_alpha(counts: np.ndarray, level: str = "nominal", values=None) -> float:
@@ -226,8 +241,8 @@ def rank_test(a, b, paired: bool = False, permutations: int | None = None, seed:
         if paired:
             if a.size == 0 or np.all(a == b):
                 return ("wilcoxon_signed_rank_permutation", float("nan"), float("nan"))
-            res = sps.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided", method=method)
-            return ("wilcoxon_signed_rank_permutation", float(res.statistic), float(res.pvalue))
+            statistic, p = _wilcoxon_permutation(a - b, permutations, seed)
+            return ("wilcoxon_signed_rank_permutation", statistic, p)
         if a.size == 0 or b.size == 0:
             return ("mann_whitney_u_permutation", float("nan"), float("nan"))
         res = sps.mannwhitneyu(a, b, alternative="two-sided", method=method)
@@ -245,6 +260,27 @@ def rank_test(a, b, paired: bool = False, permutations: int | None = None, seed:
         return ("mann_whitney_u", float("nan"), float("nan"))
     res = sps.mannwhitneyu(a, b, alternative="two-sided")
     return ("mann_whitney_u", float(res.statistic), float(res.pvalue))
+
+
+def _wilcoxon_permutation(d: np.ndarray, permutations: int, seed: int) -> tuple[float, float]:
+    """scipy.stats.wilcoxon(method=PermutationMethod(permutations, rng=seed)) on the differences d, vectorized.
+
+    Flipping signs leaves |d| and so its ranks unchanged: the ranks of the non-zero differences are computed
+    once and each relabelling's statistic (the rank sum of the positive differences) is one row of a matrix
+    product-sum, instead of scipy re-ranking every relabelling in a Python loop. The same random sign flips
+    (permutation_test with the same seed) give the same statistic and p-value as scipy's.
+    """
+    nonzero = d != 0
+    ranks = np.zeros_like(d)
+    ranks[nonzero] = sps.rankdata(np.abs(d[nonzero]))
+
+    def positive_rank_sum(x, axis=-1):
+        return np.sum((x > 0) * ranks, axis=axis)
+
+    res = sps.permutation_test((d,), positive_rank_sum, permutation_type="samples", vectorized=True,
+                               n_resamples=permutations, rng=np.random.default_rng(seed), alternative="two-sided")
+    statistic = min(positive_rank_sum(d), np.sum((d < 0) * ranks))
+    return float(statistic), float(res.pvalue)
 
 
 @dataclass(frozen=True)

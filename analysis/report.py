@@ -31,7 +31,7 @@ from hearsay.provenance import file_sha256 as sha256_file
 from hearsay.provenance import library_versions
 
 from . import contrasts, crowd, explanations, figures, stats
-from .table import Exclusion, apply_exclusions, normalize
+from .table import Exclusion, apply_exclusions, as_categories, normalize, plain
 
 STAGE_ORDER = {"original": 0, "before": 1, "after": 2}
 FLOAT_FORMAT = "%.6f"
@@ -85,13 +85,19 @@ def cell_label(condition: str, stage: str) -> str:
 
 
 def _with_cells(df: pd.DataFrame) -> pd.DataFrame:
-    keys = df[["condition", "stage"]].drop_duplicates()
-    labels = {(c, s): cell_label(c, s) for c, s in keys.itertuples(index=False)}
-    return df.assign(cell=[labels[k] for k in zip(df["condition"], df["stage"])])
+    """Adds the cell (condition / stage) as a categorical, labelling each distinct pair once."""
+    condition, stage = df["condition"].cat, df["stage"].cat
+    n_stages = len(stage.categories)
+    pairs, rows = np.unique(condition.codes.to_numpy(dtype=np.int64) * n_stages + stage.codes.to_numpy(),
+                            return_inverse=True)
+    labels = [cell_label(condition.categories[p // n_stages], stage.categories[p % n_stages]) for p in pairs]
+    names = sorted(set(labels))
+    codes = np.array([names.index(label) for label in labels], dtype=np.int32)
+    return df.assign(cell=pd.Categorical.from_codes(codes[rows], categories=names))
 
 
 def _cell_order(df: pd.DataFrame) -> list[str]:
-    cells = df[["cell", "condition", "stage"]].drop_duplicates()
+    cells = plain(df[["cell", "condition", "stage"]].drop_duplicates())
     cells = cells.assign(_s=cells["stage"].map(lambda s: STAGE_ORDER.get(s, 3)))
     return cells.sort_values(["condition", "_s", "cell"])["cell"].tolist()
 
@@ -102,12 +108,12 @@ def _slug(text: str) -> str:
 
 def _words(info: dict, df: pd.DataFrame) -> list[str]:
     words = [str(w).lower() for w in info.get("words") or [] if str(w).lower() not in NONE_ANSWERS]
-    return words or sorted(set(df["word"]))
+    return words or sorted(map(str, df["word"].unique()))
 
 
 def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: bool = True) -> Analysis:
     """Run every stage of the report on the long table; raises HearsayError on bad input."""
-    df = normalize(table)
+    df = as_categories(normalize(table))
     result = Analysis(info=dict(info), options=options)
     stages: list[tuple[str, Callable]] = [("exclusions", _stage_exclusions)]
     identification = df["correct"].notna().any()
@@ -186,7 +192,7 @@ def _accuracy_table(frame: pd.DataFrame, keys: list[str], chance: float) -> pd.D
     out["ci_low"], out["ci_high"] = stats.wilson_arrays(out["correct"], out["answers"])
     out["chance"] = chance
     out["chance_corrected"] = stats.chance_corrected(out["accuracy"], chance)
-    return out
+    return plain(out)
 
 
 def _stage_accuracy(res: Analysis, state: dict) -> None:
@@ -236,7 +242,8 @@ def _confusion_matrix(counts: pd.DataFrame, words: list[str]) -> tuple[pd.DataFr
 def _stage_confusion(res: Analysis, state: dict) -> None:
     test = state["test"][state["test"]["correct"].notna()]
     words = state["words"]
-    grouped = test.groupby(["listener_group", "cell", "word", "answer"], sort=True).size()
+    keys = ["listener_group", "cell", "word", "answer"]
+    grouped = plain(test.groupby(keys, sort=True).size().rename("n").reset_index()).set_index(keys)["n"]
     long_rows, figs, shares = [], [], {}
     order = _cell_order(test)
     present = set(grouped.index.droplevel([2, 3]))
@@ -533,7 +540,7 @@ def _stage_agreement(res: Analysis, state: dict) -> None:
     cats = state["words"] + ["none"]
     rows = []
     for (kind, cell), part in test.groupby(["listener_group", "cell"], sort=True):
-        answers = part["answer"].where(part["answer"].isin(cats), "other")
+        answers = np.where(part["answer"].isin(cats), part["answer"].to_numpy(dtype=object), "other")
         rows.append({"listener_group": kind, "cell": cell,
                      **stats.agreement(part["stimulus"], answers, cats + ["other"], "nominal")})
     res.tables["agreement"] = pd.DataFrame(rows)
@@ -555,7 +562,7 @@ def _stage_crowd(res: Analysis, state: dict) -> None:
     glad = len(people) <= GLAD_MAX_ANSWERS
     labels = crowd.aggregate(people[["listener", "stimulus", "answer"]], glad=glad)
     methods = ["majority_vote", "dawid_skene"] + (["glad"] if glad else [])
-    intended = people[["stimulus", "cell", "word"]].drop_duplicates("stimulus")
+    intended = plain(people[["stimulus", "cell", "word"]].drop_duplicates("stimulus"))
     clips = intended.merge(labels.clips, on="stimulus")
     res.tables["crowd_labels"] = clips
     res.long_tables.add("crowd_labels")
@@ -621,8 +628,8 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
     figs = [_panel_figure(res, "rating_by_condition", figures.interval_bar_panels, panels, "mean", "ci_low",
                           "ci_high", "cell", "mean rating (0-4)",
                           "Mean rating per listener group, 95% listener-bootstrap intervals", (0, 4))]
-    words = rated.groupby(["listener_group", "cell", "method", "stage", "word"], sort=True)["rating"].agg(
-        answers="size", mean="mean").reset_index()
+    words = plain(rated.groupby(["listener_group", "cell", "method", "stage", "word"], sort=True)["rating"].agg(
+        answers="size", mean="mean").reset_index())
     res.tables["rating_by_word"] = words
     res.long_tables.add("rating_by_word")
     panels = []
@@ -809,7 +816,7 @@ def csv_bytes(df: pd.DataFrame, sort: bool = True) -> bytes:
     if sort and not df.empty:
         keyed = df.copy()
         for col in keyed.columns:
-            if keyed[col].dtype == object:
+            if keyed[col].dtype == object or isinstance(keyed[col].dtype, pd.CategoricalDtype):
                 keyed[col] = keyed[col].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
         order = keyed.sort_values(list(keyed.columns), kind="mergesort", na_position="last").index
         df = df.loc[order]

@@ -80,6 +80,18 @@ def normalize(table: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def as_categories(df: pd.DataFrame) -> pd.DataFrame:
+    """The text columns as categoricals with sorted categories: filtering and grouping a million answers then moves
+    small integer codes instead of Arrow strings, and groups still come out in the strings' sorted order."""
+    return df.astype({col: pd.CategoricalDtype(sorted(df[col].unique())) for col in ANSWER_TEXT_COLUMNS})
+
+
+def plain(df: pd.DataFrame) -> pd.DataFrame:
+    """A (small, derived) table with categorical columns turned back into strings, as the report's tables hold."""
+    cats = [c for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype)]
+    return df.astype({c: str for c in cats}) if cats else df
+
+
 def read_mturk(csv_path: Path, manifest_path: Path, key_path: Path | None = None,
                strict: bool = False,
                key_provider: Callable[[], Mapping[str, str]] | None = None) -> tuple[pd.DataFrame, dict]:
@@ -189,7 +201,7 @@ def apply_exclusions(table: pd.DataFrame, rule: Exclusion) -> tuple[pd.DataFrame
     machines = set(qc.loc[qc["listener_kind"] == "machine", "listener"])
     if not rule.include_machines:
         reasons["machine listener (use --include-machines)"] = machines
-    rows = [_count_row("before exclusions", df, len(set(df["listener"])))]
+    rows = [_count_row("before exclusions", df, df["listener"].nunique())]
     dropped: set[str] = set()
     for reason, listeners in reasons.items():
         part = df[df["listener"].isin(listeners)]
@@ -197,7 +209,7 @@ def apply_exclusions(table: pd.DataFrame, rule: Exclusion) -> tuple[pd.DataFrame
                      "test_answers": int((part["stimulus_kind"] == "test").sum())})
         dropped |= listeners
     kept = df[~df["listener"].isin(dropped)]
-    rows.append(_count_row("after exclusions", kept, len(set(kept["listener"]))))
+    rows.append(_count_row("after exclusions", kept, kept["listener"].nunique()))
     qc["excluded"] = qc["listener"].isin(dropped)
     qc["exclusion_reasons"] = qc["listener"].map(lambda l: "; ".join(r for r, ls in reasons.items() if l in ls))
     if kept.empty:
@@ -216,19 +228,20 @@ def _count_row(step: str, df: pd.DataFrame, listeners: int) -> dict:
 
 def per_listener_qc(df: pd.DataFrame) -> pd.DataFrame:
     """Per-listener answer counts, gold accuracy, trap failures and verdict."""
-    scored = df.assign(_c=df["correct"].map(lambda v: np.nan if v is None else float(v)).astype(float))
+    scored = df[["listener", "stimulus_kind"]].assign(_c=pd.to_numeric(df["correct"]).astype(float),
+                                                      _test=df["stimulus_kind"] == "test")
     gold = scored[scored["stimulus_kind"] == "gold"].groupby("listener")["_c"].agg(["sum", "count"])
     trap = scored[scored["stimulus_kind"] == "trap"].groupby("listener")["_c"].agg(["sum", "count"])
     base = df.groupby("listener").agg(listener_kind=("listener_kind", "first"),
                                       listener_source=("listener_source", "first"),
                                       answers=("stimulus", "size"),
-                                      test_answers=("stimulus_kind", lambda s: int((s == "test").sum())),
                                       analyse_ok=("analyse_ok", "first"),
                                       analyse_reasons=("analyse_reasons", "first"))
+    base.insert(3, "test_answers", scored.groupby("listener")["_test"].sum().reindex(base.index).astype(int))
     base["gold_answers"] = gold["count"].reindex(base.index).fillna(0).astype(int)
     base["gold_correct"] = gold["sum"].reindex(base.index).fillna(0).astype(int)
     with np.errstate(invalid="ignore", divide="ignore"):
         base["gold_accuracy"] = base["gold_correct"] / base["gold_answers"].where(base["gold_answers"] > 0)
     base["trap_answers"] = trap["count"].reindex(base.index).fillna(0).astype(int)
     base["trap_failed"] = (trap["count"] - trap["sum"]).reindex(base.index).fillna(0).astype(int)
-    return base.reset_index()
+    return plain(base.reset_index())

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from scipy.linalg import cho_factor, cho_solve
+from scipy.special import expit as _expit
 from scipy import stats as sps
 from statsmodels.tools.sm_exceptions import PerfectSeparationError
 
@@ -399,55 +401,147 @@ def mixed_logistic_laplace(y: np.ndarray, X: pd.DataFrame, listener, stimulus, f
 
     Same model and output as bayes_mixed_logistic (normal prior, sd fe_sd, on the fixed
     effects), estimated the way that scales: the joint posterior mode of fixed and random
-    effects by Newton steps on a sparse design (one sparse LU of a matrix the size of
-    listeners + clips per step), and the two variances by EM with each random effect's
+    effects by Newton steps, and the two variances by EM with each random effect's
     posterior variance taken from the diagonal of the Hessian (a mean-field Laplace
     approximation). Fixed-effect posterior sds come from the exact inverse-Hessian block.
+    Each answer has one listener and one clip, so the listener-listener and clip-clip
+    blocks of the Hessian are diagonal: Newton steps eliminate the larger of the two
+    (a Schur complement) and factor a dense matrix the size of the fixed effects plus the
+    smaller one, built from per-listener/per-clip sums (no answers x effects design
+    matrix); designs too large for that dense matrix take a sparse LU of the whole Hessian.
     Returns the fixed-effect table and the number of answers used (all of them).
     """
-    from scipy.sparse.linalg import splu
-    from scipy.special import expit
-
     y = np.asarray(y, dtype=float)
     X = X.astype(float).reset_index(drop=True)
     lc, _ = pd.factorize(pd.Series(np.asarray(listener)), sort=True)
     sc, _ = pd.factorize(pd.Series(np.asarray(stimulus)), sort=True)
-    n, nl, ns = y.size, int(lc.max()) + 1, int(sc.max()) + 1
-    fixed = np.column_stack([np.ones(n), X.to_numpy()])
-    p = fixed.shape[1]
-    rows = np.repeat(np.arange(n), p + 2)
-    cols = np.column_stack([np.tile(np.arange(p), (n, 1)), p + lc, p + nl + sc]).ravel()
-    vals = np.column_stack([fixed, np.ones(n), np.ones(n)]).ravel()
-    Z = sparse.csr_matrix((vals, (rows, cols)), shape=(n, p + nl + ns))
-    Zt = Z.T.tocsr()
+    fixed = np.column_stack([np.ones(y.size), X.to_numpy()])
+    fit = _LaplaceBlocks if _LaplaceBlocks.fits(fixed.shape[1], lc, sc) else _LaplaceSparse
+    mean, sd, var = _laplace_em(fit(y, fixed, lc, sc), fe_sd, tol, max_iter)
+    names = ["const", *X.columns]
+    table = pd.DataFrame({"term": names, "posterior_mean": mean, "posterior_sd": sd, "odds_ratio": np.exp(mean),
+                          "ci_low": np.exp(mean - Z95 * sd), "ci_high": np.exp(mean + Z95 * sd)})
+    vc = pd.DataFrame({"term": ["sd(listener)", "sd(stimulus)"], "posterior_mean": np.sqrt(var),
+                       "posterior_sd": np.nan})
+    return pd.concat([table[table["term"] != "const"], vc], ignore_index=True), int(y.size)
+
+
+def _laplace_em(model, fe_sd: float, tol: float, max_iter: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior mode by Newton steps (warm-started, at most 3 per variance update) and the variances by EM;
+    returns the fixed effects' means and sds and the two variances."""
+    p, nl, ns = model.p, model.nl, model.ns
     var = np.array([1.0, 1.0])
     b = np.zeros(p + nl + ns)
     blocks = (slice(p, p + nl), slice(p + nl, p + nl + ns))
     for _ in range(max_iter):
         prec = np.concatenate([np.full(p, 1.0 / fe_sd ** 2), np.full(nl, 1.0 / var[0]), np.full(ns, 1.0 / var[1])])
         for _ in range(3):  # a warm start from the last variances needs few Newton steps
-            mu = expit(Z @ b)
-            grad = Zt @ (y - mu) - prec * b
-            hess = (Zt @ sparse.diags(mu * (1.0 - mu)) @ Z + sparse.diags(prec)).tocsc()
-            step = splu(hess).solve(grad)
+            step, diag = model.newton_step(b, prec)
             b += step
             if np.abs(step).max() < tol:
                 break
-        diag = hess.diagonal()
         new = np.array([(np.square(b[blk]).sum() + (1.0 / diag[blk]).sum()) / (blk.stop - blk.start)
                         for blk in blocks])
         done = np.all(np.abs(new - var) <= 1e-4 * np.maximum(var, 1e-3)) and np.abs(step).max() < tol
         var = np.maximum(new, 1e-8)
         if done:
             break
-    lu = splu(hess)
-    unit = np.zeros((p + nl + ns, p))
-    unit[np.arange(p), np.arange(p)] = 1.0
-    sd = np.sqrt(np.diag(lu.solve(unit)[:p]))
-    mean = b[:p]
-    names = ["const", *X.columns]
-    table = pd.DataFrame({"term": names, "posterior_mean": mean, "posterior_sd": sd, "odds_ratio": np.exp(mean),
-                          "ci_low": np.exp(mean - Z95 * sd), "ci_high": np.exp(mean + Z95 * sd)})
-    vc = pd.DataFrame({"term": ["sd(listener)", "sd(stimulus)"], "posterior_mean": np.sqrt(var),
-                       "posterior_sd": np.nan})
-    return pd.concat([table[table["term"] != "const"], vc], ignore_index=True), int(n)
+    return b[:p], np.sqrt(model.fixed_covariance_diagonal()), var
+
+
+class _LaplaceBlocks:
+    """Newton steps on the block structure: fixed effects (dense), listeners and clips (each diagonal)."""
+
+    MAX_KEPT = 4000  # fixed effects + the smaller random-effect block: a dense matrix of at most 128 MB
+    MAX_CROSS = 20_000_000  # listener x clip weight sums: at most 160 MB
+
+    @classmethod
+    def fits(cls, p: int, lc: np.ndarray, sc: np.ndarray) -> bool:
+        nl, ns = int(lc.max()) + 1, int(sc.max()) + 1
+        return p + min(nl, ns) <= cls.MAX_KEPT and nl * ns <= cls.MAX_CROSS
+
+    def __init__(self, y: np.ndarray, fixed: np.ndarray, lc: np.ndarray, sc: np.ndarray):
+        self.y, self.fixed = y, fixed
+        self.p, self.nl, self.ns = fixed.shape[1], int(lc.max()) + 1, int(sc.max()) + 1
+        # eliminate the larger random-effect block; "kept" = the smaller one, "gone" = the larger
+        self.swap = self.nl < self.ns
+        self.kept, self.gone = (lc, sc) if self.swap else (sc, lc)
+        self.nk, self.ng = int(self.kept.max()) + 1, int(self.gone.max()) + 1
+        self.pair = self.gone.astype(np.int64) * self.nk + self.kept
+        self.schur = None
+
+    def newton_step(self, b: np.ndarray, prec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p, nl = self.p, self.nl
+        b_f, b_l, b_s = b[:p], b[p:p + nl], b[p + nl:]
+        mu = _expit(self.fixed @ b_f + b_l[self._lc()] + b_s[self._sc()])
+        w = mu * (1.0 - mu)
+        r = self.y - mu
+        prec_f, prec_l, prec_s = prec[:p], prec[p:p + nl], prec[p + nl:]
+        # gradient and Hessian blocks in the order fixed, kept, gone
+        g_f = self.fixed.T @ r - prec_f * b_f
+        g_k = np.bincount(self.kept, r, self.nk) - (prec_l * b_l if self.swap else prec_s * b_s)
+        g_g = np.bincount(self.gone, r, self.ng) - (prec_s * b_s if self.swap else prec_l * b_l)
+        wf = self.fixed * w[:, None]
+        h_ff = self.fixed.T @ wf + np.diag(prec_f)
+        h_fk = np.stack([np.bincount(self.kept, wf[:, j], self.nk) for j in range(p)])
+        h_fg = np.stack([np.bincount(self.gone, wf[:, j], self.ng) for j in range(p)])
+        d_k = np.bincount(self.kept, w, self.nk) + (prec_l if self.swap else prec_s)
+        d_g = np.bincount(self.gone, w, self.ng) + (prec_s if self.swap else prec_l)
+        h_gk = np.bincount(self.pair, w, self.ng * self.nk).reshape(self.ng, self.nk)
+        # Schur complement of the diagonal "gone" block: S = H_KK - H_KG diag(1/d_g) H_GK
+        h_kg = np.vstack([h_fg, h_gk.T])  # (p + nk) x ng
+        scaled = h_kg / d_g
+        schur = np.block([[h_ff, h_fk], [h_fk.T, np.diag(d_k)]]) - scaled @ h_kg.T
+        factor = cho_factor(schur)
+        g_kept = np.concatenate([g_f, g_k])
+        x_kept = cho_solve(factor, g_kept - scaled @ g_g)
+        x_g = (g_g - h_kg.T @ x_kept) / d_g
+        self.schur = factor
+        x_f, x_k = x_kept[:p], x_kept[p:]
+        diag_f = np.diag(h_ff)
+        step = np.concatenate([x_f, x_k, x_g] if self.swap else [x_f, x_g, x_k])
+        diag = np.concatenate([diag_f, d_k, d_g] if self.swap else [diag_f, d_g, d_k])
+        return step, diag
+
+    def _lc(self) -> np.ndarray:
+        return self.kept if self.swap else self.gone
+
+    def _sc(self) -> np.ndarray:
+        return self.gone if self.swap else self.kept
+
+    def fixed_covariance_diagonal(self) -> np.ndarray:
+        """diag of the inverse Hessian's fixed block = that of the inverse Schur complement (last Newton step)."""
+        unit = np.zeros((self.p + self.nk, self.p))
+        unit[np.arange(self.p), np.arange(self.p)] = 1.0
+        return np.diag(cho_solve(self.schur, unit)[:self.p])
+
+
+class _LaplaceSparse:
+    """Newton steps by a sparse LU of the whole Hessian (one sparse design row per answer)."""
+
+    def __init__(self, y: np.ndarray, fixed: np.ndarray, lc: np.ndarray, sc: np.ndarray):
+        n = y.size
+        self.y = y
+        self.p, self.nl, self.ns = fixed.shape[1], int(lc.max()) + 1, int(sc.max()) + 1
+        p, nl, ns = self.p, self.nl, self.ns
+        rows = np.repeat(np.arange(n), p + 2)
+        cols = np.column_stack([np.tile(np.arange(p), (n, 1)), p + lc, p + nl + sc]).ravel()
+        vals = np.column_stack([fixed, np.ones(n), np.ones(n)]).ravel()
+        self.Z = sparse.csr_matrix((vals, (rows, cols)), shape=(n, p + nl + ns))
+        self.Zt = self.Z.T.tocsr()
+        self.hess = None
+
+    def newton_step(self, b: np.ndarray, prec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from scipy.sparse.linalg import splu
+
+        mu = _expit(self.Z @ b)
+        grad = self.Zt @ (self.y - mu) - prec * b
+        self.hess = (self.Zt @ sparse.diags(mu * (1.0 - mu)) @ self.Z + sparse.diags(prec)).tocsc()
+        return splu(self.hess).solve(grad), self.hess.diagonal()
+
+    def fixed_covariance_diagonal(self) -> np.ndarray:
+        from scipy.sparse.linalg import splu
+
+        unit = np.zeros((self.p + self.nl + self.ns, self.p))
+        unit[np.arange(self.p), np.arange(self.p)] = 1.0
+        return np.diag(splu(self.hess).solve(unit)[:self.p])

@@ -228,20 +228,26 @@ def _count_row(step: str, df: pd.DataFrame, listeners: int) -> dict:
 
 def per_listener_qc(df: pd.DataFrame) -> pd.DataFrame:
     """Per-listener answer counts, gold accuracy, trap failures and verdict."""
-    scored = df[["listener", "stimulus_kind"]].assign(_c=pd.to_numeric(df["correct"]).astype(float),
-                                                      _test=df["stimulus_kind"] == "test")
-    gold = scored[scored["stimulus_kind"] == "gold"].groupby("listener")["_c"].agg(["sum", "count"])
-    trap = scored[scored["stimulus_kind"] == "trap"].groupby("listener")["_c"].agg(["sum", "count"])
+    codes, names = pd.factorize(df["listener"], sort=True)
+    correct = pd.to_numeric(df["correct"]).to_numpy(dtype=float)
+    scored = ~np.isnan(correct)
+
+    def per_listener(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(codes[mask], None if weights is None else weights[mask], minlength=len(names))
+
     base = df.groupby("listener").agg(listener_kind=("listener_kind", "first"),
                                       listener_source=("listener_source", "first"),
                                       answers=("stimulus", "size"),
                                       analyse_ok=("analyse_ok", "first"),
                                       analyse_reasons=("analyse_reasons", "first"))
-    base.insert(3, "test_answers", scored.groupby("listener")["_test"].sum().reindex(base.index).astype(int))
-    base["gold_answers"] = gold["count"].reindex(base.index).fillna(0).astype(int)
-    base["gold_correct"] = gold["sum"].reindex(base.index).fillna(0).astype(int)
+    at = pd.Index(np.asarray(names, dtype=object)).get_indexer(np.asarray(base.index, dtype=object))
+    base.insert(3, "test_answers", per_listener((df["stimulus_kind"] == "test").to_numpy())[at])
+    gold = (df["stimulus_kind"] == "gold").to_numpy() & scored
+    trap = (df["stimulus_kind"] == "trap").to_numpy() & scored
+    base["gold_answers"] = per_listener(gold)[at]
+    base["gold_correct"] = per_listener(gold, correct)[at].astype(int)
     with np.errstate(invalid="ignore", divide="ignore"):
         base["gold_accuracy"] = base["gold_correct"] / base["gold_answers"].where(base["gold_answers"] > 0)
-    base["trap_answers"] = trap["count"].reindex(base.index).fillna(0).astype(int)
-    base["trap_failed"] = (trap["count"] - trap["sum"]).reindex(base.index).fillna(0).astype(int)
+    base["trap_answers"] = per_listener(trap)[at]
+    base["trap_failed"] = (per_listener(trap) - per_listener(trap, correct))[at].astype(int)
     return plain(base.reset_index())

@@ -208,3 +208,19 @@ def test_logistic_cluster_skips_terms_the_design_cannot_separate():
     for terms in fits.values():
         assert [t.term for t in terms] == ["decoder"]
         assert terms[0].odds_ratio > 1 and 0 < terms[0].ci_low < terms[0].ci_high
+
+
+@pytest.mark.parametrize("n_listeners, n_clips", [(40, 90), (90, 40)])
+def test_laplace_block_newton_steps_match_the_sparse_lu_of_the_whole_hessian(n_listeners, n_clips):
+    """The Schur-complement steps (eliminating whichever random-effect block is larger) give the sparse fit."""
+    rng = np.random.default_rng(3)
+    listener = np.repeat(np.arange(n_listeners), 30)
+    stimulus = np.concatenate([rng.choice(n_clips, 30, replace=False) for _ in range(n_listeners)])
+    fixed = np.column_stack([np.ones(listener.size), stimulus % 2, rng.random(listener.size) < 0.5]).astype(float)
+    eta = fixed @ [0.3, 0.8, -0.5] + rng.normal(0, 0.7, n_listeners)[listener] + rng.normal(0, 0.9, n_clips)[stimulus]
+    y = (rng.random(eta.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    assert stats._LaplaceBlocks.fits(3, listener, stimulus)
+    block = stats._laplace_em(stats._LaplaceBlocks(y, fixed, listener, stimulus), 2.0, 1e-6, 200)
+    whole = stats._laplace_em(stats._LaplaceSparse(y, fixed, listener, stimulus), 2.0, 1e-6, 200)
+    for ours, theirs in zip(block, whole):
+        assert np.allclose(ours, theirs, rtol=1e-8, atol=1e-10)

@@ -314,10 +314,11 @@ def logistic_cluster(y: np.ndarray, X: pd.DataFrame, groups: dict[str, np.ndarra
     """Logistic GLM of correct (0/1) on 0/1 predictors, with cluster-robust errors.
 
     One fit (maximum likelihood, binomial family, logit link); standard errors are then
-    recomputed so answers from the same cluster may be correlated: one entry per key in
+    recomputed from it, without refitting, so answers from the same cluster may be correlated: one entry per key in
     `groups` (e.g. listener, stimulus), plus two-way listener x stimulus when two are given.
     """
     import statsmodels.api as sm
+    from statsmodels.genmod.generalized_linear_model import GLMResults
 
     y = np.asarray(y, dtype=float)
     if y.size == 0 or X.shape[1] == 0:
@@ -337,8 +338,9 @@ def logistic_cluster(y: np.ndarray, X: pd.DataFrame, groups: dict[str, np.ndarra
         return {}
     out: dict[str, list[ContrastFit]] = {}
     for name, grp in variants:
-        try:
-            res = model.fit(start_params=base.params, cov_type="cluster", cov_kwds={"groups": grp})
+        try:  # the fitted coefficients with each clustering's covariance: what fit(cov_type=...) builds, no refit
+            res = GLMResults(model, base.params, base.normalized_cov_params, base.scale, cov_type="cluster",
+                             cov_kwds={"groups": grp})
         except (np.linalg.LinAlgError, PerfectSeparationError):
             continue  # this clustering leaves the errors inestimable; the others still stand
         ci = np.asarray(res.conf_int())

@@ -66,24 +66,27 @@ def normalize(table: pd.DataFrame) -> pd.DataFrame:
     df["listened_to_end"] = _bool_column(df["listened_to_end"]).eq(True)
     for col in ("correct", "pay_ok", "analyse_ok"):
         df[col] = _bool_column(df[col])
-    bad_kind = sorted(set(df["listener_kind"]) - set(LISTENER_KINDS))
+    bad_kind = sorted(set(df["listener_kind"].unique()) - set(LISTENER_KINDS))
     if bad_kind:
         raise HearsayError(f"listener_kind must be {' or '.join(LISTENER_KINDS)}, got {bad_kind[0]!r}")
-    bad_stim = sorted(set(df["stimulus_kind"]) - set(STIMULUS_KINDS))
+    bad_stim = sorted(set(df["stimulus_kind"].unique()) - set(STIMULUS_KINDS))
     if bad_stim:
         raise HearsayError(f"stimulus_kind must be one of {', '.join(STIMULUS_KINDS)}, got {bad_stim[0]!r}")
     bad_rating = df["rating"].dropna()
     if ((bad_rating < RATING_MIN) | (bad_rating > RATING_MAX)).any():
         raise HearsayError(f"ratings must lie between {RATING_MIN} (Bad) and {RATING_MAX} (Excellent)")
-    derived = np.where(df["stage"] == "original", ORIGINAL_CONDITION, df["method"] + "-" + df["init"])
-    df["condition"] = np.where(df["condition"] == "", derived, df["condition"])
+    blank = df["condition"] == ""
+    if blank.any():  # derived only where the table leaves it out (gold, trap and practice clips)
+        part = df.loc[blank]
+        df.loc[blank, "condition"] = np.where(part["stage"] == "original", ORIGINAL_CONDITION,
+                                              part["method"] + "-" + part["init"])
     return df.reset_index(drop=True)
 
 
 def as_categories(df: pd.DataFrame) -> pd.DataFrame:
     """The text columns as categoricals with sorted categories: filtering and grouping a million answers then moves
     small integer codes instead of Arrow strings, and groups still come out in the strings' sorted order."""
-    return df.astype({col: pd.CategoricalDtype(sorted(df[col].unique())) for col in ANSWER_TEXT_COLUMNS})
+    return df.astype({col: "category" for col in ANSWER_TEXT_COLUMNS})
 
 
 def plain(df: pd.DataFrame) -> pd.DataFrame:

@@ -113,8 +113,10 @@ def _words(info: dict, df: pd.DataFrame) -> list[str]:
 
 def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: bool = True) -> Analysis:
     """Run every stage of the report on the long table; raises HearsayError on bad input."""
+    start = time.perf_counter()
     df = as_categories(normalize(table))
     result = Analysis(info=dict(info), options=options)
+    result.timings["normalize"] = time.perf_counter() - start
     stages: list[tuple[str, Callable]] = [("exclusions", _stage_exclusions)]
     identification = df["correct"].notna().any()
     rating = df["rating"].notna().any()
@@ -817,7 +819,7 @@ def csv_bytes(df: pd.DataFrame, sort: bool = True) -> bytes:
         keyed = df.copy()
         for col in keyed.columns:
             if keyed[col].dtype == object or isinstance(keyed[col].dtype, pd.CategoricalDtype):
-                keyed[col] = keyed[col].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+                keyed[col] = keyed[col].astype(object).fillna("").astype(str)  # missing sorts as ""
         order = keyed.sort_values(list(keyed.columns), kind="mergesort", na_position="last").index
         df = df.loc[order]
     return safe_frame(df).to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n").encode("utf-8")

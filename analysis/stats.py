@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from scipy import stats as sps
 from scipy.linalg import cho_factor, cho_solve
 from scipy.special import expit as _expit
-from scipy import stats as sps
 from statsmodels.tools.sm_exceptions import PerfectSeparationError
 
 from hearsay.errors import HearsayError
@@ -317,16 +317,18 @@ def logistic_cluster(y: np.ndarray, X: pd.DataFrame, groups: dict[str, np.ndarra
     recomputed from it, without refitting, so answers from the same cluster may be correlated: one entry per key in
     `groups` (e.g. listener, stimulus), plus two-way listener x stimulus when two are given.
     """
-    import statsmodels.api as sm
-    from statsmodels.genmod.generalized_linear_model import GLMResults
+    # the modules themselves: statsmodels.api also imports its plotting and time-series packages (seconds)
+    from statsmodels.genmod.families import Binomial
+    from statsmodels.genmod.generalized_linear_model import GLM, GLMResults
+    from statsmodels.tools.tools import add_constant
 
     y = np.asarray(y, dtype=float)
     if y.size == 0 or X.shape[1] == 0:
         return {}
-    exog = _estimable(sm.add_constant(X.astype(float), has_constant="add"))
+    exog = _estimable(add_constant(X.astype(float), has_constant="add"))
     if exog.shape[1] < 2:
         return {}
-    model = sm.GLM(y, exog, family=sm.families.Binomial())
+    model = GLM(y, exog, family=Binomial())
     codes = {name: pd.factorize(pd.Series(g), sort=True)[0] for name, g in groups.items()}
     variants = [(name, c) for name, c in codes.items()]
     if len(codes) == 2:

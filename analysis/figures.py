@@ -130,8 +130,9 @@ def heatmap_panels(panels: list[tuple[str, pd.DataFrame]], title: str, vmin: flo
         if separator in cols:
             ax.axvline(len(cols) - 1.5, color="white", linewidth=2)
         ax.set_title(name, fontsize=8)
-    cax = fig.add_axes((1 - 0.85 / fig.get_figwidth(), m.bottom / fig.get_figheight(), 0.15 / fig.get_figwidth(),
-                        min(3.0, fig.get_figheight() - m.top - m.bottom) / fig.get_figheight()))
+    bar = min(3.0, fig.get_figheight() - m.top - m.bottom)  # beside the first row, up to 3 inches tall
+    cax = fig.add_axes((1 - 0.85 / fig.get_figwidth(), 1 - (m.top + bar) / fig.get_figheight(),
+                        0.15 / fig.get_figwidth(), bar / fig.get_figheight()))
     fig.colorbar(image, cax=cax, label=colorbar_label)
     _suptitle(fig, title, m)
     return fig
@@ -139,13 +140,13 @@ def heatmap_panels(panels: list[tuple[str, pd.DataFrame]], title: str, vmin: flo
 
 def confusion_panels(panels: list[tuple[str, pd.DataFrame]], title: str) -> Figure:
     """Intended x heard per condition, rows summing to 1; "can't tell" sits apart as the last column."""
-    return heatmap_panels(panels, title, separator="none")
+    return heatmap_panels(panels, title, separator="none", ncols=4)
 
 
 def confusion_difference_panels(panels: list[tuple[str, pd.DataFrame]], title: str) -> Figure:
     """Differences of two row-normalized confusion matrices on a diverging [-1, 1] scale, one panel per pair."""
     return heatmap_panels(panels, title, vmin=-1.0, vmax=1.0, cmap="RdBu_r", colorbar_label="difference in share",
-                          separator="none")
+                          separator="none", ncols=4)
 
 
 def word_accuracy_panels(panels: list[tuple[str, pd.DataFrame]], title: str) -> Figure:
@@ -215,7 +216,7 @@ def grouped_interval_bars(value: pd.DataFrame, low: pd.DataFrame, high: pd.DataF
     n_rows, n_cols = value.shape
     legend = _text_in([*value.columns, reference_label]) + 0.5
     m = Margins(left=0.7, right=legend, top=0.45, bottom=0.5 * _text_in(value.index, 8) + 0.35)
-    fig, (ax,) = _grid(1, 1, (max(3.5, 0.28 * n_rows * max(n_cols, 1) + 0.6), 2.9), m)
+    fig, (ax,) = _grid(1, 1, (max(3.5, 0.28 * n_rows * max(n_cols, 1) + 0.6), 2.6), m)
     width = 0.8 / max(n_cols, 1)
     x = np.arange(n_rows)
     for j, col in enumerate(value.columns):

@@ -379,7 +379,7 @@ def _stage_models(res: Analysis, state: dict) -> None:
     rows = []
     for model, frame, X, names in _contrast_designs(test):
         fits = stats.logistic_cluster(frame["correct"].astype(float).to_numpy(), X.reset_index(drop=True),
-                                      {"listener": frame["listener"].to_numpy(), "stimulus": frame["stimulus"].to_numpy()})
+                                      {"listener": frame["listener"], "stimulus": frame["stimulus"]})
         for clusters, terms in fits.items():
             for fit in terms:
                 if fit.term in names:
@@ -645,13 +645,15 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
     if panels:
         figs.append(_panel_figure(res, "rating_by_word", figures.grouped_bar_panels, panels, "mean rating (0-4)",
                                   "Mean rating per word, per listener group", (0, 4)))
-    panels = []
+    histograms = {}  # per listener group: noise-start then test-start conditions, a row of panels each
     for label, init in (("1 vs 3 (noise start)", "noise"), ("2 vs 4 (test start)", "test")):
         for kind, part in _by_group(rated[(rated["init"] == init) & (rated["stage"] == "after")
                                           & rated["method"].isin(["classifier", "decoder"])]):
             counts = pd.DataFrame({cell: np.bincount(p["rating"].round().astype(int), minlength=5)
                                    for cell, p in part.groupby("cell", sort=True)})
-            panels.append((f"conditions {label} ({kind})", counts))
+            histograms.setdefault(kind, []).append((f"conditions {label} ({kind})", counts))
+    panels = [panel for kind in contrasts.group_order(pd.Series(list(histograms), dtype=object))
+              for panel in histograms[kind]]
     if panels:
         figs.append(_panel_figure(res, "rating_histograms", figures.rating_histogram_panels, panels,
                                   "Ratings: share of answers at each rating"))

@@ -417,8 +417,8 @@ def mixed_logistic_laplace(y: np.ndarray, X: pd.DataFrame, listener, stimulus, f
     """
     y = np.asarray(y, dtype=float)
     X = X.astype(float).reset_index(drop=True)
-    lc, _ = pd.factorize(pd.Series(np.asarray(listener)), sort=True)
-    sc, _ = pd.factorize(pd.Series(np.asarray(stimulus)), sort=True)
+    lc, _ = pd.factorize(pd.Series(listener), sort=True)  # a categorical's codes, else the values, sorted
+    sc, _ = pd.factorize(pd.Series(stimulus), sort=True)
     fixed = np.column_stack([np.ones(y.size), X.to_numpy()])
     fit = _LaplaceBlocks if _LaplaceBlocks.fits(fixed.shape[1], lc, sc) else _LaplaceSparse
     mean, sd, var = _laplace_em(fit(y, fixed, lc, sc), fe_sd, tol, max_iter)

@@ -65,7 +65,7 @@ def comparison(answers: pd.DataFrame) -> pd.DataFrame:
 
 def stage(res, state: dict) -> None:
     """Report stage (called by analysis.report): adds the comparison when the experiment holds explanation clips."""
-    from .report import Section, _panel_figure
+    from .report import Section, panel_figure
 
     answers = explanation_answers(state["test"])
     if answers.empty:
@@ -80,7 +80,7 @@ def stage(res, state: dict) -> None:
             for control in ("region", "random")
         ]).sort_values("cell")
         panels.append((str(group), long[["cell", "accuracy", "ci_low", "ci_high"]]))
-    figs = [_panel_figure(res, "explanations_region_vs_random", figures.interval_bar_panels, panels, "accuracy",
+    figs = [panel_figure(res, "explanations_region_vs_random", figures.interval_bar_panels, panels, "accuracy",
                           "ci_low", "ci_high", "cell", "accuracy",
                           "Word identified from explanation audio vs random control, per listener group", (0, 1))]
     res.sections.append(Section("Explanations: region audio vs random control", (

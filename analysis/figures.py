@@ -72,7 +72,7 @@ def _bottom_row(i: int, n: int, ncols: int) -> bool:
     return i + ncols >= n
 
 
-def _suptitle(fig: Figure, title: str, m: Margins) -> None:
+def _suptitle(fig: Figure, title: str) -> None:
     fig.suptitle(title, y=1 - 0.12 / fig.get_figheight(), va="top", fontsize=9)
 
 
@@ -134,7 +134,7 @@ def heatmap_panels(panels: list[tuple[str, pd.DataFrame]], title: str, vmin: flo
     cax = fig.add_axes((1 - 0.85 / fig.get_figwidth(), 1 - (m.top + bar) / fig.get_figheight(),
                         0.15 / fig.get_figwidth(), bar / fig.get_figheight()))
     fig.colorbar(image, cax=cax, label=colorbar_label)
-    _suptitle(fig, title, m)
+    _suptitle(fig, title)
     return fig
 
 
@@ -196,14 +196,8 @@ def interval_bar_panels(panels: list[tuple[str, pd.DataFrame]], value: str, low:
         ax.set_title(name, fontsize=8)
     if reference is not None:
         fig.legend(*axes[0].get_legend_handles_labels(), loc="upper right", fontsize=7, frameon=False)
-    _suptitle(fig, title, m)
+    _suptitle(fig, title)
     return fig
-
-
-def interval_bars(frame: pd.DataFrame, value: str, low: str, high: str, label: str, ylabel: str, title: str,
-                  ylim: tuple[float, float], reference: str | None = None) -> Figure:
-    """Bars with 95% interval whiskers in one panel (see interval_bar_panels)."""
-    return interval_bar_panels([("", frame)], value, low, high, label, ylabel, title, ylim, reference)
 
 
 def grouped_interval_bars(value: pd.DataFrame, low: pd.DataFrame, high: pd.DataFrame, ylabel: str, title: str,
@@ -231,7 +225,7 @@ def grouped_interval_bars(value: pd.DataFrame, low: pd.DataFrame, high: pd.DataF
     ax.set_ylim(*ylim)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    _suptitle(fig, title, m)
+    _suptitle(fig, title)
     return fig
 
 
@@ -267,7 +261,7 @@ def grouped_bar_panels(panels: list[tuple[str, pd.DataFrame]], ylabel: str, titl
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     axes[0].legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    _suptitle(fig, title, m)
+    _suptitle(fig, title)
     return fig
 
 
@@ -294,7 +288,7 @@ def rating_histogram_panels(panels: list[tuple[str, pd.DataFrame]], title: str, 
             ax.tick_params(labelleft=False)
         ax.set_title(name, fontsize=8)
         ax.legend(fontsize=6, loc="upper left")
-    _suptitle(fig, title, m)
+    _suptitle(fig, title)
     return fig
 
 

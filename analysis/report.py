@@ -140,7 +140,7 @@ def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: b
     return result
 
 
-def _panel_figure(res: Analysis, name: str, draw: Callable, panels: list, *args, **kwargs) -> str:
+def panel_figure(res: Analysis, name: str, draw: Callable, panels: list, *args, **kwargs) -> str:
     """Describe a small-multiples figure (one panel per listener group or condition); returns its name."""
     res.figures[name] = figures.Later(draw, panels, *args, **kwargs)
     if len(panels) > 1:
@@ -215,7 +215,7 @@ def _stage_accuracy(res: Analysis, state: dict) -> None:
     panels = [(kind, part.sort_values("cell", key=lambda s: s.map(order))[["cell", "accuracy", "ci_low", "ci_high",
                                                                             "chance"]])
               for kind, part in _by_group(acc)]
-    figs = [_panel_figure(res, "accuracy_by_condition", figures.interval_bar_panels, panels, "accuracy", "ci_low",
+    figs = [panel_figure(res, "accuracy_by_condition", figures.interval_bar_panels, panels, "accuracy", "ci_low",
                           "ci_high", "cell", "accuracy",
                           "Identification accuracy per listener group, 95% Wilson intervals", (0, 1),
                           reference="chance")]
@@ -262,7 +262,7 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
             long_rows.append(stacked.assign(listener_group=kind, cell=cell))
             panels.append((cell, share_m))
         if panels:
-            figs.append(_panel_figure(res, f"confusion_{_slug(kind)}", figures.confusion_panels, panels,
+            figs.append(panel_figure(res, f"confusion_{_slug(kind)}", figures.confusion_panels, panels,
                                       f"Intended x heard per condition ({kind}); rows sum to 1"))
     confusion = pd.concat(long_rows, ignore_index=True)
     res.tables["confusion"] = confusion[["listener_group", "cell", "word", "answer", "count", "share"]]
@@ -281,7 +281,7 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
     if diff_rows:
         res.tables["confusion_differences"] = pd.DataFrame(diff_rows)
         tables.append("confusion_differences")
-        diff_figs.append(_panel_figure(res, "confusion_differences", figures.confusion_difference_panels,
+        diff_figs.append(panel_figure(res, "confusion_differences", figures.confusion_difference_panels,
                                        diff_panels, f"Pairs of conditions that differ in one factor "
                                                     f"({contrasts.PEOPLE}): first minus second"))
     res.sections.append(Section("Confusions", (
@@ -317,7 +317,7 @@ def _stage_words(res: Analysis, state: dict) -> None:
     for kind, part in _by_group(table):
         matrix = part.pivot(index="word", columns="cell", values="accuracy")
         panels.append((kind, matrix.reindex(index=state["words"], columns=[c for c in order if c in matrix.columns])))
-    figs = [_panel_figure(res, "word_accuracy", figures.word_accuracy_panels, panels,
+    figs = [panel_figure(res, "word_accuracy", figures.word_accuracy_panels, panels,
                           "Accuracy per word and condition, per listener group")]
     res.sections.append(Section("Accuracy per word", (
         "Accuracy for every intended word in every condition, with 95% Wilson intervals in the table; blank "
@@ -627,7 +627,7 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
     order = {c: i for i, c in enumerate(_cell_order(rated))}
     panels = [(kind, part.sort_values("cell", key=lambda s: s.map(order))[["cell", "mean", "ci_low", "ci_high"]])
               for kind, part in _by_group(table)]
-    figs = [_panel_figure(res, "rating_by_condition", figures.interval_bar_panels, panels, "mean", "ci_low",
+    figs = [panel_figure(res, "rating_by_condition", figures.interval_bar_panels, panels, "mean", "ci_low",
                           "ci_high", "cell", "mean rating (0-4)",
                           "Mean rating per listener group, 95% listener-bootstrap intervals", (0, 4))]
     words = plain(rated.groupby(["listener_group", "cell", "method", "stage", "word"], sort=True)["rating"].agg(
@@ -643,7 +643,7 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
         cols += sorted(c for c in sums.columns if c not in cols)
         panels.append((kind, sums.reindex(index=state["words"], columns=cols)))
     if panels:
-        figs.append(_panel_figure(res, "rating_by_word", figures.grouped_bar_panels, panels, "mean rating (0-4)",
+        figs.append(panel_figure(res, "rating_by_word", figures.grouped_bar_panels, panels, "mean rating (0-4)",
                                   "Mean rating per word, per listener group", (0, 4)))
     histograms = {}  # per listener group: noise-start then test-start conditions, a row of panels each
     for label, init in (("1 vs 3 (noise start)", "noise"), ("2 vs 4 (test start)", "test")):
@@ -655,7 +655,7 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
     panels = [panel for kind in contrasts.group_order(pd.Series(list(histograms), dtype=object))
               for panel in histograms[kind]]
     if panels:
-        figs.append(_panel_figure(res, "rating_histograms", figures.rating_histogram_panels, panels,
+        figs.append(panel_figure(res, "rating_histograms", figures.rating_histogram_panels, panels,
                                   "Ratings: share of answers at each rating"))
     res.sections.append(Section("Ratings", (
         "Ratings run from Bad = 0 to Excellent = 4. Means come with 95% percentile intervals from a bootstrap "

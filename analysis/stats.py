@@ -314,12 +314,14 @@ def logistic_cluster(y: np.ndarray, X: pd.DataFrame, groups: dict[str, np.ndarra
     """Logistic GLM of correct (0/1) on 0/1 predictors, with cluster-robust errors.
 
     One fit (maximum likelihood, binomial family, logit link); standard errors are then
-    recomputed from it, without refitting, so answers from the same cluster may be correlated: one entry per key in
-    `groups` (e.g. listener, stimulus), plus two-way listener x stimulus when two are given.
+    recomputed from it, without refitting, so answers from the same cluster may be correlated: one
+    entry per key in `groups` (e.g. listener, stimulus), plus two-way listener x stimulus when two
+    are given.
     """
     # the modules themselves: statsmodels.api also imports its plotting and time-series packages (seconds)
     from statsmodels.genmod.families import Binomial
-    from statsmodels.genmod.generalized_linear_model import GLM, GLMResults
+    from statsmodels.genmod.generalized_linear_model import GLM
+    from statsmodels.stats.sandwich_covariance import cov_cluster
     from statsmodels.tools.tools import add_constant
 
     y = np.asarray(y, dtype=float)
@@ -330,27 +332,35 @@ def logistic_cluster(y: np.ndarray, X: pd.DataFrame, groups: dict[str, np.ndarra
         return {}
     model = GLM(y, exog, family=Binomial())
     codes = {name: pd.factorize(pd.Series(g), sort=True)[0] for name, g in groups.items()}
-    variants = [(name, c) for name, c in codes.items()]
-    if len(codes) == 2:
-        (n1, c1), (n2, c2) = variants
-        variants.append((f"{n1}+{n2}", np.column_stack([c1, c2])))
     try:
         base = model.fit()
     except (np.linalg.LinAlgError, PerfectSeparationError):
         return {}
-    out: dict[str, list[ContrastFit]] = {}
-    for name, grp in variants:
-        try:  # the fitted coefficients with each clustering's covariance: what fit(cov_type=...) builds, no refit
-            res = GLMResults(model, base.params, base.normalized_cov_params, base.scale, cov_type="cluster",
-                             cov_kwds={"groups": grp})
+    # what fit(cov_type="cluster") computes (CRV1 with its small-sample correction), from the one fit; two-way
+    # clustering is Cameron-Gelbach-Miller's cov(first) + cov(second) - cov(intersection), as statsmodels' own
+    # cov_cluster_2groups, with the intersection found by sorting integer codes rather than pairs
+    covs: dict[str, np.ndarray] = {}
+    for name, c in codes.items():
+        try:
+            covs[name] = cov_cluster(base, c)
         except (np.linalg.LinAlgError, PerfectSeparationError):
             continue  # this clustering leaves the errors inestimable; the others still stand
-        ci = np.asarray(res.conf_int())
-        params = np.asarray(res.params)
-        z = np.asarray(res.tvalues)
-        p = np.asarray(res.pvalues)
-        out[name] = [ContrastFit(term=col, odds_ratio=float(np.exp(params[i])), ci_low=float(np.exp(ci[i, 0])),
-                                 ci_high=float(np.exp(ci[i, 1])), z=float(z[i]), p=float(p[i]),
+    if len(codes) == 2 and len(covs) == 2:
+        (n1, c1), (n2, c2) = codes.items()
+        both = np.unique(c1.astype(np.int64) * (int(c2.max()) + 1) + c2, return_inverse=True)[1]
+        try:
+            covs[f"{n1}+{n2}"] = covs[n1] + covs[n2] - cov_cluster(base, both)
+        except (np.linalg.LinAlgError, PerfectSeparationError):
+            pass
+    params = np.asarray(base.params)
+    out: dict[str, list[ContrastFit]] = {}
+    for name, cov in covs.items():
+        se = np.sqrt(np.diag(cov))
+        z = params / se
+        p = 2 * sps.norm.sf(np.abs(z))
+        low, high = params - Z95 * se, params + Z95 * se
+        out[name] = [ContrastFit(term=col, odds_ratio=float(np.exp(params[i])), ci_low=float(np.exp(low[i])),
+                                 ci_high=float(np.exp(high[i])), z=float(z[i]), p=float(p[i]),
                                  answers=int(y.size), clusters=name)
                      for i, col in enumerate(exog.columns) if col != "const"]
     return out

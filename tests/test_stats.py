@@ -224,3 +224,27 @@ def test_laplace_block_newton_steps_match_the_sparse_lu_of_the_whole_hessian(n_l
     whole = stats._laplace_em(stats._LaplaceSparse(y, fixed, listener, stimulus), 2.0, 1e-6, 200)
     for ours, theirs in zip(block, whole):
         assert np.allclose(ours, theirs, rtol=1e-8, atol=1e-10)
+
+
+def test_cluster_robust_errors_are_statsmodels_fit_with_cov_type_cluster():
+    """One fit with each clustering's CRV1 covariance (two-way: first + second - intersection), as statsmodels."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    listener, stimulus = rng.integers(0, 40, n), rng.integers(0, 25, n)
+    X = pd.DataFrame({"decoder": rng.random(n) < 0.5, "after": rng.random(n) < 0.4})
+    eta = 0.2 + 0.7 * X["decoder"] - 0.4 * X["after"] + rng.normal(0, 0.8, 40)[listener] + rng.normal(0, 0.5, 25)[stimulus]
+    y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(float)
+    ours = stats.logistic_cluster(y, X, {"listener": listener.astype(str), "stimulus": stimulus.astype(str)})
+    model = sm.GLM(y, sm.add_constant(X.astype(float)), family=sm.families.Binomial())
+    codes = {"listener": pd.factorize(listener.astype(str), sort=True)[0],
+             "stimulus": pd.factorize(stimulus.astype(str), sort=True)[0]}
+    codes["listener+stimulus"] = np.column_stack([codes["listener"], codes["stimulus"]])
+    assert set(ours) == set(codes)
+    for name, groups in codes.items():
+        theirs = model.fit(cov_type="cluster", cov_kwds={"groups": groups})
+        for fit in ours[name]:
+            assert fit.z == pytest.approx(theirs.tvalues[fit.term], rel=1e-8)
+            assert fit.p == pytest.approx(theirs.pvalues[fit.term], rel=1e-6)
+            assert fit.ci_low == pytest.approx(np.exp(theirs.conf_int().loc[fit.term, 0]), rel=1e-8)

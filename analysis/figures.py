@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 from matplotlib import rcParams
 from matplotlib.axes import Axes
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.transforms import offset_copy
 
 from hearsay import atomic
@@ -247,20 +249,24 @@ def grouped_bar_panels(panels: list[tuple[str, pd.DataFrame]], ylabel: str, titl
     colours = {c: f"C{j}" for j, c in enumerate(series)}
     for i, (ax, (name, matrix)) in enumerate(zip(axes, panels)):
         full = matrix.reindex(index=words)
-        for col in matrix.columns:
-            j = series.index(col)
-            ax.bar(x + (j - (n_cols - 1) / 2) * width, full[col].to_numpy(dtype=float), width, label=str(col),
-                   color=colours[col])
-        ax.set_xticks(x, [str(w) for w in words], rotation=90, fontsize=TICK_PT)
-        ax.tick_params(labelbottom=i == len(panels) - 1)
+        for col in matrix.columns:  # one collection per series: hundreds of bars, drawn as one artist
+            left = x + (series.index(col) - (n_cols - 1) / 2) * width - width / 2
+            height = full[col].to_numpy(dtype=float)
+            ok = ~np.isnan(height)
+            corners = np.stack([np.column_stack([left, np.zeros_like(left)]), np.column_stack([left, height]),
+                                np.column_stack([left + width, height]),
+                                np.column_stack([left + width, np.zeros_like(left)])], axis=1)
+            ax.add_collection(PolyCollection(corners[ok], facecolors=colours[col], edgecolors="none"))
+        ax.set_xlim(-0.5, len(words) - 0.5)
+        if i == len(panels) - 1:  # the word names once, under the last panel
+            ax.set_xticks(x, [str(w) for w in words], rotation=90, fontsize=TICK_PT)
+        else:
+            ax.set_xticks([])
         ax.set_ylim(*ylim)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.set_title(name, fontsize=8)
-    handles = {}
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    axes[0].legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[0].legend([Patch(color=colours[c]) for c in series], [str(c) for c in series], fontsize=7,
+                   loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _suptitle(fig, title)
     return fig
 

@@ -248,3 +248,20 @@ def test_cluster_robust_errors_are_statsmodels_fit_with_cov_type_cluster():
             assert fit.z == pytest.approx(theirs.tvalues[fit.term], rel=1e-8)
             assert fit.p == pytest.approx(theirs.pvalues[fit.term], rel=1e-6)
             assert fit.ci_low == pytest.approx(np.exp(theirs.conf_int().loc[fit.term, 0]), rel=1e-8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_paired_permutation_test_is_scipys_wilcoxon_with_the_same_seed(seed):
+    """The vectorized sign-flip test gives scipy.stats.wilcoxon(method=PermutationMethod)'s statistic and p exactly."""
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(seed)
+    n = [6, 9, 14, 30, 45, 80][seed]  # up to 9 pairs every sign pattern is enumerated, above that 999 are drawn
+    a, b = rng.integers(0, 5, n).astype(float), rng.integers(0, 5, n).astype(float)
+    if seed % 2:
+        a = np.round(a + rng.normal(0, 0.3, n), 1)  # fewer ties
+    theirs = sps.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided",
+                          method=sps.PermutationMethod(n_resamples=999, rng=np.random.default_rng(seed)))
+    name, statistic, p = stats.rank_test(a, b, paired=True, permutations=999, seed=seed)
+    assert name == "wilcoxon_signed_rank_permutation"
+    assert (statistic, p) == (float(theirs.statistic), float(theirs.pvalue))

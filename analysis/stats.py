@@ -238,14 +238,14 @@ def rank_test(a, b, paired: bool = False, permutations: int | None = None, seed:
     """
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
-    if permutations:
+    if permutations:  # scipy's permutation tests need two values on each side; with fewer there is no test
         method = sps.PermutationMethod(n_resamples=permutations, rng=np.random.default_rng(seed))
         if paired:
-            if a.size == 0 or np.all(a == b):
+            if a.size < 2 or np.all(a == b):
                 return ("wilcoxon_signed_rank_permutation", float("nan"), float("nan"))
             statistic, p = _wilcoxon_permutation(a - b, permutations, seed)
             return ("wilcoxon_signed_rank_permutation", statistic, p)
-        if a.size == 0 or b.size == 0:
+        if a.size < 2 or b.size < 2:
             return ("mann_whitney_u_permutation", float("nan"), float("nan"))
         res = sps.mannwhitneyu(a, b, alternative="two-sided", method=method)
         return ("mann_whitney_u_permutation", float(res.statistic), float(res.pvalue))

@@ -265,3 +265,11 @@ def test_paired_permutation_test_is_scipys_wilcoxon_with_the_same_seed(seed):
     name, statistic, p = stats.rank_test(a, b, paired=True, permutations=999, seed=seed)
     assert name == "wilcoxon_signed_rank_permutation"
     assert (statistic, p) == (float(theirs.statistic), float(theirs.pvalue))
+
+
+def test_permutation_tests_on_a_single_pair_or_answer_are_not_run_instead_of_failing():
+    """scipy refuses a permutation test on one value (ValueError), which would stop the report for a machine
+    listener with a single matched clip pair; such a test is now reported as not run (NaN)."""
+    assert np.isnan(stats.rank_test([3.0], [1.0], paired=True, permutations=999)[2])
+    assert np.isnan(stats.rank_test([3.0], [1.0, 2.0], permutations=999)[2])
+    assert stats.rank_test([3.0, 4.0], [1.0, 2.0], permutations=999)[2] > 0

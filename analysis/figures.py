@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -323,11 +323,15 @@ def histogram(values: np.ndarray, title: str, xlabel: str) -> Figure:
     return fig
 
 
-def save(fig: Figure, stem: Path, pdf: bool = False) -> bytes:
-    """Write stem.png (and stem.pdf when asked) byte-stably; return the PNG bytes for the HTML report."""
+def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=PNG_DPI, metadata={"Software": None})
-    png = buf.getvalue()
+    return buf.getvalue()
+
+
+def save(fig: Figure, stem: Path, pdf: bool = False) -> bytes:
+    """Write stem.png (and stem.pdf when asked) byte-stably; return the PNG bytes for the HTML report."""
+    png = png_bytes(fig)
     atomic.write_bytes(stem.with_suffix(".png"), png)
     if pdf:
         buf = io.BytesIO()
@@ -365,26 +369,73 @@ def _render(item: tuple[Later, Path, bool]) -> bytes:
     return save(later.figure(), stem, pdf)
 
 
+def _png_of(later: Later) -> bytes:
+    return png_bytes(later.figure())
+
+
+class DrawingAhead:
+    """PNGs drawn in one forked background process while the analysis computes on the main one.
+
+    The analysis is single-threaded, so on a machine with a second core its figures can be
+    drawn meanwhile instead of all at write time. Whether PDFs are wanted is known only when
+    the report is written, so this draws PNGs only (the bytes are those the writer would draw).
+    """
+
+    def __init__(self):
+        self._pool: ProcessPoolExecutor | None = None
+        self.pending: dict[str, Future] = {}
+
+    @staticmethod
+    def worthwhile() -> bool:
+        return os.name == "posix" and len(os.sched_getaffinity(0)) >= 2
+
+    def submit(self, described: dict[str, Later]) -> None:
+        """Start drawing every figure not yet started."""
+        for name, later in described.items():
+            if name not in self.pending:
+                if self._pool is None:
+                    self._pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("fork"))
+                self.pending[name] = self._pool.submit(_png_of, later)
+
+    def take(self) -> dict[str, bytes]:
+        """The PNGs drawn or being drawn now; figures still queued are cancelled (the writer draws them)."""
+        started = {name: future for name, future in self.pending.items() if not future.cancel()}
+        return {name: future.result() for name, future in started.items()}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
 def render_all(pending: dict[str, Later], folder: Path, progress: bool = False, workers: int | None = None,
-               pdf: bool = False) -> dict[str, bytes]:
+               pdf: bool = False, ahead: DrawingAhead | None = None) -> dict[str, bytes]:
     """Draw and save every figure (PNG, and PDF when asked), in worker processes when there are many; returns
-    the PNG bytes.
+    the PNG bytes. Without PDFs, the PNGs `ahead` already drew are written as they are.
 
     Workers are forked (a spawned worker would re-run an unguarded calling script) and
     only draw with matplotlib; output bytes are the same either way.
     """
     from tqdm import tqdm
 
-    names = list(pending)
+    drawn: dict[str, bytes] = {}
+    if ahead is not None:  # with PDFs every figure is drawn here once, for both formats
+        drawn = {} if pdf else ahead.take()
+        ahead.close()
+    for name, png in drawn.items():
+        atomic.write_bytes((folder / name).with_suffix(".png"), png)
+    names = [n for n in pending if n not in drawn]
     jobs = [(pending[n], folder / n, pdf) for n in names]
     if workers is None:
         workers = min(len(os.sched_getaffinity(0)), 4)
     if workers < 2 or len(jobs) < PARALLEL_MIN_FIGURES or os.name != "posix":
-        return {n: _render(job) for n, job in zip(names, tqdm(jobs, desc="figures", unit="fig", disable=not progress))}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
-        done = tqdm(pool.map(_render, jobs, chunksize=max(1, len(jobs) // (4 * workers))), total=len(jobs),
-                    desc="figures", unit="fig", disable=not progress)
-        return dict(zip(names, done))
+        done = [_render(job) for job in tqdm(jobs, desc="figures", unit="fig", disable=not progress)]
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+            done = list(tqdm(pool.map(_render, jobs, chunksize=max(1, len(jobs) // (4 * workers))),
+                             total=len(jobs), desc="figures", unit="fig", disable=not progress))
+    drawn.update(zip(names, done))
+    return {name: drawn[name] for name in pending}
 
 
 def save_png_copy(png: bytes, stem: Path, pdf: bool = False) -> None:

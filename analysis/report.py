@@ -76,6 +76,7 @@ class Analysis:
     inputs: dict[str, str] = field(default_factory=dict)
     long_tables: set[str] = field(default_factory=set)
     wide_figures: set[str] = field(default_factory=set)
+    drawing: figures.DrawingAhead | None = None
     summary: list[str] = field(default_factory=list)
     summary_crowd: str = ""
 
@@ -111,8 +112,13 @@ def _words(info: dict, df: pd.DataFrame) -> list[str]:
     return words or sorted(map(str, df["word"].unique()))
 
 
-def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: bool = True) -> Analysis:
-    """Run every stage of the report on the long table; raises HearsayError on bad input."""
+def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: bool = True,
+            draw_ahead: bool = False) -> Analysis:
+    """Run every stage of the report on the long table; raises HearsayError on bad input.
+
+    draw_ahead: start drawing each stage's figures (PNG) in a background process while the
+    later stages run; write_report then uses them and stops that process.
+    """
     start = time.perf_counter()
     df = as_categories(normalize(table))
     result = Analysis(info=dict(info), options=options)
@@ -133,10 +139,19 @@ def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: b
         stages.append(("t-SNE", _stage_tsne))
     stages.append(("summary", _stage_summary))
     state = {"df": df}
-    for name, stage in tqdm(stages, desc="analyze", unit="stage", disable=not progress):
-        start = time.perf_counter()
-        stage(result, state)
-        result.timings[name] = time.perf_counter() - start
+    if draw_ahead and figures.DrawingAhead.worthwhile():
+        result.drawing = figures.DrawingAhead()
+    try:
+        for name, stage in tqdm(stages, desc="analyze", unit="stage", disable=not progress):
+            start = time.perf_counter()
+            stage(result, state)
+            if result.drawing is not None:
+                result.drawing.submit(result.figures)
+            result.timings[name] = time.perf_counter() - start
+    except BaseException:
+        if result.drawing is not None:
+            result.drawing.close()
+        raise
     return result
 
 
@@ -853,7 +868,8 @@ def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: 
             figures.save_png_copy(data, tmp / "figures" / name, pdf)
         result.timings["tables"] = time.perf_counter() - start
         drawing = time.perf_counter()
-        pngs.update(figures.render_all(result.figures, tmp / "figures", progress=progress, pdf=pdf))
+        pngs.update(figures.render_all(result.figures, tmp / "figures", progress=progress, pdf=pdf,
+                                       ahead=result.drawing))
         result.timings["figures"] = time.perf_counter() - drawing
         (tmp / "report.html").write_text(_html(result, pngs, pdf), encoding="utf-8")
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -883,6 +899,9 @@ def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if result.drawing is not None:
+            result.drawing.close()
     return out
 
 
@@ -1027,5 +1046,5 @@ def build_report(table: pd.DataFrame, info: dict, out: Path, options: ReportOpti
                  progress: bool = True, pdf: bool = False) -> Path:
     """Analyse the long table and write the complete report folder (PDFs of the figures too if pdf); returns its
     path."""
-    result = analyse(table, info, options, progress=progress)
+    result = analyse(table, info, options, progress=progress, draw_ahead=True)
     return write_report(result, out, inputs, progress=progress, pdf=pdf)

@@ -138,7 +138,7 @@ def main() -> None:
                                    bayes_max_answers=args.mixed_max_answers)
     info = {"slug": "bench", "task": "identification", "words": WORDS, "ratings_per_stimulus": 0}
     t1 = time.perf_counter()
-    result = report.analyse(table, info, options)
+    result = report.analyse(table, info, options, draw_ahead=True)  # as manage.py analyze does
     workdir = Path(tempfile.mkdtemp(prefix="hearsay-bench-"))
     out = args.keep or workdir / "report"
     try:

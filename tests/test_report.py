@@ -140,6 +140,22 @@ def test_pdfs_are_written_only_when_asked_for_and_linked_from_the_page(tmp_path)
     assert json.loads((printed / "run.json").read_text())["figure_formats"] == ["png", "pdf"]
 
 
+def test_figures_drawn_during_the_analysis_are_the_ones_drawn_when_writing(tmp_path):
+    """build_report draws PNGs in a background process while later stages run; same bytes, no process left."""
+    import multiprocessing
+
+    from analysis.report import analyse, write_report
+
+    table = small_table(listeners=4, machines=1)
+    ahead = build(table, tmp_path / "ahead")
+    options = ReportOptions(exclusion=Exclusion("gold", include_machines=True), n_boot=300)
+    result = analyse(table, {"slug": "small", "task": "identification", "words": WORDS}, options, progress=False)
+    assert result.drawing is None
+    later = write_report(result, tmp_path / "later", {"test-table": "0" * 64}, progress=False)
+    assert files(ahead, ".png") == files(later, ".png") and len(files(ahead, ".png")) >= 8
+    assert not multiprocessing.active_children()
+
+
 def test_machine_ratings_get_permutation_tests_of_their_own(tmp_path):
     out = build(small_table("rating", listeners=4, machines=1), tmp_path / "r", task="rating", rule="none")
     tests = pd.read_csv(out / "tables" / "rating_tests.csv")

@@ -51,7 +51,8 @@ COLUMNS = ["listeners", "contrast", "accuracy_a", "accuracy_b", "answers_a", "an
 
 def listener_groups(kind: pd.Series, listener: pd.Series) -> pd.Series:
     """'people' for every human listener; each machine listener keeps its own name."""
-    return pd.Series(np.where(kind.to_numpy() == "human", PEOPLE, listener.to_numpy()), index=kind.index)
+    groups = np.where(np.asarray(kind) == "human", PEOPLE, np.asarray(listener, dtype=object))
+    return pd.Series(pd.Categorical(groups), index=kind.index)
 
 
 def cell_name(method: str, init: str, stage: str) -> str:
@@ -168,7 +169,7 @@ def main_contrasts(test: pd.DataFrame, people_fits: pd.DataFrame | None) -> pd.D
 
 def group_order(groups: pd.Series) -> list[str]:
     """People first, then machine listeners by name."""
-    names = sorted(set(groups))
+    names = sorted(map(str, pd.unique(groups)))
     return ([PEOPLE] if PEOPLE in names else []) + [n for n in names if n != PEOPLE]
 
 

@@ -65,24 +65,24 @@ def comparison(answers: pd.DataFrame) -> pd.DataFrame:
 
 def stage(res, state: dict) -> None:
     """Report stage (called by analysis.report): adds the comparison when the experiment holds explanation clips."""
-    from .report import Section
+    from .report import Section, panel_figure
 
     answers = explanation_answers(state["test"])
     if answers.empty:
         return
     table = comparison(answers)
     res.tables["explanations_region_vs_random"] = table
-    figs = []
+    panels = []
     for group, part in table.groupby("listeners", sort=True):
         long = pd.concat([
             part.assign(cell=part["method"] + " / " + part["strategy"] + " / " + control, accuracy=part[f"accuracy_{control}"],
                         ci_low=part[f"ci_low_{control}"], ci_high=part[f"ci_high_{control}"])
             for control in ("region", "random")
         ]).sort_values("cell")
-        name = f"explanations_{re.sub(r'[^0-9a-z]+', '_', str(group).lower()).strip('_')}"
-        res.figures[name] = figures.interval_bars(long, "accuracy", "ci_low", "ci_high", "cell", "accuracy",
-                                                  f"Word identified from explanation audio vs random control ({group})", (0, 1))
-        figs.append(name)
+        panels.append((str(group), long[["cell", "accuracy", "ci_low", "ci_high"]]))
+    figs = [panel_figure(res, "explanations_region_vs_random", figures.interval_bar_panels, panels, "accuracy",
+                          "ci_low", "ci_high", "cell", "accuracy",
+                          "Word identified from explanation audio vs random control, per listener group", (0, 1))]
     res.sections.append(Section("Explanations: region audio vs random control", (
         "Each explanation clip (the time-frequency regions an attribution method or importance mask marks as relevant) "
         "is paired with a random selection of exactly the same area from the same clip. Accuracy is the share of "

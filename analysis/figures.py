@@ -1,79 +1,169 @@
-"""Report figures: matplotlib on the Agg backend, saved byte-stable (no dates, no salts).
+"""Report figures: matplotlib's Agg canvas, saved byte-stable (no dates, no salts).
 
-Every figure comes back as a Figure; save() writes PNG and PDF and returns the PNG
-bytes for embedding. Heatmaps share one fixed colour scale so conditions compare by eye.
+Every figure comes back as a Figure; save() writes the PNG (and the PDF when asked) and
+returns the PNG bytes for embedding. Heatmaps share one fixed colour scale so conditions
+compare by eye. Where the report has one near-identical chart per listener group or
+condition, they are small multiples: panels of one figure on shared axes, each label
+drawn once. Margins are set from the label lengths rather than measured by
+tight_layout, which draws every figure an extra time.
 """
 from __future__ import annotations
 
 import io
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import rcParams
+from matplotlib.axes import Axes
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.transforms import offset_copy
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from hearsay import atomic
+from hearsay.answers import RATING_LABELS
 
-from hearsay import atomic  # noqa: E402
-from hearsay.answers import RATING_LABELS  # noqa: E402
-
-plt.rcParams.update({"svg.hashsalt": "hearsay", "pdf.compression": 6, "font.size": 9, "figure.dpi": 100})
+rcParams.update({"svg.hashsalt": "hearsay", "pdf.compression": 6, "font.size": 9, "figure.dpi": 100})
 PNG_DPI = 110
+CHAR_IN = 0.62 / 72  # width of an average DejaVu Sans character per point of font size, in inches
+TICK_PT = 7
 
 
-def _size_for_labels(n_rows: int, n_cols: int) -> tuple[float, float]:
-    """Grow the canvas with the label count so every one of 35+ words stays readable."""
-    return (max(5.0, 0.24 * n_cols + 2.6), max(4.0, 0.24 * n_rows + 1.8))
+def _text_in(labels, points: float = TICK_PT) -> float:
+    """Inches the longest label takes at this font size."""
+    return max((len(str(x)) for x in labels), default=0) * points * CHAR_IN
+
+
+@dataclass(frozen=True)
+class Margins:
+    """Space around the panel grid in inches: labels, titles and the colour bar live here."""
+
+    left: float
+    right: float
+    top: float
+    bottom: float
+    wspace: float = 0.25
+    hspace: float = 0.45
+
+
+def _grid(n: int, ncols: int, panel: tuple[float, float], m: Margins, sharey: bool = False,
+          ) -> tuple[Figure, list[Axes]]:
+    """A figure of n panels (ncols per row) of the given size in inches, placed by fixed margins."""
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    width = m.left + m.right + ncols * panel[0] + (ncols - 1) * m.wspace
+    height = m.top + m.bottom + nrows * panel[1] + (nrows - 1) * m.hspace
+    fig = Figure(figsize=(width, height))
+    axes: list[Axes] = []
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        rect = ((m.left + c * (panel[0] + m.wspace)) / width,
+                1 - (m.top + r * (panel[1] + m.hspace) + panel[1]) / height, panel[0] / width, panel[1] / height)
+        axes.append(fig.add_axes(rect, sharey=axes[0] if sharey and axes else None))
+    return fig, axes
+
+
+def _bottom_row(i: int, n: int, ncols: int) -> bool:
+    """Whether panel i has no panel below it (so it carries the x labels)."""
+    return i + ncols >= n
+
+
+def _suptitle(fig: Figure, title: str) -> None:
+    fig.suptitle(title, y=1 - 0.12 / fig.get_figheight(), va="top", fontsize=9)
+
+
+def _heatmap_axes(ax: Axes, matrix: pd.DataFrame, vmin: float, vmax: float, cmap: str, show_x: bool, show_y: bool,
+                  xlabel: str, ylabel: str):
+    """One heatmap; row and column names as plain text beside it (with dozens of words, matplotlib's tick
+    machinery costs more than everything else in the figure), axis names beyond the longest name."""
+    image = ax.imshow(matrix.to_numpy(dtype=float), vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto",
+                      interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    pad = TICK_PT * 0.4
+    if show_x:
+        below = offset_copy(ax.get_xaxis_transform(), ax.figure, y=-pad, units="points")
+        for j, name in enumerate(matrix.columns):
+            ax.text(j, 0, str(name), transform=below, rotation=90, ha="center", va="top", fontsize=TICK_PT)
+        names_pt = _text_in(matrix.columns) * 72 + pad
+        ax.text(0.5, 0, xlabel, transform=offset_copy(ax.transAxes, ax.figure, y=-names_pt - 2, units="points"),
+                ha="center", va="top")
+    if show_y:
+        left = offset_copy(ax.get_yaxis_transform(), ax.figure, x=-pad, units="points")
+        for i, name in enumerate(matrix.index):
+            ax.text(0, i, str(name), transform=left, ha="right", va="center", fontsize=TICK_PT)
+        names_pt = _text_in(matrix.index) * 72 + pad
+        ax.text(0, 0.5, ylabel, transform=offset_copy(ax.transAxes, ax.figure, x=-names_pt - 2, units="points"),
+                rotation=90, ha="right", va="center")
+    return image
+
+
+def heatmap_panels(panels: list[tuple[str, pd.DataFrame]], title: str, vmin: float = 0.0, vmax: float = 1.0,
+                   cmap: str = "viridis", xlabel: str = "heard", ylabel: str = "intended",
+                   colorbar_label: str = "share of answers", ncols: int = 3, cell: float = 0.15,
+                   separator: str | None = None) -> Figure:
+    """Heatmaps on one fixed colour scale, one panel per (title, rows x columns matrix); a blank (NaN) cell means
+    no answers. All panels take the rows and columns of the first, plus any the others add, so one set of
+    labels (left column, bottom row) serves every panel. `separator`: a column set apart by a white line."""
+    rows = list(panels[0][1].index)
+    cols = list(panels[0][1].columns)
+    for _, matrix in panels[1:]:
+        rows += [r for r in matrix.index if r not in rows]
+        cols += [c for c in matrix.columns if c not in cols]
+    if separator in cols:
+        cols = [c for c in cols if c != separator] + [separator]
+    n = len(panels)
+    ncols = max(1, min(ncols, n))
+    panel = (max(1.6, cell * len(cols)), max(1.2, cell * len(rows)))
+    m = Margins(left=_text_in(rows) + 0.55, right=1.1, top=0.75, bottom=_text_in(cols) + 0.6, wspace=0.2, hspace=0.4)
+    fig, axes = _grid(n, ncols, panel, m)
+    image = None
+    for i, (ax, (name, matrix)) in enumerate(zip(axes, panels)):
+        full = matrix.reindex(index=rows, columns=cols)
+        if separator is not None:
+            full = full.rename(columns={separator: "can't tell" if separator == "none" else separator})
+        image = _heatmap_axes(ax, full, vmin, vmax, cmap, _bottom_row(i, n, ncols), i % ncols == 0, xlabel, ylabel)
+        if separator in cols:
+            ax.axvline(len(cols) - 1.5, color="white", linewidth=2)
+        ax.set_title(name, fontsize=8)
+    bar = min(3.0, fig.get_figheight() - m.top - m.bottom)  # beside the first row, up to 3 inches tall
+    cax = fig.add_axes((1 - 0.85 / fig.get_figwidth(), 1 - (m.top + bar) / fig.get_figheight(),
+                        0.15 / fig.get_figwidth(), bar / fig.get_figheight()))
+    fig.colorbar(image, cax=cax, label=colorbar_label)
+    _suptitle(fig, title)
+    return fig
+
+
+def confusion_panels(panels: list[tuple[str, pd.DataFrame]], title: str) -> Figure:
+    """Intended x heard per condition, rows summing to 1; "can't tell" sits apart as the last column."""
+    return heatmap_panels(panels, title, separator="none", ncols=4)
+
+
+def confusion_difference_panels(panels: list[tuple[str, pd.DataFrame]], title: str) -> Figure:
+    """Differences of two row-normalized confusion matrices on a diverging [-1, 1] scale, one panel per pair."""
+    return heatmap_panels(panels, title, vmin=-1.0, vmax=1.0, cmap="RdBu_r", colorbar_label="difference in share",
+                          separator="none", ncols=4)
+
+
+def word_accuracy_panels(panels: list[tuple[str, pd.DataFrame]], title: str) -> Figure:
+    """Words x conditions accuracy per listener group, one fixed [0, 1] scale."""
+    return heatmap_panels(panels, title, xlabel="condition", ylabel="intended word", colorbar_label="accuracy",
+                          ncols=6, cell=0.17)
 
 
 def heatmap(matrix: pd.DataFrame, title: str, vmin: float = 0.0, vmax: float = 1.0, cmap: str = "viridis",
             xlabel: str = "heard", ylabel: str = "intended", colorbar_label: str = "share of answers") -> Figure:
-    """Rows x columns heatmap on a fixed colour scale; a blank (NaN) cell means no answers."""
-    fig = Figure(figsize=_size_for_labels(*matrix.shape))
-    ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(matrix.to_numpy(dtype=float), vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto",
-                      interpolation="nearest")
-    ax.set_xticks(range(matrix.shape[1]), [str(c) for c in matrix.columns], rotation=90, fontsize=7)
-    ax.set_yticks(range(matrix.shape[0]), [str(r) for r in matrix.index], fontsize=7)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=8, wrap=True)
-    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label=colorbar_label)
-    fig.tight_layout()
-    return fig
+    """One rows x columns heatmap on a fixed colour scale (e.g. the objective experiment's)."""
+    return heatmap_panels([("", matrix)], title, vmin, vmax, cmap, xlabel, ylabel, colorbar_label, cell=0.24)
 
 
-def confusion(matrix: pd.DataFrame, title: str) -> Figure:
-    """Intended x heard, rows summing to 1; "can't tell" sits apart as the last column."""
-    labelled = matrix.rename(columns={"none": "can't tell"})
-    fig = heatmap(labelled, title)
-    if "none" in matrix.columns:
-        fig.axes[0].axvline(list(matrix.columns).index("none") - 0.5, color="white", linewidth=3)
-    return fig
-
-
-def confusion_difference(matrix: pd.DataFrame, title: str) -> Figure:
-    """Difference of two row-normalized confusion matrices on a diverging [-1, 1] scale."""
-    return heatmap(matrix, title, vmin=-1.0, vmax=1.0, cmap="RdBu_r", colorbar_label="difference in share")
-
-
-def word_accuracy(matrix: pd.DataFrame, title: str) -> Figure:
-    """Words x conditions accuracy, one fixed [0, 1] scale."""
-    return heatmap(matrix, title, xlabel="condition", ylabel="intended word", colorbar_label="accuracy")
-
-
-def interval_bars(frame: pd.DataFrame, value: str, low: str, high: str, label: str, ylabel: str, title: str,
-                  ylim: tuple[float, float], reference: pd.Series | None = None) -> Figure:
-    """Bars with 95% interval whiskers; optional per-bar reference marks (e.g. chance)."""
-    fig = Figure(figsize=(max(5.0, 0.55 * len(frame) + 2.0), 4.2))
-    ax = fig.add_subplot(1, 1, 1)
+def _bars_axes(ax: Axes, frame: pd.DataFrame, value: str, low: str, high: str, reference: str | None) -> None:
     x = np.arange(len(frame))
     vals = frame[value].to_numpy(dtype=float)
     # an interval never reaches past its estimate; clip float noise so matplotlib accepts it
@@ -81,13 +171,34 @@ def interval_bars(frame: pd.DataFrame, value: str, low: str, high: str, label: s
                   0, None)
     ax.bar(x, vals, color="#4C72B0", yerr=err, capsize=3)
     if reference is not None:
-        ax.scatter(x, reference.to_numpy(dtype=float), marker="_", s=400, color="#C44E52", label="chance", zorder=3)
-        ax.legend(loc="best")
-    ax.set_xticks(x, frame[label].tolist(), rotation=45, ha="right", fontsize=7)
-    ax.set_ylim(*ylim)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+        ax.scatter(x, frame[reference].to_numpy(dtype=float), marker="_", s=300, color="#C44E52", label="chance",
+                   zorder=3)
+
+
+def interval_bar_panels(panels: list[tuple[str, pd.DataFrame]], value: str, low: str, high: str, label: str,
+                        ylabel: str, title: str, ylim: tuple[float, float], reference: str | None = None,
+                        ncols: int = 3) -> Figure:
+    """Bars with 95% interval whiskers, one panel per (title, frame) on a shared y axis; `reference` names a
+    column of per-bar marks (e.g. chance)."""
+    n = len(panels)
+    ncols = max(1, min(ncols, n))
+    labels = [x for _, frame in panels for x in frame[label]]
+    longest = max(len(frame) for _, frame in panels)
+    m = Margins(left=0.7, right=0.2, top=0.6, bottom=0.7 * _text_in(labels) + 0.3,
+                wspace=0.15, hspace=0.7 * _text_in(labels) + 0.45)
+    fig, axes = _grid(n, ncols, (max(2.2, 0.42 * longest + 0.4), 2.6), m, sharey=True)
+    for i, (ax, (name, frame)) in enumerate(zip(axes, panels)):
+        _bars_axes(ax, frame, value, low, high, reference)
+        ax.set_xticks(np.arange(len(frame)), frame[label].tolist(), rotation=45, ha="right", fontsize=TICK_PT)
+        ax.set_ylim(*ylim)
+        if i % ncols == 0:
+            ax.set_ylabel(ylabel)
+        else:
+            ax.tick_params(labelleft=False)
+        ax.set_title(name, fontsize=8)
+    if reference is not None:
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="upper right", fontsize=7, frameon=False)
+    _suptitle(fig, title)
     return fig
 
 
@@ -99,8 +210,9 @@ def grouped_interval_bars(value: pd.DataFrame, low: pd.DataFrame, high: pd.DataF
     Missing cells (NaN) leave a gap rather than a zero-height bar.
     """
     n_rows, n_cols = value.shape
-    fig = Figure(figsize=(max(6.0, 0.28 * n_rows * max(n_cols, 1) + 2.5), 4.0))
-    ax = fig.add_subplot(1, 1, 1)
+    legend = _text_in([*value.columns, reference_label]) + 0.5
+    m = Margins(left=0.7, right=legend, top=0.45, bottom=0.5 * _text_in(value.index, 8) + 0.35)
+    fig, (ax,) = _grid(1, 1, (max(3.5, 0.28 * n_rows * max(n_cols, 1) + 0.6), 2.6), m)
     width = 0.8 / max(n_cols, 1)
     x = np.arange(n_rows)
     for j, col in enumerate(value.columns):
@@ -114,86 +226,117 @@ def grouped_interval_bars(value: pd.DataFrame, low: pd.DataFrame, high: pd.DataF
     ax.set_xticks(x, [str(r) for r in value.index], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(*ylim)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
+    _suptitle(fig, title)
     return fig
 
 
-def grouped_bars(matrix: pd.DataFrame, ylabel: str, title: str, ylim: tuple[float, float]) -> Figure:
-    """One group of bars per row (word), one bar per column (e.g. original / classifier / decoder)."""
-    n_rows, n_cols = matrix.shape
-    fig = Figure(figsize=(max(6.0, 0.12 * n_rows * max(n_cols, 1) + 2.0), 4.2))
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / max(n_cols, 1)
-    x = np.arange(n_rows)
-    for j, col in enumerate(matrix.columns):
-        ax.bar(x + (j - (n_cols - 1) / 2) * width, matrix[col].to_numpy(dtype=float), width, label=str(col))
-    ax.set_xticks(x, [str(r) for r in matrix.index], rotation=90, fontsize=7)
-    ax.set_ylim(*ylim)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+def grouped_bar_panels(panels: list[tuple[str, pd.DataFrame]], ylabel: str, title: str,
+                       ylim: tuple[float, float]) -> Figure:
+    """One group of bars per row (word), one bar per column (e.g. original / classifier / decoder), one panel per
+    (title, matrix) stacked on a shared word axis."""
+    words = list(panels[0][1].index)
+    for _, matrix in panels[1:]:
+        words += [w for w in matrix.index if w not in words]
+    series = []
+    for _, matrix in panels:
+        series += [c for c in matrix.columns if c not in series]
+    n_cols = max(len(series), 1)
+    m = Margins(left=0.7, right=_text_in(series) + 0.45, top=0.6, bottom=_text_in(words) + 0.2, hspace=0.35)
+    fig, axes = _grid(len(panels), 1, (max(4.0, 0.12 * len(words) * n_cols + 0.5), 2.1), m)
+    width = 0.8 / n_cols
+    x = np.arange(len(words))
+    colours = {c: f"C{j}" for j, c in enumerate(series)}
+    for i, (ax, (name, matrix)) in enumerate(zip(axes, panels)):
+        full = matrix.reindex(index=words)
+        for col in matrix.columns:  # one collection per series: hundreds of bars, drawn as one artist
+            left = x + (series.index(col) - (n_cols - 1) / 2) * width - width / 2
+            height = full[col].to_numpy(dtype=float)
+            ok = ~np.isnan(height)
+            corners = np.stack([np.column_stack([left, np.zeros_like(left)]), np.column_stack([left, height]),
+                                np.column_stack([left + width, height]),
+                                np.column_stack([left + width, np.zeros_like(left)])], axis=1)
+            ax.add_collection(PolyCollection(corners[ok], facecolors=colours[col], edgecolors="none"))
+        ax.set_xlim(-0.5, len(words) - 0.5)
+        if i == len(panels) - 1:  # the word names once, under the last panel
+            ax.set_xticks(x, [str(w) for w in words], rotation=90, fontsize=TICK_PT)
+        else:
+            ax.set_xticks([])
+        ax.set_ylim(*ylim)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_title(name, fontsize=8)
+    axes[0].legend([Patch(color=colours[c]) for c in series], [str(c) for c in series], fontsize=7,
+                   loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _suptitle(fig, title)
     return fig
 
 
-def rating_histograms(counts: pd.DataFrame, title: str) -> Figure:
-    """Share of answers at each rating 0..4, one bar series per condition."""
-    fig = Figure(figsize=(6.0, 3.8))
-    ax = fig.add_subplot(1, 1, 1)
-    n = counts.shape[1]
-    width = 0.8 / max(n, 1)
-    x = np.arange(counts.shape[0])
-    for j, col in enumerate(counts.columns):
-        total = counts[col].sum()
-        share = counts[col].to_numpy(dtype=float) / total if total else np.zeros(len(x))
-        ax.bar(x + (j - (n - 1) / 2) * width, share, width, label=f"{col} (n={int(total)})")
-    ax.set_xticks(x, [f"{label} ({value})" for value, label in enumerate(RATING_LABELS)])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("share of answers")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+def rating_histogram_panels(panels: list[tuple[str, pd.DataFrame]], title: str, ncols: int = 2) -> Figure:
+    """Share of answers at each rating 0..4, one bar series per condition, one panel per (title, counts)."""
+    n = len(panels)
+    ncols = max(1, min(ncols, n))
+    m = Margins(left=0.7, right=0.25, top=0.7, bottom=0.75, wspace=0.2, hspace=0.75)
+    fig, axes = _grid(n, ncols, (3.8, 2.2), m, sharey=True)
+    ticks = [f"{label} ({value})" for value, label in enumerate(RATING_LABELS)]
+    for i, (ax, (name, counts)) in enumerate(zip(axes, panels)):
+        k = counts.shape[1]
+        width = 0.8 / max(k, 1)
+        x = np.arange(counts.shape[0])
+        for j, col in enumerate(counts.columns):
+            total = counts[col].sum()
+            share = counts[col].to_numpy(dtype=float) / total if total else np.zeros(len(x))
+            ax.bar(x + (j - (k - 1) / 2) * width, share, width, label=f"{col} (n={int(total)})")
+        ax.set_xticks(x, ticks, rotation=20, ha="right", fontsize=6)
+        ax.set_ylim(0, 1)
+        if i % ncols == 0:
+            ax.set_ylabel("share of answers")
+        else:
+            ax.tick_params(labelleft=False)
+        ax.set_title(name, fontsize=8)
+        ax.legend(fontsize=6, loc="upper left")
+    _suptitle(fig, title)
     return fig
 
 
 def scatter(x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, title: str) -> Figure:
     """One point per unit (e.g. listener), both axes on [0, 1] with the diagonal for reference."""
-    fig = Figure(figsize=(4.6, 4.0))
-    ax = fig.add_subplot(1, 1, 1)
+    m = Margins(left=0.65, right=0.2, top=0.55, bottom=0.55)
+    fig, (ax,) = _grid(1, 1, (3.6, 3.1), m)
     ax.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=1)
     ax.scatter(x, y, s=14, alpha=0.7, color="#4C72B0")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(title, fontsize=8, wrap=True)
-    fig.tight_layout()
     return fig
 
 
 def histogram(values: np.ndarray, title: str, xlabel: str) -> Figure:
     """Plain histogram on [0, 1] (e.g. per-listener gold accuracy)."""
-    fig = Figure(figsize=(5.0, 3.5))
-    ax = fig.add_subplot(1, 1, 1)
+    m = Margins(left=0.65, right=0.2, top=0.4, bottom=0.55)
+    fig, (ax,) = _grid(1, 1, (4.1, 2.6), m)
     ax.hist(np.asarray(values, dtype=float), bins=np.linspace(0, 1, 21), color="#4C72B0")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("listeners")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
-def save(fig: Figure, stem: Path) -> bytes:
-    """Write stem.png and stem.pdf byte-stably; return the PNG bytes for the HTML report."""
+def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=PNG_DPI, metadata={"Software": None})
-    png = buf.getvalue()
+    return buf.getvalue()
+
+
+def save(fig: Figure, stem: Path, pdf: bool = False) -> bytes:
+    """Write stem.png (and stem.pdf when asked) byte-stably; return the PNG bytes for the HTML report."""
+    png = png_bytes(fig)
     atomic.write_bytes(stem.with_suffix(".png"), png)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="pdf", metadata={"CreationDate": None, "Producer": None, "Creator": None})
-    atomic.write_bytes(stem.with_suffix(".pdf"), buf.getvalue())
+    if pdf:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="pdf", metadata={"CreationDate": None, "Producer": None, "Creator": None})
+        atomic.write_bytes(stem.with_suffix(".pdf"), buf.getvalue())
     return png
 
 
@@ -221,37 +364,87 @@ class Later:
 PARALLEL_MIN_FIGURES = 8
 
 
-def _render(item: tuple[Later, Path]) -> bytes:
-    later, stem = item
-    return save(later.figure(), stem)
+def _render(item: tuple[Later, Path, bool]) -> bytes:
+    later, stem, pdf = item
+    return save(later.figure(), stem, pdf)
+
+
+def _png_of(later: Later) -> bytes:
+    return png_bytes(later.figure())
+
+
+class DrawingAhead:
+    """PNGs drawn in one forked background process while the analysis computes on the main one.
+
+    The analysis is single-threaded, so on a machine with a second core its figures can be
+    drawn meanwhile instead of all at write time. Whether PDFs are wanted is known only when
+    the report is written, so this draws PNGs only (the bytes are those the writer would draw).
+    """
+
+    def __init__(self):
+        self._pool: ProcessPoolExecutor | None = None
+        self.pending: dict[str, Future] = {}
+
+    @staticmethod
+    def worthwhile() -> bool:
+        return os.name == "posix" and len(os.sched_getaffinity(0)) >= 2
+
+    def submit(self, described: dict[str, Later]) -> None:
+        """Start drawing every figure not yet started."""
+        for name, later in described.items():
+            if name not in self.pending:
+                if self._pool is None:
+                    self._pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("fork"))
+                self.pending[name] = self._pool.submit(_png_of, later)
+
+    def take(self) -> dict[str, bytes]:
+        """The PNGs drawn or being drawn now; figures still queued are cancelled (the writer draws them)."""
+        started = {name: future for name, future in self.pending.items() if not future.cancel()}
+        return {name: future.result() for name, future in started.items()}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def render_all(pending: dict[str, Later], folder: Path, progress: bool = False, workers: int | None = None,
-               ) -> dict[str, bytes]:
-    """Draw and save every figure (PNG + PDF), in worker processes when there are many; returns PNG bytes.
+               pdf: bool = False, ahead: DrawingAhead | None = None) -> dict[str, bytes]:
+    """Draw and save every figure (PNG, and PDF when asked), in worker processes when there are many; returns
+    the PNG bytes. Without PDFs, the PNGs `ahead` already drew are written as they are.
 
     Workers are forked (a spawned worker would re-run an unguarded calling script) and
     only draw with matplotlib; output bytes are the same either way.
     """
     from tqdm import tqdm
 
-    names = list(pending)
-    jobs = [(pending[n], folder / n) for n in names]
+    drawn: dict[str, bytes] = {}
+    if ahead is not None:  # with PDFs every figure is drawn here once, for both formats
+        drawn = {} if pdf else ahead.take()
+        ahead.close()
+    for name, png in drawn.items():
+        atomic.write_bytes((folder / name).with_suffix(".png"), png)
+    names = [n for n in pending if n not in drawn]
+    jobs = [(pending[n], folder / n, pdf) for n in names]
     if workers is None:
         workers = min(len(os.sched_getaffinity(0)), 4)
     if workers < 2 or len(jobs) < PARALLEL_MIN_FIGURES or os.name != "posix":
-        return {n: _render(job) for n, job in zip(names, tqdm(jobs, desc="figures", unit="fig", disable=not progress))}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
-        done = tqdm(pool.map(_render, jobs, chunksize=max(1, len(jobs) // (4 * workers))), total=len(jobs),
-                    desc="figures", unit="fig", disable=not progress)
-        return dict(zip(names, done))
+        done = [_render(job) for job in tqdm(jobs, desc="figures", unit="fig", disable=not progress)]
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+            done = list(tqdm(pool.map(_render, jobs, chunksize=max(1, len(jobs) // (4 * workers))),
+                             total=len(jobs), desc="figures", unit="fig", disable=not progress))
+    drawn.update(zip(names, done))
+    return {name: drawn[name] for name in pending}
 
 
-def save_png_copy(png: bytes, stem: Path) -> None:
-    """Keep a PNG made elsewhere as it is, and wrap it in a PDF page of the same size."""
+def save_png_copy(png: bytes, stem: Path, pdf: bool = False) -> None:
+    """Keep a PNG made elsewhere as it is, and when PDFs are asked for, wrap it in a PDF page of the same size."""
     import matplotlib.image as mpimg
 
     atomic.write_bytes(stem.with_suffix(".png"), png)
+    if not pdf:
+        return
     pixels = mpimg.imread(io.BytesIO(png), format="png")
     fig = Figure(figsize=(pixels.shape[1] / 100, pixels.shape[0] / 100), dpi=100)
     fig.figimage(pixels, resize=False)

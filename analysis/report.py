@@ -31,7 +31,7 @@ from hearsay.provenance import file_sha256 as sha256_file
 from hearsay.provenance import library_versions
 
 from . import contrasts, crowd, explanations, figures, stats
-from .table import Exclusion, apply_exclusions, normalize
+from .table import Exclusion, apply_exclusions, as_categories, normalize, plain
 
 STAGE_ORDER = {"original": 0, "before": 1, "after": 2}
 FLOAT_FORMAT = "%.6f"
@@ -75,6 +75,8 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
     long_tables: set[str] = field(default_factory=set)
+    wide_figures: set[str] = field(default_factory=set)
+    drawing: figures.DrawingAhead | None = None
     summary: list[str] = field(default_factory=list)
     summary_crowd: str = ""
 
@@ -84,13 +86,19 @@ def cell_label(condition: str, stage: str) -> str:
 
 
 def _with_cells(df: pd.DataFrame) -> pd.DataFrame:
-    keys = df[["condition", "stage"]].drop_duplicates()
-    labels = {(c, s): cell_label(c, s) for c, s in keys.itertuples(index=False)}
-    return df.assign(cell=[labels[k] for k in zip(df["condition"], df["stage"])])
+    """Adds the cell (condition / stage) as a categorical, labelling each distinct pair once."""
+    condition, stage = df["condition"].cat, df["stage"].cat
+    n_stages = len(stage.categories)
+    pairs, rows = np.unique(condition.codes.to_numpy(dtype=np.int64) * n_stages + stage.codes.to_numpy(),
+                            return_inverse=True)
+    labels = [cell_label(condition.categories[p // n_stages], stage.categories[p % n_stages]) for p in pairs]
+    names = sorted(set(labels))
+    codes = np.array([names.index(label) for label in labels], dtype=np.int32)
+    return df.assign(cell=pd.Categorical.from_codes(codes[rows], categories=names))
 
 
 def _cell_order(df: pd.DataFrame) -> list[str]:
-    cells = df[["cell", "condition", "stage"]].drop_duplicates()
+    cells = plain(df[["cell", "condition", "stage"]].drop_duplicates())
     cells = cells.assign(_s=cells["stage"].map(lambda s: STAGE_ORDER.get(s, 3)))
     return cells.sort_values(["condition", "_s", "cell"])["cell"].tolist()
 
@@ -101,13 +109,20 @@ def _slug(text: str) -> str:
 
 def _words(info: dict, df: pd.DataFrame) -> list[str]:
     words = [str(w).lower() for w in info.get("words") or [] if str(w).lower() not in NONE_ANSWERS]
-    return words or sorted(set(df["word"]))
+    return words or sorted(map(str, df["word"].unique()))
 
 
-def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: bool = True) -> Analysis:
-    """Run every stage of the report on the long table; raises HearsayError on bad input."""
-    df = normalize(table)
+def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: bool = True,
+            draw_ahead: bool = False) -> Analysis:
+    """Run every stage of the report on the long table; raises HearsayError on bad input.
+
+    draw_ahead: start drawing each stage's figures (PNG) in a background process while the
+    later stages run; write_report then uses them and stops that process.
+    """
+    start = time.perf_counter()
+    df = as_categories(normalize(table))
     result = Analysis(info=dict(info), options=options)
+    result.timings["normalize"] = time.perf_counter() - start
     stages: list[tuple[str, Callable]] = [("exclusions", _stage_exclusions)]
     identification = df["correct"].notna().any()
     rating = df["rating"].notna().any()
@@ -124,11 +139,28 @@ def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: b
         stages.append(("t-SNE", _stage_tsne))
     stages.append(("summary", _stage_summary))
     state = {"df": df}
-    for name, stage in tqdm(stages, desc="analyze", unit="stage", disable=not progress):
-        start = time.perf_counter()
-        stage(result, state)
-        result.timings[name] = time.perf_counter() - start
+    if draw_ahead and figures.DrawingAhead.worthwhile():
+        result.drawing = figures.DrawingAhead()
+    try:
+        for name, stage in tqdm(stages, desc="analyze", unit="stage", disable=not progress):
+            start = time.perf_counter()
+            stage(result, state)
+            if result.drawing is not None:
+                result.drawing.submit(result.figures)
+            result.timings[name] = time.perf_counter() - start
+    except BaseException:
+        if result.drawing is not None:
+            result.drawing.close()
+        raise
     return result
+
+
+def panel_figure(res: Analysis, name: str, draw: Callable, panels: list, *args, **kwargs) -> str:
+    """Describe a small-multiples figure (one panel per listener group or condition); returns its name."""
+    res.figures[name] = figures.Later(draw, panels, *args, **kwargs)
+    if len(panels) > 1:
+        res.wide_figures.add(name)
+    return name
 
 
 def _by_group(frame: pd.DataFrame):
@@ -177,7 +209,7 @@ def _accuracy_table(frame: pd.DataFrame, keys: list[str], chance: float) -> pd.D
     out["ci_low"], out["ci_high"] = stats.wilson_arrays(out["correct"], out["answers"])
     out["chance"] = chance
     out["chance_corrected"] = stats.chance_corrected(out["accuracy"], chance)
-    return out
+    return plain(out)
 
 
 def _stage_accuracy(res: Analysis, state: dict) -> None:
@@ -194,15 +226,14 @@ def _stage_accuracy(res: Analysis, state: dict) -> None:
     if not qc.empty:
         res.tables["accuracy_gold_trap"] = _accuracy_table(qc, ["listener_group", "stimulus_kind"], chance)
         tables.append("accuracy_gold_trap")
-    figs = []
     order = {c: i for i, c in enumerate(_cell_order(state["test"]))}
-    for kind, part in _by_group(acc):
-        part = part.sort_values("cell", key=lambda s: s.map(order))
-        name = f"accuracy_{_slug(kind)}"
-        res.figures[name] = figures.Later(figures.interval_bars, part, "accuracy", "ci_low", "ci_high", "cell",
-                                          "accuracy", f"Identification accuracy ({kind}), 95% Wilson intervals",
-                                          (0, 1), reference=part["chance"])
-        figs.append(name)
+    panels = [(kind, part.sort_values("cell", key=lambda s: s.map(order))[["cell", "accuracy", "ci_low", "ci_high",
+                                                                            "chance"]])
+              for kind, part in _by_group(acc)]
+    figs = [panel_figure(res, "accuracy_by_condition", figures.interval_bar_panels, panels, "accuracy", "ci_low",
+                          "ci_high", "cell", "accuracy",
+                          "Identification accuracy per listener group, 95% Wilson intervals", (0, 1),
+                          reference="chance")]
     res.sections.append(Section("Identification accuracy", (
         f"Accuracy is the share of answers naming the intended word; 'can't tell' counts as wrong. Chance is "
         f"1 / (number of answer options including 'can't tell') = 1/{len(state['words']) + 1} = {chance:.4f}. "
@@ -228,12 +259,15 @@ def _confusion_matrix(counts: pd.DataFrame, words: list[str]) -> tuple[pd.DataFr
 def _stage_confusion(res: Analysis, state: dict) -> None:
     test = state["test"][state["test"]["correct"].notna()]
     words = state["words"]
-    grouped = test.groupby(["listener_group", "cell", "word", "answer"], sort=True).size()
+    keys = ["listener_group", "cell", "word", "answer"]
+    grouped = plain(test.groupby(keys, sort=True).size().rename("n").reset_index()).set_index(keys)["n"]
     long_rows, figs, shares = [], [], {}
     order = _cell_order(test)
+    present = set(grouped.index.droplevel([2, 3]))
     for kind in contrasts.group_order(test["listener_group"]):
+        panels = []
         for cell in order:
-            if (kind, cell) not in grouped.index.droplevel([2, 3]):
+            if (kind, cell) not in present:
                 continue
             counts = grouped.loc[(kind, cell)].unstack("answer", fill_value=0)
             count_m, share_m = _confusion_matrix(counts, words)
@@ -241,22 +275,20 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
             stacked = pd.DataFrame({"count": count_m.stack(), "share": share_m.stack()}).reset_index()
             stacked.columns = ["word", "answer", "count", "share"]
             long_rows.append(stacked.assign(listener_group=kind, cell=cell))
-            name = f"confusion_{_slug(kind)}_{_slug(cell)}"
-            res.figures[name] = figures.Later(figures.confusion, share_m,
-                                              f"Intended x heard: {cell} ({kind}); rows sum to 1")
-            figs.append(name)
+            panels.append((cell, share_m))
+        if panels:
+            figs.append(panel_figure(res, f"confusion_{_slug(kind)}", figures.confusion_panels, panels,
+                                      f"Intended x heard per condition ({kind}); rows sum to 1"))
     confusion = pd.concat(long_rows, ignore_index=True)
     res.tables["confusion"] = confusion[["listener_group", "cell", "word", "answer", "count", "share"]]
     res.long_tables.add("confusion")
     attrs = test[["cell", "method", "init", "stage"]].drop_duplicates().set_index("cell")
-    diff_figs, diff_rows = [], []
+    diff_figs, diff_rows, diff_panels = [], [], []
     for (kind, a), (kind_b, b) in _single_factor_pairs(shares.keys(), attrs):
         if kind != kind_b or kind != contrasts.PEOPLE:  # a machine's one answer per clip makes differences noise
             continue
         delta = shares[(kind, a)].fillna(0) - shares[(kind, b)].fillna(0)
-        name = f"confusion_diff_{_slug(kind)}_{_slug(a)}_minus_{_slug(b)}"
-        res.figures[name] = figures.Later(figures.confusion_difference, delta, f"{a} minus {b} ({kind})")
-        diff_figs.append(name)
+        diff_panels.append((f"{a} minus {b}", delta))
         diag = np.diag(delta.reindex(columns=delta.index).to_numpy())
         diff_rows.append({"listener_group": kind, "a": a, "b": b, "mean_diagonal_difference": float(np.mean(diag)),
                           "none_share_difference": float(delta["none"].mean())})
@@ -264,8 +296,12 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
     if diff_rows:
         res.tables["confusion_differences"] = pd.DataFrame(diff_rows)
         tables.append("confusion_differences")
+        diff_figs.append(panel_figure(res, "confusion_differences", figures.confusion_difference_panels,
+                                       diff_panels, f"Pairs of conditions that differ in one factor "
+                                                    f"({contrasts.PEOPLE}): first minus second"))
     res.sections.append(Section("Confusions", (
-        "Each heatmap crosses the intended word (rows) with the answer (columns); the last column is 'can't tell'"
+        "Each heatmap crosses the intended word (rows) with the answer (columns), one panel per condition and one "
+        "figure per listener group; the last column is 'can't tell'"
         " and an 'other' column appears only if free-text answers fell outside the word list. Rows are normalized "
         "to sum to 1 and every heatmap uses the same colour scale [0, 1]. Difference heatmaps subtract two "
         "conditions that differ in exactly one factor (method, start or stage), for people, on a fixed diverging scale "
@@ -291,14 +327,13 @@ def _stage_words(res: Analysis, state: dict) -> None:
     table = _accuracy_table(test, ["listener_group", "cell", "word"], state["chance"])
     res.tables["word_accuracy"] = table
     res.long_tables.add("word_accuracy")
-    figs = []
     order = _cell_order(test)
+    panels = []
     for kind, part in _by_group(table):
         matrix = part.pivot(index="word", columns="cell", values="accuracy")
-        matrix = matrix.reindex(index=state["words"], columns=[c for c in order if c in matrix.columns])
-        name = f"word_accuracy_{_slug(kind)}"
-        res.figures[name] = figures.Later(figures.word_accuracy, matrix, f"Accuracy per word and condition ({kind})")
-        figs.append(name)
+        panels.append((kind, matrix.reindex(index=state["words"], columns=[c for c in order if c in matrix.columns])))
+    figs = [panel_figure(res, "word_accuracy", figures.word_accuracy_panels, panels,
+                          "Accuracy per word and condition, per listener group")]
     res.sections.append(Section("Accuracy per word", (
         "Accuracy for every intended word in every condition, with 95% Wilson intervals in the table; blank "
         "cells in the figure had no answers."), ["word_accuracy"], figs))
@@ -359,7 +394,7 @@ def _stage_models(res: Analysis, state: dict) -> None:
     rows = []
     for model, frame, X, names in _contrast_designs(test):
         fits = stats.logistic_cluster(frame["correct"].astype(float).to_numpy(), X.reset_index(drop=True),
-                                      {"listener": frame["listener"].to_numpy(), "stimulus": frame["stimulus"].to_numpy()})
+                                      {"listener": frame["listener"], "stimulus": frame["stimulus"]})
         for clusters, terms in fits.items():
             for fit in terms:
                 if fit.term in names:
@@ -522,7 +557,7 @@ def _stage_agreement(res: Analysis, state: dict) -> None:
     cats = state["words"] + ["none"]
     rows = []
     for (kind, cell), part in test.groupby(["listener_group", "cell"], sort=True):
-        answers = part["answer"].where(part["answer"].isin(cats), "other")
+        answers = np.where(part["answer"].isin(cats), part["answer"].to_numpy(dtype=object), "other")
         rows.append({"listener_group": kind, "cell": cell,
                      **stats.agreement(part["stimulus"], answers, cats + ["other"], "nominal")})
     res.tables["agreement"] = pd.DataFrame(rows)
@@ -544,7 +579,7 @@ def _stage_crowd(res: Analysis, state: dict) -> None:
     glad = len(people) <= GLAD_MAX_ANSWERS
     labels = crowd.aggregate(people[["listener", "stimulus", "answer"]], glad=glad)
     methods = ["majority_vote", "dawid_skene"] + (["glad"] if glad else [])
-    intended = people[["stimulus", "cell", "word"]].drop_duplicates("stimulus")
+    intended = plain(people[["stimulus", "cell", "word"]].drop_duplicates("stimulus"))
     clips = intended.merge(labels.clips, on="stimulus")
     res.tables["crowd_labels"] = clips
     res.long_tables.add("crowd_labels")
@@ -604,38 +639,39 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
                      **{f"n_{i}": int(hist[i]) for i in range(5)}})
     table = pd.DataFrame(rows)
     res.tables["rating_by_condition"] = table
-    figs = []
     order = {c: i for i, c in enumerate(_cell_order(rated))}
-    for kind, part in _by_group(table):
-        part = part.sort_values("cell", key=lambda s: s.map(order))
-        name = f"rating_mean_{_slug(kind)}"
-        res.figures[name] = figures.Later(figures.interval_bars, part, "mean", "ci_low", "ci_high", "cell",
-                                          "mean rating (0-4)",
-                                          f"Mean rating ({kind}), 95% listener-bootstrap intervals", (0, 4))
-        figs.append(name)
-    words = rated.groupby(["listener_group", "cell", "method", "stage", "word"], sort=True)["rating"].agg(
-        answers="size", mean="mean").reset_index()
+    panels = [(kind, part.sort_values("cell", key=lambda s: s.map(order))[["cell", "mean", "ci_low", "ci_high"]])
+              for kind, part in _by_group(table)]
+    figs = [panel_figure(res, "rating_by_condition", figures.interval_bar_panels, panels, "mean", "ci_low",
+                          "ci_high", "cell", "mean rating (0-4)",
+                          "Mean rating per listener group, 95% listener-bootstrap intervals", (0, 4))]
+    words = plain(rated.groupby(["listener_group", "cell", "method", "stage", "word"], sort=True)["rating"].agg(
+        answers="size", mean="mean").reset_index())
     res.tables["rating_by_word"] = words
     res.long_tables.add("rating_by_word")
+    panels = []
     for kind, part in _by_group(words[words["stage"].isin(["original", "after"])]):
         part = part.assign(group=np.where(part["stage"] == "original", "original", part["method"]))
         weighted = part.assign(_s=part["mean"] * part["answers"]).groupby(["word", "group"])[["_s", "answers"]].sum()
         sums = (weighted["_s"] / weighted["answers"]).unstack("group")
         cols = [c for c in ["original", "classifier", "decoder"] if c in sums.columns]
         cols += sorted(c for c in sums.columns if c not in cols)
-        name = f"rating_per_word_{_slug(kind)}"
-        res.figures[name] = figures.Later(figures.grouped_bars, sums.reindex(index=state["words"], columns=cols),
-                                          "mean rating (0-4)", f"Mean rating per word ({kind})", (0, 4))
-        figs.append(name)
+        panels.append((kind, sums.reindex(index=state["words"], columns=cols)))
+    if panels:
+        figs.append(panel_figure(res, "rating_by_word", figures.grouped_bar_panels, panels, "mean rating (0-4)",
+                                  "Mean rating per word, per listener group", (0, 4)))
+    histograms = {}  # per listener group: noise-start then test-start conditions, a row of panels each
     for label, init in (("1 vs 3 (noise start)", "noise"), ("2 vs 4 (test start)", "test")):
         for kind, part in _by_group(rated[(rated["init"] == init) & (rated["stage"] == "after")
                                           & rated["method"].isin(["classifier", "decoder"])]):
             counts = pd.DataFrame({cell: np.bincount(p["rating"].round().astype(int), minlength=5)
                                    for cell, p in part.groupby("cell", sort=True)})
-            name = f"rating_hist_{_slug(label)}_{_slug(kind)}"
-            res.figures[name] = figures.Later(figures.rating_histograms, counts,
-                                              f"Ratings, conditions {label} ({kind})")
-            figs.append(name)
+            histograms.setdefault(kind, []).append((f"conditions {label} ({kind})", counts))
+    panels = [panel for kind in contrasts.group_order(pd.Series(list(histograms), dtype=object))
+              for panel in histograms[kind]]
+    if panels:
+        figs.append(panel_figure(res, "rating_histograms", figures.rating_histogram_panels, panels,
+                                  "Ratings: share of answers at each rating"))
     res.sections.append(Section("Ratings", (
         "Ratings run from Bad = 0 to Excellent = 4. Means come with 95% percentile intervals from a bootstrap "
         f"that resamples whole listeners ({res.options.n_boot} resamples, seed {res.options.seed}), so one "
@@ -799,8 +835,8 @@ def csv_bytes(df: pd.DataFrame, sort: bool = True) -> bytes:
     if sort and not df.empty:
         keyed = df.copy()
         for col in keyed.columns:
-            if keyed[col].dtype == object:
-                keyed[col] = keyed[col].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+            if keyed[col].dtype == object or isinstance(keyed[col].dtype, pd.CategoricalDtype):
+                keyed[col] = keyed[col].astype(object).fillna("").astype(str)  # missing sorts as ""
         order = keyed.sort_values(list(keyed.columns), kind="mergesort", na_position="last").index
         df = df.loc[order]
     return safe_frame(df).to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n").encode("utf-8")
@@ -810,8 +846,12 @@ def _versions() -> dict[str, str]:
     return library_versions(("numpy", "pandas", "scipy", "statsmodels", "matplotlib"))
 
 
-def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: bool = True) -> Path:
-    """Write tables, figures, report.html and run.json into a temp folder, then swap it into `out`."""
+def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: bool = True, pdf: bool = False,
+                 ) -> Path:
+    """Write tables, figures, report.html and run.json into a temp folder, then swap it into `out`.
+
+    Figures are PNGs (embedded in report.html); pdf=True also writes each as a PDF for print.
+    """
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():
@@ -825,9 +865,13 @@ def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: 
             (tmp / "tables" / f"{name}.csv").write_bytes(csv_bytes(df))
         pngs = dict(result.images)
         for name, data in result.images.items():
-            figures.save_png_copy(data, tmp / "figures" / name)
-        pngs.update(figures.render_all(result.figures, tmp / "figures", progress=progress))
-        (tmp / "report.html").write_text(_html(result, pngs), encoding="utf-8")
+            figures.save_png_copy(data, tmp / "figures" / name, pdf)
+        result.timings["tables"] = time.perf_counter() - start
+        drawing = time.perf_counter()
+        pngs.update(figures.render_all(result.figures, tmp / "figures", progress=progress, pdf=pdf,
+                                       ahead=result.drawing))
+        result.timings["figures"] = time.perf_counter() - drawing
+        (tmp / "report.html").write_text(_html(result, pngs, pdf), encoding="utf-8")
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         run = {
             "tool": "hearsay manage.py analyze",
@@ -837,6 +881,7 @@ def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: 
             "seed": result.options.seed,
             "inputs": dict(sorted({**inputs, **result.inputs}.items())),
             "versions": _versions(),
+            "figure_formats": ["png", "pdf"] if pdf else ["png"],
             "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
             "notes": result.notes,
             "outputs": files,
@@ -854,6 +899,9 @@ def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if result.drawing is not None:
+            result.drawing.close()
     return out
 
 
@@ -884,7 +932,7 @@ STYLE = (
     ".9em;white-space:nowrap}.guide{font-weight:600}.tw{overflow-x:auto;max-width:100%}table.t{border-collapse:"
     "collapse;font-size:12px;margin:.3em 0}table.t td,table.t th{border:1px solid #ccc;padding:2px 5px;text-align:"
     "right;overflow-wrap:anywhere}details{margin:.4em 0}summary{cursor:pointer;color:#245}.grid{display:grid;"
-    "grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:8px}.grid>*{min-width:0}ul.findings li{margin:"
+    "grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:8px}.grid>*{min-width:0}.grid>.wide{grid-column:1/-1}ul.findings li{margin:"
     ".25em 0}p,li,figcaption,summary,h3{overflow-wrap:anywhere}"
 )
 
@@ -942,14 +990,16 @@ def _pct(x: float) -> str:
     return "" if np.isnan(x) else f"{x:.0%}"
 
 
-def _figure_html(name: str, pngs: dict[str, bytes]) -> str:
+def _figure_html(name: str, pngs: dict[str, bytes], pdf: bool, wide: bool) -> str:
+    """An embedded PNG that opens full size when clicked; small multiples take a whole row of a grid."""
     data = base64.b64encode(pngs[name]).decode("ascii")
-    return (f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>figures/{html.escape(name)}.png (<a href='figures/{html.escape(name)}.pdf'>PDF</a>)"
-            "</figcaption></figure>")
+    stem = html.escape(name)
+    also = f" (<a href='figures/{stem}.pdf'>PDF</a>)" if pdf else ""
+    return (f"<figure{' class=wide' if wide else ''}><a href='figures/{stem}.png'><img alt='{stem}' "
+            f"src='data:image/png;base64,{data}'></a><figcaption>figures/{stem}.png{also}</figcaption></figure>")
 
 
-def _html(result: Analysis, pngs: dict[str, bytes]) -> str:
+def _html(result: Analysis, pngs: dict[str, bytes], pdf: bool = False) -> str:
     info = result.info
     slug = html.escape(str(info.get("slug", "")))
     anchors = [(f"s-{_slug(sec.title)}", sec) for sec in result.sections]
@@ -959,7 +1009,8 @@ def _html(result: Analysis, pngs: dict[str, bytes]) -> str:
         f"<title>Hearsay analysis: {slug}</title><style>{STYLE}</style></head><body>",
         f"<h1>Listening test analysis: {slug}</h1>",
         f"<p class=meta>Task: {html.escape(str(info.get('task', '')))}; {len(info.get('words') or [])} words; "
-        f"seed {result.options.seed}. Every table is a CSV under tables/, every figure a PNG and PDF under figures/; "
+        f"seed {result.options.seed}. Every table is a CSV under tables/, every figure a PNG"
+        f"{' and PDF' if pdf else ''} under figures/ (click a figure for full size); "
         "run.json records versions, options and input checksums.</p>",
         "<nav class=toc aria-label=Contents>" + " ".join(
             f"<a href='#{a}'>{html.escape(sec.title)}</a>" for a, sec in anchors) + "</nav>",
@@ -971,14 +1022,15 @@ def _html(result: Analysis, pngs: dict[str, bytes]) -> str:
         if section.guide:
             parts.append(f"<p class=guide>{html.escape(section.guide)}</p>")
         for name in section.figures[:SHOWN_FIGURES]:
-            parts.append(_figure_html(name, pngs))
+            parts.append(_figure_html(name, pngs, pdf, False))
         if section.title == "Summary" and result.summary:
             parts.append("<ul class=findings>" + "".join(f"<li>{html.escape(line)}</li>" for line in result.summary)
                          + "</ul>")
         folded = section.figures[SHOWN_FIGURES:] + section.more_figures
         if folded:
             parts.append(f"<details><summary>{len(folded)} more figures</summary><div class=grid>"
-                         + "".join(_figure_html(n, pngs) for n in folded) + "</div></details>")
+                         + "".join(_figure_html(n, pngs, pdf, n in result.wide_figures) for n in folded)
+                         + "</div></details>")
         for name in section.tables:
             if name == "main_contrasts":
                 parts.append(_main_contrasts_html(result.tables[name]))
@@ -991,7 +1043,8 @@ def _html(result: Analysis, pngs: dict[str, bytes]) -> str:
 
 
 def build_report(table: pd.DataFrame, info: dict, out: Path, options: ReportOptions, inputs: dict[str, str],
-                 progress: bool = True) -> Path:
-    """Analyse the long table and write the complete report folder; returns its path."""
-    result = analyse(table, info, options, progress=progress)
-    return write_report(result, out, inputs, progress=progress)
+                 progress: bool = True, pdf: bool = False) -> Path:
+    """Analyse the long table and write the complete report folder (PDFs of the figures too if pdf); returns its
+    path."""
+    result = analyse(table, info, options, progress=progress, draw_ahead=True)
+    return write_report(result, out, inputs, progress=progress, pdf=pdf)

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy import stats as sps
+from scipy.linalg import cho_factor, cho_solve
+from scipy.special import expit as _expit
 from statsmodels.tools.sm_exceptions import PerfectSeparationError
 
 from hearsay.errors import HearsayError
@@ -79,18 +81,24 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 
 def holm(pvalues) -> np.ndarray:
-    """Holm step-down adjusted p-values (statsmodels multipletests; NaNs left out).
+    """Holm step-down adjusted p-values (NaNs left out).
 
     Controls the family-wise error rate: the i-th smallest p is multiplied by (m - i)
-    and adjusted values never decrease.
+    and adjusted values never decrease. The arithmetic of statsmodels' multipletests
+    (method="holm"), step for step, without the full garbage collection it runs on every
+    call (a tenth of a second each while a million-answer table is in memory).
     """
-    from statsmodels.stats.multitest import multipletests
-
     p = np.asarray(pvalues, dtype=float)
     out = np.full_like(p, np.nan)
     ok = ~np.isnan(p)
     if ok.any():
-        out[ok] = multipletests(p[ok], method="holm")[1]
+        order = np.argsort(p[ok])
+        ranked = p[ok][order]
+        adjusted = np.maximum.accumulate(ranked * np.arange(ranked.size, 0, -1))
+        adjusted[adjusted > 1] = 1
+        back = np.empty_like(adjusted)
+        back[order] = adjusted
+        out[ok] = back
     return out
 
 
@@ -113,11 +121,20 @@ def fleiss_kappa(counts: np.ndarray) -> float:
 
 
 def counts_matrix(units, values, categories=None) -> tuple[np.ndarray, list]:
-    """Units x categories count matrix from two parallel sequences (one entry per answer)."""
-    frame = pd.DataFrame({"u": list(units), "v": list(values)}).dropna()
-    cats = sorted(frame["v"].unique()) if categories is None else list(categories)
-    table = pd.crosstab(frame["u"], pd.Categorical(frame["v"], categories=cats), dropna=False)
-    return table.to_numpy(dtype=float), cats
+    """Units x categories count matrix from two parallel sequences (one entry per answer).
+
+    Rows are the units in sorted order; answers that are missing or outside `categories` are not counted.
+    """
+    units = pd.Series(np.asarray(units, dtype=object))
+    values = pd.Series(np.asarray(values, dtype=object))
+    keep = (units.notna() & values.notna()).to_numpy()
+    units, values = units[keep], values[keep]
+    cats = sorted(values.unique()) if categories is None else list(categories)
+    value_codes = pd.Categorical(values, categories=cats).codes
+    counted = value_codes >= 0
+    unit_codes, unit_names = pd.factorize(units[counted], sort=True)
+    flat = np.bincount(unit_codes * len(cats) + value_codes[counted], minlength=len(unit_names) * len(cats))
+    return flat.reshape(len(unit_names), len(cats)).astype(float), cats
 
 
 def krippendorff_alpha(counts: np.ndarray, level: str = "nominal", values=None) -> float:
@@ -221,14 +238,14 @@ def rank_test(a, b, paired: bool = False, permutations: int | None = None, seed:
     """
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
-    if permutations:
+    if permutations:  # scipy's permutation tests need two values on each side; with fewer there is no test
         method = sps.PermutationMethod(n_resamples=permutations, rng=np.random.default_rng(seed))
         if paired:
-            if a.size == 0 or np.all(a == b):
+            if a.size < 2 or np.all(a == b):
                 return ("wilcoxon_signed_rank_permutation", float("nan"), float("nan"))
-            res = sps.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided", method=method)
-            return ("wilcoxon_signed_rank_permutation", float(res.statistic), float(res.pvalue))
-        if a.size == 0 or b.size == 0:
+            statistic, p = _wilcoxon_permutation(a - b, permutations, seed)
+            return ("wilcoxon_signed_rank_permutation", statistic, p)
+        if a.size < 2 or b.size < 2:
             return ("mann_whitney_u_permutation", float("nan"), float("nan"))
         res = sps.mannwhitneyu(a, b, alternative="two-sided", method=method)
         return ("mann_whitney_u_permutation", float(res.statistic), float(res.pvalue))
@@ -245,6 +262,27 @@ def rank_test(a, b, paired: bool = False, permutations: int | None = None, seed:
         return ("mann_whitney_u", float("nan"), float("nan"))
     res = sps.mannwhitneyu(a, b, alternative="two-sided")
     return ("mann_whitney_u", float(res.statistic), float(res.pvalue))
+
+
+def _wilcoxon_permutation(d: np.ndarray, permutations: int, seed: int) -> tuple[float, float]:
+    """scipy.stats.wilcoxon(method=PermutationMethod(permutations, rng=seed)) on the differences d, vectorized.
+
+    Flipping signs leaves |d| and so its ranks unchanged: the ranks of the non-zero differences are computed
+    once and each relabelling's statistic (the rank sum of the positive differences) is one row of a matrix
+    product-sum, instead of scipy re-ranking every relabelling in a Python loop. The same random sign flips
+    (permutation_test with the same seed) give the same statistic and p-value as scipy's.
+    """
+    nonzero = d != 0
+    ranks = np.zeros_like(d)
+    ranks[nonzero] = sps.rankdata(np.abs(d[nonzero]))
+
+    def positive_rank_sum(x, axis=-1):
+        return np.sum((x > 0) * ranks, axis=axis)
+
+    res = sps.permutation_test((d,), positive_rank_sum, permutation_type="samples", vectorized=True,
+                               n_resamples=permutations, rng=np.random.default_rng(seed), alternative="two-sided")
+    statistic = min(positive_rank_sum(d), np.sum((d < 0) * ranks))
+    return float(statistic), float(res.pvalue)
 
 
 @dataclass(frozen=True)
@@ -276,39 +314,53 @@ def logistic_cluster(y: np.ndarray, X: pd.DataFrame, groups: dict[str, np.ndarra
     """Logistic GLM of correct (0/1) on 0/1 predictors, with cluster-robust errors.
 
     One fit (maximum likelihood, binomial family, logit link); standard errors are then
-    recomputed so answers from the same cluster may be correlated: one entry per key in
-    `groups` (e.g. listener, stimulus), plus two-way listener x stimulus when two are given.
+    recomputed from it, without refitting, so answers from the same cluster may be correlated: one
+    entry per key in `groups` (e.g. listener, stimulus), plus two-way listener x stimulus when two
+    are given.
     """
-    import statsmodels.api as sm
+    # the modules themselves: statsmodels.api also imports its plotting and time-series packages (seconds)
+    from statsmodels.genmod.families import Binomial
+    from statsmodels.genmod.generalized_linear_model import GLM
+    from statsmodels.stats.sandwich_covariance import cov_cluster
+    from statsmodels.tools.tools import add_constant
 
     y = np.asarray(y, dtype=float)
     if y.size == 0 or X.shape[1] == 0:
         return {}
-    exog = _estimable(sm.add_constant(X.astype(float), has_constant="add"))
+    exog = _estimable(add_constant(X.astype(float), has_constant="add"))
     if exog.shape[1] < 2:
         return {}
-    model = sm.GLM(y, exog, family=sm.families.Binomial())
+    model = GLM(y, exog, family=Binomial())
     codes = {name: pd.factorize(pd.Series(g), sort=True)[0] for name, g in groups.items()}
-    variants = [(name, c) for name, c in codes.items()]
-    if len(codes) == 2:
-        (n1, c1), (n2, c2) = variants
-        variants.append((f"{n1}+{n2}", np.column_stack([c1, c2])))
     try:
         base = model.fit()
     except (np.linalg.LinAlgError, PerfectSeparationError):
         return {}
-    out: dict[str, list[ContrastFit]] = {}
-    for name, grp in variants:
+    # what fit(cov_type="cluster") computes (CRV1 with its small-sample correction), from the one fit; two-way
+    # clustering is Cameron-Gelbach-Miller's cov(first) + cov(second) - cov(intersection), as statsmodels' own
+    # cov_cluster_2groups, with the intersection found by sorting integer codes rather than pairs
+    covs: dict[str, np.ndarray] = {}
+    for name, c in codes.items():
         try:
-            res = model.fit(start_params=base.params, cov_type="cluster", cov_kwds={"groups": grp})
+            covs[name] = cov_cluster(base, c)
         except (np.linalg.LinAlgError, PerfectSeparationError):
             continue  # this clustering leaves the errors inestimable; the others still stand
-        ci = np.asarray(res.conf_int())
-        params = np.asarray(res.params)
-        z = np.asarray(res.tvalues)
-        p = np.asarray(res.pvalues)
-        out[name] = [ContrastFit(term=col, odds_ratio=float(np.exp(params[i])), ci_low=float(np.exp(ci[i, 0])),
-                                 ci_high=float(np.exp(ci[i, 1])), z=float(z[i]), p=float(p[i]),
+    if len(codes) == 2 and len(covs) == 2:
+        (n1, c1), (n2, c2) = codes.items()
+        both = np.unique(c1.astype(np.int64) * (int(c2.max()) + 1) + c2, return_inverse=True)[1]
+        try:
+            covs[f"{n1}+{n2}"] = covs[n1] + covs[n2] - cov_cluster(base, both)
+        except (np.linalg.LinAlgError, PerfectSeparationError):
+            pass
+    params = np.asarray(base.params)
+    out: dict[str, list[ContrastFit]] = {}
+    for name, cov in covs.items():
+        se = np.sqrt(np.diag(cov))
+        z = params / se
+        p = 2 * sps.norm.sf(np.abs(z))
+        low, high = params - Z95 * se, params + Z95 * se
+        out[name] = [ContrastFit(term=col, odds_ratio=float(np.exp(params[i])), ci_low=float(np.exp(low[i])),
+                                 ci_high=float(np.exp(high[i])), z=float(z[i]), p=float(p[i]),
                                  answers=int(y.size), clusters=name)
                      for i, col in enumerate(exog.columns) if col != "const"]
     return out
@@ -363,55 +415,147 @@ def mixed_logistic_laplace(y: np.ndarray, X: pd.DataFrame, listener, stimulus, f
 
     Same model and output as bayes_mixed_logistic (normal prior, sd fe_sd, on the fixed
     effects), estimated the way that scales: the joint posterior mode of fixed and random
-    effects by Newton steps on a sparse design (one sparse LU of a matrix the size of
-    listeners + clips per step), and the two variances by EM with each random effect's
+    effects by Newton steps, and the two variances by EM with each random effect's
     posterior variance taken from the diagonal of the Hessian (a mean-field Laplace
     approximation). Fixed-effect posterior sds come from the exact inverse-Hessian block.
+    Each answer has one listener and one clip, so the listener-listener and clip-clip
+    blocks of the Hessian are diagonal: Newton steps eliminate the larger of the two
+    (a Schur complement) and factor a dense matrix the size of the fixed effects plus the
+    smaller one, built from per-listener/per-clip sums (no answers x effects design
+    matrix); designs too large for that dense matrix take a sparse LU of the whole Hessian.
     Returns the fixed-effect table and the number of answers used (all of them).
     """
-    from scipy.sparse.linalg import splu
-    from scipy.special import expit
-
     y = np.asarray(y, dtype=float)
     X = X.astype(float).reset_index(drop=True)
-    lc, _ = pd.factorize(pd.Series(np.asarray(listener)), sort=True)
-    sc, _ = pd.factorize(pd.Series(np.asarray(stimulus)), sort=True)
-    n, nl, ns = y.size, int(lc.max()) + 1, int(sc.max()) + 1
-    fixed = np.column_stack([np.ones(n), X.to_numpy()])
-    p = fixed.shape[1]
-    rows = np.repeat(np.arange(n), p + 2)
-    cols = np.column_stack([np.tile(np.arange(p), (n, 1)), p + lc, p + nl + sc]).ravel()
-    vals = np.column_stack([fixed, np.ones(n), np.ones(n)]).ravel()
-    Z = sparse.csr_matrix((vals, (rows, cols)), shape=(n, p + nl + ns))
-    Zt = Z.T.tocsr()
+    lc, _ = pd.factorize(pd.Series(listener), sort=True)  # a categorical's codes, else the values, sorted
+    sc, _ = pd.factorize(pd.Series(stimulus), sort=True)
+    fixed = np.column_stack([np.ones(y.size), X.to_numpy()])
+    fit = _LaplaceBlocks if _LaplaceBlocks.fits(fixed.shape[1], lc, sc) else _LaplaceSparse
+    mean, sd, var = _laplace_em(fit(y, fixed, lc, sc), fe_sd, tol, max_iter)
+    names = ["const", *X.columns]
+    table = pd.DataFrame({"term": names, "posterior_mean": mean, "posterior_sd": sd, "odds_ratio": np.exp(mean),
+                          "ci_low": np.exp(mean - Z95 * sd), "ci_high": np.exp(mean + Z95 * sd)})
+    vc = pd.DataFrame({"term": ["sd(listener)", "sd(stimulus)"], "posterior_mean": np.sqrt(var),
+                       "posterior_sd": np.nan})
+    return pd.concat([table[table["term"] != "const"], vc], ignore_index=True), int(y.size)
+
+
+def _laplace_em(model, fe_sd: float, tol: float, max_iter: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior mode by Newton steps (warm-started, at most 3 per variance update) and the variances by EM;
+    returns the fixed effects' means and sds and the two variances."""
+    p, nl, ns = model.p, model.nl, model.ns
     var = np.array([1.0, 1.0])
     b = np.zeros(p + nl + ns)
     blocks = (slice(p, p + nl), slice(p + nl, p + nl + ns))
     for _ in range(max_iter):
         prec = np.concatenate([np.full(p, 1.0 / fe_sd ** 2), np.full(nl, 1.0 / var[0]), np.full(ns, 1.0 / var[1])])
         for _ in range(3):  # a warm start from the last variances needs few Newton steps
-            mu = expit(Z @ b)
-            grad = Zt @ (y - mu) - prec * b
-            hess = (Zt @ sparse.diags(mu * (1.0 - mu)) @ Z + sparse.diags(prec)).tocsc()
-            step = splu(hess).solve(grad)
+            step, diag = model.newton_step(b, prec)
             b += step
             if np.abs(step).max() < tol:
                 break
-        diag = hess.diagonal()
         new = np.array([(np.square(b[blk]).sum() + (1.0 / diag[blk]).sum()) / (blk.stop - blk.start)
                         for blk in blocks])
         done = np.all(np.abs(new - var) <= 1e-4 * np.maximum(var, 1e-3)) and np.abs(step).max() < tol
         var = np.maximum(new, 1e-8)
         if done:
             break
-    lu = splu(hess)
-    unit = np.zeros((p + nl + ns, p))
-    unit[np.arange(p), np.arange(p)] = 1.0
-    sd = np.sqrt(np.diag(lu.solve(unit)[:p]))
-    mean = b[:p]
-    names = ["const", *X.columns]
-    table = pd.DataFrame({"term": names, "posterior_mean": mean, "posterior_sd": sd, "odds_ratio": np.exp(mean),
-                          "ci_low": np.exp(mean - Z95 * sd), "ci_high": np.exp(mean + Z95 * sd)})
-    vc = pd.DataFrame({"term": ["sd(listener)", "sd(stimulus)"], "posterior_mean": np.sqrt(var),
-                       "posterior_sd": np.nan})
-    return pd.concat([table[table["term"] != "const"], vc], ignore_index=True), int(n)
+    return b[:p], np.sqrt(model.fixed_covariance_diagonal()), var
+
+
+class _LaplaceBlocks:
+    """Newton steps on the block structure: fixed effects (dense), listeners and clips (each diagonal)."""
+
+    MAX_KEPT = 4000  # fixed effects + the smaller random-effect block: a dense matrix of at most 128 MB
+    MAX_CROSS = 20_000_000  # listener x clip weight sums: at most 160 MB
+
+    @classmethod
+    def fits(cls, p: int, lc: np.ndarray, sc: np.ndarray) -> bool:
+        nl, ns = int(lc.max()) + 1, int(sc.max()) + 1
+        return p + min(nl, ns) <= cls.MAX_KEPT and nl * ns <= cls.MAX_CROSS
+
+    def __init__(self, y: np.ndarray, fixed: np.ndarray, lc: np.ndarray, sc: np.ndarray):
+        self.y, self.fixed = y, fixed
+        self.p, self.nl, self.ns = fixed.shape[1], int(lc.max()) + 1, int(sc.max()) + 1
+        # eliminate the larger random-effect block; "kept" = the smaller one, "gone" = the larger
+        self.swap = self.nl < self.ns
+        self.kept, self.gone = (lc, sc) if self.swap else (sc, lc)
+        self.nk, self.ng = int(self.kept.max()) + 1, int(self.gone.max()) + 1
+        self.pair = self.gone.astype(np.int64) * self.nk + self.kept
+        self.schur = None
+
+    def newton_step(self, b: np.ndarray, prec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p, nl = self.p, self.nl
+        b_f, b_l, b_s = b[:p], b[p:p + nl], b[p + nl:]
+        mu = _expit(self.fixed @ b_f + b_l[self._lc()] + b_s[self._sc()])
+        w = mu * (1.0 - mu)
+        r = self.y - mu
+        prec_f, prec_l, prec_s = prec[:p], prec[p:p + nl], prec[p + nl:]
+        # gradient and Hessian blocks in the order fixed, kept, gone
+        g_f = self.fixed.T @ r - prec_f * b_f
+        g_k = np.bincount(self.kept, r, self.nk) - (prec_l * b_l if self.swap else prec_s * b_s)
+        g_g = np.bincount(self.gone, r, self.ng) - (prec_s * b_s if self.swap else prec_l * b_l)
+        wf = self.fixed * w[:, None]
+        h_ff = self.fixed.T @ wf + np.diag(prec_f)
+        h_fk = np.stack([np.bincount(self.kept, wf[:, j], self.nk) for j in range(p)])
+        h_fg = np.stack([np.bincount(self.gone, wf[:, j], self.ng) for j in range(p)])
+        d_k = np.bincount(self.kept, w, self.nk) + (prec_l if self.swap else prec_s)
+        d_g = np.bincount(self.gone, w, self.ng) + (prec_s if self.swap else prec_l)
+        h_gk = np.bincount(self.pair, w, self.ng * self.nk).reshape(self.ng, self.nk)
+        # Schur complement of the diagonal "gone" block: S = H_KK - H_KG diag(1/d_g) H_GK
+        h_kg = np.vstack([h_fg, h_gk.T])  # (p + nk) x ng
+        scaled = h_kg / d_g
+        schur = np.block([[h_ff, h_fk], [h_fk.T, np.diag(d_k)]]) - scaled @ h_kg.T
+        factor = cho_factor(schur)
+        g_kept = np.concatenate([g_f, g_k])
+        x_kept = cho_solve(factor, g_kept - scaled @ g_g)
+        x_g = (g_g - h_kg.T @ x_kept) / d_g
+        self.schur = factor
+        x_f, x_k = x_kept[:p], x_kept[p:]
+        diag_f = np.diag(h_ff)
+        step = np.concatenate([x_f, x_k, x_g] if self.swap else [x_f, x_g, x_k])
+        diag = np.concatenate([diag_f, d_k, d_g] if self.swap else [diag_f, d_g, d_k])
+        return step, diag
+
+    def _lc(self) -> np.ndarray:
+        return self.kept if self.swap else self.gone
+
+    def _sc(self) -> np.ndarray:
+        return self.gone if self.swap else self.kept
+
+    def fixed_covariance_diagonal(self) -> np.ndarray:
+        """diag of the inverse Hessian's fixed block = that of the inverse Schur complement (last Newton step)."""
+        unit = np.zeros((self.p + self.nk, self.p))
+        unit[np.arange(self.p), np.arange(self.p)] = 1.0
+        return np.diag(cho_solve(self.schur, unit)[:self.p])
+
+
+class _LaplaceSparse:
+    """Newton steps by a sparse LU of the whole Hessian (one sparse design row per answer)."""
+
+    def __init__(self, y: np.ndarray, fixed: np.ndarray, lc: np.ndarray, sc: np.ndarray):
+        n = y.size
+        self.y = y
+        self.p, self.nl, self.ns = fixed.shape[1], int(lc.max()) + 1, int(sc.max()) + 1
+        p, nl, ns = self.p, self.nl, self.ns
+        rows = np.repeat(np.arange(n), p + 2)
+        cols = np.column_stack([np.tile(np.arange(p), (n, 1)), p + lc, p + nl + sc]).ravel()
+        vals = np.column_stack([fixed, np.ones(n), np.ones(n)]).ravel()
+        self.Z = sparse.csr_matrix((vals, (rows, cols)), shape=(n, p + nl + ns))
+        self.Zt = self.Z.T.tocsr()
+        self.hess = None
+
+    def newton_step(self, b: np.ndarray, prec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from scipy.sparse.linalg import splu
+
+        mu = _expit(self.Z @ b)
+        grad = self.Zt @ (self.y - mu) - prec * b
+        self.hess = (self.Zt @ sparse.diags(mu * (1.0 - mu)) @ self.Z + sparse.diags(prec)).tocsc()
+        return splu(self.hess).solve(grad), self.hess.diagonal()
+
+    def fixed_covariance_diagonal(self) -> np.ndarray:
+        from scipy.sparse.linalg import splu
+
+        unit = np.zeros((self.p + self.nl + self.ns, self.p))
+        unit[np.arange(self.p), np.arange(self.p)] = 1.0
+        return np.diag(splu(self.hess).solve(unit)[:self.p])

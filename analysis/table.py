@@ -66,18 +66,33 @@ def normalize(table: pd.DataFrame) -> pd.DataFrame:
     df["listened_to_end"] = _bool_column(df["listened_to_end"]).eq(True)
     for col in ("correct", "pay_ok", "analyse_ok"):
         df[col] = _bool_column(df[col])
-    bad_kind = sorted(set(df["listener_kind"]) - set(LISTENER_KINDS))
+    bad_kind = sorted(set(df["listener_kind"].unique()) - set(LISTENER_KINDS))
     if bad_kind:
         raise HearsayError(f"listener_kind must be {' or '.join(LISTENER_KINDS)}, got {bad_kind[0]!r}")
-    bad_stim = sorted(set(df["stimulus_kind"]) - set(STIMULUS_KINDS))
+    bad_stim = sorted(set(df["stimulus_kind"].unique()) - set(STIMULUS_KINDS))
     if bad_stim:
         raise HearsayError(f"stimulus_kind must be one of {', '.join(STIMULUS_KINDS)}, got {bad_stim[0]!r}")
     bad_rating = df["rating"].dropna()
     if ((bad_rating < RATING_MIN) | (bad_rating > RATING_MAX)).any():
         raise HearsayError(f"ratings must lie between {RATING_MIN} (Bad) and {RATING_MAX} (Excellent)")
-    derived = np.where(df["stage"] == "original", ORIGINAL_CONDITION, df["method"] + "-" + df["init"])
-    df["condition"] = np.where(df["condition"] == "", derived, df["condition"])
+    blank = df["condition"] == ""
+    if blank.any():  # derived only where the table leaves it out (gold, trap and practice clips)
+        part = df.loc[blank]
+        df.loc[blank, "condition"] = np.where(part["stage"] == "original", ORIGINAL_CONDITION,
+                                              part["method"] + "-" + part["init"])
     return df.reset_index(drop=True)
+
+
+def as_categories(df: pd.DataFrame) -> pd.DataFrame:
+    """The text columns as categoricals with sorted categories: filtering and grouping a million answers then moves
+    small integer codes instead of Arrow strings, and groups still come out in the strings' sorted order."""
+    return df.astype({col: "category" for col in ANSWER_TEXT_COLUMNS})
+
+
+def plain(df: pd.DataFrame) -> pd.DataFrame:
+    """A (small, derived) table with categorical columns turned back into strings, as the report's tables hold."""
+    cats = [c for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype)]
+    return df.astype({c: str for c in cats}) if cats else df
 
 
 def read_mturk(csv_path: Path, manifest_path: Path, key_path: Path | None = None,
@@ -189,7 +204,7 @@ def apply_exclusions(table: pd.DataFrame, rule: Exclusion) -> tuple[pd.DataFrame
     machines = set(qc.loc[qc["listener_kind"] == "machine", "listener"])
     if not rule.include_machines:
         reasons["machine listener (use --include-machines)"] = machines
-    rows = [_count_row("before exclusions", df, len(set(df["listener"])))]
+    rows = [_count_row("before exclusions", df, df["listener"].nunique())]
     dropped: set[str] = set()
     for reason, listeners in reasons.items():
         part = df[df["listener"].isin(listeners)]
@@ -197,7 +212,7 @@ def apply_exclusions(table: pd.DataFrame, rule: Exclusion) -> tuple[pd.DataFrame
                      "test_answers": int((part["stimulus_kind"] == "test").sum())})
         dropped |= listeners
     kept = df[~df["listener"].isin(dropped)]
-    rows.append(_count_row("after exclusions", kept, len(set(kept["listener"]))))
+    rows.append(_count_row("after exclusions", kept, kept["listener"].nunique()))
     qc["excluded"] = qc["listener"].isin(dropped)
     qc["exclusion_reasons"] = qc["listener"].map(lambda l: "; ".join(r for r, ls in reasons.items() if l in ls))
     if kept.empty:
@@ -216,19 +231,26 @@ def _count_row(step: str, df: pd.DataFrame, listeners: int) -> dict:
 
 def per_listener_qc(df: pd.DataFrame) -> pd.DataFrame:
     """Per-listener answer counts, gold accuracy, trap failures and verdict."""
-    scored = df.assign(_c=df["correct"].map(lambda v: np.nan if v is None else float(v)).astype(float))
-    gold = scored[scored["stimulus_kind"] == "gold"].groupby("listener")["_c"].agg(["sum", "count"])
-    trap = scored[scored["stimulus_kind"] == "trap"].groupby("listener")["_c"].agg(["sum", "count"])
+    codes, names = pd.factorize(df["listener"], sort=True)
+    correct = pd.to_numeric(df["correct"]).to_numpy(dtype=float)
+    scored = ~np.isnan(correct)
+
+    def per_listener(mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(codes[mask], None if weights is None else weights[mask], minlength=len(names))
+
     base = df.groupby("listener").agg(listener_kind=("listener_kind", "first"),
                                       listener_source=("listener_source", "first"),
                                       answers=("stimulus", "size"),
-                                      test_answers=("stimulus_kind", lambda s: int((s == "test").sum())),
                                       analyse_ok=("analyse_ok", "first"),
                                       analyse_reasons=("analyse_reasons", "first"))
-    base["gold_answers"] = gold["count"].reindex(base.index).fillna(0).astype(int)
-    base["gold_correct"] = gold["sum"].reindex(base.index).fillna(0).astype(int)
+    at = pd.Index(np.asarray(names, dtype=object)).get_indexer(np.asarray(base.index, dtype=object))
+    base.insert(3, "test_answers", per_listener((df["stimulus_kind"] == "test").to_numpy())[at])
+    gold = (df["stimulus_kind"] == "gold").to_numpy() & scored
+    trap = (df["stimulus_kind"] == "trap").to_numpy() & scored
+    base["gold_answers"] = per_listener(gold)[at]
+    base["gold_correct"] = per_listener(gold, correct)[at].astype(int)
     with np.errstate(invalid="ignore", divide="ignore"):
         base["gold_accuracy"] = base["gold_correct"] / base["gold_answers"].where(base["gold_answers"] > 0)
-    base["trap_answers"] = trap["count"].reindex(base.index).fillna(0).astype(int)
-    base["trap_failed"] = (trap["count"] - trap["sum"]).reindex(base.index).fillna(0).astype(int)
-    return base.reset_index()
+    base["trap_answers"] = per_listener(trap)[at]
+    base["trap_failed"] = (per_listener(trap) - per_listener(trap, correct))[at].astype(int)
+    return plain(base.reset_index())

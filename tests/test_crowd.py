@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from analysis import crowd
 
@@ -54,3 +55,27 @@ def test_skill_vs_gold_correlation():
     skills = pd.DataFrame({"listener": list("abcd"), "skill_dawid_skene": [0.2, 0.4, 0.6, 0.8]})
     qc = pd.DataFrame({"listener": list("abcd"), "gold_accuracy": [0.1, 0.5, 0.7, 0.9]})
     assert crowd.skill_vs_gold(skills, qc) == 1.0
+
+
+@pytest.mark.parametrize("seed, listeners, noise", [(0, 7, 0.1), (1, 30, 0.6), (2, 12, 0.85)])
+def test_dawid_skene_gives_crowd_kits_labels_and_confusions(seed, listeners, noise):
+    """Same EM as crowdkit.aggregation.DawidSkene (its start, clipping and stopping rule), on count matrices."""
+    from crowdkit.aggregation import DawidSkene
+
+    rng = np.random.default_rng(seed)
+    words = ["yes", "no", "up", "down", "left"]
+    rows = []
+    for clip in range(60):
+        for listener in range(listeners):
+            if rng.random() < 0.8:  # not every listener hears every clip
+                word = words[clip % 5]
+                heard = word if rng.random() > noise * (listener % 3) / 2 else str(rng.choice(words + ["none"]))
+                rows.append((f"L{listener}", f"c{clip}", heard))
+    frame = pd.DataFrame(rows, columns=["worker", "task", "label"])
+    theirs = DawidSkene(n_iter=crowd.DS_ITERATIONS).fit(frame)
+    ours = crowd.dawid_skene(frame["worker"], frame["task"], frame["label"])
+    assert (theirs.labels_.reindex(ours.labels.index) == ours.labels).all()
+    diag = theirs.errors_.stack().rename("p").reset_index()
+    diag = diag[diag["label"] == diag.iloc[:, 2]]
+    skill = (diag.iloc[:, 2].map(theirs.priors_) * diag["p"]).groupby(diag["worker"]).sum()
+    assert np.allclose(skill.reindex(ours.skills.index), ours.skills, rtol=1e-12, atol=1e-14)

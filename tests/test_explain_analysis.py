@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.explanations import comparison, explanation_answers
-from analysis.report import ReportOptions, analyse
+from analysis.report import ReportOptions, analyse, write_report
 from analysis.table import COLUMNS, Exclusion
 
 WORDS = ["yes", "no", "up", "down"]
@@ -70,3 +70,12 @@ def test_analyze_adds_the_section_only_when_explanation_clips_were_heard():
     plain = plain[~plain["condition"].str.startswith(("explain-", "importance_mask-"))]
     res = analyse(plain, {"slug": "x", "task": "identification", "words": WORDS}, options, progress=False)
     assert "explanations_region_vs_random" not in res.tables
+
+
+def test_the_written_report_carries_the_explanation_figure(tmp_path):
+    """The section's figure once reached the writer drawn rather than described, and writing the report failed."""
+    options = ReportOptions(exclusion=Exclusion("none", include_machines=True), n_boot=50)
+    res = analyse(table(), {"slug": "x", "task": "identification", "words": WORDS}, options, progress=False)
+    out = write_report(res, tmp_path / "report", {}, progress=False)
+    assert (out / "figures" / "explanations_region_vs_random.png").read_bytes()[:4] == b"\x89PNG"
+    assert "explanations_region_vs_random" in (out / "report.html").read_text()

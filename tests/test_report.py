@@ -18,10 +18,10 @@ from analysis.table import Exclusion
 from .report_data import CELLS, WORDS, small_table, stimuli
 
 
-def build(table, out, task="identification", **opts):
+def build(table, out, task="identification", pdf=False, **opts):
     options = ReportOptions(exclusion=Exclusion(opts.pop("rule", "gold"), include_machines=True), n_boot=300, **opts)
     return build_report(table, {"slug": "small", "task": task, "words": WORDS}, out, options,
-                        {"test-table": "0" * 64}, progress=False)
+                        {"test-table": "0" * 64}, progress=False, pdf=pdf)
 
 
 def files(root: Path, suffix: str) -> dict[str, bytes]:
@@ -30,8 +30,8 @@ def files(root: Path, suffix: str) -> dict[str, bytes]:
 
 def test_identification_report_is_complete_self_contained_and_byte_stable(tmp_path):
     table = small_table()
-    first = build(table, tmp_path / "a")
-    second = build(table.sample(frac=1.0, random_state=1), tmp_path / "b")  # answer order must not matter
+    first = build(table, tmp_path / "a", pdf=True)
+    second = build(table.sample(frac=1.0, random_state=1), tmp_path / "b", pdf=True)  # answer order must not matter
     html = (first / "report.html").read_text()
     assert not re.search(r"""\bsrc\s*=\s*(?!["']?data:)""", html)  # every image embedded
     for target in re.findall(r"""\bhref\s*=\s*["']?([^"' >]+)""", html):  # links stay inside the report folder
@@ -42,7 +42,9 @@ def test_identification_report_is_complete_self_contained_and_byte_stable(tmp_pa
         assert (first / "tables" / f"{name}.csv").is_file(), name
     pngs = sorted(p.stem for p in (first / "figures").glob("*.png"))
     assert pngs == sorted(p.stem for p in (first / "figures").glob("*.pdf"))
-    assert "confusion_people_1_classifier_noise_after" in pngs
+    # small multiples: one confusion figure per listener group (a panel per condition), one of differences
+    assert {"confusion_people", "confusion_l8", "confusion_differences", "accuracy_by_condition",
+            "word_accuracy"} <= set(pngs)
     acc = pd.read_csv(first / "tables" / "accuracy_by_condition.csv")
     assert set(acc["listener_kind"]) == {"human", "machine"} and set(acc["listener_group"]) == {"people", "L8"}
     human = acc[(acc.listener_kind == "human")].set_index("cell")
@@ -115,13 +117,43 @@ def test_rating_report_with_paper_rule_and_generation_outputs(tmp_path):
     assert (ratings["ci_low"] <= ratings["mean"]).all() and (ratings["mean"] <= ratings["ci_high"]).all()
     tests = pd.read_csv(out / "tables" / "rating_tests.csv")
     assert (tests["p_holm"] >= tests["p"]).all() and set(tests["listener_group"]) == {"people"}
-    for stem in ["rating_hist_1_vs_3_noise_start_people", "rating_hist_2_vs_4_test_start_people",
-                 "rating_per_word_people", "objective_classifier_heatmap", "objective_decoder_heatmap", "tsne_tsne"]:
-        assert (out / "figures" / f"{stem}.png").is_file() and (out / "figures" / f"{stem}.pdf").is_file(), stem
+    for stem in ["rating_histograms", "rating_by_word", "rating_by_condition", "objective_classifier_heatmap",
+                 "objective_decoder_heatmap", "tsne_tsne"]:
+        assert (out / "figures" / f"{stem}.png").is_file(), stem
+    assert not list((out / "figures").glob("*.pdf"))  # PDFs only on request (--pdf)
     assert (out / "figures" / "tsne_tsne.png").read_bytes() == (tsne / "tsne.png").read_bytes()
     assert pd.read_csv(out / "tables" / "tsne_tsne.csv")["x"].tolist() == [-1.0, 0.5]
     assert (out / "tables" / "objective_summary.csv").is_file()
     assert any("objective/summary.csv" in k for k in json.loads((out / "run.json").read_text())["inputs"])
+
+
+def test_pdfs_are_written_only_when_asked_for_and_linked_from_the_page(tmp_path):
+    table = small_table("rating", listeners=4, machines=1)
+    plain = build(table, tmp_path / "png", task="rating", rule="none")
+    printed = build(table, tmp_path / "pdf", task="rating", rule="none", pdf=True)
+    pngs = sorted(p.stem for p in (plain / "figures").glob("*.png"))
+    assert pngs and not list((plain / "figures").glob("*.pdf")) and ".pdf" not in (plain / "report.html").read_text()
+    assert sorted(p.stem for p in (printed / "figures").glob("*.pdf")) == pngs
+    assert all((printed / "figures" / f"{stem}.pdf").read_bytes().startswith(b"%PDF") for stem in pngs)
+    assert "figures/rating_by_word.pdf" in (printed / "report.html").read_text()
+    assert files(plain, ".png") == files(printed, ".png") and files(plain, ".csv") == files(printed, ".csv")
+    assert json.loads((printed / "run.json").read_text())["figure_formats"] == ["png", "pdf"]
+
+
+def test_figures_drawn_during_the_analysis_are_the_ones_drawn_when_writing(tmp_path):
+    """build_report draws PNGs in a background process while later stages run; same bytes, no process left."""
+    import multiprocessing
+
+    from analysis.report import analyse, write_report
+
+    table = small_table(listeners=4, machines=1)
+    ahead = build(table, tmp_path / "ahead")
+    options = ReportOptions(exclusion=Exclusion("gold", include_machines=True), n_boot=300)
+    result = analyse(table, {"slug": "small", "task": "identification", "words": WORDS}, options, progress=False)
+    assert result.drawing is None
+    later = write_report(result, tmp_path / "later", {"test-table": "0" * 64}, progress=False)
+    assert files(ahead, ".png") == files(later, ".png") and len(files(ahead, ".png")) >= 8
+    assert not multiprocessing.active_children()
 
 
 def test_machine_ratings_get_permutation_tests_of_their_own(tmp_path):
@@ -165,7 +197,8 @@ def write_batch(tmp_path, rows=None, manifest_rows=None):
 def test_mturk_batch_route_through_the_command(tmp_path):
     csv_path, manifest = write_batch(tmp_path)
     call_command("analyze", mturk_csv=str(csv_path), manifest=str(manifest), out=str(tmp_path / "out"),
-                 exclude="none", verbosity=0)
+                 exclude="none", pdf=True, verbosity=0)
+    assert (tmp_path / "out" / "figures" / "rating_by_condition.pdf").is_file()  # --pdf reaches the writer
     ratings = pd.read_csv(tmp_path / "out" / "tables" / "rating_by_condition.csv")
     assert set(ratings["condition"]) == {"1-classifier-noise", "3-decoder-noise"} and ratings["answers"].sum() == 16
     run = json.loads((tmp_path / "out" / "run.json").read_text())

@@ -208,3 +208,68 @@ def test_logistic_cluster_skips_terms_the_design_cannot_separate():
     for terms in fits.values():
         assert [t.term for t in terms] == ["decoder"]
         assert terms[0].odds_ratio > 1 and 0 < terms[0].ci_low < terms[0].ci_high
+
+
+@pytest.mark.parametrize("n_listeners, n_clips", [(40, 90), (90, 40)])
+def test_laplace_block_newton_steps_match_the_sparse_lu_of_the_whole_hessian(n_listeners, n_clips):
+    """The Schur-complement steps (eliminating whichever random-effect block is larger) give the sparse fit."""
+    rng = np.random.default_rng(3)
+    listener = np.repeat(np.arange(n_listeners), 30)
+    stimulus = np.concatenate([rng.choice(n_clips, 30, replace=False) for _ in range(n_listeners)])
+    fixed = np.column_stack([np.ones(listener.size), stimulus % 2, rng.random(listener.size) < 0.5]).astype(float)
+    eta = fixed @ [0.3, 0.8, -0.5] + rng.normal(0, 0.7, n_listeners)[listener] + rng.normal(0, 0.9, n_clips)[stimulus]
+    y = (rng.random(eta.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    assert stats._LaplaceBlocks.fits(3, listener, stimulus)
+    block = stats._laplace_em(stats._LaplaceBlocks(y, fixed, listener, stimulus), 2.0, 1e-6, 200)
+    whole = stats._laplace_em(stats._LaplaceSparse(y, fixed, listener, stimulus), 2.0, 1e-6, 200)
+    for ours, theirs in zip(block, whole):
+        assert np.allclose(ours, theirs, rtol=1e-8, atol=1e-10)
+
+
+def test_cluster_robust_errors_are_statsmodels_fit_with_cov_type_cluster():
+    """One fit with each clustering's CRV1 covariance (two-way: first + second - intersection), as statsmodels."""
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    listener, stimulus = rng.integers(0, 40, n), rng.integers(0, 25, n)
+    X = pd.DataFrame({"decoder": rng.random(n) < 0.5, "after": rng.random(n) < 0.4})
+    eta = 0.2 + 0.7 * X["decoder"] - 0.4 * X["after"] + rng.normal(0, 0.8, 40)[listener] + rng.normal(0, 0.5, 25)[stimulus]
+    y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(float)
+    ours = stats.logistic_cluster(y, X, {"listener": listener.astype(str), "stimulus": stimulus.astype(str)})
+    model = sm.GLM(y, sm.add_constant(X.astype(float)), family=sm.families.Binomial())
+    codes = {"listener": pd.factorize(listener.astype(str), sort=True)[0],
+             "stimulus": pd.factorize(stimulus.astype(str), sort=True)[0]}
+    codes["listener+stimulus"] = np.column_stack([codes["listener"], codes["stimulus"]])
+    assert set(ours) == set(codes)
+    for name, groups in codes.items():
+        theirs = model.fit(cov_type="cluster", cov_kwds={"groups": groups})
+        for fit in ours[name]:
+            assert fit.z == pytest.approx(theirs.tvalues[fit.term], rel=1e-8)
+            assert fit.p == pytest.approx(theirs.pvalues[fit.term], rel=1e-6)
+            assert fit.ci_low == pytest.approx(np.exp(theirs.conf_int().loc[fit.term, 0]), rel=1e-8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_paired_permutation_test_is_scipys_wilcoxon_with_the_same_seed(seed):
+    """The vectorized sign-flip test gives scipy.stats.wilcoxon(method=PermutationMethod)'s statistic and p exactly."""
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(seed)
+    n = [6, 9, 14, 30, 45, 80][seed]  # up to 9 pairs every sign pattern is enumerated, above that 999 are drawn
+    a, b = rng.integers(0, 5, n).astype(float), rng.integers(0, 5, n).astype(float)
+    if seed % 2:
+        a = np.round(a + rng.normal(0, 0.3, n), 1)  # fewer ties
+    theirs = sps.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided",
+                          method=sps.PermutationMethod(n_resamples=999, rng=np.random.default_rng(seed)))
+    name, statistic, p = stats.rank_test(a, b, paired=True, permutations=999, seed=seed)
+    assert name == "wilcoxon_signed_rank_permutation"
+    assert (statistic, p) == (float(theirs.statistic), float(theirs.pvalue))
+
+
+def test_permutation_tests_on_a_single_pair_or_answer_are_not_run_instead_of_failing():
+    """scipy refuses a permutation test on one value (ValueError), which would stop the report for a machine
+    listener with a single matched clip pair; such a test is now reported as not run (NaN)."""
+    assert np.isnan(stats.rank_test([3.0], [1.0], paired=True, permutations=999)[2])
+    assert np.isnan(stats.rank_test([3.0], [1.0, 2.0], permutations=999)[2])
+    assert stats.rank_test([3.0, 4.0], [1.0, 2.0], permutations=999)[2] > 0

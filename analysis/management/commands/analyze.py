@@ -30,6 +30,8 @@ class Command(HearsayCommand):
         parser.add_argument("--seed", type=int, default=0, help="seed for bootstrap and subsampling")
         parser.add_argument("--mixed-max-answers", type=int, default=None,
                             help="subsample answers above this count for the mixed model (default: fit on all)")
+        parser.add_argument("--pdf", action="store_true",
+                            help="also write every figure as a PDF for print (the report embeds PNGs)")
 
     def handle(self, *args, **opts):
         out = run(experiment=opts.get("experiment"), mturk_csv=opts.get("mturk_csv"),
@@ -37,7 +39,7 @@ class Command(HearsayCommand):
                   out=opts["out"], exclude=opts["exclude"],
                   min_gold_accuracy=opts["min_gold_accuracy"], include_machines=opts["include_machines"],
                   objective=opts.get("objective"), tsne=opts.get("tsne"), seed=opts["seed"],
-                  mixed_max_answers=opts["mixed_max_answers"], progress=opts.get("verbosity", 1) > 0,
+                  mixed_max_answers=opts["mixed_max_answers"], pdf=opts["pdf"], progress=opts.get("verbosity", 1) > 0,
                   note=lambda line: self.stdout.write(self.style.WARNING(line)))
         self.stdout.write(f"report written to {out / 'report.html'}")
 
@@ -45,7 +47,7 @@ class Command(HearsayCommand):
 def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None, out: Path,
         batch_key: Path | None = None, strict: bool = False, exclude: str = "gold",
         min_gold_accuracy: float = 0.5, include_machines: bool = False, objective: Path | None = None,
-        tsne: Path | None = None, seed: int = 0, mixed_max_answers: int | None = None,
+        tsne: Path | None = None, seed: int = 0, mixed_max_answers: int | None = None, pdf: bool = False,
         progress: bool = True, note=None) -> Path:
     """Load the answers from either route, then build the report; HearsayError on bad input.
 
@@ -77,4 +79,4 @@ def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None
             note(f"invalid row left out: {line}")
     options = ReportOptions(exclusion=Exclusion(exclude, min_gold_accuracy, include_machines), seed=seed,
                             bayes_max_answers=mixed_max_answers, objective_dir=objective, tsne_dir=tsne)
-    return build_report(table, info, out, options, inputs, progress=progress)
+    return build_report(table, info, out, options, inputs, progress=progress, pdf=pdf)

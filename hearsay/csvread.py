@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hearsay.errors import HearsayError
@@ -27,3 +27,33 @@ def records(path: Path, text: str) -> Iterable[tuple[int, list[str]]]:
         if record is None:
             return
         yield start, record
+
+
+def read_text(path: Path, what: str) -> str:
+    """The text of the CSV file `what` names ("manifest", "batch key file"...), BOM removed; one line when it cannot be.
+
+    Missing, unreadable, not UTF-8, or binary (a NUL byte): each is refused here, the same way for every reader.
+    """
+    if not path.is_file():
+        raise HearsayError(f"{what} {path} does not exist")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HearsayError(f"cannot read {what} {path}: {exc}") from None
+    if "\x00" in text:
+        raise HearsayError(f"cannot read {what} {path}: it contains a NUL byte (not a text CSV)")
+    return text
+
+
+def body(path: Path, header: list[str], rows: Iterable[tuple[int, list[str]]]) -> Iterator[tuple[int, str, list[str]]]:
+    """(file line, "path:line", fields) of each non-blank record under `header`; a repeated column name or a record
+    with another number of fields than the header is one line naming where."""
+    if len(set(header)) != len(header):
+        raise HearsayError(f"{path}:1: a column name appears twice")
+    for line, record in rows:
+        if not any(cell.strip() for cell in record):
+            continue
+        where = f"{path}:{line}"
+        if len(record) != len(header):
+            raise HearsayError(f"{where}: {len(record)} fields where the header has {len(header)}")
+        yield line, where, record

@@ -138,31 +138,16 @@ def _check_row(values: dict[str, str], where: str) -> None:
 def read_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest: every problem is one line naming the file and its line."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise HearsayError(f"manifest {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HearsayError(f"cannot read manifest {path}: {exc}") from None
-    if "\x00" in text:
-        raise HearsayError(f"cannot read manifest {path}: it contains a NUL byte (not a text CSV)")
-    records = csvread.records(path, text)
+    records = csvread.records(path, csvread.read_text(path, "manifest"))
     first = next(records, None)
     header = [h.strip() for h in first[1]] if first else []
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise HearsayError(f"manifest {path} lacks required column(s): {', '.join(missing)}")
-    if len(set(header)) != len(header):
-        raise HearsayError(f"{path}:1: a column name appears twice")
     rows: list[ManifestRow] = []
     ids: set[str] = set()
     names: dict[str, int] = {}
-    for start, record in records:
-        if not any(cell.strip() for cell in record):
-            continue
-        where = f"{path}:{start}"
-        if len(record) != len(header):
-            raise HearsayError(f"{where}: {len(record)} fields where the header has {len(header)}")
+    for start, where, record in csvread.body(path, header, records):
         values = {k: v.strip() for k, v in zip(header, record)}
         _check_row(values, where)
         sid = values["stimulus_id"]

@@ -174,15 +174,7 @@ class ResultsFile:
 def read_results(path: str | Path) -> ResultsFile:
     """Read a results CSV; structural problems raise HearsayError naming the file and line."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise HearsayError(f"MTurk results file {path} does not exist")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HearsayError(f"cannot read MTurk results file {path}: {exc}") from None
-    if "\x00" in text:
-        raise HearsayError(f"cannot read MTurk results file {path}: it contains a NUL byte")
-    records = csvread.records(path, text)
+    records = csvread.records(path, csvread.read_text(path, "MTurk results file"))
     first = next(records, None)
     if first is None:
         raise HearsayError(f"{path} is empty")
@@ -192,16 +184,9 @@ def read_results(path: str | Path) -> ResultsFile:
         raise HearsayError(f"{path} is not an MTurk results file: it lacks column(s) {', '.join(missing)}")
     if "Input.audio_url" not in header:
         raise HearsayError(f"{path} lacks column(s) Input.audio_url: the rows cannot be joined to their clips")
-    if len(set(header)) != len(header):
-        raise HearsayError(f"{path}:1: a column name appears twice")
     rows: list[ResultRow] = []
     seen: dict[str, int] = {}
-    for line, record in records:
-        if not any(cell.strip() for cell in record):
-            continue
-        where = f"{path}:{line}"
-        if len(record) != len(header):
-            raise HearsayError(f"{where}: {len(record)} fields where the header has {len(header)}")
+    for line, where, record in csvread.body(path, header, records):
         cells = dict(zip(header, record))
         ids = {c: cells.get(c, "").strip() for c in ("HITId", "AssignmentId", "WorkerId", "AssignmentStatus")}
         if not ids["AssignmentId"] or not ids["WorkerId"]:
@@ -329,13 +314,7 @@ def batch_key_bytes(pairs: Iterable[tuple[str, str]]) -> bytes:
 def read_batch_key(path: str | Path) -> dict[str, str]:
     """audio name -> stimulus id, from a key file export-batch wrote."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise HearsayError(f"batch key file {path} does not exist")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HearsayError(f"cannot read batch key file {path}: {exc}") from None
-    records = csvread.records(path, text)
+    records = csvread.records(path, csvread.read_text(path, "batch key file"))
     first = next(records, None)
     if first is None or tuple(h.strip() for h in first[1]) != KEY_COLUMNS:
         raise HearsayError(f"{path} is not a batch key file (expected the columns {', '.join(KEY_COLUMNS)})")

@@ -44,13 +44,17 @@ class Case:
         self.method, self.a, self.ae, self.device = method, a, ae, device
         self.settings = PRESETS["paper"][method]
 
-    def run(self, batch: int, layout: str, mode: str, compiled: bool = False, reps: int = 2) -> tuple[float, torch.Tensor, float]:
-        """(samples/s, final arg-max per sample, seconds of the first call, which includes any compilation)."""
+    def armed(self, batch: int):
+        """(parameterization, objective, step rule, targets, starts) for one batch; the same starts every call."""
         param, objective, step = parts(self.settings, self.method, self.ae if self.method == "decoder" else None)
         targets = (torch.arange(batch) % N_CLASSES).to(self.device)
         gen = torch.Generator().manual_seed(0)
         shape = (self.ae.latent,) if self.method == "decoder" else (90, 80)
-        x0 = (0.1 * torch.randn(batch, *shape, generator=gen)).to(self.device)
+        return param, objective, step, targets, (0.1 * torch.randn(batch, *shape, generator=gen)).to(self.device)
+
+    def run(self, batch: int, layout: str, mode: str, compiled: bool = False, reps: int = 2) -> tuple[float, torch.Tensor, float]:
+        """(samples/s, final arg-max per sample, seconds of the first call, which includes any compilation)."""
+        param, objective, step, targets, x0 = self.armed(batch)
         with frozen(self.a, *param.modules(), channels_last=layout == "channels_last"), precision(mode, self.device):
             net = pool_before_relu(self.a, objective.layers)
             decode = None
@@ -82,10 +86,7 @@ class Case:
 
         self.run(min(batch, 256), layout, "fp32", reps=1)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
-        param, objective, step = parts(self.settings, self.method, self.ae if self.method == "decoder" else None)
-        targets = (torch.arange(batch) % N_CLASSES).to(self.device)
-        shape = (self.ae.latent,) if self.method == "decoder" else (90, 80)
-        x0 = (0.1 * torch.randn(batch, *shape)).to(self.device)
+        param, objective, step, targets, x0 = self.armed(batch)
         with frozen(self.a, *param.modules(), channels_last=layout == "channels_last"):
             net = pool_before_relu(self.a, objective.layers)
             with profile(activities=activities) as prof:

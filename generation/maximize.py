@@ -724,6 +724,11 @@ def noise(shape: tuple[int, ...], std: float, seed: int, first_index: int, count
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 
+def check_precision(mode: str) -> None:
+    if mode not in PRECISIONS:
+        raise HearsayError(f"unknown precision {mode!r}; choose from {', '.join(PRECISIONS)}")
+
+
 @contextmanager
 def precision(mode: str, device: torch.device) -> Iterator[None]:
     """fp32 as written; tf32 lets CUDA matmuls and convolutions use TF32; bf16 runs the networks under autocast.
@@ -731,8 +736,7 @@ def precision(mode: str, device: torch.device) -> Iterator[None]:
     Step-rule updates and the recorded probabilities stay fp32 in every mode;
     only the networks' arithmetic changes (bench/gpu.py prints the agreement).
     """
-    if mode not in PRECISIONS:
-        raise HearsayError(f"unknown precision {mode!r}; choose from {', '.join(PRECISIONS)}")
+    check_precision(mode)
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     try:
         if device.type == "cuda":
@@ -855,8 +859,6 @@ def optimize(
     if batch_size < 1:
         raise HearsayError(f"batch size must be >= 1, got {batch_size}")
     device = torch.device(device)
-    if precision_mode not in PRECISIONS:
-        raise HearsayError(f"unknown precision {precision_mode!r}; choose from {', '.join(PRECISIONS)}")
     targets = torch.as_tensor(targets).long().flatten().cpu()
     total = len(targets)
     if start is not None and start_latents is not None:

@@ -28,7 +28,7 @@ from hearsay.runs import RunFolder
 
 from . import checkpoint
 from .checkpoint import Checkpoint
-from .maximize import METHODS, PRECISIONS, Result, default_batch_size, derive_seed, maximize, preset
+from .maximize import METHODS, Result, check_precision, default_batch_size, derive_seed, maximize, preset
 
 ARRAYS = ("prob_a_before", "prob_a_after", "prob_b_before", "prob_b_after", "failed", "trajectory")
 
@@ -237,8 +237,7 @@ def run_objective(
     """
     from tqdm import tqdm
 
-    if precision_mode not in PRECISIONS:
-        raise HearsayError(f"unknown precision {precision_mode!r}; choose from {', '.join(PRECISIONS)}")
+    check_precision(precision_mode)
     if n < 1:
         raise HearsayError(f"n must be at least 1, got {n}")
     from .gan import load_generators

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 
 from hearsay.errors import HearsayError
-from hearsay.mturk_results import interpret, parse_mturk_time, read_results
+from hearsay.mturk_results import interpret, parse_mturk_time, read_batch_key, read_results
 
 HEADER = '"HITId","AssignmentId","WorkerId","AssignmentStatus","SubmitTime","Input.audio_url","Answer.comment","Answer.heard-word.label"'
 
@@ -49,3 +49,18 @@ def test_answers_in_every_shape_and_off_list_answers_are_invalid_with_their_line
     assert [(a.row.assignment_id, a.key, a.answer) for a in reading.answers] == [
         ("A1", "a.wav", "yes"), ("A2", "b.wav", "no"), ("A3", "a.wav", "none")]
     assert [(i.row.line, "not a word" in i.reason) for i in reading.invalid] == [(5, True)]
+
+
+@pytest.mark.parametrize("reader, what", [(read_batch_key, "batch key file"), (read_results, "MTurk results file")])
+def test_every_csv_reader_refuses_missing_binary_and_non_utf8_files_in_one_line(tmp_path, reader, what):
+    missing = tmp_path / "nowhere.csv"
+    with pytest.raises(HearsayError, match=f"^{what} .*nowhere.csv does not exist$"):
+        reader(missing)
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"audio,stimulus_id\nab\x00c,s1\n")
+    with pytest.raises(HearsayError, match=f"^cannot read {what} .*binary.csv: it contains a NUL byte"):
+        reader(binary)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("audio,stimulus_id\ncaf\u00e9,s1\n".encode("latin-1"))
+    with pytest.raises(HearsayError, match=f"^cannot read {what} .*latin.csv: 'utf-8' codec"):
+        reader(latin)

@@ -48,39 +48,34 @@ class Vocoder(Protocol):
 
 
 class MelFilterbank:
-    """The features' mel filterbank [freq, mels] applied through its non-zeros only.
+    """The features' mel filterbank [freq, mels] as two sparse products over the bins it covers.
 
-    Each frequency bin lies in at most two triangular bands, so both directions
-    (spectrum -> mel and mel -> spectrum) are a couple of row gathers or
-    scatters over spectra laid out [freq, frames], instead of dense
-    [frames, freq] x [freq, mels] products: the mel inversion costs a few
-    memory passes per iteration rather than most of the vocoder's time.
+    Each frequency bin lies in at most two triangular bands and bins outside
+    [f_min, f_max] lie in none, so spectrum -> mel and mel -> spectrum are
+    sparse products (a few hundred non-zeros) over spectra laid out
+    [covered bins, frames], instead of dense [frames, freq] x [freq, mels]
+    products: the mel inversion costs a few memory passes per iteration rather
+    than most of the vocoder's time.
     """
 
     def __init__(self, fb: torch.Tensor):
-        self.n_mels = fb.shape[1]
-        per_bin = max(int((fb > 0).sum(dim=1).max()), 1)
-        weights, bands = fb.topk(per_bin, dim=1)  # [freq, per_bin]: each bin's bands (weight 0 pads)
-        self.weights = [weights[:, k : k + 1].contiguous() for k in range(per_bin)]
-        self.bands = [bands[:, k].contiguous() for k in range(per_bin)]
-        self.transposed = _sparse_csr(fb.T.contiguous())  # [mels, freq]: each band's run of bins
+        covered = (fb > 0).any(dim=1).nonzero()
+        self.n_freq, self.n_mels = fb.shape
+        self.low, self.high = (int(covered.min()), int(covered.max()) + 1) if len(covered) else (0, 0)
+        self.forward = _sparse_csr(fb[self.low : self.high].T.contiguous())  # [mels, covered bins]
+        self.backward = _sparse_csr(fb[self.low : self.high].contiguous())  # [covered bins, mels]
 
     def to(self, device: torch.device) -> "MelFilterbank":
-        self.weights = [w.to(device) for w in self.weights]
-        self.bands = [b.to(device) for b in self.bands]
-        self.transposed = self.transposed.to(device)
+        self.forward, self.backward = self.forward.to(device), self.backward.to(device)
         return self
 
     def to_mel(self, spec: torch.Tensor) -> torch.Tensor:
-        """[freq, R] -> [mels, R] (= fb.T @ spec)."""
-        return self.transposed @ spec
+        """[covered bins, R] -> [mels, R] (= fb[low:high].T @ spec)."""
+        return self.forward @ spec
 
     def from_mel(self, mel: torch.Tensor) -> torch.Tensor:
-        """[mels, R] -> [freq, R] (= fb @ mel)."""
-        out = mel.index_select(0, self.bands[0]).mul_(self.weights[0])
-        for w, b in zip(self.weights[1:], self.bands[1:]):
-            out.addcmul_(mel.index_select(0, b), w)
-        return out
+        """[mels, R] -> [covered bins, R] (= fb[low:high] @ mel)."""
+        return self.backward @ mel
 
 
 def _sparse_csr(dense: torch.Tensor) -> torch.Tensor:
@@ -92,50 +87,95 @@ def _sparse_csr(dense: torch.Tensor) -> torch.Tensor:
 class Stft:
     """A batched STFT/iSTFT pair equal to torch.stft/istft (center=True, reflect padding, onesided).
 
-    Window-sum normalisation is precomputed per frame count and overlap-add is
-    a few shifted adds, so a Griffin-Lim iteration is two FFTs and some
-    elementwise passes, with none of torch.istft's per-call set-up.
+    Both directions work in one buffer laid out like the reflect-padded signal.
+    Synthesis multiplies each frame by window / (overlap-added squared window)
+    at the samples it lands on (precomputed per frame count and length, 0 over
+    the padding) while overlap-adding it in a few shifted multiply-adds; the
+    padding is then reflected in place and analysis windows the frames straight
+    out of that buffer. A Griffin-Lim iteration (`project`) is so two FFTs and a
+    few passes over the frames, with none of torch.istft's per-call set-up.
     """
 
     def __init__(self, n_fft: int, hop_length: int, win_length: int, device: torch.device):
-        self.n_fft, self.hop = n_fft, hop_length
+        self.n_fft, self.hop, self.pad = n_fft, hop_length, n_fft // 2
         window = torch.hann_window(win_length, periodic=True, device=device)
         left = (n_fft - win_length) // 2
         self.window = torch.nn.functional.pad(window, (left, n_fft - win_length - left))
-        self._envelopes: dict[int, torch.Tensor] = {}
+        self._synthesis: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
+
+    def _blocks(self, n_frames: int, length: int) -> int:
+        """Hop-sized blocks of the buffer: the padded signal, and every sample a frame lands on."""
+        return max(n_frames - 1 + -(-self.n_fft // self.hop), -(-(length + 2 * self.pad) // self.hop))
+
+    def _synthesis_factors(self, n_frames: int, length: int, dtype: torch.dtype) -> torch.Tensor:
+        """[frames, n_fft]: window / (overlap-added squared window, clamped as torch.istft does) at each frame sample."""
+        key = (n_frames, length, dtype)
+        if key not in self._synthesis:
+            window = self.window.to(dtype)
+            squares = (window**2).expand(1, n_frames, -1).contiguous()
+            envelope = self._overlap_add(squares, torch.ones_like(squares[0]),
+                                         window.new_empty(1, self._blocks(n_frames, length) * self.hop))[0]
+            at = torch.arange(n_frames, device=window.device)[:, None] * self.hop + torch.arange(self.n_fft, device=window.device)
+            kept = (at >= self.pad) & (at < self.pad + length)
+            self._synthesis[key] = torch.where(kept, window / envelope[at].clamp(min=1e-11), 0.0)
+        return self._synthesis[key]
+
+    def _overlap_add(self, frames: torch.Tensor, factors: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Sum of frames [B, T, n_fft] x factors [T, n_fft] at hop spacing, written over all of out [B, blocks * hop]."""
+        batch, n, width = frames.shape
+        if width % self.hop:
+            added = torch.nn.functional.fold((frames * factors).transpose(1, 2), (1, (n - 1) * self.hop + width),
+                                             (1, width), stride=(1, self.hop)).flatten(1)
+            out.zero_()[:, : added.shape[1]] = added
+            return out
+        r = width // self.hop
+        parts, weights, blocks = frames.view(batch, n, r, self.hop), factors.view(n, r, self.hop), out.view(batch, -1, self.hop)
+        torch.mul(parts[:, :, 0], weights[:, 0], out=blocks[:, :n])
+        blocks[:, n:].zero_()
+        for k in range(1, r):
+            blocks[:, k : k + n].addcmul_(parts[:, :, k], weights[:, k])
+        return out
+
+    def _reflect(self, padded: torch.Tensor, length: int) -> None:
+        """Fill the padding on both sides of the signal [pad, pad + length) with its reflection, in place."""
+        if length <= self.pad:
+            raise HearsayError(f"the STFT needs more than {self.pad} samples, got {length}")
+        p = self.pad
+        padded[:, :p] = padded[:, p + 1 : 2 * p + 1].flip(-1)
+        padded[:, p + length : 2 * p + length] = padded[:, length - 1 : p + length - 1].flip(-1)
+
+    def _analyse(self, padded: torch.Tensor, length: int, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Reflect the padding, window every frame of the padded signal (into `frames` if given), FFT."""
+        self._reflect(padded, length)
+        framed = padded[:, : length + 2 * self.pad].unfold(-1, self.n_fft, self.hop)
+        return torch.fft.rfft(torch.mul(framed, self.window, out=frames), dim=-1)
+
+    def _buffer(self, spec: torch.Tensor, length: int) -> torch.Tensor:
+        return spec.real.new_empty(spec.shape[0], self._blocks(spec.shape[1], length) * self.hop)
+
+    def _synthesise(self, spec: torch.Tensor, length: int, padded: torch.Tensor) -> torch.Tensor:
+        """iSTFT of spec [B, frames, freq] into padded[:, pad : pad + length]; returns the inverse FFT's frames."""
+        frames = torch.fft.irfft(spec, n=self.n_fft, dim=-1)
+        self._overlap_add(frames, self._synthesis_factors(spec.shape[1], length, frames.dtype), padded)
+        return frames
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """[B, L] -> [B, frames, freq] complex."""
-        pad = self.n_fft // 2
-        padded = torch.nn.functional.pad(wave.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
-        return torch.fft.rfft(padded.unfold(-1, self.n_fft, self.hop) * self.window, dim=-1)
-
-    def _overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
-        """[B, T, n_fft] -> [B, (T-1)*hop + n_fft]."""
-        batch, n, width = frames.shape
-        if width % self.hop:
-            return torch.nn.functional.fold(frames.transpose(1, 2), (1, (n - 1) * self.hop + width), (1, width),
-                                            stride=(1, self.hop)).flatten(1)
-        r = width // self.hop
-        parts = frames.view(batch, n, r, self.hop)
-        out = frames.new_zeros(batch, n + r - 1, self.hop)
-        for k in range(r):
-            out[:, k : k + n] += parts[:, :, k]
-        return out.flatten(1)
+        length = wave.shape[1]
+        padded = wave.new_empty(wave.shape[0], length + 2 * self.pad)
+        padded[:, self.pad : self.pad + length] = wave
+        return self._analyse(padded, length)
 
     def inverse(self, spec: torch.Tensor, length: int) -> torch.Tensor:
         """[B, frames, freq] complex -> [B, length] (torch.istft with center=True and `length`)."""
-        n = spec.shape[1]
-        if n not in self._envelopes:
-            self._envelopes[n] = self._overlap_add((self.window**2).expand(1, n, -1).contiguous())[0]
-        frames = torch.fft.irfft(spec, n=self.n_fft, dim=-1) * self.window
-        start = self.n_fft // 2
-        wave = self._overlap_add(frames)[:, start : start + length]
-        envelope = self._envelopes[n][start : start + length]
-        wave = wave / envelope.clamp(min=1e-11)
-        if wave.shape[1] < length:
-            wave = torch.nn.functional.pad(wave, (0, length - wave.shape[1]))
-        return wave
+        padded = self._buffer(spec, length)
+        self._synthesise(spec, length, padded)
+        return padded[:, self.pad : self.pad + length].clone()
+
+    def project(self, spec: torch.Tensor, length: int, padded: torch.Tensor) -> torch.Tensor:
+        """forward(inverse(spec, length)) through the buffer `padded` (from `_buffer`), reusing the frames."""
+        frames = self._synthesise(spec, length, padded)
+        return self._analyse(padded, length, frames)
 
 
 def griffin_lim(magnitude: torch.Tensor, stft: Stft, n_iter: int, momentum: float, length: int) -> torch.Tensor:
@@ -145,18 +185,29 @@ def griffin_lim(magnitude: torch.Tensor, stft: Stft, n_iter: int, momentum: floa
     power=1): invert with the current phases, re-analyse, extrapolate by
     momentum / (1 + momentum) (torchaudio's parameterization), keep only the phase.
     """
+    if 1 + length // stft.hop != magnitude.shape[1]:
+        raise HearsayError(f"{length} samples make {1 + length // stft.hop} frames, not {magnitude.shape[1]}")
     alpha = momentum / (1 + momentum)
-    # Each pass feeds the next inverse magnitude * phase; with phase = p / (|p| + eps) that is p scaled by a real
-    # factor. |p| is computed on the real view: torch's complex abs is several times slower than an FFT here.
+    magnitude = magnitude.contiguous()  # the spectrum buffers take its layout, and the FFTs want rows contiguous
+    # Each pass feeds the next inverse magnitude * p / (|p| + eps), p scaled by a real factor. Every step runs in
+    # place on preallocated buffers over the real view, in passes torch vectorizes: |p|^2 as the sum of the squared
+    # view's halves, the factor interleaved twice by torch.complex (complex abs, or broadcasting a real factor
+    # over the (re, im) pairs, is several times slower than an FFT here).
     spectrum = magnitude.to(torch.complex64 if magnitude.dtype == torch.float32 else torch.complex128)
-    previous = None
+    previous = torch.zeros_like(spectrum)  # p = rebuilt - alpha * previous: torchaudio starts previous at 0
+    squares = torch.empty_like(torch.view_as_real(spectrum))
+    factor, scale = torch.empty_like(magnitude), torch.empty_like(spectrum)
+    padded = stft._buffer(spectrum, length)
     for _ in range(n_iter):
-        rebuilt = torch.view_as_real(stft.forward(stft.inverse(spectrum, length)))
-        p = rebuilt if previous is None or not alpha else torch.sub(rebuilt, previous, alpha=alpha)
-        norm = (p[..., 0] * p[..., 0]).addcmul_(p[..., 1], p[..., 1]).sqrt_().add_(1e-16)
-        spectrum = torch.view_as_complex(p) * torch.div(magnitude, norm, out=norm)
-        previous = rebuilt
-    return stft.inverse(spectrum, length)
+        rebuilt = stft.project(spectrum, length, padded)
+        p = torch.view_as_real(previous)
+        torch.sub(torch.view_as_real(rebuilt), p, alpha=alpha, out=p)
+        torch.add(*torch.mul(p, p, out=squares).unbind(-1), out=factor)
+        torch.div(magnitude, factor.sqrt_().add_(1e-16), out=factor)
+        p.mul_(torch.view_as_real(torch.complex(factor, factor, out=scale)))
+        spectrum, previous = previous, rebuilt
+    stft._synthesise(spectrum, length, padded)
+    return padded[:, stft.pad : stft.pad + length].clone()
 
 
 class GriffinLimVocoder:
@@ -192,8 +243,9 @@ class GriffinLimVocoder:
             cfg.n_fft // 2 + 1, cfg.f_min, cfg.f_max, cfg.n_mels, cfg.sample_rate, norm="slaney", mel_scale="slaney"
         )
         self.fb = fb.to(self.device)  # [freq, mels]: mel = spec @ fb
-        self.fb_pinv = torch.linalg.pinv(fb).to(self.device)  # [mels, freq]
         self.filterbank = MelFilterbank(fb).to(self.device)
+        # [covered bins, mels]: the NNLS start; the pseudo-inverse is ~0 at the bins no band covers, which NNLS zeroes.
+        self.fb_pinv = torch.linalg.pinv(fb)[:, self.filterbank.low : self.filterbank.high].T.contiguous().to(self.device)
         self.stft = Stft(cfg.n_fft, cfg.hop_length, cfg.win_length, self.device)
 
     def config(self) -> dict:
@@ -214,13 +266,17 @@ class GriffinLimVocoder:
         features = features.to(self.device, torch.float32)
         # 0 means "at or below the floor": make it true silence, or loudness normalization would amplify the floor.
         mel = unit_to_amp(features, self.cfg) * (features > 0)  # [B, T, M]
-        spec = (mel @ self.fb_pinv).clamp(min=0.0).flatten(0, 1).T.contiguous()  # [F, B*T]
         mel = mel.flatten(0, 1).T.contiguous()  # [M, B*T]
+        bank = self.filterbank
+        spec = (self.fb_pinv @ mel).clamp_(min=0.0)  # [covered bins, B*T]
         # Multiplicative NNLS updates keep spec >= 0 and lower ||fb.T @ spec - mel||^2 monotonically.
-        numer = self.filterbank.from_mel(mel)
+        numer = bank.from_mel(mel)
         for _ in range(self.nnls_iter):
-            spec = spec * numer / self.filterbank.from_mel(self.filterbank.to_mel(spec)).clamp(min=1e-12)
-        return spec.T.reshape(*features.shape[:2], -1)
+            fitted = bank.from_mel(bank.to_mel(spec)).clamp_(min=1e-12)
+            spec.mul_(numer).div_(fitted)
+        linear = spec.new_zeros(mel.shape[1], bank.n_freq)
+        linear[:, bank.low : bank.high] = spec.T
+        return linear.view(*features.shape[:2], -1)
 
     def linear_spectrogram(self, features: torch.Tensor) -> torch.Tensor:
         """[B, T, M] features -> [B, freq, T] (torchaudio's layout) non-negative magnitudes."""

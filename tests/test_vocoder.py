@@ -120,21 +120,46 @@ def test_fast_griffin_lim_agrees_with_todays_reference(features):
     assert np.abs(ours - reference).max() < 0.1
 
 
-def test_griffin_lim_equals_torchaudio_iteration_for_iteration():
-    """A few iterations, before rounding chaos sets in: the same algorithm as torchaudio's (momentum included)."""
+@pytest.mark.parametrize("fused", [True, False], ids=["compiled loops", "tensor ops"])
+def test_griffin_lim_equals_torchaudio_iteration_for_iteration(fused):
+    """A few iterations, before rounding chaos sets in: the same algorithm as torchaudio's (momentum included),
+    both as the CPU's compiled loops and as the tensor ops other devices run."""
     import torchaudio
 
     from generation.vocoder import Stft, griffin_lim
 
     torch.manual_seed(0)
     magnitude = torch.rand(2, 513, 90) ** 4
+    magnitude[:, :5] = magnitude[:, 400:] = 0  # bins no band covers, as the mel inversion leaves them
     window = torch.hann_window(1024)
     length = 89 * 256
     for n_iter in (1, 3):
         expected = torchaudio.functional.griffinlim(magnitude, window, 1024, 256, 1024, power=1.0, n_iter=n_iter,
                                                     momentum=0.99, length=length, rand_init=False)
-        ours = griffin_lim(magnitude.transpose(1, 2).contiguous(), Stft(1024, 256, 1024, torch.device("cpu")), n_iter, 0.99, length)
+        ours = griffin_lim(magnitude.transpose(1, 2), Stft(1024, 256, 1024, torch.device("cpu")), n_iter, 0.99, length,
+                           fused=fused)
         torch.testing.assert_close(ours, expected, rtol=1e-3, atol=1e-4 * expected.abs().max().item())
+
+
+def test_griffin_lim_refuses_a_length_that_makes_other_frames():
+    from generation.vocoder import Stft, griffin_lim
+
+    with pytest.raises(HearsayError, match="make 89 frames, not 90"):
+        griffin_lim(torch.rand(1, 90, 513), Stft(1024, 256, 1024, torch.device("cpu")), 1, 0.99, 88 * 256)
+
+
+def test_thread_count_does_not_change_the_audio(features):
+    """The compiled loops split clips and rows over torch's threads; every clip is computed the same way."""
+    vocoder = GriffinLimVocoder(PAPER, n_iter=16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = vocoder(features)
+        torch.set_num_threads(3)
+        split = vocoder(features)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(alone, split)
 
 
 def test_stft_pair_matches_torch():

@@ -80,6 +80,27 @@ class MelFilterbank:
         """[mels, R] -> [covered bins, R] (= fb[low:high] @ mel)."""
         return self.backward @ mel
 
+    def fit(self, spec: torch.Tensor, mel: torch.Tensor, n_iter: int, fused: bool | None = None) -> torch.Tensor:
+        """n_iter multiplicative NNLS updates of spec [covered bins, R] towards mel [mels, R], in place.
+
+        spec *= (fb @ mel) / (fb @ fb.T @ spec) keeps spec >= 0 and lowers ||fb.T @ spec - mel||^2
+        monotonically. `fused` (the default on a CPU): each block of frames runs all its updates in one compiled
+        loop (`_cpu_kernels`), in cache; otherwise two sparse products and two passes per update.
+        """
+        numer = self.from_mel(mel)
+        if not (spec.device.type == "cpu" if fused is None else fused):
+            for _ in range(n_iter):
+                fitted = self.from_mel(self.to_mel(spec)).clamp_(min=1e-12)
+                spec.mul_(numer).div_(fitted)
+            return spec
+        into_mel = [x.numpy() for x in (self.forward.crow_indices(), self.forward.col_indices(), self.forward.values())]
+        into_bins = [x.numpy() for x in (self.backward.crow_indices(), self.backward.col_indices(), self.backward.values())]
+        spec_np, numer_np = spec.numpy(), numer.numpy()
+        fit = _cpu_kernels()[2]
+        floor = spec_np.dtype.type(1e-12)
+        _split(spec.shape[1], lambda a, b: fit(spec_np, numer_np, a, b, *into_mel, *into_bins, n_iter, floor))
+        return spec
+
 
 def _sparse_csr(dense: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is long-standing
@@ -298,6 +319,37 @@ def _update_phase(rebuilt, previous, magnitude, alpha, eps, low, high):  # pragm
             old[2 * j + 1] = im * scale
 
 
+def _fit_nnls(spec, numer, first, stop, mel_start, mel_bins, mel_weights, bin_start, bin_mels, bin_weights, n_iter,
+              floor):  # pragma: no cover (runs compiled)
+    """MelFilterbank.fit over columns [first, stop) of spec [bins, R] (frames), in blocks that get every update
+    while they are in cache; the filterbank as CSR rows both ways (mel m = sum of its bins, bin f = sum of its
+    <= 2 mels). Whole contiguous arrays come in, so the row slices are contiguous and vectorize."""
+    bins = spec.shape[0]
+    block = 128
+    fitted = np.empty((len(mel_start) - 1, block), spec.dtype)
+    total = np.empty(block, spec.dtype)
+    for start in range(first, stop, block):
+        width = min(block, stop - start)
+        for _ in range(n_iter):
+            for m in range(len(mel_start) - 1):
+                into = fitted[m, :width]
+                into[:] = 0
+                for k in range(mel_start[m], mel_start[m + 1]):
+                    source, weight = spec[mel_bins[k], start : start + width], mel_weights[k]
+                    for c in range(width):
+                        into[c] += weight * source[c]
+            for f in range(bins):
+                into = total[:width]
+                into[:] = 0
+                for k in range(bin_start[f], bin_start[f + 1]):
+                    source, weight = fitted[bin_mels[k], :width], bin_weights[k]
+                    for c in range(width):
+                        into[c] += weight * source[c]
+                row, goal = spec[f, start : start + width], numer[f, start : start + width]
+                for c in range(width):
+                    row[c] = row[c] * goal[c] / max(into[c], floor)
+
+
 @functools.cache
 def _cpu_kernels():
     """Griffin-Lim's per-iteration passes compiled by numba (once per machine: cached on disk).
@@ -309,7 +361,7 @@ def _cpu_kernels():
     import numba
 
     compile_ = numba.njit(nogil=True, cache=True, error_model="numpy")
-    return compile_(_overlap_add_and_frame), compile_(_update_phase)
+    return compile_(_overlap_add_and_frame), compile_(_update_phase), compile_(_fit_nnls)
 
 
 _workers: tuple[int, ThreadPoolExecutor] | None = None
@@ -395,11 +447,7 @@ class GriffinLimVocoder:
         mel = mel.flatten(0, 1).T.contiguous()  # [M, B*T]
         bank = self.filterbank
         spec = (self.fb_pinv @ mel).clamp_(min=0.0)  # [covered bins, B*T]
-        # Multiplicative NNLS updates keep spec >= 0 and lower ||fb.T @ spec - mel||^2 monotonically.
-        numer = bank.from_mel(mel)
-        for _ in range(self.nnls_iter):
-            fitted = bank.from_mel(bank.to_mel(spec)).clamp_(min=1e-12)
-            spec.mul_(numer).div_(fitted)
+        bank.fit(spec, mel, self.nnls_iter)
         linear = spec.new_zeros(mel.shape[1], bank.n_freq)
         linear[:, bank.low : bank.high] = spec.T
         return linear.view(*features.shape[:2], -1)

@@ -185,6 +185,25 @@ def test_sparse_filterbank_equals_the_dense_products(vocoder):
     torch.testing.assert_close(bank.from_mel(mel), fb @ mel)
 
 
+def test_compiled_nnls_equals_the_sparse_products(vocoder):
+    """The CPU's compiled NNLS loop (blocks of frames, every update in cache) makes the same updates as the
+    sparse products other devices run, across block boundaries (128 frames) and a thread split."""
+    from generation.features import unit_to_amp
+
+    bank = vocoder.filterbank
+    mel = unit_to_amp(torch.rand(PAPER.n_mels, 301, generator=torch.Generator().manual_seed(0)), PAPER)
+    start = (vocoder.fb_pinv @ mel).clamp_(min=0.0)
+    expected = bank.fit(start.clone(), mel, 30, fused=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ours = bank.fit(start.clone(), mel, 30, fused=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert not torch.equal(expected, start)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6 * float(expected.max()))
+
+
 def test_vocoder_protocol_covers_what_callers_use(vocoder):
     """Callers read the rate, device, loudness, fades and a provenance record, and call it on a batch."""
     assert isinstance(vocoder, Vocoder)

@@ -273,8 +273,8 @@ def griffin_lim(magnitude: torch.Tensor, stft: Stft, n_iter: int, momentum: floa
 
 def cpu_group(n_frames: int, n_freq: int, real_bytes: int) -> int:
     """Clips Griffin-Lim runs through all its iterations together on a CPU: about 1 MiB of complex spectrum
-    per thread, so the spectra, frames and buffers of an iteration stay in cache (a whole batch's do not, and
-    then the FFTs alone run 1.5 times slower)."""
+    per thread, so the spectra, frames and buffers of an iteration stay in cache (16 clips' do not: the FFTs
+    alone then ran 1.5 times slower on one thread)."""
     return torch.get_num_threads() * max(1, (1 << 20) // (n_frames * n_freq * 2 * real_bytes))
 
 
@@ -304,8 +304,8 @@ def _overlap_add_and_frame(frames, factors, window, padded, length, pad, hop):  
 def _update_phase(rebuilt, previous, magnitude, alpha, eps, low, high):  # pragma: no cover (runs compiled)
     """previous <- magnitude * p / (|p| + eps) with p = rebuilt - alpha * previous, over rows of (re, im) pairs.
 
-    Bins outside [low, high) have magnitude 0 in every row (the mel filterbank covers none of them): they
-    are set to 0 without reading p.
+    Bins outside [low, high) have magnitude 0 in every row (from the mel inversion: bins no band covers), so
+    they are set to 0 without reading p.
     """
     for i in range(magnitude.shape[0]):
         new, old, mag = rebuilt[i, 2 * low : 2 * high], previous[i, 2 * low : 2 * high], magnitude[i, low:high]
@@ -352,11 +352,12 @@ def _fit_nnls(spec, numer, first, stop, mel_start, mel_bins, mel_weights, bin_st
 
 @functools.cache
 def _cpu_kernels():
-    """Griffin-Lim's per-iteration passes compiled by numba (once per machine: cached on disk).
+    """Griffin-Lim's per-iteration passes and the NNLS updates compiled by numba (cached on disk).
 
-    As torch ops they take a dozen passes over spectra too large for the cache
-    (the complex ones on (re, im) pairs torch does not vectorize) and cost more
-    than the FFTs; fused per clip they cost a fraction of them.
+    As torch ops an iteration's passes are a dozen sweeps over spectra too large
+    for the cache (the complex ones over (re, im) pairs, which torch does not
+    vectorize) and cost more than its two FFTs; fused per clip they cost a
+    fraction of them.
     """
     import numba
 

@@ -145,9 +145,9 @@ def main() -> None:
     stft_ceiling = min(times[STFT_OURS], times[STFT_TORCH])
     print(f"device {device}, {torch.get_num_threads()} thread(s), Griffin-Lim {opts.n_iter} iterations, "
           f"{opts.clips} clips ({audio_s:.1f} s of audio), best of {opts.repeats}")
-    print(f"ceilings: FFT-only = the bare FFTs alone ({2 * opts.n_iter + 1} per clip and one to start), the faster of the whole batch and "
-          f"groups of {group} clips (as Griffin-Lim runs them); STFT/iSTFT = those FFTs with the framing work alone "
-          f"(the faster of the two STFT/iSTFT rows)")
+    print(f"ceilings: FFT-only = the bare FFTs alone ({2 * opts.n_iter + 1} per clip and one to start), the faster of "
+          f"the whole batch and groups of {group} clips (as Griffin-Lim runs them); STFT/iSTFT = those FFTs with the "
+          f"framing work alone (the faster of the two STFT/iSTFT rows)")
     print(f"{'':>26} {'wall s':>8} {'x real time':>12} {'of FFT-only':>12} {'of STFT/iSTFT':>14}")
     for name, seconds in times.items():
         print(f"{name:>26} {seconds:8.3f} {audio_s / seconds:11.1f}x {ceiling / seconds:11.0%} {stft_ceiling / seconds:13.0%}")

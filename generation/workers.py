@@ -1,0 +1,67 @@
+"""Worker processes of one torch thread each, for steps made of independent units.
+
+On the small CPU machines Hearsay runs on (2 cores), torch's intra-op threads scale
+poorly on the demo's small batches and collapse when anything else wants a core
+(their OpenMP threads spin waiting for each other: an autoencoder epoch took 4-7x
+longer on 2 threads than on 1 while one other process ran). One single-threaded
+process per core degrades gracefully instead. A unit's numbers depend on the threads
+it ran on (reduction order), so every worker runs one thread: a step gives the same
+results with any number of workers, and to float rounding the results of one
+process on any number of threads.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+_state: dict[str, Any] = {}
+
+
+def default_jobs() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def check_jobs(jobs: int) -> None:
+    from hearsay.errors import HearsayError
+
+    if jobs < 1:
+        raise HearsayError(f"parallel jobs must be at least 1, got {jobs}")
+
+
+def _start(init: Callable[..., Any] | None, args: tuple) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops handing out units
+    torch.set_num_threads(1)
+    _state["value"] = init(*args) if init is not None else None
+
+
+def state() -> Any:
+    """What this worker's `init` returned (its models, once per process rather than once per unit)."""
+    return _state["value"]
+
+
+def pool(jobs: int, init: Callable[..., Any] | None = None, args: tuple = ()) -> ProcessPoolExecutor:
+    """`jobs` fresh processes (spawned: the parent's torch threads and database connections stay its own)."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_start, initargs=(init, args))
+
+
+def run(pool_: ProcessPoolExecutor, fn: Callable[..., Any], calls: Iterable[tuple]) -> Iterator[tuple[tuple, Any]]:
+    """(arguments, result) of `fn(*arguments)` for every call, in the order they finish; the first failure is raised."""
+    futures: dict[Future, tuple] = {pool_.submit(fn, *call): call for call in calls}
+    try:
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield futures[future], future.result()
+    finally:
+        for future in futures:
+            future.cancel()

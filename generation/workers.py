@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from typing import Any, Callable, Iterable, Iterator
@@ -48,9 +49,23 @@ def state() -> Any:
     return _state["value"]
 
 
-def pool(jobs: int, init: Callable[..., Any] | None = None, args: tuple = ()) -> ProcessPoolExecutor:
-    """`jobs` fresh processes (spawned: the parent's torch threads and database connections stay its own)."""
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_start, initargs=(init, args))
+@contextmanager
+def pool(jobs: int, init: Callable[..., Any] | None = None, args: tuple = ()) -> Iterator[ProcessPoolExecutor]:
+    """`jobs` fresh processes (spawned: the parent's torch threads and database connections stay its own).
+
+    If the parent stops early (an error, Ctrl-C) the workers are ended at once rather than
+    left to finish their units: every caller saves a unit atomically and redoes unfinished
+    ones when resumed.
+    """
+    executor = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_start, initargs=(init, args))
+    try:
+        yield executor
+    except BaseException:
+        for process in list((executor._processes or {}).values()):  # no public way to stop running work before Python 3.14
+            process.terminate()
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
 
 
 def run(pool_: ProcessPoolExecutor, fn: Callable[..., Any], calls: Iterable[tuple]) -> Iterator[tuple[tuple, Any]]:

@@ -21,6 +21,7 @@ from django.core.management.base import CommandError, CommandParser
 
 from config.commands import HearsayCommand
 from evaluation.models import Experiment
+from generation.workers import default_jobs
 
 EXPERIMENT = "demo"
 
@@ -41,6 +42,8 @@ class Command(HearsayCommand):
         parser.add_argument("--neural-vocoder-epochs", type=int, default=0,
                             help="train a neural vocoder for this many epochs and voice the stimuli with it (default 0: Griffin-Lim)")
         parser.add_argument("--device", default="auto")
+        parser.add_argument("--jobs", type=int, default=default_jobs(),
+                            help="processes of one thread each for the steps that split (default: one per core; the results do not depend on it)")
         parser.add_argument("--no-serve", action="store_true", help="stop after the report instead of serving the survey")
         parser.add_argument("--port", type=int, default=8000)
 
@@ -55,28 +58,21 @@ class Command(HearsayCommand):
         device = opts["device"]
         epochs = {"epochs": opts["epochs"]} if opts["epochs"] else {}
         ae_epochs = {"epochs": opts["ae_epochs"]} if opts["ae_epochs"] else {}
+        jobs = opts["jobs"]
+        if jobs < 1:
+            raise CommandError(f"--jobs must be at least 1, got {jobs}")
 
         self.step("migrate the database", lambda: call_command("migrate", verbosity=0))
         self.step(
             "build the built-in corpus",
-            lambda: call_command("make_corpus", out=str(corpus), speakers=opts["speakers"], seed=opts["seed"], **words),
+            lambda: call_command("make_corpus", out=str(corpus), speakers=opts["speakers"], seed=opts["seed"], jobs=jobs, **words),
             done=(corpus / "testing_list.txt").exists(),
         )
-        self.step(
-            "train classifier A",
-            lambda: call_command("train_classifier", data=str(corpus), out=str(a), seed=1, device=device, **epochs),
-            done=a.exists(),
-        )
-        self.step(
-            "train the independent classifier B",
-            lambda: call_command("train_classifier", data=str(corpus), out=str(b), seed=2, device=device, **epochs),
-            done=b.exists(),
-        )
-        self.step(
-            "train the autoencoder (the decoder prior)",
-            lambda: call_command("train_autoencoder", data=str(corpus), out=str(ae), seed=1, device=device, **ae_epochs),
-            done=ae.exists(),
-        )
+        self.train_models([  # longest first: with two workers the autoencoder trains beside A, then B
+            ("the autoencoder (the decoder prior)", "autoencoder", {"out": str(ae), "seed": 1, **ae_epochs}),
+            ("classifier A", "classifier", {"out": str(a), "seed": 1, **epochs}),
+            ("the independent classifier B", "classifier", {"out": str(b), "seed": 2, **epochs}),
+        ], corpus, device, jobs)
         vocoder = {}
         if opts["neural_vocoder_epochs"] > 0:
             voc = models / "V.pt"
@@ -90,7 +86,7 @@ class Command(HearsayCommand):
             "generate the paper's stimulus set",
             lambda: call_command(
                 "generate", classifier=str(a), evaluator=str(b), decoder=str(ae), corpus=str(corpus),
-                design="paper", out=str(stimuli), per_class=opts["per_class"], seed=opts["seed"], device=device, **vocoder,
+                design="paper", out=str(stimuli), per_class=opts["per_class"], seed=opts["seed"], device=device, jobs=jobs, **vocoder,
             ),
             done=(stimuli / "manifest.csv").exists(),
         )
@@ -98,7 +94,7 @@ class Command(HearsayCommand):
             "run the objective experiment",
             lambda: call_command(
                 "objective", classifier=str(a), evaluator=str(b), decoder=str(ae), n=opts["objective_n"],
-                out=str(objective), seed=opts["seed"], device=device,
+                out=str(objective), seed=opts["seed"], device=device, jobs=jobs,
             ),
             done=(objective / "summary.csv").exists(),
         )
@@ -137,6 +133,30 @@ class Command(HearsayCommand):
         self.stdout.write(self.style.MIGRATE_HEADING(f"== {title}"))
         began = time.monotonic()
         action()
+        self.stdout.write(f"   ({time.monotonic() - began:.0f} s)")
+
+    def train_models(self, trainings: list[tuple[str, str, dict]], corpus: Path, device: str, jobs: int) -> None:
+        """Train the models not yet trained side by side, one thread each (`generation.workers`), one line per epoch."""
+        from generation import workers
+        from generation.train import prepare_features, train_and_summarize
+
+        todo = []
+        for title, kind, options in trainings:
+            if Path(options["out"]).exists():
+                self.stdout.write(f"== train {title}: already done, skipped")
+            else:
+                todo.append((title, kind, options))
+        if not todo:
+            return
+        titles = ", ".join(title for title, _, _ in todo)
+        self.stdout.write(self.style.MIGRATE_HEADING(f"== train {titles} ({min(jobs, len(todo))} at a time)"))
+        self.stdout.flush()  # before the workers' own lines
+        began = time.monotonic()
+        prepare_features(corpus)
+        with workers.pool(min(jobs, len(todo))) as pool:
+            calls = [(kind, {"corpus_root": str(corpus), "device": device, **options}) for _, kind, options in todo]
+            for _, (summary, seconds) in workers.run(pool, train_and_summarize, calls):
+                self.stdout.write(f"{summary} ({seconds:.0f} s)")
         self.stdout.write(f"   ({time.monotonic() - began:.0f} s)")
 
     def researcher(self, out: Path) -> tuple[str, str]:

@@ -1,9 +1,15 @@
 """The whole study in one command, on the built-in corpus.
 
 corpus -> classifiers A and B and the autoencoder -> the paper's stimulus set ->
-the objective experiment -> an identification experiment -> machine listeners ->
+an identification experiment -> the objective experiment -> machine listeners ->
 the analysis report -> the survey served locally. Every step resumes or is skipped
 when its output is complete, so rerunning after an interruption loses nothing.
+
+The heavy steps run in worker processes of one thread each (`--jobs`, one per core;
+`generation.workers`): the three models train side by side, the stimulus set and the
+objective experiment split by unit, and pocketsphinx hears the clips while the
+objective experiment runs. This process keeps one thread too, so that its own small
+steps never compete with them.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
@@ -21,6 +28,8 @@ from django.core.management.base import CommandError, CommandParser
 
 from config.commands import HearsayCommand
 from evaluation.models import Experiment
+from evaluation.machine import recognize_ahead
+from generation import workers
 from generation.workers import default_jobs
 
 EXPERIMENT = "demo"
@@ -61,6 +70,7 @@ class Command(HearsayCommand):
         jobs = opts["jobs"]
         if jobs < 1:
             raise CommandError(f"--jobs must be at least 1, got {jobs}")
+        torch.set_num_threads(1)
 
         self.step("migrate the database", lambda: call_command("migrate", verbosity=0))
         self.step(
@@ -91,14 +101,6 @@ class Command(HearsayCommand):
             done=(stimuli / "manifest.csv").exists(),
         )
         self.step(
-            "run the objective experiment",
-            lambda: call_command(
-                "objective", classifier=str(a), evaluator=str(b), decoder=str(ae), n=opts["objective_n"],
-                out=str(objective), seed=opts["seed"], device=device, jobs=jobs,
-            ),
-            done=(objective / "summary.csv").exists(),
-        )
-        self.step(
             "load the identification experiment",
             lambda: call_command(
                 "load_stimuli", str(stimuli / "manifest.csv"), experiment=EXPERIMENT, create=True, task="identification",
@@ -106,12 +108,24 @@ class Command(HearsayCommand):
             ),
             done=Experiment.objects.filter(slug=EXPERIMENT).exists(),
         )
-        Experiment.objects.filter(slug=EXPERIMENT).update(status=Experiment.Status.LIVE)
-        self.step(
-            "machine listener: classifier B",
-            lambda: call_command("listen", experiment=EXPERIMENT, machine="evaluator", checkpoint=str(b)),
-        )
-        self.step("machine listener: pocketsphinx", lambda: call_command("listen", experiment=EXPERIMENT, machine="asr"))
+        experiment = Experiment.objects.get(slug=EXPERIMENT)
+        Experiment.objects.filter(pk=experiment.pk).update(status=Experiment.Status.LIVE)
+        with workers.pool(1) as recognizer:  # pocketsphinx hears the clips meanwhile, on one core (it cannot split)
+            self.stdout.write("== machine listener pocketsphinx: recognizing the clips in the background")
+            asr_answers = recognize_ahead(experiment, recognizer)
+            self.step(
+                "run the objective experiment",
+                lambda: call_command(
+                    "objective", classifier=str(a), evaluator=str(b), decoder=str(ae), n=opts["objective_n"],
+                    out=str(objective), seed=opts["seed"], device=device, jobs=jobs,
+                ),
+                done=(objective / "summary.csv").exists(),
+            )
+            self.step(
+                "machine listener: classifier B",
+                lambda: call_command("listen", experiment=EXPERIMENT, machine="evaluator", checkpoint=str(b)),
+            )
+            self.step("machine listener: pocketsphinx", lambda: self.stdout.write(asr_answers().summary()))
         self.step(
             "write the analysis report",
             lambda: call_command(
@@ -137,7 +151,6 @@ class Command(HearsayCommand):
 
     def train_models(self, trainings: list[tuple[str, str, dict]], corpus: Path, device: str, jobs: int) -> None:
         """Train the models not yet trained side by side, one thread each (`generation.workers`), one line per epoch."""
-        from generation import workers
         from generation.train import prepare_features, train_and_summarize
 
         todo = []

@@ -2,9 +2,9 @@
 
 On the small CPU machines Hearsay runs on (2 cores), torch's intra-op threads scale
 poorly on the demo's small batches and collapse when anything else wants a core
-(their OpenMP threads spin waiting for each other: an autoencoder epoch took 4-7x
-longer on 2 threads than on 1 while one other process ran). One single-threaded
-process per core degrades gracefully instead. A unit's numbers depend on the threads
+(their OpenMP threads spin waiting for each other: while other work ran, an autoencoder
+epoch took 2.4-4x and a classifier epoch 7-20x longer on 2 threads than on 1). One
+single-threaded process per core degrades gracefully instead. A unit's numbers depend on the threads
 it ran on (reduction order), so every worker runs one thread: a step gives the same
 results with any number of workers, and to float rounding the results of one
 process on any number of threads.

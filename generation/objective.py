@@ -26,7 +26,7 @@ from hearsay.errors import HearsayError
 from hearsay.provenance import library_versions
 from hearsay.runs import RunFolder
 
-from . import checkpoint
+from . import checkpoint, workers
 from .checkpoint import Checkpoint
 from .maximize import METHODS, Result, check_precision, default_batch_size, derive_seed, maximize, preset
 
@@ -154,6 +154,42 @@ def _load_class(path: Path, n: int, n_classes: int) -> dict[str, np.ndarray] | N
     return arrays
 
 
+@dataclass(frozen=True)
+class _ClassTask:
+    """What maximizing one (method, word) needs besides the models: the same in the parent and in a worker."""
+
+    n: int
+    targets: dict[str, int]
+    preset_name: str
+    seed: int
+    device: torch.device
+    batch_size: int
+    shape: tuple[int, int]
+    precision_mode: str
+
+    def compute(self, models: tuple, method: str, word: str, out: Path) -> None:
+        a, b, ae, gens = models
+        prior = gens[method].model if method in gens else ae.model if ae else None
+        result = maximize(
+            a.model, torch.full((self.n,), self.targets[word], dtype=torch.long), method=method, decoder=prior,
+            settings=preset(self.preset_name, method), seed=derive_seed(self.seed, method, word), evaluator=b.model,
+            device=self.device, batch_size=self.batch_size, shape=self.shape, keep_waves=False, keep_features=False,
+            precision_mode=self.precision_mode,
+        )
+        _save_class(out / method / f"{word}.npz", result)
+
+
+def _load_for_worker(classifier: str, evaluator: str, decoder: str | None, gans: dict[str, str]) -> tuple:
+    from .gan import load_generators
+
+    a, b, ae = load_models(classifier, evaluator, decoder, torch.device("cpu"))
+    return a, b, ae, load_generators(gans, a, torch.device("cpu"))
+
+
+def _compute_in_worker(task: _ClassTask, method: str, word: str, out: Path) -> None:
+    task.compute(workers.state(), method, word, out)
+
+
 def _stats(method: str, word: str, target: int, arrays: dict[str, np.ndarray]) -> ClassStats:
     ok = ~arrays["failed"].astype(bool)
     pa, pb = arrays["prob_a_after"][ok], arrays["prob_b_after"][ok]
@@ -228,16 +264,19 @@ def run_objective(
     progress: bool = True,
     gans: dict[str, str | Path] | None = None,
     precision_mode: str = "fp32",
+    jobs: int = 1,
 ) -> ObjectiveRun:
     """Run (or resume) the experiment into `out`; returns the per-class statistics and heatmaps.
 
     `batch_size` None takes `maximize.default_batch_size` (64 on a CPU, up to
     4,096 on a GPU); results agree across batch sizes to float rounding (1e-6). `precision_mode` (fp32, tf32,
-    bf16; see `maximize.precision`) is part of the run's identity.
+    bf16; see `maximize.precision`) is part of the run's identity. `jobs` > 1 on a CPU maximizes
+    the classes in that many worker processes of one thread each (`generation.workers`).
     """
     from tqdm import tqdm
 
     check_precision(precision_mode)
+    workers.check_jobs(jobs)
     if n < 1:
         raise HearsayError(f"n must be at least 1, got {n}")
     from .gan import load_generators
@@ -267,27 +306,29 @@ def run_objective(
     started = time.perf_counter()
     stats: list[ClassStats] = []
     heatmaps: dict[str, np.ndarray] = {}
-    computed = resumed = 0
-    jobs = [(m, w) for m in methods for w in words]
-    bar = tqdm(jobs, desc="objective", unit="class", disable=not progress)
+    units = [(m, w) for m in methods for w in words]
+    found = {job: _load_class(out / job[0] / f"{job[1]}.npz", n, len(a.classes)) for job in units}
+    todo = [job for job in units if found[job] is None]
+    resumed = len(units) - len(todo)
+    task = _ClassTask(n=n, targets=targets, preset_name=preset_name, seed=seed, device=device, batch_size=batch_size,
+                      shape=a.feature_config.shape, precision_mode=precision_mode)
+    bar = tqdm(total=len(units), initial=resumed, desc="objective", unit="class", disable=not progress)
+    if jobs > 1 and device.type == "cpu" and len(todo) > 1:
+        paths = (str(classifier), str(evaluator), str(decoder) if ae is not None else None, {m: str(p) for m, p in (gans or {}).items()})
+        with workers.pool(min(jobs, len(todo)), _load_for_worker, paths) as pool:
+            for (_, method, word, _), _ in workers.run(pool, _compute_in_worker, [(task, m, w, out) for m, w in todo]):
+                bar.set_postfix_str(f"{method}/{word}")
+                bar.update()
+    else:
+        for method, word in todo:
+            bar.set_postfix_str(f"{method}/{word}")
+            task.compute((a, b, ae, gens), method, word, out)
+            bar.update()
+    bar.close()
+    computed = len(todo)
     rows: dict[str, list[np.ndarray]] = {m: [] for m in methods}
-    for method, word in bar:
-        bar.set_postfix_str(f"{method}/{word}")
-        path = out / method / f"{word}.npz"
-        arrays = _load_class(path, n, len(a.classes))
-        if arrays is None:
-            prior = gens[method].model if method in gens else ae.model if ae else None
-            result = maximize(
-                a.model, torch.full((n,), targets[word], dtype=torch.long), method=method, decoder=prior,
-                settings=preset(preset_name, method), seed=derive_seed(seed, method, word), evaluator=b.model,
-                device=device, batch_size=batch_size, shape=a.feature_config.shape, keep_waves=False, keep_features=False,
-                precision_mode=precision_mode,
-            )
-            _save_class(path, result)
-            arrays = _load_class(path, n, len(a.classes))
-            computed += 1
-        else:
-            resumed += 1
+    for method, word in units:
+        arrays = found[(method, word)] if found[(method, word)] is not None else _load_class(out / method / f"{word}.npz", n, len(a.classes))
         stats.append(_stats(method, word, targets[word], arrays))
         ok = ~arrays["failed"].astype(bool)
         rows[method].append(arrays["prob_b_after"][ok].mean(axis=0) if ok.any() else np.full(len(a.classes), np.nan))

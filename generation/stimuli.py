@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -36,7 +37,7 @@ from hearsay.manifest import MANIFEST_NAME, PAPER_CONDITIONS, REVEALING_WORDS, w
 from hearsay.provenance import file_sha256, library_versions
 from hearsay.runs import RunFolder
 
-from . import checkpoint
+from . import checkpoint, workers
 from .corpus import Corpus, Utterance, read_corpus
 from .features import extract_files, read_wave
 from .maximize import Result, derive_seed, maximize
@@ -99,21 +100,24 @@ def open_stimulus_folder(out: Path, identity: dict[str, Any], record: dict[str, 
 
 
 def run_journalled(folder: RunFolder, out: Path, units: Sequence[str], run_unit: Callable[[str], list[dict[str, Any]]], *,
-                   desc: str, progress: bool) -> tuple[dict[str, list[dict[str, Any]]], int]:
-    """Run every unit not yet journalled with its files present, one journal line each: ({unit: rows}, units run now)."""
+                   desc: str, progress: bool, pool: ProcessPoolExecutor | None = None) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """Run every unit not yet journalled with its files present, one journal line each: ({unit: rows}, units run now).
+
+    With `pool` (see `generation.workers`) `run_unit` runs in its worker processes, and each
+    unit is journalled as soon as it finishes, in whatever order that is.
+    """
     from tqdm import tqdm
 
     journal = folder.journal(JOURNAL)
     done = {unit: entry["rows"] for unit, entry in journal.read().items() if _files_present(out, entry["rows"])}
-    ran = 0
-    for unit in tqdm(units, desc=desc, unit="unit", disable=not progress):
-        if unit in done:
-            continue
-        rows = run_unit(unit)
-        journal.append(unit, {"rows": rows})
-        done[unit] = rows
-        ran += 1
-    return done, ran
+    todo = [unit for unit in units if unit not in done]
+    finished = workers.run(pool, run_unit, [(unit,) for unit in todo]) if pool is not None else (((unit,), run_unit(unit)) for unit in todo)
+    with tqdm(total=len(units), initial=len(units) - len(todo), desc=desc, unit="unit", disable=not progress) as bar:
+        for (unit,), rows in finished:
+            journal.append(unit, {"rows": rows})
+            done[unit] = rows
+            bar.update()
+    return done, len(todo)
 
 
 @dataclass
@@ -212,8 +216,14 @@ def generate_stimuli(
     preset: str = "paper",
     vocoder: Vocoder | None = None,
     progress: bool = False,
+    jobs: int = 1,
 ) -> Summary:
-    """Write the paper's perceptual stimulus set to `out`, resuming a previous run with the same arguments."""
+    """Write the paper's perceptual stimulus set to `out`, resuming a previous run with the same arguments.
+
+    `jobs` > 1 on a CPU runs the (word, condition) units in that many worker processes of one
+    thread each (`generation.workers`), with the default Griffin-Lim vocoder (a given `vocoder`
+    runs in this process).
+    """
     from .train import resolve_device
 
     if design not in DESIGNS:
@@ -222,6 +232,8 @@ def generate_stimuli(
         raise HearsayError(f"samples per class must be at least 1, got {per_class}")
     if max_attempts < 1:
         raise HearsayError(f"the attempts per sample must be at least 1, got {max_attempts}")
+    workers.check_jobs(jobs)
+    parallel = jobs > 1 and vocoder is None and resolve_device(device).type == "cpu"
     settings = {c.method: preset_settings(preset, c.method) for c in CONDITIONS}
     dev = resolve_device(device)
     models = _load_models(classifier, evaluator, decoder, dev)
@@ -264,11 +276,12 @@ def generate_stimuli(
     tests = {w: [u for u in data.split("test") if u.word == w] for w in chosen}
     by_unit = {f"{w}|{c.name}": (w, c) for w in chosen for c in CONDITIONS}
 
-    def run_unit(unit: str) -> list[dict[str, Any]]:
-        word, cond = by_unit[unit]
-        return _run_unit(word, cond, tests[word], models, settings[cond.method], per_class, max_attempts, seed, key, avoid, vocoder, dev, out)
-
-    done, ran = run_journalled(folder, out, list(by_unit), run_unit, desc="stimuli", progress=progress)
+    units = _Units(by_unit, tests, settings, per_class, max_attempts, seed, key, avoid, out)
+    if parallel:
+        with workers.pool(min(jobs, len(by_unit)), _start_unit_worker, (str(classifier), str(evaluator), str(decoder), units)) as pool:
+            done, ran = run_journalled(folder, out, list(by_unit), _unit_in_worker, desc="stimuli", progress=progress, pool=pool)
+    else:
+        done, ran = run_journalled(folder, out, list(by_unit), lambda unit: units.run(unit, models, vocoder, dev), desc="stimuli", progress=progress)
     all_rows = [r for unit in by_unit for r in done[unit]]
     kept = [r for r in all_rows if r["status"] != "failed"]
     write_manifest(manifest_path, kept)
@@ -289,6 +302,37 @@ def generate_stimuli(
     )
     folder.write_record(record)
     return Summary(out, len(kept), ran, len(by_unit) - ran, unconverged, len(failed), counts)
+
+
+@dataclass(frozen=True)
+class _Units:
+    """The (word, condition) units of one stimulus set, runnable here or in a worker process."""
+
+    by_unit: dict[str, tuple[str, Any]]
+    tests: dict[str, list[Utterance]]
+    settings: dict[str, Any]
+    per_class: int
+    max_attempts: int
+    seed: int
+    key: str
+    avoid: list[str]
+    out: Path
+
+    def run(self, unit: str, models: "_Models", vocoder: Vocoder, dev: torch.device) -> list[dict[str, Any]]:
+        word, cond = self.by_unit[unit]
+        return _run_unit(word, cond, self.tests[word], models, self.settings[cond.method], self.per_class, self.max_attempts,
+                         self.seed, self.key, self.avoid, vocoder, dev, self.out)
+
+
+def _start_unit_worker(classifier: str, evaluator: str, decoder: str, units: _Units) -> tuple:
+    dev = torch.device("cpu")
+    models = _load_models(classifier, evaluator, decoder, dev)
+    return units, models, GriffinLimVocoder(models.a.feature_config, device=dev), dev
+
+
+def _unit_in_worker(unit: str) -> list[dict[str, Any]]:
+    units, models, vocoder, dev = workers.state()
+    return units.run(unit, models, vocoder, dev)
 
 
 def attempt_rounds(max_attempts: int) -> list[tuple[int, int]]:

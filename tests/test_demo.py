@@ -41,3 +41,12 @@ def test_demo_runs_the_whole_study_and_skips_finished_steps_when_rerun(tmp_path,
     call_command("demo", stdout=again, **args)
     assert again.getvalue().count("already done, skipped") >= 7
     assert Response.objects.filter(participant__kind="machine").count() == answered
+
+
+@pytest.mark.django_db
+def test_demo_refuses_fewer_than_one_job_in_one_line(tmp_path):
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match="--jobs must be at least 1, got 0"):
+        call_command("demo", out=str(tmp_path / "demo"), jobs=0, no_serve=True)
+    assert not (tmp_path / "demo" / "corpus").exists()

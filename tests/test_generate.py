@@ -186,6 +186,13 @@ def test_interrupted_run_resumes_where_it_stopped(done, setup, tmp_path):
     assert digest_tree(out) == digest_tree(done)
 
 
+def test_worker_processes_write_the_same_stimulus_set_as_one_process(done, setup, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    call_command("generate", **args(setup, one, jobs=1))
+    call_command("generate", **args(setup, two, jobs=2))  # one thread per worker, like this test process (conftest)
+    assert digest_tree(one) == digest_tree(two) == digest_tree(done)
+
+
 def test_other_settings_on_the_same_folder_are_refused(done, setup):
     with pytest.raises(CommandError, match="other settings.*seed"):
         call_command("generate", **args(setup, done, seed=8))
@@ -213,6 +220,7 @@ def test_nan_samples_are_never_written_as_audio(setup, tmp_path):
         ({"per_class": 0}, "--per-class"),
         ({"max_attempts": 0}, "--max-attempts"),
         ({"device": "tpu"}, "unknown device"),
+        ({"jobs": 0}, "parallel jobs must be at least 1, got 0"),
     ],
 )
 def test_bad_options_fail_with_one_line(setup, tmp_path, change, message):

@@ -69,3 +69,43 @@ def test_bad_listener_requests_are_one_line_errors(media, tmp_path):
     with pytest.raises(CommandError, match="checkpoint not found"):
         call_command("listen", experiment="demo", machine="evaluator", checkpoint=str(tmp_path / "missing.pt"))
     assert not Response.objects.exists()
+
+
+@pytest.mark.django_db
+def test_pocketsphinx_ahead_in_a_worker_gives_every_clip_the_answer_it_gets_here(media):
+    from evaluation.machine import recognize_ahead
+    from generation import workers
+
+    experiment = make_experiment()
+    call_command("listen", experiment="demo", machine="asr", verbosity=0)
+    here = dict(Response.objects.values_list("stimulus__stimulus_id", "answer"))
+    Response.objects.all().delete()
+    Participant.objects.filter(kind="machine").delete()
+    with workers.pool(1) as pool:
+        store = recognize_ahead(experiment, pool)
+        report = store()
+    assert dict(Response.objects.values_list("stimulus__stimulus_id", "answer")) == here and report.answered == len(here) >= 4
+    assert report.summary().startswith(f"machine:asr:pocketsphinx: {len(here)} answers saved; accuracy ")
+
+
+@pytest.mark.django_db
+def test_an_interrupted_listener_keeps_the_chunks_it_stored_and_goes_on(media, monkeypatch):
+    from evaluation import machine
+
+    experiment = make_experiment()
+    clips = experiment.stimuli.filter(kind__in=[Stimulus.Kind.TEST, Stimulus.Kind.GOLD]).count()
+    monkeypatch.setattr(machine, "STORE_EVERY", 2)
+    heard = []
+
+    def judge(wave, rate, stimulus):
+        if len(heard) == 5:
+            raise KeyboardInterrupt
+        heard.append(stimulus.stimulus_id)
+        return stimulus.word, None
+
+    with pytest.raises(KeyboardInterrupt):
+        machine.listen(experiment, "machine:test", judge, progress=False)
+    assert Response.objects.count() == 4  # two chunks of two; the fifth clip's chunk was never stored
+    heard.clear()
+    report = machine.listen(experiment, "machine:test", lambda w, r, s: (s.word, None), progress=False)
+    assert (report.skipped, report.answered, Response.objects.count()) == (4, clips - 4, clips)

@@ -152,3 +152,17 @@ def test_objective_results_agree_across_batch_sizes_and_cpu_default_is_small(mod
             for key in a.files:  # batches change the order of float sums only: rounding, never a verdict
                 np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=f"{method} {key}")
             assert np.array_equal(a["prob_b_after"].argmax(1), b["prob_b_after"].argmax(1))
+
+
+def test_objective_in_worker_processes_writes_the_same_arrays_and_summary(models, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _objective(models, one, "--jobs", "1")
+    _objective(models, two, "--jobs", "2")  # one thread per worker, like this test process (conftest)
+    for method in ("classifier", "decoder"):
+        for word in WORDS:
+            with np.load(one / method / f"{word}.npz") as a, np.load(two / method / f"{word}.npz") as b:
+                for key in a.files:
+                    assert np.array_equal(a[key], b[key]), f"{method} {word} {key}"
+    assert (one / "summary.csv").read_text() == (two / "summary.csv").read_text()
+    with pytest.raises(CommandError, match="parallel jobs must be at least 1, got 0"):
+        _objective(models, tmp_path / "none", "--jobs", "0")

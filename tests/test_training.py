@@ -190,3 +190,32 @@ def test_bad_input_is_one_line_command_error(tmp_path, monkeypatch, problem, mes
         call_command(command, data=str(root), out=str(out), epochs=1, device="cpu", verbosity=0)
     assert "\n" not in str(err.value)
     assert not out.is_file() and not partial_path(out).exists()
+
+
+def test_autoencoder_trains_channels_last_to_the_same_numbers_and_saves_the_default_layout(corpus, tmp_path):
+    fast = train_autoencoder(corpus, tmp_path / "cl.pt", epochs=2, seed=1, latent=16, device="cpu", progress=False)
+    plain = train_autoencoder(corpus, tmp_path / "plain.pt", epochs=2, seed=1, latent=16, device="cpu", progress=False,
+                              channels_last=False)
+    for a, b in zip(fast.metrics["history"], plain.metrics["history"]):  # another summation order, nothing else
+        assert a == pytest.approx(b, rel=1e-4)
+    saved = torch.load(tmp_path / "cl.pt", weights_only=True)["state_dict"]
+    assert all(v.is_contiguous() for v in saved.values())
+    pf, pp = _params(fast.model), _params(plain.model)
+    assert all(torch.allclose(pf[k], pp[k], atol=1e-4) for k in pf)
+
+
+def test_trainings_side_by_side_in_workers_equal_trainings_in_this_process(corpus, tmp_path, capfd):
+    from generation import workers
+    from generation.train import train_and_summarize
+
+    calls = [("classifier", {"corpus_root": str(corpus), "out": str(tmp_path / "w" / "A.pt"), "epochs": 2, "device": "cpu"}),
+             ("autoencoder", {"corpus_root": str(corpus), "out": str(tmp_path / "w" / "AE.pt"), "epochs": 1, "latent": 16, "device": "cpu"})]
+    with workers.pool(2) as pool:
+        summaries = {call[0]: result[0] for call, result in workers.run(pool, train_and_summarize, calls)}
+    assert summaries["classifier"].startswith(f"{tmp_path / 'w' / 'A.pt'}: test accuracy ")
+    assert "A.pt epoch 2: train_loss " in capfd.readouterr().out
+    here = {"classifier": train_classifier(corpus, tmp_path / "A.pt", epochs=2, device="cpu", progress=False),
+            "autoencoder": train_autoencoder(corpus, tmp_path / "AE.pt", epochs=1, latent=16, device="cpu", progress=False)}
+    for kind, name in (("classifier", "A.pt"), ("autoencoder", "AE.pt")):  # one thread there as here (conftest)
+        there = _params(checkpoint.load(tmp_path / "w" / name).model)
+        assert all(torch.equal(there[k], v) for k, v in _params(here[kind].model).items()), kind

@@ -1,9 +1,15 @@
 """The whole study in one command, on the built-in corpus.
 
 corpus -> classifiers A and B and the autoencoder -> the paper's stimulus set ->
-the objective experiment -> an identification experiment -> machine listeners ->
+an identification experiment -> the objective experiment -> machine listeners ->
 the analysis report -> the survey served locally. Every step resumes or is skipped
 when its output is complete, so rerunning after an interruption loses nothing.
+
+The heavy steps run in worker processes of one thread each (`--jobs`, one per core;
+`generation.workers`): the three models train side by side, the stimulus set and the
+objective experiment split by unit, and pocketsphinx hears the clips while the
+objective experiment runs. This process keeps one thread too, so that its own small
+steps never compete with them.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
@@ -21,6 +28,9 @@ from django.core.management.base import CommandError, CommandParser
 
 from config.commands import HearsayCommand
 from evaluation.models import Experiment
+from evaluation.machine import recognize_ahead
+from generation import workers
+from generation.workers import default_jobs
 
 EXPERIMENT = "demo"
 
@@ -41,6 +51,8 @@ class Command(HearsayCommand):
         parser.add_argument("--neural-vocoder-epochs", type=int, default=0,
                             help="train a neural vocoder for this many epochs and voice the stimuli with it (default 0: Griffin-Lim)")
         parser.add_argument("--device", default="auto")
+        parser.add_argument("--jobs", type=int, default=default_jobs(),
+                            help="processes of one thread each for the steps that split (default: one per core; the results do not depend on it)")
         parser.add_argument("--no-serve", action="store_true", help="stop after the report instead of serving the survey")
         parser.add_argument("--port", type=int, default=8000)
 
@@ -55,28 +67,22 @@ class Command(HearsayCommand):
         device = opts["device"]
         epochs = {"epochs": opts["epochs"]} if opts["epochs"] else {}
         ae_epochs = {"epochs": opts["ae_epochs"]} if opts["ae_epochs"] else {}
+        jobs = opts["jobs"]
+        if jobs < 1:
+            raise CommandError(f"--jobs must be at least 1, got {jobs}")
+        torch.set_num_threads(1)
 
         self.step("migrate the database", lambda: call_command("migrate", verbosity=0))
         self.step(
             "build the built-in corpus",
-            lambda: call_command("make_corpus", out=str(corpus), speakers=opts["speakers"], seed=opts["seed"], **words),
+            lambda: call_command("make_corpus", out=str(corpus), speakers=opts["speakers"], seed=opts["seed"], jobs=jobs, **words),
             done=(corpus / "testing_list.txt").exists(),
         )
-        self.step(
-            "train classifier A",
-            lambda: call_command("train_classifier", data=str(corpus), out=str(a), seed=1, device=device, **epochs),
-            done=a.exists(),
-        )
-        self.step(
-            "train the independent classifier B",
-            lambda: call_command("train_classifier", data=str(corpus), out=str(b), seed=2, device=device, **epochs),
-            done=b.exists(),
-        )
-        self.step(
-            "train the autoencoder (the decoder prior)",
-            lambda: call_command("train_autoencoder", data=str(corpus), out=str(ae), seed=1, device=device, **ae_epochs),
-            done=ae.exists(),
-        )
+        self.train_models([  # longest first: with two workers the autoencoder trains beside A, then B
+            ("the autoencoder (the decoder prior)", "autoencoder", {"out": str(ae), "seed": 1, **ae_epochs}),
+            ("classifier A", "classifier", {"out": str(a), "seed": 1, **epochs}),
+            ("the independent classifier B", "classifier", {"out": str(b), "seed": 2, **epochs}),
+        ], corpus, device, jobs)
         vocoder = {}
         if opts["neural_vocoder_epochs"] > 0:
             voc = models / "V.pt"
@@ -90,17 +96,9 @@ class Command(HearsayCommand):
             "generate the paper's stimulus set",
             lambda: call_command(
                 "generate", classifier=str(a), evaluator=str(b), decoder=str(ae), corpus=str(corpus),
-                design="paper", out=str(stimuli), per_class=opts["per_class"], seed=opts["seed"], device=device, **vocoder,
+                design="paper", out=str(stimuli), per_class=opts["per_class"], seed=opts["seed"], device=device, jobs=jobs, **vocoder,
             ),
             done=(stimuli / "manifest.csv").exists(),
-        )
-        self.step(
-            "run the objective experiment",
-            lambda: call_command(
-                "objective", classifier=str(a), evaluator=str(b), decoder=str(ae), n=opts["objective_n"],
-                out=str(objective), seed=opts["seed"], device=device,
-            ),
-            done=(objective / "summary.csv").exists(),
         )
         self.step(
             "load the identification experiment",
@@ -110,12 +108,24 @@ class Command(HearsayCommand):
             ),
             done=Experiment.objects.filter(slug=EXPERIMENT).exists(),
         )
-        Experiment.objects.filter(slug=EXPERIMENT).update(status=Experiment.Status.LIVE)
-        self.step(
-            "machine listener: classifier B",
-            lambda: call_command("listen", experiment=EXPERIMENT, machine="evaluator", checkpoint=str(b)),
-        )
-        self.step("machine listener: pocketsphinx", lambda: call_command("listen", experiment=EXPERIMENT, machine="asr"))
+        experiment = Experiment.objects.get(slug=EXPERIMENT)
+        Experiment.objects.filter(pk=experiment.pk).update(status=Experiment.Status.LIVE)
+        with workers.pool(1) as recognizer:  # pocketsphinx hears the clips meanwhile, on one core (it cannot split)
+            self.stdout.write("== machine listener pocketsphinx: recognizing the clips in the background")
+            asr_answers = recognize_ahead(experiment, recognizer)
+            self.step(
+                "run the objective experiment",
+                lambda: call_command(
+                    "objective", classifier=str(a), evaluator=str(b), decoder=str(ae), n=opts["objective_n"],
+                    out=str(objective), seed=opts["seed"], device=device, jobs=jobs,
+                ),
+                done=(objective / "summary.csv").exists(),
+            )
+            self.step(
+                "machine listener: classifier B",
+                lambda: call_command("listen", experiment=EXPERIMENT, machine="evaluator", checkpoint=str(b)),
+            )
+            self.step("machine listener: pocketsphinx", lambda: self.stdout.write(asr_answers().summary()))
         self.step(
             "write the analysis report",
             lambda: call_command(
@@ -137,6 +147,29 @@ class Command(HearsayCommand):
         self.stdout.write(self.style.MIGRATE_HEADING(f"== {title}"))
         began = time.monotonic()
         action()
+        self.stdout.write(f"   ({time.monotonic() - began:.0f} s)")
+
+    def train_models(self, trainings: list[tuple[str, str, dict]], corpus: Path, device: str, jobs: int) -> None:
+        """Train the models not yet trained side by side, one thread each (`generation.workers`), one line per epoch."""
+        from generation.train import prepare_features, train_and_summarize
+
+        todo = []
+        for title, kind, options in trainings:
+            if Path(options["out"]).exists():
+                self.stdout.write(f"== train {title}: already done, skipped")
+            else:
+                todo.append((title, kind, options))
+        if not todo:
+            return
+        titles = ", ".join(title for title, _, _ in todo)
+        self.stdout.write(self.style.MIGRATE_HEADING(f"== train {titles} ({min(jobs, len(todo))} at a time)"))
+        self.stdout.flush()  # before the workers' own lines
+        began = time.monotonic()
+        prepare_features(corpus)
+        with workers.pool(min(jobs, len(todo))) as pool:
+            calls = [(kind, {"corpus_root": str(corpus), "device": device, **options}) for _, kind, options in todo]
+            for _, (summary, seconds) in workers.run(pool, train_and_summarize, calls):
+                self.stdout.write(f"{summary} ({seconds:.0f} s)")
         self.stdout.write(f"   ({time.monotonic() - began:.0f} s)")
 
     def researcher(self, out: Path) -> tuple[str, str]:

@@ -29,9 +29,4 @@ class Command(HearsayCommand):
         else:
             name, judge = asr_judge(experiment, seed=opts["seed"])
         report = listen(experiment, name, judge, progress=opts["verbosity"] > 0)
-        summary = f"{report.listener}: {report.answered} answers saved"
-        if report.skipped:
-            summary += f", {report.skipped} already answered before"
-        if report.scored:
-            summary += f"; accuracy {report.accuracy:.1%} ({report.correct}/{report.scored})"
-        self.stdout.write(summary)
+        self.stdout.write(report.summary())

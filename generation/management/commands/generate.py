@@ -4,6 +4,7 @@ from django.core.management.base import CommandError
 from config.commands import HearsayCommand
 from generation.maximize import PRESETS
 from generation.stimuli import DESIGNS
+from generation.workers import default_jobs
 from hearsay.errors import HearsayError
 
 
@@ -32,6 +33,9 @@ class Command(HearsayCommand):
         parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
         parser.add_argument("--words", help="comma-separated subset of the classifier's words (default: all)")
         parser.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="maximization settings")
+        parser.add_argument("--jobs", type=int, default=default_jobs(),
+                            help="worker processes of one thread each on a CPU, with Griffin-Lim (default: one per core; "
+                                 "the stimuli do not depend on it)")
         parser.add_argument("--vocoder", default="griffin-lim", help="griffin-lim, or a neural vocoder checkpoint (manage.py train_vocoder)")
 
     def handle(self, *args, **opts):
@@ -51,6 +55,7 @@ class Command(HearsayCommand):
             opts["classifier"], opts["evaluator"], opts["decoder"], opts["corpus"], opts["out"],
             design=opts["design"], per_class=opts["per_class"], max_attempts=opts["max_attempts"], seed=opts["seed"],
             device=opts["device"], words=words, preset=opts["preset"], vocoder=vocoder, progress=opts["verbosity"] > 0,
+            jobs=opts["jobs"],
         )
         resumed = f", {summary.units_resumed} resumed" if summary.units_resumed else ""
         self.stdout.write(

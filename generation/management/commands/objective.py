@@ -1,6 +1,7 @@
 """`manage.py objective`: the paper's noise-start experiment, judged by an independent classifier."""
 from config.commands import HearsayCommand
 from generation.maximize import METHODS, PRECISIONS, PRESETS
+from generation.workers import default_jobs
 
 
 class Command(HearsayCommand):
@@ -27,6 +28,8 @@ class Command(HearsayCommand):
         parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                             help="the networks' arithmetic: fp32 (default), tf32 or bf16 (CUDA; recorded in run.json, "
                                  "so a resumed run never mixes precisions)")
+        parser.add_argument("--jobs", type=int, default=default_jobs(),
+                            help="worker processes of one thread each on a CPU (default: one per core; the results do not depend on it)")
         parser.add_argument("--gan", help="plain log-mel GAN generator (manage.py train_gan): adds the method 'gan'")
         parser.add_argument("--cgan", help="conditional log-mel GAN generator: adds the method 'cgan'")
         parser.add_argument("--wave-gan", help="waveform GAN generator (--domain wave): adds the method 'wave-gan'")
@@ -40,7 +43,7 @@ class Command(HearsayCommand):
             opts["classifier"], opts["evaluator"], opts["decoder"], opts["out"], n=opts["n"], words=words or None,
             methods=[m.strip() for m in opts["methods"].split(",") if m.strip()], preset_name=opts["preset"],
             seed=opts["seed"], device=resolve_device(opts["device"]), batch_size=opts["batch_size"],
-            precision_mode=opts["precision"], progress=opts["verbosity"] > 0,
+            precision_mode=opts["precision"], progress=opts["verbosity"] > 0, jobs=opts["jobs"],
             gans={m: opts[k] for m, k in (("gan", "gan"), ("cgan", "cgan"), ("wave-gan", "wave_gan")) if opts[k]},
         )
         self.stdout.write(format_summary(run))

@@ -22,15 +22,11 @@ class Command(HearsayCommand):
         parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
     def handle(self, *args, **opts):
-        from generation.train import train_autoencoder
+        from generation.train import summary, train_autoencoder
 
         ckpt = train_autoencoder(
             opts["data"], opts["out"], epochs=opts["epochs"], seed=opts["seed"], latent=opts["latent"],
             batch_size=opts["batch_size"], lr=opts["lr"], device=opts["device"], init_from=opts["init_from"],
             progress=opts["verbosity"] > 0,
         )
-        m = ckpt.metrics
-        self.stdout.write(
-            f"{ckpt.path}: test BCE {m['test_bce']:.4f}, MSE {m['test_mse']:.5f} on {m['n_test']} held-out clips "
-            f"(best epoch {ckpt.train_config['best_epoch']}/{ckpt.train_config['epochs_run']})"
-        )
+        self.stdout.write(summary(ckpt))

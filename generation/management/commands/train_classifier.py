@@ -27,15 +27,11 @@ class Command(HearsayCommand):
         parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
     def handle(self, *args, **opts):
-        from generation.train import train_classifier
+        from generation.train import summary, train_classifier
 
         ckpt = train_classifier(
             opts["data"], opts["out"], epochs=opts["epochs"], seed=opts["seed"], arch=opts["arch"],
             batch_size=opts["batch_size"], lr=opts["lr"], schedule=opts["schedule"], augmentation=not opts["no_augment"],
             device=opts["device"], init_from=opts["init_from"], progress=opts["verbosity"] > 0,
         )
-        m = ckpt.metrics
-        self.stdout.write(
-            f"{ckpt.path}: test accuracy {m['test_accuracy']:.2%} on {m['n_test']} held-out clips "
-            f"(validation {m['validation_accuracy']:.2%}, best epoch {ckpt.train_config['best_epoch']}/{ckpt.train_config['epochs_run']})"
-        )
+        self.stdout.write(summary(ckpt))

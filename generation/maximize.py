@@ -452,6 +452,7 @@ class StepRule:
 
     `reset(parameter)` is called once per batch before the first step; failed
     samples arrive with a zero gradient so no NaN reaches any state.
+    `update` may overwrite `grad` (the engine does not read it afterwards).
     """
 
     def reset(self, parameter: torch.Tensor) -> None:
@@ -473,7 +474,7 @@ class RMSStep(StepRule):
 
     def update(self, parameter: torch.Tensor, grad: torch.Tensor) -> None:
         rms = grad.pow(2).flatten(1).mean(dim=1).sqrt().clamp_min(1e-12)
-        parameter.add_(self.lr * grad / _per_sample(rms, grad))
+        parameter.add_(grad.mul_(self.lr).div_(_per_sample(rms, grad)))  # in place: the same operations, no new tensors
 
 
 @dataclass
@@ -674,7 +675,8 @@ def ascend(
                 if start_logits is None:
                     start_logits = logits.detach().clone()
                 trajectory.append(torch.softmax(logits, dim=1)[rows, targets])
-                failed |= ~torch.isfinite(score) | ~torch.isfinite(logits).all(dim=1) | ~torch.isfinite(grad.flatten(1)).all(dim=1)
+                # max |g| is finite exactly when every g is (max propagates NaN): two passes over the gradient, not four
+                failed |= ~torch.isfinite(score) | ~torch.isfinite(logits).all(dim=1) | ~torch.isfinite(grad.flatten(1).abs().amax(dim=1))
                 grad.masked_fill_(_per_sample(failed, grad), 0.0)
                 step.update(x, grad)
             param.project()

@@ -805,9 +805,10 @@ def core_workers(device: torch.device, batch_size: int, objective: Objective, co
     The engine's operations are small (a paper-net layer is a few MB), so two
     threads splitting each one mostly wait for each other, and on a busy
     machine a preempted thread stalls every operation of its partner. One
-    share per core keeps the cores independent (bench/maximize.py: 1.5x the
-    samples/s of two threads on one batch for the paper classifier under load);
-    the per-sample results are the same, since no sample sees another. Serial
+    share per core keeps the cores independent (bench/maximize.py at load 4-5
+    on 2 cores: 3.3x the samples/s of two threads on one batch for both
+    classifiers, 2.3x for the decoder prior); the per-sample results are the
+    same, since no sample sees another. Serial
     on a GPU, below 8 samples per core, and for objectives that read layers
     (their forward hooks record into one dict).
     """

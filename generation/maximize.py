@@ -808,9 +808,9 @@ def core_workers(device: torch.device, batch_size: int, objective: Objective, co
     share per core keeps the cores independent (bench/maximize.py at load 4-5
     on 2 cores: 3.3x the samples/s of two threads on one batch for both
     classifiers, 2.3x for the decoder prior); the per-sample results are the
-    same, since no sample sees another. Serial
-    on a GPU, below 8 samples per core, and for objectives that read layers
-    (their forward hooks record into one dict).
+    same, since no sample sees another. Serial on a GPU, below 8 samples per
+    core, and for objectives that read layers (their forward hooks record
+    into one dict).
     """
     cores = torch.get_num_threads() if cores is None else cores
     if cores < 1:

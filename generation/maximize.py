@@ -805,9 +805,9 @@ def core_workers(device: torch.device, batch_size: int, objective: Objective, co
     The engine's operations are small (a paper-net layer is a few MB), so two
     threads splitting each one mostly wait for each other, and on a busy
     machine a preempted thread stalls every operation of its partner. One
-    share per core keeps the cores independent (bench/maximize.py at load 4-5
-    on 2 cores: 3.3x the samples/s of two threads on one batch for both
-    classifiers, 2.3x for the decoder prior); the per-sample results are the
+    share per core keeps the cores independent (bench/maximize.py on 2 cores:
+    1.2-1.3x the samples/s of two threads on one batch at load 2-3, 2.3-3.3x
+    at load 4-5); the per-sample results are the
     same, since no sample sees another. Serial on a GPU, below 8 samples per
     core, and for objectives that read layers (their forward hooks record
     into one dict).

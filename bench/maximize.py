@@ -4,8 +4,10 @@ For each network (the paper classifier with the classifier-only method, the
 paper classifier through the decoder prior, Hearsay's default conv
 classifier) with the paper preset's 20 RMS steps, prints:
 
-* samples/s batched (each batch size asked for; the best is used) and one
-  sample at a time, and GFLOP/s (forward + input gradient, counted by torch);
+* samples/s batched (each batch size asked for; the best is used; the engine
+  shares each batch out over the cores, `optimize(cores=...)`), the largest
+  batch run as one batch on all threads (the engine before) and one sample at
+  a time, and GFLOP/s (forward + input gradient, counted by torch);
 * the sgemm ceiling (a 2048^2 float32 matmul) and the fraction of it reached;
 * a roofline: every operation of one maximization step (recorded by a torch
   dispatch mode at the bench's batch size: FLOPs and the bytes of its inputs
@@ -15,11 +17,15 @@ classifier) with the paper preset's 20 RMS steps, prints:
   groups it by operation, and the fraction of that bound reached is printed;
 * agreement with the reference engine form (the classifier exactly as
   written, without the `pool_before_relu` rewrite): max |difference| of the
-  maximized features (tolerance: 0, the rewrite is exact);
+  maximized features (tolerance: 0, the rewrite is exact), and of the batch
+  shared out over cores against one thread (tolerance 0);
+* a bf16 row (autocast): samples/s, the fraction of a bf16 2048^2 matmul
+  ceiling measured in the same run, and the agreement with fp32 on the same
+  samples (same arg-max fraction, max target probability difference);
 * the Griffin-Lim vocoder's real-time factor (bench/vocoder.py has the full
   vocoder bench).
 
-    .venv/bin/python bench/maximize.py [--threads 2] [--batch 128,512] [--loop 8] [--decoder-batch 64]
+    .venv/bin/python bench/maximize.py [--threads 2] [--batch 64,256] [--loop 8] [--decoder-batch 64]
                                       [--nets paper,decoder,conv] [--device cpu] [--compile]
 """
 from __future__ import annotations
@@ -37,7 +43,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, flop_registry  # noqa: E402
 
 from generation.features import FeatureConfig  # noqa: E402
-from generation.maximize import PRESETS, optimize, parts  # noqa: E402
+from generation.maximize import PRESETS, class_probability, core_workers, optimize, parts  # noqa: E402
 from generation.nets import Autoencoder, ConvClassifier, PaperClassifier  # noqa: E402
 
 
@@ -46,9 +52,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def sgemm_rate(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of the best of `repeats` n x n float32 matmuls."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of the best of `repeats` n x n matmuls in `dtype` (float32: the sgemm ceiling)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):
@@ -148,7 +154,7 @@ def sample_flops(clf: torch.nn.Module, dec: torch.nn.Module | None, cfg: Feature
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", default="128,512", help="batch sizes tried for the classifier-only method")
+    ap.add_argument("--batch", default="64,256", help="batch sizes tried for the classifier-only method")
     ap.add_argument("--loop", type=int, default=8, help="samples in the one-at-a-time loop (0 skips)")
     ap.add_argument("--decoder-batch", type=int, default=64)
     ap.add_argument("--nets", default="paper,decoder,conv", help="which of paper, decoder, conv to run")
@@ -163,12 +169,14 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     cfg = FeatureConfig()
-    peak, bandwidth = sgemm_rate(device), memory_bandwidth(device)
+    peak, bandwidth = matmul_rate(device), memory_bandwidth(device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, {args.classes} classes, "
           f"{args.steps} RMS steps (paper preset)")
     print(f"ceilings measured now: sgemm 2048^2 {peak / 1e9:.1f} GFLOP/s, memory bandwidth (c = a + b) {bandwidth / 1e9:.1f} GB/s, "
           f"ridge {peak / bandwidth:.1f} FLOP/byte", flush=True)
 
+    half_peak = matmul_rate(device, dtype=torch.bfloat16)
+    print(f"bf16 2048^2 matmul {half_peak / 1e9:.1f} GFLOP/s (the ceiling of the bf16 rows)", flush=True)
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
     runs = {
         "paper": ("paper classifier, classifier-only", PaperClassifier(args.classes), None, "classifier", batches),
@@ -179,11 +187,12 @@ def main() -> None:
         title, clf, dec, method, sizes = runs[key]
         settings = PRESETS["paper"][method]
 
-        def run(n: int, steps: int = args.steps, rewrite: bool = True, model=clf, first_index: int = 0, batch: int | None = None):
+        def run(n: int, steps: int = args.steps, rewrite: bool = True, model=clf, first_index: int = 0, cores: int | None = None,
+                mode: str = "fp32"):
             param, objective, step = parts(settings, method, dec)
             targets = (torch.arange(n) + first_index) % args.classes
-            return optimize(model, targets, param, objective, step, steps=steps, seed=1, device=device,
-                            batch_size=batch or n, first_index=first_index, rewrite=rewrite)
+            return optimize(model, targets, param, objective, step, steps=steps, seed=1, device=device, batch_size=n,
+                            first_index=first_index, rewrite=rewrite, cores=cores, precision_mode=mode)
 
         def rate(fn, n: int) -> float:
             sync(device)
@@ -193,22 +202,29 @@ def main() -> None:
             return n / (time.perf_counter() - t0)
 
         run(2)  # warm-up
-        peak, bandwidth = max(peak, sgemm_rate(device)), max(bandwidth, memory_bandwidth(device))  # best so far: load only lowers them
+        peak, bandwidth = max(peak, matmul_rate(device)), max(bandwidth, memory_bandwidth(device))  # best so far: load only lowers them
+        half_peak = max(half_peak, matmul_rate(device, dtype=torch.bfloat16))
         best = {b: 0.0 for b in sizes}
-        slow = 0.0
+        slow = whole = 0.0
         for _ in range(args.repeats):  # interleaved, best of each: other load on a shared machine only ever slows a run
             for b in sizes:
                 best[b] = max(best[b], rate(lambda n: run(n), b))
+            whole = max(whole, rate(lambda n: run(n, cores=1), max(sizes)))
             if args.loop:
                 slow = max(slow, rate(lambda n: [run(1, first_index=i) for i in range(n)], args.loop))
         batch = max(best, key=best.get)
         fast = best[batch]
         work = sample_flops(clf, dec, cfg, device) * args.steps
-        bound, rows = roofline(step_ops(lambda n, s: run(n, steps=s), batch), peak, bandwidth)
+        # dispatch modes record the calling thread only: the step is recorded with the batch on one core's thread
+        bound, rows = roofline(step_ops(lambda n, s: run(n, steps=s, cores=1), batch), peak, bandwidth)
         attainable = batch / (bound * args.steps)
+        cores = core_workers(device, batch, class_probability())
         print(f"\n{title}: {work / 1e6:.0f} MFLOP per sample ({args.steps} steps)")
         for b in sizes:
-            print(f"  batch {b:5d}: {best[b]:9.1f} samples/s = {best[b] * work / 1e9:6.1f} GFLOP/s = {best[b] * work / peak:5.1%} of sgemm")
+            print(f"  batch {b:5d}: {best[b]:9.1f} samples/s = {best[b] * work / 1e9:6.1f} GFLOP/s = {best[b] * work / peak:5.1%} of sgemm"
+                  f"{f' (shared out over {cores} cores)' if b == batch and cores > 1 else ''}")
+        print(f"  batch {max(sizes):5d} as one batch on {torch.get_num_threads()} threads (cores=1, the engine before): {whole:.1f} samples/s;"
+              f" shared out is {best[max(sizes)] / whole:.2f}x faster")
         if args.loop:
             print(f"  one at a time: {slow:6.1f} samples/s (batched is {fast / slow:.0f}x faster)")
         print(f"  roofline of one step at batch {batch} (each op bounded by its FLOPs at sgemm rate or its bytes at the measured bandwidth):")
@@ -222,19 +238,35 @@ def main() -> None:
         plain = rate(lambda n: run(n, rewrite=False), batch)
         print(f"  the classifier as written (no pool_before_relu rewrite), batch {batch}: {plain:.1f} samples/s "
               f"= {plain * work / peak:.0%} of sgemm; the rewrite is {fast / plain:.2f}x faster")
-        ref, ours = run(min(batch, 64), rewrite=False), run(min(batch, 64))
-        print(f"  agreement with the engine on the classifier as written: max |feature difference| "
-              f"{(ref.features - ours.features).abs().max().item():.2e} (tolerance 0: the rewrite is exact)", flush=True)
-        if args.compile:
+        n_check = min(batch, 64)
+        ref, ours, serial = run(n_check, rewrite=False, cores=1), run(n_check), run(n_check, cores=1)
+        print(f"  agreement with the engine on the classifier as written, on one thread: max |feature difference| "
+              f"{(ref.features - ours.features).abs().max().item():.2e}; the batch shared out over cores against one thread: "
+              f"{(serial.features - ours.features).abs().max().item():.2e} (tolerance 0 for both: the rewrite is exact and no sample sees another)",
+              flush=True)
+        half_rate = 0.0
+        for _ in range(args.repeats):
+            half_rate = max(half_rate, rate(lambda n: run(n, mode="bf16"), batch))
+        full, half = run(batch), run(batch, mode="bf16")
+        rows_ = torch.arange(batch)
+        target = (rows_ % args.classes)
+        same = (full.prob_a.argmax(1) == half.prob_a.argmax(1)).float().mean().item()
+        drift = (full.prob_a[rows_, target] - half.prob_a[rows_, target]).abs().max().item()
+        print(f"  bf16 (autocast), batch {batch}: {half_rate:.1f} samples/s = {half_rate / fast:.2f}x fp32 = "
+              f"{half_rate * work / half_peak:.0%} of the bf16 matmul ceiling; against fp32: same arg-max for {same:.1%}, "
+              f"target probability within {drift:.4f}", flush=True)
+        if args.compile:  # on the calling thread only (cores=1): one compiled graph, not one per worker thread
             compiled = torch.compile(clf)
             t0 = time.perf_counter()
-            run(batch, model=compiled)
+            run(batch, model=compiled, cores=1)
             took = time.perf_counter() - t0
-            speed = rate(lambda n: run(n, model=compiled), batch)
-            print(f"  torch.compile: {took:.0f} s to compile and run once, then {speed:.1f} samples/s ({speed / fast:.2f}x the eager engine)")
+            speed = rate(lambda n: run(n, model=compiled, cores=1), batch)
+            eager = rate(lambda n: run(n, cores=1), batch)
+            print(f"  torch.compile: {took:.0f} s to compile and run once, then {speed:.1f} samples/s "
+                  f"({speed / eager:.2f}x the eager engine on the same threads, {speed / fast:.2f}x the batch shared out over cores)")
 
     print(f"\nceilings, best seen in this run (used for each network above as far as measured by then): "
-          f"sgemm {peak / 1e9:.1f} GFLOP/s, memory bandwidth {bandwidth / 1e9:.1f} GB/s")
+          f"sgemm {peak / 1e9:.1f} GFLOP/s, bf16 matmul {half_peak / 1e9:.1f} GFLOP/s, memory bandwidth {bandwidth / 1e9:.1f} GB/s")
     if args.vocoder_clips:
         from generation.vocoder import GriffinLimVocoder, real_time_factor
 

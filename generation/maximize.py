@@ -35,6 +35,8 @@ outputs lie in [0, 1] by construction (sigmoid).
 """
 from __future__ import annotations
 
+import copy
+import ctypes
 import hashlib
 import os
 import weakref
@@ -451,6 +453,7 @@ class StepRule:
 
     `reset(parameter)` is called once per batch before the first step; failed
     samples arrive with a zero gradient so no NaN reaches any state.
+    `update` may overwrite `grad` (the engine does not read it afterwards).
     """
 
     def reset(self, parameter: torch.Tensor) -> None:
@@ -472,7 +475,7 @@ class RMSStep(StepRule):
 
     def update(self, parameter: torch.Tensor, grad: torch.Tensor) -> None:
         rms = grad.pow(2).flatten(1).mean(dim=1).sqrt().clamp_min(1e-12)
-        parameter.add_(self.lr * grad / _per_sample(rms, grad))
+        parameter.add_(grad.mul_(self.lr).div_(_per_sample(rms, grad)))  # in place: the same operations, no new tensors
 
 
 @dataclass
@@ -673,7 +676,8 @@ def ascend(
                 if start_logits is None:
                     start_logits = logits.detach().clone()
                 trajectory.append(torch.softmax(logits, dim=1)[rows, targets])
-                failed |= ~torch.isfinite(score) | ~torch.isfinite(logits).all(dim=1) | ~torch.isfinite(grad.flatten(1)).all(dim=1)
+                # max |g| is finite exactly when every g is (max propagates NaN): two passes over the gradient, not four
+                failed |= ~torch.isfinite(score) | ~torch.isfinite(logits).all(dim=1) | ~torch.isfinite(grad.flatten(1).abs().amax(dim=1))
                 grad.masked_fill_(_per_sample(failed, grad), 0.0)
                 step.update(x, grad)
             param.project()
@@ -760,6 +764,62 @@ def layouts(device: torch.device, precision_mode: str) -> tuple[bool, bool]:
     return False, precision_mode != "fp32"
 
 
+_GLIBC_TUNING = (-3, -1)  # mallopt's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library where it is glibc (it has mallopt and malloc_trim), else None."""
+    try:
+        return ctypes.CDLL("libc.so.6") if os.name == "posix" and os.confstr("CS_GNU_LIBC_VERSION") else None
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def retained_heap(device: torch.device) -> Iterator[None]:
+    """On a CPU with glibc, keep freed tensors' memory for the next step instead of returning it to the system.
+
+    glibc hands blocks over its mmap threshold (128 KiB at first, adjusted
+    up to 32 MiB) back to the kernel when they are freed, and trims the heap's
+    free top, so each step's activations (a paper-net layer of 32 samples is
+    7 MB) were fresh pages, faulted in one at a time. For the run the mmap
+    threshold is 32 MiB (it stays there: glibc's own adjustment ends there)
+    and the heap is not trimmed; afterwards it is trimmed once and its trim
+    threshold set to 64 MiB (twice the mmap threshold, as glibc sets it).
+    """
+    libc = _glibc() if device.type == "cpu" else None
+    if libc is not None:
+        libc.mallopt(_GLIBC_TUNING[0], 32 << 20)
+        libc.mallopt(_GLIBC_TUNING[1], 1 << 30)
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(_GLIBC_TUNING[1], 64 << 20)
+            libc.malloc_trim(0)
+
+
+def core_workers(device: torch.device, batch_size: int, objective: Objective, cores: int | None = None) -> int:
+    """How many CPU cores each run their own share of every batch, on one thread each (1: the batch as a whole).
+
+    The engine's operations are small (a paper-net layer is a few MB), so two
+    threads splitting each one mostly wait for each other, and on a busy
+    machine a preempted thread stalls every operation of its partner. One
+    share per core keeps the cores independent (bench/maximize.py on 2 cores:
+    1.2-1.3x the samples/s of two threads on one batch at load 2-3, 2.3-3.3x
+    at load 4-5); the per-sample results are the
+    same, since no sample sees another. Serial on a GPU, below 8 samples per
+    core, and for objectives that read layers (their forward hooks record
+    into one dict).
+    """
+    cores = torch.get_num_threads() if cores is None else cores
+    if cores < 1:
+        raise HearsayError(f"cores must be >= 1, got {cores}")
+    if device.type != "cpu" or objective.layers:
+        return 1
+    return max(1, min(cores, batch_size // 8))
+
+
 def default_batch_size(device: torch.device) -> int:
     """64 on a CPU (small batches stay in cache); on a GPU up to 4,096, as far as free memory allows.
 
@@ -832,6 +892,7 @@ def optimize(
     keep_features: bool = True,
     precision_mode: str = "fp32",
     channels_last: bool | None = None,
+    cores: int | None = None,
 ) -> Result:
     """Push every sample toward its target class of `classifier` (A) with the given parts; report A's and B's verdicts.
 
@@ -851,6 +912,8 @@ def optimize(
     10,000 feature maps back to the host cost more than their maximization).
     `precision_mode` is one of `PRECISIONS` (see `precision`); `channels_last`
     sets every network's weight layout for the run (default: `layouts`).
+    On a CPU the batch is shared out over `cores` (default: torch's thread
+    count), each core running its own share single-threaded (`core_workers`).
     """
     from tqdm import tqdm
 
@@ -887,54 +950,80 @@ def optimize(
             objective.check(acts)
 
         net = pool_before_relu(classifier, objective.layers) if rewrite else classifier
-        parts_: dict[str, list[torch.Tensor]] = {}
-        chunks = range(0, total, batch_size)
+        workers = core_workers(device, batch_size, objective, cores)
+        size = -(-batch_size // workers)  # each core's share of a batch
+        chunks = range(0, total, size)
+        workers = max(1, min(workers, len(chunks)))
         starts = NoiseStarts(param.noise_shape(shape), init_std, seed, first_index, device) \
             if start is None and start_latents is None else None
+
+        def run_chunk(lo: int, param: Parameterization, step: StepRule) -> dict[str, torch.Tensor]:
+            hi = min(lo + size, total)
+            chunk_targets = targets[lo:hi].to(device)
+            if start is not None:
+                x0 = param.encode(start[lo:hi].float().to(device))
+            elif start_latents is not None:
+                x0 = start_latents[lo:hi].float().to(device)
+            else:
+                x0 = starts.get(lo, hi)
+                starts.prefetch(hi, min(hi + size, total))
+            param.start(x0, chunk_targets)
+            with torch.no_grad():
+                start_feats = param.features().detach().clone()
+                start_lat = param.latents()
+                start_lat = None if start_lat is None else start_lat.detach().clone()
+                start_waves = param.waves() if keep_waves else None
+            traj, failed, logits0, logits1 = ascend(classifier, param, objective, chunk_targets, step, steps, net)
+            with torch.no_grad():
+                feats = param.features().detach()
+                out = {
+                    **({"features": feats, "start_features": start_feats} if keep_features else {}),
+                    "trajectory": traj,
+                    "prob_a": torch.softmax(logits1, dim=1),
+                    "start_prob_a": torch.softmax(logits0, dim=1),
+                    "failed": failed,
+                }
+                lat = param.latents()
+                if lat is not None:
+                    out["latents"] = lat.detach()
+                    out["start_latents"] = start_lat
+                if evaluator is not None:
+                    out["prob_b"] = torch.softmax(evaluator(feats), dim=1)
+                    out["start_prob_b"] = torch.softmax(evaluator(start_feats), dim=1)
+                if start_waves is not None:
+                    out["waves"], out["start_waves"] = param.waves(), start_waves
+            return {k: v.float().cpu() if v.dtype != torch.bool else v.cpu() for k, v in out.items()}
+
+        done: list[dict[str, torch.Tensor]] = [{}] * len(chunks)
+        bar = tqdm(total=len(chunks), desc="maximize", unit="batch", disable=not progress or len(chunks) < 2)
+
+        def worker(k: int) -> None:
+            """Chunks k, k + workers, ... on one core, with its own copies of the per-batch state."""
+            own_param, own_step = (param, step) if k == 0 else (copy.copy(param), copy.copy(step))
+            torch.set_num_threads(1)
+            with precision(precision_mode, device):  # autocast is per thread
+                for i in range(k, len(chunks), workers):
+                    done[i] = run_chunk(chunks[i], own_param, own_step)
+                    bar.update()
+
+        threads = torch.get_num_threads()
         try:
-            for lo in tqdm(chunks, desc="maximize", unit="batch", disable=not progress or len(chunks) < 2):
-                hi = min(lo + batch_size, total)
-                chunk_targets = targets[lo:hi].to(device)
-                if start is not None:
-                    x0 = param.encode(start[lo:hi].float().to(device))
-                elif start_latents is not None:
-                    x0 = start_latents[lo:hi].float().to(device)
+            with retained_heap(device):
+                if workers == 1:
+                    for i, lo in enumerate(chunks):
+                        done[i] = run_chunk(lo, param, step)
+                        bar.update()
                 else:
-                    x0 = starts.get(lo, hi)
-                    starts.prefetch(hi, min(hi + batch_size, total))
-                param.start(x0, chunk_targets)
-                with torch.no_grad():
-                    start_feats = param.features().detach().clone()
-                    start_lat = param.latents()
-                    start_lat = None if start_lat is None else start_lat.detach().clone()
-                    start_waves = param.waves() if keep_waves else None
-                traj, failed, logits0, logits1 = ascend(classifier, param, objective, chunk_targets, step, steps, net)
-                with torch.no_grad():
-                    feats = param.features().detach()
-                    out = {
-                        **({"features": feats, "start_features": start_feats} if keep_features else {}),
-                        "trajectory": traj,
-                        "prob_a": torch.softmax(logits1, dim=1),
-                        "start_prob_a": torch.softmax(logits0, dim=1),
-                        "failed": failed,
-                    }
-                    lat = param.latents()
-                    if lat is not None:
-                        out["latents"] = lat.detach()
-                        out["start_latents"] = start_lat
-                    if evaluator is not None:
-                        out["prob_b"] = torch.softmax(evaluator(feats), dim=1)
-                        out["start_prob_b"] = torch.softmax(evaluator(start_feats), dim=1)
-                    if start_waves is not None:
-                        out["waves"], out["start_waves"] = param.waves(), start_waves
-                for k, v in out.items():
-                    parts_.setdefault(k, []).append(v.float().cpu() if v.dtype != torch.bool else v.cpu())
+                    with ThreadPoolExecutor(workers) as pool:
+                        list(pool.map(worker, range(workers)))
         finally:
+            torch.set_num_threads(threads)
+            bar.close()
             if starts is not None:
                 starts.close()
 
     def cat(key: str) -> torch.Tensor | None:
-        return torch.cat(parts_[key]) if key in parts_ else None
+        return torch.cat([d[key] for d in done]) if total and key in done[0] else None
 
     if total == 0:
         empty = torch.zeros(0, *shape)
@@ -973,7 +1062,7 @@ def maximize(
 
     `options` are `optimize`'s keywords (start, start_latents, seed, evaluator,
     device, batch_size, progress, shape, first_index, rewrite, keep_waves, keep_features, precision_mode,
-    channels_last).
+    channels_last, cores).
     """
     param, objective, step = parts(settings, method, decoder)
     return optimize(classifier, targets, param, objective, step, steps=settings.steps, init_std=settings.init_std, **options)

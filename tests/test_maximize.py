@@ -379,3 +379,31 @@ def test_seed004_objective_is_target_logit_minus_mean_of_others_minus_weighted_l
     assert preset("seed004", "classifier").l2_weight == 0.0 and preset("seed004", "classifier").clamp
     res = maximize(trained_mlp(), torch.tensor([0, 1, 2]), settings=preset("seed004", "classifier"), seed=1, shape=SHAPE)
     assert (res.trajectory[:, -1] > res.trajectory[:, 0]).all()
+
+
+def test_a_batch_shared_out_over_cores_gives_the_same_numbers_as_one_thread():
+    """Each core runs its own share of a batch single-threaded: same features, verdicts and bf16 results as serially."""
+    from generation.maximize import class_probability, core_workers, neuron, optimize, parts
+
+    cpu = torch.device("cpu")
+    assert core_workers(cpu, 64, class_probability(), cores=2) == 2
+    assert core_workers(cpu, 12, class_probability(), cores=2) == 1, "below 8 samples per core: the batch as a whole"
+    assert core_workers(cpu, 64, neuron("features.0"), cores=2) == 1, "layer hooks record into one dict: serial"
+    with pytest.raises(HearsayError, match="cores must be >= 1"):
+        core_workers(cpu, 64, class_probability(), cores=0)
+    torch.manual_seed(0)
+    model, ae = PaperClassifier(5), Autoencoder(latent=8)
+    targets = torch.arange(40) % 5
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for method, prior, mode in (("classifier", None, "fp32"), ("decoder", ae, "fp32"), ("classifier", None, "bf16")):
+            s = replace(PRESETS["hearsay"][method], steps=3)
+            runs = [optimize(model, targets, *parts(s, method, prior), steps=3, seed=2, batch_size=32, cores=cores,
+                             evaluator=model, precision_mode=mode) for cores in (1, 2)]
+            for key in ("features", "latents", "trajectory", "prob_a", "prob_b", "start_prob_b", "failed"):
+                a, b = getattr(runs[0], key), getattr(runs[1], key)
+                assert (a is None and b is None) or torch.equal(a, b), (method, mode, key)
+        assert torch.get_num_threads() == 2, "the caller's thread count is restored"
+    finally:
+        torch.set_num_threads(threads)

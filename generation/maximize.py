@@ -36,7 +36,6 @@ outputs lie in [0, 1] by construction (sigmoid).
 from __future__ import annotations
 
 import copy
-import ctypes
 import hashlib
 import os
 import weakref
@@ -50,6 +49,7 @@ import torch
 from torch import nn
 
 from hearsay.errors import HearsayError
+from .heap import retained_heap
 from .nets import Autoencoder
 
 STEPS = ("rms", "adam")
@@ -762,41 +762,6 @@ def layouts(device: torch.device, precision_mode: str) -> tuple[bool, bool]:
     if device.type == "cpu":
         return True, True
     return False, precision_mode != "fp32"
-
-
-_GLIBC_TUNING = (-3, -1)  # mallopt's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD
-
-
-def _glibc() -> ctypes.CDLL | None:
-    """The C library where it is glibc (it has mallopt and malloc_trim), else None."""
-    try:
-        return ctypes.CDLL("libc.so.6") if os.name == "posix" and os.confstr("CS_GNU_LIBC_VERSION") else None
-    except (OSError, ValueError):
-        return None
-
-
-@contextmanager
-def retained_heap(device: torch.device) -> Iterator[None]:
-    """On a CPU with glibc, keep freed tensors' memory for the next step instead of returning it to the system.
-
-    glibc hands blocks over its mmap threshold (128 KiB at first, adjusted
-    up to 32 MiB) back to the kernel when they are freed, and trims the heap's
-    free top, so each step's activations (a paper-net layer of 32 samples is
-    7 MB) were fresh pages, faulted in one at a time. For the run the mmap
-    threshold is 32 MiB (it stays there: glibc's own adjustment ends there)
-    and the heap is not trimmed; afterwards it is trimmed once and its trim
-    threshold set to 64 MiB (twice the mmap threshold, as glibc sets it).
-    """
-    libc = _glibc() if device.type == "cpu" else None
-    if libc is not None:
-        libc.mallopt(_GLIBC_TUNING[0], 32 << 20)
-        libc.mallopt(_GLIBC_TUNING[1], 1 << 30)
-    try:
-        yield
-    finally:
-        if libc is not None:
-            libc.mallopt(_GLIBC_TUNING[1], 64 << 20)
-            libc.malloc_trim(0)
 
 
 def core_workers(device: torch.device, batch_size: int, objective: Objective, cores: int | None = None) -> int:

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from .heap import KEEP_FREED_MEMORY
+
 _state: dict[str, Any] = {}
 
 
@@ -38,14 +40,8 @@ def check_jobs(jobs: int) -> None:
         raise HearsayError(f"parallel jobs must be at least 1, got {jobs}")
 
 
-# glibc gives blocks above its mmap threshold back to the kernel when freed, and the next batch faults the
-# same memory in again as fresh zeroed pages: 14-17 % of a worker's CPU time went to the kernel that way (an
-# autoencoder step, a decoder-prior maximization). Spawned workers keep freed memory for reuse instead.
-KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(1 << 32), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
-
-
 def spawn_context():
-    """The multiprocessing context of every worker: spawned, with `KEEP_FREED_MEMORY` in its environment (unless set)."""
+    """The multiprocessing context of every worker: spawned, with `heap.KEEP_FREED_MEMORY` in its environment (unless set)."""
     for name, value in KEEP_FREED_MEMORY.items():
         os.environ.setdefault(name, value)
     return get_context("spawn")

@@ -40,11 +40,25 @@ def check_jobs(jobs: int) -> None:
         raise HearsayError(f"parallel jobs must be at least 1, got {jobs}")
 
 
-def spawn_context():
-    """The multiprocessing context of every worker: spawned, with `heap.KEEP_FREED_MEMORY` in its environment (unless set)."""
+@contextmanager
+def _workers_keep_freed_memory() -> Iterator[None]:
+    """`heap.KEEP_FREED_MEMORY` in the environment while a pool spawns its workers (a value already set is kept).
+
+    glibc reads it only as a process starts, so it must be in the parent's environment
+    then; restored afterwards, so that programs this process starts later (the survey's
+    server after the demo) keep glibc's defaults.
+    """
+    before = {name: os.environ.get(name) for name in KEEP_FREED_MEMORY}
     for name, value in KEEP_FREED_MEMORY.items():
         os.environ.setdefault(name, value)
-    return get_context("spawn")
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _start(init: Callable[..., Any] | None, args: tuple) -> None:
@@ -66,9 +80,10 @@ def pool(jobs: int, init: Callable[..., Any] | None = None, args: tuple = ()) ->
     left to finish their units: every caller saves a unit atomically and redoes unfinished
     ones when resumed.
     """
-    executor = ProcessPoolExecutor(max_workers=jobs, mp_context=spawn_context(), initializer=_start, initargs=(init, args))
+    executor = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_start, initargs=(init, args))
     try:
-        yield executor
+        with _workers_keep_freed_memory():  # workers are spawned as units are handed out, so for the pool's whole life
+            yield executor
     except BaseException:
         for process in list((executor._processes or {}).values()):  # no public way to stop running work before Python 3.14
             process.terminate()

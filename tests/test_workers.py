@@ -15,6 +15,8 @@ def test_workers_run_one_thread_keep_freed_memory_and_raise_a_units_error(monkey
         env = dict(workers.run(pool, os.getenv, [("MALLOC_MMAP_THRESHOLD_",), ("MALLOC_TRIM_THRESHOLD_",)]))
     assert threads == [1, 1]
     assert env == {("MALLOC_MMAP_THRESHOLD_",): str(1 << 32), ("MALLOC_TRIM_THRESHOLD_",): "12345"}
+    # the parent's own environment is as it was, for the programs it starts later
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ and os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
     with pytest.raises(ValueError, match="invalid literal"), workers.pool(2) as pool:
         list(workers.run(pool, int, [("7",), ("seven",)]))
 

@@ -233,9 +233,9 @@ def generate_stimuli(
     if max_attempts < 1:
         raise HearsayError(f"the attempts per sample must be at least 1, got {max_attempts}")
     workers.check_jobs(jobs)
-    parallel = jobs > 1 and vocoder is None and resolve_device(device).type == "cpu"
-    settings = {c.method: preset_settings(preset, c.method) for c in CONDITIONS}
     dev = resolve_device(device)
+    parallel = jobs > 1 and vocoder is None and dev.type == "cpu"
+    settings = {c.method: preset_settings(preset, c.method) for c in CONDITIONS}
     models = _load_models(classifier, evaluator, decoder, dev)
     data = read_corpus(corpus)
     chosen = _choose_words(words, models, data)

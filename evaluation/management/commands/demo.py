@@ -30,7 +30,6 @@ from config.commands import HearsayCommand
 from evaluation.models import Experiment
 from evaluation.machine import recognize_ahead
 from generation import workers
-from generation.workers import default_jobs
 
 EXPERIMENT = "demo"
 
@@ -51,7 +50,7 @@ class Command(HearsayCommand):
         parser.add_argument("--neural-vocoder-epochs", type=int, default=0,
                             help="train a neural vocoder for this many epochs and voice the stimuli with it (default 0: Griffin-Lim)")
         parser.add_argument("--device", default="auto")
-        parser.add_argument("--jobs", type=int, default=default_jobs(),
+        parser.add_argument("--jobs", type=int, default=workers.default_jobs(),
                             help="processes of one thread each for the steps that split (default: one per core; the results do not depend on it)")
         parser.add_argument("--no-serve", action="store_true", help="stop after the report instead of serving the survey")
         parser.add_argument("--port", type=int, default=8000)

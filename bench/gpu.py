@@ -111,7 +111,7 @@ def maximization(models: dict, device: torch.device, n: int, batches: dict[str, 
 
 
 def vocoding(device: torch.device, clips: int) -> dict:
-    from bench.reference import word_like_features
+    from bench.reference import feature_difference, reference_vocode, word_like_features
 
     vocoder = GriffinLimVocoder(PAPER, device=device, batch_size=clips)
     feats = word_like_features(clips).to(device)
@@ -122,6 +122,11 @@ def vocoding(device: torch.device, clips: int) -> dict:
     seconds = time.perf_counter() - t0
     audio = waves.shape[0] * waves.shape[1] / vocoder.sample_rate
     row = {"clips": clips, "n_iter": vocoder.n_iter, "seconds": round(seconds, 3), "real_time_factor": round(audio / seconds, 1)}
+    # The device path is a separate implementation from the CPU's compiled one: check it against the reference here.
+    few = min(clips, 8)
+    row["agreement_clips"] = few
+    row["mean_feature_difference_vs_reference"] = round(feature_difference(waves[:few], reference_vocode(feats[:few].cpu())), 5)
+    row["tolerance"] = 0.002
     print(json.dumps({"griffin_lim": row}), flush=True)
     return row
 

@@ -3,12 +3,15 @@
 Prints, per method (classifier-only, decoder prior; paper preset, 20 RMS steps):
 1. the CUDA kernels that take the time in one batch (torch.profiler, fp32);
 2. samples/s of the gradient steps alone (noise and host copies excluded) for
-   weights channels-last or contiguous x fp32 / TF32 / bf16 autocast, with the
-   share of samples whose final arg-max agrees with contiguous fp32;
+   weights channels-last or contiguous x fp32 / TF32 / bf16 autocast (the
+   decoder also as written and with its upsampling convolutions run as
+   transposed ones, as the engine runs it: `generation.upsampling`), with the
+   share of samples whose final arg-max agrees with contiguous fp32, and the
+   fastest of them again with cuDNN's algorithm search (`cudnn.benchmark`);
 3. larger batches and `torch.compile` for the fastest of those (compile time printed);
 4. the cost of drawing the per-sample seeded noise starts on the host, one thread vs several.
 
-    python3 bench/gpu_sweep.py [--quick --device cpu]   # the quick CPU run only checks that every step runs
+    python3 bench/gpu_sweep.py [--methods classifier,decoder] [--no-compile] [--quick --device cpu]   # the quick CPU run only checks that every step runs
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import torch  # noqa: E402
 
 from generation.maximize import PRESETS, ascend, frozen, noise, parts, pool_before_relu, precision  # noqa: E402
 from generation.nets import Autoencoder, PaperClassifier  # noqa: E402
+from generation.upsampling import transposed_upsampling  # noqa: E402
 
 N_CLASSES = 35
 
@@ -52,11 +56,16 @@ class Case:
         shape = (self.ae.latent,) if self.method == "decoder" else (90, 80)
         return param, objective, step, targets, (0.1 * torch.randn(batch, *shape, generator=gen)).to(self.device)
 
-    def run(self, batch: int, layout: str, mode: str, compiled: bool = False, reps: int = 2) -> tuple[float, torch.Tensor, float]:
+    def run(self, batch: int, layout: str, mode: str, compiled: bool = False, reps: int = 2, form: str = "transposed",
+            benchmark: bool = False) -> tuple[float, torch.Tensor, float]:
         """(samples/s, final arg-max per sample, seconds of the first call, which includes any compilation)."""
         param, objective, step, targets, x0 = self.armed(batch)
+        searched = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = benchmark
         with frozen(self.a, *param.modules(), channels_last=layout == "channels_last"), precision(mode, self.device):
             net = pool_before_relu(self.a, objective.layers)
+            if form == "transposed":
+                param = param.with_networks(transposed_upsampling)
             decode = None
             if compiled:
                 net = torch.compile(net, dynamic=False)
@@ -77,6 +86,7 @@ class Case:
                 sync(self.device)
                 seconds = (time.perf_counter() - t0) / reps
             finally:
+                torch.backends.cudnn.benchmark = searched
                 if decode is not None:
                     self.ae.decode = decode
         return batch / seconds, logits.float().argmax(1).cpu(), first
@@ -89,6 +99,7 @@ class Case:
         param, objective, step, targets, x0 = self.armed(batch)
         with frozen(self.a, *param.modules(), channels_last=layout == "channels_last"):
             net = pool_before_relu(self.a, objective.layers)
+            param = param.with_networks(transposed_upsampling)
             with profile(activities=activities) as prof:
                 param.start(x0, targets)
                 ascend(self.a, param, objective, targets, step, self.settings.steps, net)
@@ -102,6 +113,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="tiny batches, no compilation: checks every step runs")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--methods", default="classifier,decoder", help="comma-separated: classifier, decoder")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -113,33 +125,41 @@ def main() -> None:
     modes = ("fp32", "tf32", "bf16") if device.type == "cuda" else ("fp32",) if args.quick else ("fp32", "bf16")
     emit("device", {"name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU", "torch": torch.__version__})
 
-    for method in ("classifier", "decoder"):
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         case = Case(method, a, ae, device)
         print(f"--- {method}: kernels of one batch of {batches[method]}, fp32, contiguous weights", flush=True)
         print(case.profile(batches[method], "contiguous"), flush=True)
         results = {}
-        for layout in ("contiguous", "channels_last"):
-            for mode in modes:
-                rate, argmax, _ = case.run(batches[method], layout, mode)
-                results[(layout, mode)] = rate
-                ref = results.get(("contiguous", "fp32"))
-                if (layout, mode) == ("contiguous", "fp32"):
-                    ref_argmax = argmax
-                emit("steps", {"method": method, "batch": batches[method], "layout": layout, "precision": mode,
-                               "samples_per_s": round(rate, 1), "x_contiguous_fp32": round(rate / ref, 2),
-                               "same_argmax": round(float((argmax == ref_argmax).float().mean()), 4)})
+        forms = ("transposed", "as_written") if method == "decoder" else ("transposed",)  # the classifier has no upsampling
+        for form in forms:
+            for layout in ("contiguous", "channels_last"):
+                for mode in modes:
+                    rate, argmax, _ = case.run(batches[method], layout, mode, form=form)
+                    results[(layout, mode, form)] = rate
+                    ref = results[("contiguous", "fp32", "transposed")]
+                    if (layout, mode, form) == ("contiguous", "fp32", "transposed"):
+                        ref_argmax = argmax
+                    emit("steps", {"method": method, "batch": batches[method], "layout": layout, "precision": mode,
+                                   **({"form": form} if method == "decoder" else {}),
+                                   "samples_per_s": round(rate, 1), "x_contiguous_fp32": round(rate / ref, 2),
+                                   "same_argmax": round(float((argmax == ref_argmax).float().mean()), 4)})
         best = max(results, key=results.get)
+        for layout, mode, form in sorted(results, key=results.get, reverse=True)[:2]:
+            rate, _, first = case.run(batches[method], layout, mode, form=form, benchmark=True)
+            emit("cudnn_benchmark", {"method": method, "layout": layout, "precision": mode, "form": form,
+                                     "samples_per_s": round(rate, 1), "x_without": round(rate / results[(layout, mode, form)], 2),
+                                     "first_call_seconds": round(first, 1)})
         for batch in larger[method]:
             try:
-                rate, argmax, _ = case.run(batch, *best)
-                emit("batch", {"method": method, "layout": best[0], "precision": best[1], "batch": batch,
+                rate, argmax, _ = case.run(batch, best[0], best[1], form=best[2])
+                emit("batch", {"method": method, "layout": best[0], "precision": best[1], "form": best[2], "batch": batch,
                                "samples_per_s": round(rate, 1)})
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 emit("batch", {"method": method, "batch": batch, "error": "out of memory"})
         if not args.quick and not args.no_compile:
             try:
-                rate, argmax, first = case.run(batches[method], *best, compiled=True)
+                rate, argmax, first = case.run(batches[method], best[0], best[1], form=best[2], compiled=True)
                 emit("compiled", {"method": method, "layout": best[0], "precision": best[1], "batch": batches[method],
                                   "samples_per_s": round(rate, 1), "x_uncompiled": round(rate / results[best], 2),
                                   "first_call_seconds": round(first, 1)})

@@ -192,7 +192,9 @@ def test_wave_gan_audio_comes_back_from_the_engine():
     assert res.waves.shape == res.start_waves.shape == (2, PAPER.clip_samples)
     with torch.no_grad():
         assert torch.allclose(res.waves, gen(res.latents), atol=1e-6) and torch.allclose(res.start_waves, gen(res.start_latents), atol=1e-6)
-        assert torch.allclose(res.features, gen.features(res.latents), atol=1e-5)
+        # the engine runs the generator's transposed twin; the log-mel turns its 1e-8 audio rounding into up to ~5e-5
+        # (the generator as written moves 4e-5 between float32 and float64)
+        assert torch.allclose(res.features, gen.features(res.latents), atol=1e-4)
     lean = maximize(model, torch.tensor([0, 1]), method="wave-gan", decoder=gen, settings=settings, seed=2, keep_waves=False)
     assert lean.waves is None and torch.equal(lean.features, res.features)
     assert isinstance(parts(settings, "wave-gan", gen)[0], WaveGanParam)

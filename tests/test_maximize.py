@@ -407,3 +407,13 @@ def test_a_batch_shared_out_over_cores_gives_the_same_numbers_as_one_thread():
         assert torch.get_num_threads() == 2, "the caller's thread count is restored"
     finally:
         torch.set_num_threads(threads)
+
+
+def test_batches_are_equal_in_size_so_no_small_tail_batch_runs():
+    from generation.maximize import chunk_size
+
+    assert chunk_size(10000, 4096) == 3334  # three batches of 3,334, not 4,096 + 4,096 + 1,808
+    assert chunk_size(4096, 4096) == 4096
+    assert chunk_size(50, 64, cores=2) == 25  # one batch, half on each core
+    assert chunk_size(130, 64, cores=2) == 22  # three batches of 44, each split over two cores
+    assert chunk_size(0, 64) == 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -144,9 +145,11 @@ def objective(paths: dict, device: torch.device, out: Path, n: int, batch: int |
     left = budget
     for method, share in (("classifier", 0.5), ("decoder", 1.0)):
         def call(words: list[str], tag: str):
+            folder = out / f"objective-{method}-{tag}"
+            shutil.rmtree(folder, ignore_errors=True)  # a timing run, never a resume of an earlier one's classes
             sync(device)
             t0 = time.perf_counter()
-            run = run_objective(paths["A"], paths["B"], paths["AE"], out / f"objective-{method}-{tag}", n=n, words=words,
+            run = run_objective(paths["A"], paths["B"], paths["AE"], folder, n=n, words=words,
                                 methods=[method], device=device, batch_size=batch, progress=False, precision_mode=mode)
             sync(device)
             return time.perf_counter() - t0, run.seconds

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,8 +28,7 @@ from hearsay.runs import RunFolder
 
 from . import checkpoint, workers
 from .checkpoint import Checkpoint
-from .maximize import (METHODS, Result, check_precision, default_batch_size, derive_seed, maximize, noise, noise_threads,
-                       parameterization, preset)
+from .maximize import METHODS, Result, check_precision, default_batch_size, derive_seed, maximize, preset
 
 ARRAYS = ("prob_a_before", "prob_a_after", "prob_b_before", "prob_b_after", "failed", "trajectory")
 
@@ -169,61 +167,16 @@ class _ClassTask:
     shape: tuple[int, int]
     precision_mode: str
 
-    def compute(self, models: tuple, method: str, word: str, out: Path, starts: torch.Tensor | None = None) -> None:
-        """Maximize one class and save it; `starts`: its noise starts drawn ahead (`noise_starts`), else drawn here."""
+    def compute(self, models: tuple, method: str, word: str, out: Path) -> None:
         a, b, ae, gens = models
+        prior = gens[method].model if method in gens else ae.model if ae else None
         result = maximize(
-            a.model, torch.full((self.n,), self.targets[word], dtype=torch.long), method=method, decoder=_prior(models, method),
+            a.model, torch.full((self.n,), self.targets[word], dtype=torch.long), method=method, decoder=prior,
             settings=preset(self.preset_name, method), seed=derive_seed(self.seed, method, word), evaluator=b.model,
             device=self.device, batch_size=self.batch_size, shape=self.shape, keep_waves=False, keep_features=False,
-            precision_mode=self.precision_mode, start_latents=starts,
+            precision_mode=self.precision_mode,
         )
         _save_class(out / method / f"{word}.npz", result)
-
-    def noise_shape(self, models: tuple, method: str) -> tuple[int, ...]:
-        param = parameterization(method, preset(self.preset_name, method), _prior(models, method))
-        return param.noise_shape(param.feature_shape(self.shape))
-
-    def noise_starts(self, method: str, word: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """The class's noise starts exactly as `optimize` draws them for `compute` (per-sample seeds from index 0)."""
-        return noise(shape, preset(self.preset_name, method).init_std, derive_seed(self.seed, method, word), 0, self.n,
-                     workers=noise_threads(shape))
-
-
-def _prior(models: tuple, method: str) -> torch.nn.Module | None:
-    _, _, ae, gens = models
-    return gens[method].model if method in gens else ae.model if ae else None
-
-
-class _StartsAhead:
-    """On a GPU, each class's noise starts drawn on a host thread while the device maximizes the class before it.
-
-    Drawing 10,000 feature-sized starts takes about 0.45 s of host time; `optimize`
-    overlaps that with the device only from a class's second batch on. The draws
-    are the ones `optimize` would make, so results are unchanged; they are pinned
-    so the copies to the device are quick.
-    """
-
-    def __init__(self, task: _ClassTask, models: tuple, todo: list[tuple[str, str]], pin: bool = True):
-        self.task, self.todo, self.pin = task, todo, pin
-        self.shapes = {m: task.noise_shape(models, m) for m in dict.fromkeys(m for m, _ in todo)}
-        self.pool = ThreadPoolExecutor(1)
-        self.pending: dict[int, Future] = {}
-
-    def _draw(self, i: int) -> torch.Tensor:
-        method, word = self.todo[i]
-        starts = self.task.noise_starts(method, word, self.shapes[method])
-        return starts.pin_memory() if self.pin else starts
-
-    def get(self, i: int) -> torch.Tensor:
-        """Class i's starts; class i + 1's start drawing meanwhile."""
-        job = self.pending.pop(i, None) or self.pool.submit(self._draw, i)
-        if i + 1 < len(self.todo):
-            self.pending[i + 1] = self.pool.submit(self._draw, i + 1)
-        return job.result()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _load_for_worker(classifier: str, evaluator: str, decoder: str | None, gans: dict[str, str]) -> tuple:
@@ -367,15 +320,10 @@ def run_objective(
                 bar.set_postfix_str(f"{method}/{word}")
                 bar.update()
     else:
-        ahead = _StartsAhead(task, (a, b, ae, gens), todo) if device.type == "cuda" else None
-        try:
-            for i, (method, word) in enumerate(todo):
-                bar.set_postfix_str(f"{method}/{word}")
-                task.compute((a, b, ae, gens), method, word, out, ahead.get(i) if ahead else None)
-                bar.update()
-        finally:
-            if ahead is not None:
-                ahead.close()
+        for method, word in todo:
+            bar.set_postfix_str(f"{method}/{word}")
+            task.compute((a, b, ae, gens), method, word, out)
+            bar.update()
     bar.close()
     computed = len(todo)
     rows: dict[str, list[np.ndarray]] = {m: [] for m in methods}

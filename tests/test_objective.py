@@ -166,24 +166,3 @@ def test_objective_in_worker_processes_writes_the_same_arrays_and_summary(models
     assert (one / "summary.csv").read_text() == (two / "summary.csv").read_text()
     with pytest.raises(CommandError, match="parallel jobs must be at least 1, got 0"):
         _objective(models, tmp_path / "none", "--jobs", "0")
-
-
-def test_starts_drawn_ahead_for_a_gpu_are_the_draws_each_class_makes_itself(models, tmp_path):
-    """On a GPU the next class's noise starts are drawn while the device works; the saved arrays must not change."""
-    from generation.objective import _ClassTask, _StartsAhead, load_models
-
-    a, b, ae = load_models(models["classifier"], models["evaluator"], models["decoder"], torch.device("cpu"))
-    loaded = (a, b, ae, {})
-    task = _ClassTask(n=5, targets={w: a.class_index(w) for w in WORDS}, preset_name="paper", seed=7, device=torch.device("cpu"),
-                      batch_size=2, shape=CFG.shape, precision_mode="fp32")
-    todo = [(m, w) for m in ("classifier", "decoder") for w in ("go", "yes")]
-    ahead = _StartsAhead(task, loaded, todo, pin=False)
-    try:
-        for i, (method, word) in enumerate(todo):
-            task.compute(loaded, method, word, tmp_path / "ahead", ahead.get(i))
-            task.compute(loaded, method, word, tmp_path / "own")
-            with np.load(tmp_path / "ahead" / method / f"{word}.npz") as x, np.load(tmp_path / "own" / method / f"{word}.npz") as y:
-                for key in x.files:
-                    assert np.array_equal(x[key], y[key]), f"{method} {word} {key}"
-    finally:
-        ahead.close()

@@ -1,0 +1,92 @@
+"""The paper classifier's first block (one-channel 2x2 conv -> 2x2 max-pool) fused into compiled CPU passes."""
+import pytest
+import torch
+from torch import nn
+
+from generation import firstblock
+from generation.firstblock import ConvPool, fused_first_block
+from generation.maximize import PRESETS, optimize, parts, pool_before_relu
+from generation.nets import PaperClassifier
+
+
+def _pair(channels=8, bias=True):
+    torch.manual_seed(0)
+    return nn.Conv2d(1, channels, 2, bias=bias).requires_grad_(False), nn.MaxPool2d(2)
+
+
+@pytest.mark.parametrize("channels, bias, shape", [(8, True, (90, 80)), (3, False, (7, 10)), (16, True, (6, 5))])
+def test_fused_block_agrees_with_the_torch_ops_in_values_and_input_gradient(channels, bias, shape):
+    conv, pool = _pair(channels, bias)
+    fused = ConvPool(conv, pool)
+    x = torch.rand(5, 1, *shape, requires_grad=True)
+    y, y_fused = pool(conv(x)), fused(x)
+    assert y_fused.shape == y.shape
+    torch.testing.assert_close(y_fused, y, rtol=1e-6, atol=1e-6)
+    g = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, g)
+    (dx_fused,) = torch.autograd.grad(y_fused, x, g)
+    torch.testing.assert_close(dx_fused, dx, rtol=1e-5, atol=1e-6)
+
+
+def test_ties_go_to_the_first_position_and_nan_wins_as_in_torch():
+    conv, pool = _pair()
+    fused = ConvPool(conv, pool)
+    x = torch.zeros(2, 1, 9, 9, requires_grad=True)  # every window a tie: conv = bias exactly, in any summation order
+    with torch.no_grad():
+        x[1, 0, 4, 4] = float("nan")
+    y, y_fused = pool(conv(x)), fused(x)
+    assert torch.equal(torch.isnan(y_fused), torch.isnan(y)) and torch.isnan(y_fused).any()
+    g = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, g)
+    (dx_fused,) = torch.autograd.grad(y_fused, x, g)
+    assert torch.allclose(dx_fused[0], dx[0], rtol=1e-6, atol=1e-7)  # the same winner in every tied window
+
+
+def test_torch_ops_run_wherever_the_compiled_pass_does_not_apply(monkeypatch):
+    conv, pool = _pair()
+    fused = ConvPool(conv, pool)
+    x = torch.rand(2, 1, 8, 8)
+    monkeypatch.setattr(firstblock, "conv_pool", lambda *a: pytest.fail("compiled pass used"))
+    conv.double()
+    assert torch.equal(fused(x.double()), pool(conv(x.double())))
+    conv.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(fused(x), pool(conv(x)))
+    conv.weight.requires_grad_(True)  # training: gradients for the weights need the torch ops
+    assert torch.equal(fused(x), pool(conv(x)))
+
+
+def test_the_paper_classifier_gets_the_fused_block_and_the_callers_model_stays_as_it_is():
+    torch.manual_seed(0)
+    model = PaperClassifier(4, input_shape=(18, 16)).eval().requires_grad_(False)
+    fast = pool_before_relu(model)
+    code = fast.code
+    fused = fused_first_block(fast)
+    assert fast.code == code  # the cached rewrite is not changed
+    assert sum(isinstance(m, ConvPool) for m in fused.modules()) == 1  # only the one-channel block
+    assert fused_first_block(fast) is fused  # cached
+    assert fused_first_block(fast, keep=("features.0",)) is fast  # a layer an objective reads keeps its output
+    x = torch.rand(3, 18, 16)
+    torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-6)
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2))  # a 3x3 kernel: no fused pass for it
+    assert fused_first_block(plain) is plain
+
+
+def test_maximization_on_a_cpu_runs_the_fused_block_and_agrees_with_the_network_as_written(monkeypatch):
+    torch.manual_seed(0)
+    clf = PaperClassifier(3, input_shape=(18, 16))
+    calls = []
+    fused_op = firstblock.conv_pool
+    monkeypatch.setattr(firstblock, "conv_pool", lambda *a: calls.append(1) or fused_op(*a))
+
+    def run(rewrite: bool):
+        param, objective, step = parts(PRESETS["paper"]["classifier"], "classifier")
+        return optimize(clf, torch.arange(6) % 3, param, objective, step, steps=2, seed=1, batch_size=6, rewrite=rewrite,
+                        cores=1, shape=(18, 16))
+
+    written = run(False)
+    assert not calls
+    fused = run(True)
+    assert calls
+    torch.testing.assert_close(fused.features, written.features, rtol=0, atol=1e-4)
+    torch.testing.assert_close(fused.prob_a, written.prob_a, rtol=0, atol=1e-5)

@@ -14,7 +14,7 @@ ops to float rounding (about 1e-7 relative); ties in the pool go to the first
 position in row-major order and NaN wins, as in torch's CPU max-pool.
 `fused_first_block(model)` swaps such a pair in a traced copy of a model; the
 fused layer falls back to the torch ops wherever the compiled pass does not
-apply (another device or dtype, autocast, weights that need gradients).
+apply (another device or dtype, an unbatched input, autocast, weights that need gradients).
 """
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ class ConvPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.conv.weight, self.conv.bias
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
+        if (x.device.type != "cpu" or x.dim() != 4 or x.dtype != torch.float32 or weight.dtype != torch.float32
                 or torch.is_autocast_enabled("cpu") or weight.requires_grad or (bias is not None and bias.requires_grad)):
             return self.pool(self.conv(x))
         w = weight.detach().reshape(weight.shape[0], 4).T.contiguous()  # [4, C]: the channels innermost, as the kernel loops

@@ -52,6 +52,7 @@ def test_torch_ops_run_wherever_the_compiled_pass_does_not_apply(monkeypatch):
     conv.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(fused(x), pool(conv(x)))
+    assert torch.equal(fused(x[0]), pool(conv(x[0])))  # one unbatched map
     conv.weight.requires_grad_(True)  # training: gradients for the weights need the torch ops
     assert torch.equal(fused(x), pool(conv(x)))
 

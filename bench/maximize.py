@@ -194,11 +194,11 @@ def main() -> None:
         settings = PRESETS["paper"][method]
 
         def run(n: int, steps: int = args.steps, rewrite: bool = True, model=clf, first_index: int = 0, cores: int | None = None,
-                mode: str = "fp32"):
+                mode: str = "fp32", **given):
             param, objective, step = parts(settings, method, dec)
             targets = (torch.arange(n) + first_index) % args.classes
             return optimize(model, targets, param, objective, step, steps=steps, seed=1, device=device, batch_size=n,
-                            first_index=first_index, rewrite=rewrite, cores=cores, precision_mode=mode)
+                            first_index=first_index, rewrite=rewrite, cores=cores, precision_mode=mode, **given)
 
         def rate(fn, n: int) -> float:
             sync(device)
@@ -254,10 +254,7 @@ def main() -> None:
         # and 20 steps amplify that: the tolerance is how far the networks as written move when their starts change by 1e-6
         start = ref.start_latents if dec is not None else ref.start_features
         start = start * (1 + 1e-6 * torch.randn(start.shape, generator=torch.Generator().manual_seed(3)))
-        param, objective, step = parts(settings, method, dec)
-        moved = optimize(clf, torch.arange(n_check) % args.classes, param, objective, step, steps=args.steps, device=device,
-                         batch_size=n_check, rewrite=False, cores=1,
-                         **({"start_latents": start} if dec is not None else {"start": start}))
+        moved = run(n_check, rewrite=False, cores=1, **({"start_latents": start} if dec is not None else {"start": start}))
         tolerance = (f"the networks as written move {(moved.features - ref.features).abs().max().item():.2e} "
                      f"when their starts change by 1e-6")
         print(f"  agreement with the engine on the networks as written, on one thread: max |feature difference| "

@@ -62,16 +62,16 @@ def _pooled_forward(x, w, b, out, arg):  # pragma: no cover - compiled by numba
 def _input_gradient(g, arg, w, dx):  # pragma: no cover - compiled by numba
     """g [N, HP, WP, C]: gradient at the pooled maps -> dx [N, H, W], each window's gradient sent through its winner."""
     n_samples, hp, wp, channels = g.shape
+    zero = np.float32(0.0)
     dx[:] = 0.0
     for n in range(n_samples):
         for i in range(hp):
             r = 2 * i
             for j in range(wp):
                 s = 2 * j
-                p00 = p01 = p02 = p10 = p11 = p12 = p20 = p21 = p22 = np.float32(0.0)
+                p00 = p01 = p02 = p10 = p11 = p12 = p20 = p21 = p22 = zero
                 for c in range(channels):
                     gv, k = g[n, i, j, c], arg[n, i, j, c]
-                    zero = np.float32(0.0)
                     g0, g1 = (gv if k == 0 else zero), (gv if k == 1 else zero)
                     g2, g3 = (gv if k == 2 else zero), (gv if k == 3 else zero)
                     w00, w01, w10, w11 = w[0, c], w[1, c], w[2, c], w[3, c]

@@ -941,11 +941,12 @@ def optimize(
                 _probe(classifier, shape, device)
             objective.check(acts)
 
-        net = pool_before_relu(classifier, objective.layers) if rewrite else classifier
-        if rewrite and device.type == "cpu":
-            net = fused_first_block(net, objective.layers)
-        if rewrite:  # after `frozen`: the twin's derived weights follow the prior's device and layout
-            param = param.with_networks(transposed_upsampling)
+        net = classifier
+        if rewrite:
+            net = pool_before_relu(classifier, objective.layers)
+            if device.type == "cpu":
+                net = fused_first_block(net, objective.layers)
+            param = param.with_networks(transposed_upsampling)  # after `frozen`: derived weights follow device and layout
         workers = core_workers(device, batch_size, objective, cores)
         size = chunk_size(total, batch_size, workers)  # each core's share of a batch
         chunks = range(0, total, size)

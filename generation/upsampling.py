@@ -3,10 +3,10 @@
 The autoencoder's decoder and the GAN generators grow their output by
 `nn.Upsample(scale_factor=s)` (nearest) and then a `k`-tap convolution padded
 to keep the size. On the upsampled map each output value reads only the input
-values its `k` taps fall on, and those taps land on at most two (for s >= 2)
-neighbouring input values per axis. So the pair equals a transposed
-convolution with stride `s`, `s + k - 1` taps per axis and padding `(k-1)/2`,
-whose weights are sums of the convolution's weights (`transposed_weight`).
+values its `k` taps fall on (each input value repeated `s` times, so several
+taps share one). So the pair equals a transposed convolution with stride `s`,
+`s + k - 1` taps per axis and padding `(k-1)/2`, whose weights are sums of the
+convolution's weights (`transposed_weight`).
 
 That form never builds the upsampled map, does 4/9 of the multiply-adds of the
 pair for s = 2, k = 3 in 2-D, and its input gradient is one strided

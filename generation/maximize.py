@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from hearsay.errors import HearsayError
-from .firstblock import fused_first_block
+from .fused import RewriteCache, fused_cpu_layers
 from .heap import retained_heap
 from .nets import Autoencoder
 from .upsampling import transposed_upsampling
@@ -600,9 +600,6 @@ def _is(node: torch.fx.Node, modules: dict[str, nn.Module], kind: type, function
     return node.op == "call_function" and node.target is function
 
 
-_REWRITTEN: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], nn.Module | None]]" = weakref.WeakKeyDictionary()
-
-
 def pool_before_relu(model: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
     """The same network with every ReLU -> max-pool pair run as max-pool -> ReLU.
 
@@ -616,11 +613,7 @@ def pool_before_relu(model: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
     Leaf modules are shared, not copied, so forward hooks on them still fire.
     Results are cached per model (tracing costs about 10 ms a call).
     """
-    cached = _REWRITTEN.setdefault(model, {})
-    if keep not in cached:
-        rewritten = _pool_before_relu(model, keep)
-        cached[keep] = None if rewritten is model else rewritten  # never a strong reference to the weak key
-    return model if cached[keep] is None else cached[keep]
+    return _pools_before_relus(model, keep)
 
 
 def _pool_before_relu(model: nn.Module, keep: tuple[str, ...]) -> nn.Module:
@@ -657,6 +650,9 @@ def _pool_before_relu(model: nn.Module, keep: tuple[str, ...]) -> nn.Module:
     traced.graph.lint()
     traced.recompile()
     return traced
+
+
+_pools_before_relus = RewriteCache(_pool_before_relu)
 
 
 def ascend(
@@ -945,7 +941,7 @@ def optimize(
         if rewrite:
             net = pool_before_relu(classifier, objective.layers)
             if device.type == "cpu":
-                net = fused_first_block(net, objective.layers)
+                net = fused_cpu_layers(net, objective.layers)
             param = param.with_networks(transposed_upsampling)  # after `frozen`: derived weights follow device and layout
         workers = core_workers(device, batch_size, objective, cores)
         size = chunk_size(total, batch_size, workers)  # each core's share of a batch

@@ -1,4 +1,4 @@
-"""A one-channel convolution and the max-pool after it, fused into one compiled CPU pass (and one for the gradient).
+"""Compiled CPU passes for the paper classifier's 2x2 blocks: its first convolution fused with its pool, and its later 2x2 pools.
 
 The paper classifier opens with a 2x2 convolution of the single log-mel
 channel into 8 maps and a 2x2 max-pool. As torch ops on a CPU that block took
@@ -12,15 +12,25 @@ gradient goes straight from the pooled maps to the input.
 The values are the same sums in another order, so they agree with the torch
 ops to float rounding (about 1e-7 relative); ties in the pool go to the first
 position in row-major order and NaN wins, as in torch's CPU max-pool.
-`fused_first_block(model)` swaps such a pair in a traced copy of a model; the
-fused layer falls back to the torch ops wherever the compiled pass does not
-apply (another device or dtype, an unbatched input, autocast, weights that need gradients).
+The later blocks' 2x2 max-pools (over channels-last maps of 16 and 32
+channels) run as compiled passes too: torch's pool writes an 8-byte index per
+value and its gradient zeroes the full-resolution map before scattering into it
+(in a maximization step at batch 128 these were 10 of 45 ms). The compiled
+pool keeps a one-byte winner per value, and its gradient writes the
+full-resolution map once, in order. Its values and gradients are those of
+torch's pool bit for bit.
+
+`fused_cpu_layers(model)` swaps such layers in a traced copy of a model; a
+fused layer falls back to the torch ops wherever its compiled pass does not
+apply (another device or dtype, an unbatched input, autocast, weights that need
+gradients, a map not stored channels-last).
 """
 from __future__ import annotations
 
 import functools
 import math
 import weakref
+from typing import Callable
 
 import numpy as np
 import torch
@@ -95,6 +105,51 @@ def _input_gradient(g, arg, w, dx):  # pragma: no cover - compiled by numba
                 dx[n, r + 2, s + 2] += p22
 
 
+def _pool_forward(x, out, arg):  # pragma: no cover - compiled by numba
+    """x [N, H, W, C] -> out [N, HP, WP, C]: each 2x2 window's maximum; arg: its position (0-3, row-major), as torch picks it."""
+    n_samples, hp, wp, channels = out.shape
+    for n in range(n_samples):
+        for i in range(hp):
+            r = 2 * i
+            for j in range(wp):
+                s = 2 * j
+                for c in range(channels):
+                    best, k = x[n, r, s, c], 0
+                    v = x[n, r, s + 1, c]
+                    if v > best or v != v:
+                        best, k = v, 1
+                    v = x[n, r + 1, s, c]
+                    if v > best or v != v:
+                        best, k = v, 2
+                    v = x[n, r + 1, s + 1, c]
+                    if v > best or v != v:
+                        best, k = v, 3
+                    out[n, i, j, c] = best
+                    arg[n, i, j, c] = k
+
+
+def _pool_gradient(g, arg, dx):  # pragma: no cover - compiled by numba
+    """g [N, HP, WP, C] -> dx [N, H, W, C], written row by row: each window's gradient at its winner, 0 elsewhere.
+
+    `g + 0` as torch's gradient (zeros, then added into): -0.0 lands as +0.0.
+    """
+    n_samples, hp, wp, channels = g.shape
+    height, width = dx.shape[1], dx.shape[2]
+    zero = np.float32(0.0)
+    for n in range(n_samples):
+        for r in range(height):
+            i = r // 2
+            for s in range(width):
+                j = s // 2
+                if i >= hp or j >= wp:  # the odd last row or column no window covers
+                    for c in range(channels):
+                        dx[n, r, s, c] = zero
+                    continue
+                position = 2 * (r - 2 * i) + s - 2 * j
+                for c in range(channels):
+                    dx[n, r, s, c] = g[n, i, j, c] + zero if arg[n, i, j, c] == position else zero
+
+
 @functools.cache
 def _kernels():
     import numba
@@ -102,6 +157,14 @@ def _kernels():
     # reassociation lets the channel sums use vector registers; no 'nnan': NaN must still win the pool
     compile_ = numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
     return compile_(_pooled_forward), compile_(_input_gradient)
+
+
+@functools.cache
+def _pool_kernels():
+    import numba
+
+    compile_ = numba.njit(nogil=True, cache=True, error_model="numpy")  # no fast-math: bit for bit as torch's pool
+    return compile_(_pool_forward), compile_(_pool_gradient)
 
 
 # As torch operators (not a Python autograd function), so that dispatch-level tools see the fused passes as what
@@ -151,6 +214,40 @@ def _conv_pool_input_grad_flops(grad_shape, arg_shape, w_shape, height, width, o
     return 2 * 4 * math.prod(grad_shape)  # the winner's 4 taps per pooled value
 
 
+@torch.library.custom_op("hearsay::max_pool_2x2", mutates_args=())
+def max_pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [N, C, H, W] stored channels-last -> (pooled maps [N, C, HP, WP] stored channels-last, winner positions [N, HP, WP, C])."""
+    forward, _ = _pool_kernels()
+    n, channels, height, width = x.shape
+    out = torch.empty(n, height // 2, width // 2, channels)
+    arg = torch.empty(out.shape, dtype=torch.int8)
+    forward(x.permute(0, 2, 3, 1).numpy(), out.numpy(), arg.numpy())
+    return out.permute(0, 3, 1, 2), arg
+
+
+@torch.library.custom_op("hearsay::max_pool_2x2_grad", mutates_args=())
+def max_pool_grad(grad: torch.Tensor, arg: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The gradient at the pooled maps [N, C, HP, WP] -> the gradient at the input [N, C, H, W], stored channels-last."""
+    _, gradient = _pool_kernels()
+    n, channels = grad.shape[:2]
+    dx = torch.empty(n, height, width, channels)
+    gradient(grad.permute(0, 2, 3, 1).contiguous().numpy(), arg.numpy(), dx.numpy())
+    return dx.permute(0, 3, 1, 2)
+
+
+def _save_pool(ctx, inputs, output) -> None:
+    ctx.save_for_backward(output[1])
+    ctx.size = inputs[0].shape[2:]
+
+
+def _pool_backward(ctx, grad, _grad_arg):
+    (arg,) = ctx.saved_tensors
+    return max_pool_grad(grad, arg, *ctx.size)
+
+
+max_pool.register_autograd(_pool_backward, setup_context=_save_pool)
+
+
 class ConvPool(nn.Module):
     """`pool(conv(x))` for a one-input-channel 2x2 conv and a 2x2 pool; compiled and fused on a CPU in float32 with frozen weights."""
 
@@ -168,30 +265,59 @@ class ConvPool(nn.Module):
         return conv_pool(x[:, 0].contiguous(), w, b.contiguous())[0]
 
 
+class Pool(nn.Module):
+    """A 2x2 max-pool (stride 2); compiled on a CPU for float32 maps stored channels-last, the same values and gradients."""
+
+    def __init__(self, pool: nn.MaxPool2d):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dim() != 4 or x.dtype != torch.float32 or x.shape[2] < 2 or x.shape[3] < 2
+                or not x.permute(0, 2, 3, 1).is_contiguous()):
+            return self.pool(x)
+        return max_pool(x)[0]
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, tuple) else (v, v)
+
+
+def _is_pool_2x2(pool: nn.Module) -> bool:
+    return (type(pool) is nn.MaxPool2d and _pair(pool.kernel_size) == (2, 2) and _pair(pool.stride) == (2, 2)
+            and _pair(pool.padding) == (0, 0) and _pair(pool.dilation) == (1, 1) and not pool.ceil_mode
+            and not pool.return_indices)
+
+
 def _fits(conv: nn.Module, pool: nn.Module) -> bool:
-    if not (type(conv) is nn.Conv2d and type(pool) is nn.MaxPool2d):
-        return False
-    pair = lambda v: tuple(v) if isinstance(v, tuple) else (v, v)  # noqa: E731
-    return (conv.in_channels == 1 and pair(conv.kernel_size) == (2, 2) and pair(conv.stride) == (1, 1)
-            and pair(conv.dilation) == (1, 1) and conv.padding in ((0, 0), "valid") and conv.padding_mode == "zeros"
-            and pair(pool.kernel_size) == (2, 2) and pair(pool.stride) == (2, 2) and pair(pool.padding) == (0, 0)
-            and pair(pool.dilation) == (1, 1) and not pool.ceil_mode and not pool.return_indices)
+    return (type(conv) is nn.Conv2d and _is_pool_2x2(pool) and conv.in_channels == 1 and _pair(conv.kernel_size) == (2, 2)
+            and _pair(conv.stride) == (1, 1) and _pair(conv.dilation) == (1, 1) and conv.padding in ((0, 0), "valid")
+            and conv.padding_mode == "zeros")
 
 
-_FUSED: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], nn.Module | None]]" = weakref.WeakKeyDictionary()
+class RewriteCache:
+    """A model rewrite's results per model (weakly held: a rewrite never keeps its model alive) and per kept layer names."""
+
+    def __init__(self, rewrite: Callable[[nn.Module, tuple[str, ...]], nn.Module]):
+        self.rewrite = rewrite
+        self.results: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], nn.Module | None]]" = weakref.WeakKeyDictionary()
+
+    def __call__(self, model: nn.Module, keep: tuple[str, ...]) -> nn.Module:
+        cached = self.results.setdefault(model, {})
+        if keep not in cached:
+            rewritten = self.rewrite(model, keep)
+            cached[keep] = None if rewritten is model else rewritten  # never a strong reference to the weak key
+        return model if cached[keep] is None else cached[keep]
 
 
-def fused_first_block(model: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
-    """`model` with each one-input-channel 2x2 Conv2d -> 2x2 MaxPool2d pair (modules, neither named in `keep`) run as `ConvPool`.
+def fused_cpu_layers(model: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
+    """`model` with its one-input-channel 2x2 Conv2d -> 2x2 MaxPool2d pairs run as `ConvPool` and its other 2x2 pools as `Pool`.
 
-    Works on a traced copy (leaf modules shared); a model fx cannot trace, or
-    without such a pair, is returned as it is. Cached per model and `keep`.
+    Only modules not named in `keep` (read by an objective). Works on a traced
+    copy (leaf modules shared); a model fx cannot trace, or with no such layer,
+    is returned as it is. Cached per model and `keep`.
     """
-    cached = _FUSED.setdefault(model, {})
-    if keep not in cached:
-        fused = _fuse(model, keep)
-        cached[keep] = None if fused is model else fused
-    return model if cached[keep] is None else cached[keep]
+    return _fused(model, keep)
 
 
 def _fuse(model: nn.Module, keep: tuple[str, ...]) -> nn.Module:
@@ -200,24 +326,36 @@ def _fuse(model: nn.Module, keep: tuple[str, ...]) -> nn.Module:
     except Exception:  # Python control flow on values: use the model as it is
         return model
     modules = dict(traced.named_modules())
-    pairs = []
-    for conv in traced.graph.nodes:
-        if conv.op != "call_module" or conv.target in keep or len(conv.users) != 1:
+
+    def swap(nodes: list[torch.fx.Node], name: str, layer: nn.Module) -> None:
+        """Replace `nodes` (a chain, the last one's output used) with one call of `layer` on the first one's input."""
+        traced.add_submodule(name, layer)
+        with traced.graph.inserting_before(nodes[-1]):
+            node = traced.graph.call_module(name, nodes[0].args)
+        nodes[-1].replace_all_uses_with(node)
+        for old in reversed(nodes):
+            traced.graph.erase_node(old)
+            erased.add(old)
+
+    def module(node: torch.fx.Node) -> nn.Module | None:
+        ok = node.op == "call_module" and node.target not in keep and len(node.args) == 1 and not node.kwargs
+        return modules[node.target] if ok else None
+
+    erased: set[torch.fx.Node] = set()
+    for node in list(traced.graph.nodes):
+        if node in erased or node.op != "call_module":
             continue
-        pool = next(iter(conv.users))
-        if pool.op == "call_module" and pool.target not in keep and pool.args == (conv,) and not pool.kwargs \
-                and _fits(modules[conv.target], modules[pool.target]):
-            pairs.append((conv, pool))
-    if not pairs:
+        users = list(node.users)
+        if len(users) == 1 and users[0].args == (node,) and module(node) is not None and module(users[0]) is not None \
+                and _fits(module(node), module(users[0])):
+            swap([node, users[0]], f"fused_conv_pool_{node.name}", ConvPool(module(node), module(users[0])))
+        elif module(node) is not None and _is_pool_2x2(module(node)):
+            swap([node], f"compiled_pool_{node.name}", Pool(module(node)))
+    if not erased:
         return model
-    for k, (conv, pool) in enumerate(pairs):
-        name = f"fused_conv_pool_{k}"
-        traced.add_submodule(name, ConvPool(modules[conv.target], modules[pool.target]))
-        with traced.graph.inserting_before(pool):
-            node = traced.graph.call_module(name, conv.args)
-        pool.replace_all_uses_with(node)
-        traced.graph.erase_node(pool)
-        traced.graph.erase_node(conv)
     traced.graph.lint()
     traced.recompile()
     return traced
+
+
+_fused = RewriteCache(_fuse)

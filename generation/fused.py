@@ -12,13 +12,13 @@ gradient goes straight from the pooled maps to the input.
 The values are the same sums in another order, so they agree with the torch
 ops to float rounding (about 1e-7 relative); ties in the pool go to the first
 position in row-major order and NaN wins, as in torch's CPU max-pool.
+
 The later blocks' 2x2 max-pools (over channels-last maps of 16 and 32
-channels) run as compiled passes too: torch's pool writes an 8-byte index per
-value and its gradient zeroes the full-resolution map before scattering into it
-(in a maximization step at batch 128 these were 10 of 45 ms). The compiled
-pool keeps a one-byte winner per value, and its gradient writes the
-full-resolution map once, in order. Its values and gradients are those of
-torch's pool bit for bit.
+channels) run as compiled passes too. Torch's pool writes an 8-byte index per
+value, and its gradient zeroes the full-resolution map before scattering into
+it; the compiled pool keeps a one-byte winner per value, and its gradient
+writes the full-resolution map once, in order (20 steps at batch 128 on one
+core: 0.98 -> 0.91 s). Its values and gradients are torch's bit for bit.
 
 `fused_cpu_layers(model)` swaps such layers in a traced copy of a model; a
 fused layer falls back to the torch ops wherever its compiled pass does not

@@ -23,12 +23,12 @@ def test_roofline_counts_one_step_and_bounds_each_op():
         return optimize(model, torch.arange(n) % 3, *parts(settings), steps=steps, batch_size=n)
 
     ops = step_ops(run, 4)
-    # the one-channel first block runs fused on a CPU (generation.firstblock); the other two conv layers as torch ops
+    # the one-channel first block runs fused on a CPU (generation.fused), the later pools compiled; the other convs as torch ops
     assert ops["conv_pool_2x2"][0] == 1 and ops["conv_pool_2x2_input_grad"][0] == 1
     assert ops["conv_pool_2x2"][1] == 2 * 16 * 4 * 8 * 44 * 39, "4 samples x 8 maps x 44 x 39 windows, 16 multiply-adds each"
     assert ops["conv_pool_2x2"][2] > 4 * 90 * 80 * 4, "at least its input's bytes"
     assert ops["convolution"][0] == 2 and ops["convolution_backward"][0] == 2, "two more conv layers, forward and input gradient"
-    assert ops["addmm"][1] > 0 and ops["max_pool2d_with_indices"][1] == 0
+    assert ops["addmm"][1] > 0 and ops["max_pool_2x2"][0] == 2 and "max_pool2d_with_indices" not in ops
     total, rows = roofline(ops, peak=1e10, bandwidth=1e9)
     by_name = {r[0]: r for r in rows}
     calls, flops, nbytes = ops["convolution"]

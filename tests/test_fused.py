@@ -1,10 +1,10 @@
-"""The paper classifier's first block (one-channel 2x2 conv -> 2x2 max-pool) fused into compiled CPU passes."""
+"""The paper classifier's 2x2 blocks as compiled CPU passes: the one-channel conv fused with its pool, the later pools."""
 import pytest
 import torch
 from torch import nn
 
-from generation import firstblock
-from generation.firstblock import ConvPool, fused_first_block
+from generation import fused as fused_layers
+from generation.fused import ConvPool, Pool, fused_cpu_layers
 from generation.maximize import PRESETS, optimize, parts, pool_before_relu
 from generation.nets import PaperClassifier
 
@@ -46,7 +46,7 @@ def test_torch_ops_run_wherever_the_compiled_pass_does_not_apply(monkeypatch):
     conv, pool = _pair()
     fused = ConvPool(conv, pool)
     x = torch.rand(2, 1, 8, 8)
-    monkeypatch.setattr(firstblock, "conv_pool", lambda *a: pytest.fail("compiled pass used"))
+    monkeypatch.setattr(fused_layers, "conv_pool", lambda *a: pytest.fail("compiled pass used"))
     conv.double()
     assert torch.equal(fused(x.double()), pool(conv(x.double())))
     conv.float()
@@ -62,23 +62,27 @@ def test_the_paper_classifier_gets_the_fused_block_and_the_callers_model_stays_a
     model = PaperClassifier(4, input_shape=(18, 16)).eval().requires_grad_(False)
     fast = pool_before_relu(model)
     code = fast.code
-    fused = fused_first_block(fast)
+    fused = fused_cpu_layers(fast)
     assert fast.code == code  # the cached rewrite is not changed
     assert sum(isinstance(m, ConvPool) for m in fused.modules()) == 1  # only the one-channel block
-    assert fused_first_block(fast) is fused  # cached
-    assert fused_first_block(fast, keep=("features.0",)) is fast  # a layer an objective reads keeps its output
+    assert sum(isinstance(m, Pool) for m in fused.modules()) == 2  # the later blocks' pools
+    assert fused_cpu_layers(fast) is fused  # cached
+    kept = fused_cpu_layers(fast, keep=("features.0", "features.6"))  # layers an objective reads keep their outputs
+    # the first pool without its convolution still runs compiled; the pool read stays as it is
+    assert [m.pool for m in kept.modules() if isinstance(m, Pool)] == [model.features[2], model.features[10]]
+    assert not any(isinstance(m, ConvPool) for m in kept.modules())
     x = torch.rand(3, 18, 16)
     torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-6)
-    plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2))  # a 3x3 kernel: no fused pass for it
-    assert fused_first_block(plain) is plain
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(3))  # a 3x3 kernel and pool: no compiled pass for them
+    assert fused_cpu_layers(plain) is plain
 
 
 def test_maximization_on_a_cpu_runs_the_fused_block_and_agrees_with_the_network_as_written(monkeypatch):
     torch.manual_seed(0)
     clf = PaperClassifier(3, input_shape=(18, 16))
     calls = []
-    fused_op = firstblock.conv_pool
-    monkeypatch.setattr(firstblock, "conv_pool", lambda *a: calls.append(1) or fused_op(*a))
+    for name in ("conv_pool", "max_pool"):
+        monkeypatch.setattr(fused_layers, name, lambda *a, op=getattr(fused_layers, name), name=name: calls.append(name) or op(*a))
 
     def run(rewrite: bool):
         param, objective, step = parts(PRESETS["paper"]["classifier"], "classifier")
@@ -88,6 +92,40 @@ def test_maximization_on_a_cpu_runs_the_fused_block_and_agrees_with_the_network_
     written = run(False)
     assert not calls
     fused = run(True)
-    assert calls
+    assert {"conv_pool", "max_pool"} <= set(calls)
     torch.testing.assert_close(fused.features, written.features, rtol=0, atol=1e-4)
     torch.testing.assert_close(fused.prob_a, written.prob_a, rtol=0, atol=1e-5)
+
+
+def _channels_last(*shape):
+    return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 43, 38), (2, 5, 6, 7), (1, 32, 2, 2), (4, 1, 5, 9)])
+def test_compiled_pool_gives_torch_pools_values_and_gradients_bit_for_bit(shape):
+    pool = nn.MaxPool2d(2)
+    x = _channels_last(*shape)
+    x[0, 0, :2, :2] = 1.0  # a tied window: the first position wins
+    x[-1, -1, -2:, -2:] = float("nan")  # NaN wins
+    x.requires_grad_(True)
+    y, y_fast = pool(x), Pool(pool)(x)
+    assert y_fast.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y_fast.isnan(), y.isnan()) and torch.equal(y_fast.nan_to_num(), y.nan_to_num())
+    g = _channels_last(*y.shape)
+    g[0, 0, 0, 0] = -0.0  # torch adds into zeros: -0.0 lands as +0.0
+    (dx,) = torch.autograd.grad(y, x, g)
+    (dx_fast,) = torch.autograd.grad(y_fast, x, g)
+    assert torch.equal(dx_fast, dx) and torch.equal(dx_fast.signbit(), dx.signbit())
+    assert dx_fast[:, :, 2 * (shape[2] // 2):].abs().sum() == 0  # an odd last row no window covers
+    torch.testing.assert_close(dx_fast.double().sum(), g.double().sum())  # each gradient value lands once
+
+
+def test_torch_pool_runs_wherever_the_compiled_pool_does_not_apply(monkeypatch):
+    pool = nn.MaxPool2d(2)
+    fast = Pool(pool)
+    monkeypatch.setattr(fused_layers, "max_pool", lambda *a: pytest.fail("compiled pass used"))
+    x = _channels_last(2, 4, 6, 6)
+    for other in (x.contiguous(), x.double(), x[0], x.bfloat16()):  # stored NCHW, float64, unbatched, bf16
+        assert torch.equal(fast(other), pool(other))
+    with pytest.raises(RuntimeError, match="too small"):  # a map of one row: torch's own error
+        fast(x[:, :, :1])

@@ -290,8 +290,8 @@ def test_pool_before_relu_gives_the_same_numbers_and_keeps_layers_objectives_rea
     s = Settings(steps=4, lr=0.05, clamp=False)
     from generation.maximize import optimize, parts
 
-    # the engine with only this rewrite (the CPU's fused first block rounds differently: tests/test_firstblock.py)
-    monkeypatch.setattr(maximize, "fused_first_block", lambda net, keep: net)
+    # the engine with only this rewrite (the CPU's fused first block rounds differently: tests/test_fused.py)
+    monkeypatch.setattr(maximize, "fused_cpu_layers", lambda net, keep: net)
     runs = [optimize(model, targets, *parts(s), steps=4, seed=3, rewrite=r) for r in (True, False)]
     assert torch.equal(runs[0].features, runs[1].features) and torch.equal(runs[0].prob_a, runs[1].prob_a)
 

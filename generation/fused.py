@@ -38,12 +38,15 @@ from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
 
-def _pooled_forward(x, w, b, out, arg):  # pragma: no cover - compiled by numba
+def _pooled_forward(x, w, b, relu, out, arg):  # pragma: no cover - compiled by numba
     """x [N, H, W]; w [4, C] (taps w00 w01 w10 w11); b [C] -> out [N, HP, WP, C]: each 2x2 window's max of conv(x); arg: where.
+
+    With `relu` the maximum goes through a ReLU too.
 
     Each window reads a 3x3 input patch once; the channel loop then runs in vector registers.
     """
     n_samples, hp, wp, channels = out.shape
+    zero = np.float32(0.0)
     for n in range(n_samples):
         for i in range(hp):
             r = 2 * i
@@ -65,6 +68,8 @@ def _pooled_forward(x, w, b, out, arg):  # pragma: no cover - compiled by numba
                     v = bc + w00 * x11 + w01 * x12 + w10 * x21 + w11 * x22
                     if v > best or v != v:
                         best, k = v, 3
+                    if relu and best <= 0:  # as torch's ReLU: 0 and no gradient (winner 4); NaN passes with its gradient
+                        best, k = zero, 4
                     out[n, i, j, c] = best
                     arg[n, i, j, c] = k
 
@@ -105,9 +110,13 @@ def _input_gradient(g, arg, w, dx):  # pragma: no cover - compiled by numba
                 dx[n, r + 2, s + 2] += p22
 
 
-def _pool_forward(x, out, arg):  # pragma: no cover - compiled by numba
-    """x [N, H, W, C] -> out [N, HP, WP, C]: each 2x2 window's maximum; arg: its position (0-3, row-major), as torch picks it."""
+def _pool_forward(x, relu, out, arg):  # pragma: no cover - compiled by numba
+    """x [N, H, W, C] -> out [N, HP, WP, C]: each 2x2 window's maximum; arg: its position (0-3, row-major), as torch picks it.
+
+    With `relu` the maximum goes through a ReLU too (position 4, no gradient, where it is <= 0).
+    """
     n_samples, hp, wp, channels = out.shape
+    zero = np.float32(0.0)
     for n in range(n_samples):
         for i in range(hp):
             r = 2 * i
@@ -124,6 +133,8 @@ def _pool_forward(x, out, arg):  # pragma: no cover - compiled by numba
                     v = x[n, r + 1, s + 1, c]
                     if v > best or v != v:
                         best, k = v, 3
+                    if relu and best <= 0:  # as torch's ReLU: 0 and no gradient (winner 4); NaN passes with its gradient
+                        best, k = zero, 4
                     out[n, i, j, c] = best
                     arg[n, i, j, c] = k
 
@@ -170,13 +181,16 @@ def _pool_kernels():
 # As torch operators (not a Python autograd function), so that dispatch-level tools see the fused passes as what
 # they are: bench/maximize.py's roofline counts their bytes and FLOPs, torch's FLOP counter their FLOPs.
 @torch.library.custom_op("hearsay::conv_pool_2x2", mutates_args=())
-def conv_pool(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [N, H, W], w [4, C], b [C] -> (pooled maps [N, C, HP, WP] stored channels-last, winner positions [N, HP, WP, C])."""
+def conv_pool(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [N, H, W], w [4, C], b [C] -> (pooled maps [N, C, HP, WP] stored channels-last, winner positions [N, HP, WP, C]).
+
+    With `relu`, the pooled maps through a ReLU.
+    """
     forward, _ = _kernels()
     n, height, width = x.shape
     out = torch.empty(n, (height - 1) // 2, (width - 1) // 2, w.shape[1])
     arg = torch.empty(out.shape, dtype=torch.int8)
-    forward(x.numpy(), w.numpy(), b.numpy(), out.numpy(), arg.numpy())
+    forward(x.numpy(), w.numpy(), b.numpy(), relu, out.numpy(), arg.numpy())
     return out.permute(0, 3, 1, 2), arg  # channels-last in memory, like the layers after it on a CPU
 
 
@@ -190,21 +204,21 @@ def conv_pool_input_grad(grad: torch.Tensor, arg: torch.Tensor, w: torch.Tensor,
 
 
 def _save(ctx, inputs, output) -> None:
-    x, w, _ = inputs
+    x, w = inputs[:2]
     ctx.save_for_backward(output[1], w)
     ctx.size = x.shape[1:]
 
 
 def _backward(ctx, grad, _grad_arg):
     arg, w = ctx.saved_tensors
-    return conv_pool_input_grad(grad, arg, w, *ctx.size), None, None
+    return conv_pool_input_grad(grad, arg, w, *ctx.size), None, None, None
 
 
 conv_pool.register_autograd(_backward, setup_context=_save)
 
 
 @register_flop_formula(torch.ops.hearsay.conv_pool_2x2)
-def _conv_pool_flops(x_shape, w_shape, b_shape, out_shape=None, **kwargs) -> int:
+def _conv_pool_flops(x_shape, w_shape, b_shape, relu, out_shape=None, **kwargs) -> int:
     n, channels, hp, wp = out_shape[0]
     return 2 * 4 * 4 * n * channels * hp * wp  # 4 taps for each of a window's 4 positions, multiply and add
 
@@ -215,13 +229,16 @@ def _conv_pool_input_grad_flops(grad_shape, arg_shape, w_shape, height, width, o
 
 
 @torch.library.custom_op("hearsay::max_pool_2x2", mutates_args=())
-def max_pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [N, C, H, W] stored channels-last -> (pooled maps [N, C, HP, WP] stored channels-last, winner positions [N, HP, WP, C])."""
+def max_pool(x: torch.Tensor, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [N, C, H, W] stored channels-last -> (pooled maps [N, C, HP, WP] stored channels-last, winner positions [N, HP, WP, C]).
+
+    With `relu`, the pooled maps through a ReLU.
+    """
     forward, _ = _pool_kernels()
     n, channels, height, width = x.shape
     out = torch.empty(n, height // 2, width // 2, channels)
     arg = torch.empty(out.shape, dtype=torch.int8)
-    forward(x.permute(0, 2, 3, 1).numpy(), out.numpy(), arg.numpy())
+    forward(x.permute(0, 2, 3, 1).numpy(), relu, out.numpy(), arg.numpy())
     return out.permute(0, 3, 1, 2), arg
 
 
@@ -242,41 +259,47 @@ def _save_pool(ctx, inputs, output) -> None:
 
 def _pool_backward(ctx, grad, _grad_arg):
     (arg,) = ctx.saved_tensors
-    return max_pool_grad(grad, arg, *ctx.size)
+    return max_pool_grad(grad, arg, *ctx.size), None
 
 
 max_pool.register_autograd(_pool_backward, setup_context=_save_pool)
 
 
 class ConvPool(nn.Module):
-    """`pool(conv(x))` for a one-input-channel 2x2 conv and a 2x2 pool; compiled and fused on a CPU in float32 with frozen weights."""
+    """`pool(conv(x))` for a one-input-channel 2x2 conv and a 2x2 pool; compiled and fused on a CPU in float32 with frozen weights.
 
-    def __init__(self, conv: nn.Conv2d, pool: nn.MaxPool2d):
+    With `relu`, `relu(pool(conv(x)))`.
+    """
+
+    def __init__(self, conv: nn.Conv2d, pool: nn.MaxPool2d, relu: bool = False):
         super().__init__()
         self.conv, self.pool = conv, pool  # shared with the model it came from: its weights are read at every call
+        self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.conv.weight, self.conv.bias
         if (x.device.type != "cpu" or x.dim() != 4 or x.dtype != torch.float32 or weight.dtype != torch.float32
                 or torch.is_autocast_enabled("cpu") or weight.requires_grad or (bias is not None and bias.requires_grad)):
-            return self.pool(self.conv(x))
+            y = self.pool(self.conv(x))
+            return torch.relu(y) if self.relu else y
         w = weight.detach().reshape(weight.shape[0], 4).T.contiguous()  # [4, C]: the channels innermost, as the kernel loops
         b = bias.detach() if bias is not None else torch.zeros(weight.shape[0])
-        return conv_pool(x[:, 0].contiguous(), w, b.contiguous())[0]
+        return conv_pool(x[:, 0].contiguous(), w, b.contiguous(), self.relu)[0]
 
 
 class Pool(nn.Module):
-    """A 2x2 max-pool (stride 2); compiled on a CPU for float32 maps stored channels-last, the same values and gradients."""
+    """A 2x2 max-pool (stride 2), with `relu` followed by a ReLU; compiled on a CPU for float32 maps stored channels-last."""
 
-    def __init__(self, pool: nn.MaxPool2d):
+    def __init__(self, pool: nn.MaxPool2d, relu: bool = False):
         super().__init__()
-        self.pool = pool
+        self.pool, self.relu = pool, relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type != "cpu" or x.dim() != 4 or x.dtype != torch.float32 or x.shape[2] < 2 or x.shape[3] < 2
                 or not x.permute(0, 2, 3, 1).is_contiguous()):
-            return self.pool(x)
-        return max_pool(x)[0]
+            y = self.pool(x)
+            return torch.relu(y) if self.relu else y
+        return max_pool(x, self.relu)[0]
 
 
 def _pair(v) -> tuple:
@@ -313,7 +336,8 @@ class RewriteCache:
 def fused_cpu_layers(model: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
     """`model` with its one-input-channel 2x2 Conv2d -> 2x2 MaxPool2d pairs run as `ConvPool` and its other 2x2 pools as `Pool`.
 
-    Only modules not named in `keep` (read by an objective). Works on a traced
+    A ReLU right after such a pool (as `pool_before_relu` leaves them) runs in
+    the same pass. Only modules not named in `keep` (read by an objective). Works on a traced
     copy (leaf modules shared); a model fx cannot trace, or with no such layer,
     is returned as it is. Cached per model and `keep`.
     """
@@ -341,16 +365,31 @@ def _fuse(model: nn.Module, keep: tuple[str, ...]) -> nn.Module:
         ok = node.op == "call_module" and node.target not in keep and len(node.args) == 1 and not node.kwargs
         return modules[node.target] if ok else None
 
+    def only_user(node: torch.fx.Node) -> torch.fx.Node | None:
+        users = list(node.users)
+        return users[0] if len(users) == 1 and users[0].args == (node,) else None
+
+    def is_relu(node: torch.fx.Node | None) -> bool:
+        if node is None or node.kwargs:
+            return False
+        if node.op == "call_function":
+            return node.target in (torch.relu, nn.functional.relu)
+        return type(module(node)) is nn.ReLU
+
     erased: set[torch.fx.Node] = set()
     for node in list(traced.graph.nodes):
-        if node in erased or node.op != "call_module":
+        if node in erased or node.op != "call_module" or module(node) is None:
             continue
-        users = list(node.users)
-        if len(users) == 1 and users[0].args == (node,) and module(node) is not None and module(users[0]) is not None \
-                and _fits(module(node), module(users[0])):
-            swap([node, users[0]], f"fused_conv_pool_{node.name}", ConvPool(module(node), module(users[0])))
-        elif module(node) is not None and _is_pool_2x2(module(node)):
-            swap([node], f"compiled_pool_{node.name}", Pool(module(node)))
+        pool = only_user(node)
+        if pool is not None and module(pool) is not None and _fits(module(node), module(pool)):
+            relu = only_user(pool)
+            chain, layer = [node, pool], ConvPool(module(node), module(pool), relu=is_relu(relu))
+        elif _is_pool_2x2(module(node)):
+            relu = only_user(node)
+            chain, layer = [node], Pool(module(node), relu=is_relu(relu))
+        else:
+            continue
+        swap(chain + [relu] * layer.relu, f"compiled_{'_'.join(n.name for n in chain)}", layer)
     if not erased:
         return model
     traced.graph.lint()

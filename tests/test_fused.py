@@ -14,12 +14,16 @@ def _pair(channels=8, bias=True):
     return nn.Conv2d(1, channels, 2, bias=bias).requires_grad_(False), nn.MaxPool2d(2)
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("channels, bias, shape", [(8, True, (90, 80)), (3, False, (7, 10)), (16, True, (6, 5))])
-def test_fused_block_agrees_with_the_torch_ops_in_values_and_input_gradient(channels, bias, shape):
+def test_fused_block_agrees_with_the_torch_ops_in_values_and_input_gradient(channels, bias, shape, relu):
     conv, pool = _pair(channels, bias)
-    fused = ConvPool(conv, pool)
+    fused = ConvPool(conv, pool, relu=relu)
     x = torch.rand(5, 1, *shape, requires_grad=True)
     y, y_fused = pool(conv(x)), fused(x)
+    if relu:
+        assert (y <= 0).any() and (y > 0).any()
+        y = torch.relu(y)
     assert y_fused.shape == y.shape
     torch.testing.assert_close(y_fused, y, rtol=1e-6, atol=1e-6)
     g = torch.randn_like(y)
@@ -28,13 +32,15 @@ def test_fused_block_agrees_with_the_torch_ops_in_values_and_input_gradient(chan
     torch.testing.assert_close(dx_fused, dx, rtol=1e-5, atol=1e-6)
 
 
-def test_ties_go_to_the_first_position_and_nan_wins_as_in_torch():
+@pytest.mark.parametrize("relu", [False, True])
+def test_ties_go_to_the_first_position_and_nan_wins_as_in_torch(relu):
     conv, pool = _pair()
-    fused = ConvPool(conv, pool)
+    fused = ConvPool(conv, pool, relu=relu)
     x = torch.zeros(2, 1, 9, 9, requires_grad=True)  # every window a tie: conv = bias exactly, in any summation order
     with torch.no_grad():
         x[1, 0, 4, 4] = float("nan")
     y, y_fused = pool(conv(x)), fused(x)
+    y = torch.relu(y) if relu else y  # some biases are negative: those maps are 0 with no gradient
     assert torch.equal(torch.isnan(y_fused), torch.isnan(y)) and torch.isnan(y_fused).any()
     g = torch.randn_like(y)
     (dx,) = torch.autograd.grad(y, x, g)
@@ -49,6 +55,7 @@ def test_torch_ops_run_wherever_the_compiled_pass_does_not_apply(monkeypatch):
     monkeypatch.setattr(fused_layers, "conv_pool", lambda *a: pytest.fail("compiled pass used"))
     conv.double()
     assert torch.equal(fused(x.double()), pool(conv(x.double())))
+    assert torch.equal(ConvPool(conv, pool, relu=True)(x.double()), torch.relu(pool(conv(x.double()))))
     conv.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(fused(x), pool(conv(x)))
@@ -66,10 +73,14 @@ def test_the_paper_classifier_gets_the_fused_block_and_the_callers_model_stays_a
     assert fast.code == code  # the cached rewrite is not changed
     assert sum(isinstance(m, ConvPool) for m in fused.modules()) == 1  # only the one-channel block
     assert sum(isinstance(m, Pool) for m in fused.modules()) == 2  # the later blocks' pools
+    assert all(m.relu for m in fused.modules() if isinstance(m, (ConvPool, Pool)))  # each with the ReLU after it
+    relus = [n.target for n in fused.graph.nodes if n.op == "call_module" and isinstance(fused.get_submodule(n.target), nn.ReLU)]
+    assert relus == ["head.2", "head.5", "head.8"]  # the dense layers' ReLUs stay
     assert fused_cpu_layers(fast) is fused  # cached
     kept = fused_cpu_layers(fast, keep=("features.0", "features.6"))  # layers an objective reads keep their outputs
-    # the first pool without its convolution still runs compiled; the pool read stays as it is
-    assert [m.pool for m in kept.modules() if isinstance(m, Pool)] == [model.features[2], model.features[10]]
+    # the first pool without its convolution still runs compiled; the pool read stays as it is, and so does the ReLU
+    # before it (pool_before_relu left it in front of the kept pool)
+    assert [(m.pool, m.relu) for m in kept.modules() if isinstance(m, Pool)] == [(model.features[2], True), (model.features[10], True)]
     assert not any(isinstance(m, ConvPool) for m in kept.modules())
     x = torch.rand(3, 18, 16)
     torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-6)
@@ -101,14 +112,16 @@ def _channels_last(*shape):
     return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("shape", [(3, 16, 43, 38), (2, 5, 6, 7), (1, 32, 2, 2), (4, 1, 5, 9)])
-def test_compiled_pool_gives_torch_pools_values_and_gradients_bit_for_bit(shape):
+def test_compiled_pool_gives_torch_pools_values_and_gradients_bit_for_bit(shape, relu):
     pool = nn.MaxPool2d(2)
     x = _channels_last(*shape)
     x[0, 0, :2, :2] = 1.0  # a tied window: the first position wins
-    x[-1, -1, -2:, -2:] = float("nan")  # NaN wins
+    x[0, -1, -2:, -2:] = 0.0  # a window whose maximum is 0: the ReLU passes no gradient
+    x[-1, -1, -2:, -2:] = float("nan")  # NaN wins (and a ReLU passes it on, with its gradient)
     x.requires_grad_(True)
-    y, y_fast = pool(x), Pool(pool)(x)
+    y, y_fast = (torch.relu(pool(x)) if relu else pool(x)), Pool(pool, relu=relu)(x)
     assert y_fast.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(y_fast.isnan(), y.isnan()) and torch.equal(y_fast.nan_to_num(), y.nan_to_num())
     g = _channels_last(*y.shape)
@@ -117,7 +130,8 @@ def test_compiled_pool_gives_torch_pools_values_and_gradients_bit_for_bit(shape)
     (dx_fast,) = torch.autograd.grad(y_fast, x, g)
     assert torch.equal(dx_fast, dx) and torch.equal(dx_fast.signbit(), dx.signbit())
     assert dx_fast[:, :, 2 * (shape[2] // 2):].abs().sum() == 0  # an odd last row no window covers
-    torch.testing.assert_close(dx_fast.double().sum(), g.double().sum())  # each gradient value lands once
+    passed = g if not relu else torch.where(y > 0, g, 0) + torch.where(y.isnan(), g, 0)  # a ReLU passes > 0 and NaN
+    torch.testing.assert_close(dx_fast.double().sum(), passed.double().sum())  # each passed gradient value lands once
 
 
 def test_torch_pool_runs_wherever_the_compiled_pool_does_not_apply(monkeypatch):
@@ -127,5 +141,6 @@ def test_torch_pool_runs_wherever_the_compiled_pool_does_not_apply(monkeypatch):
     x = _channels_last(2, 4, 6, 6)
     for other in (x.contiguous(), x.double(), x[0], x.bfloat16()):  # stored NCHW, float64, unbatched, bf16
         assert torch.equal(fast(other), pool(other))
+        assert torch.equal(Pool(pool, relu=True)(other), torch.relu(pool(other)))
     with pytest.raises(RuntimeError, match="too small"):  # a map of one row: torch's own error
         fast(x[:, :, :1])

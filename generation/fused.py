@@ -1,4 +1,4 @@
-"""Compiled CPU passes for the paper classifier's 2x2 blocks: its first convolution fused with its pool, and its later 2x2 pools.
+"""CPU forms of layers oneDNN runs poorly: the paper classifier's 2x2 blocks as compiled passes, a convolution into one map.
 
 The paper classifier opens with a 2x2 convolution of the single log-mel
 channel into 8 maps and a 2x2 max-pool. As torch ops on a CPU that block took
@@ -24,9 +24,13 @@ core: 0.98 -> 0.91 s). Its values and gradients are torch's bit for bit.
 fused layer falls back to the torch ops wherever its compiled pass does not
 apply (another device or dtype, an unbatched input, autocast, weights that need
 gradients, a map not stored channels-last).
+
+A convolution into a single map (the decoder prior's last layer) runs as a
+matrix product per sample and shifted sums (`SingleMapConv`, `single_map_convs`).
 """
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import weakref
@@ -300,6 +304,99 @@ class Pool(nn.Module):
             y = self.pool(x)
             return torch.relu(y) if self.relu else y
         return max_pool(x, self.relu)[0]
+
+
+class _SingleMapConvFunction(torch.autograd.Function):
+    """A convolution into one map as a product per sample ([taps, C] x [C, H*W]: a map per tap), then the taps' shifted sums.
+
+    One product per sample gives a sample the same numbers whatever the batch
+    and the thread count (oneDNN's 1x1 convolution and one product over the
+    whole batch did not). The input gradient is oneDNN's, which runs this
+    shape well (2 ms at batch 32 against 11 for its forward).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: float, padding: tuple[int, int]) -> torch.Tensor:
+        n, channels, height, width = x.shape
+        kernel = tuple(weight.shape[2:])
+        out_h, out_w = height + 2 * padding[0] - kernel[0] + 1, width + 2 * padding[1] - kernel[1] + 1
+        taps = weight[0].reshape(channels, -1).T  # [kh * kw, C]
+        columns = x.permute(0, 2, 3, 1).reshape(n, height * width, channels).transpose(1, 2)  # a view: x is channels-last
+        maps = torch.bmm(taps.expand(n, *taps.shape), columns).view(n, -1, height, width)  # [N, taps, H, W]
+        out = x.new_full((n, out_h, out_w), bias)
+        for t, (rows, cols, src_rows, src_cols) in enumerate(_tap_windows(kernel, padding, (height, width), (out_h, out_w))):
+            out[:, rows, cols] += maps[:, t, src_rows, src_cols]
+        ctx.save_for_backward(x, weight)
+        ctx.padding = list(padding)
+        return out.unsqueeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        dx = torch.ops.aten.convolution_backward(grad.contiguous(), x, weight, None, [1, 1], ctx.padding, [1, 1],
+                                                 False, [0, 0], 1, [True, False, False])[0]
+        return dx, None, None, None
+
+
+def _tap_windows(kernel: tuple[int, int], padding: tuple[int, int], size: tuple[int, int], out_size: tuple[int, int]):
+    """Per tap (row-major), the output rows and columns it reaches and the input rows and columns they read."""
+    for dy in range(kernel[0]):
+        for dx in range(kernel[1]):
+            oy, ox = dy - padding[0], dx - padding[1]  # output (i, j) reads input (i + oy, j + ox)
+            r0, r1 = max(0, -oy), min(out_size[0], size[0] - oy)
+            c0, c1 = max(0, -ox), min(out_size[1], size[1] - ox)
+            yield slice(r0, r1), slice(c0, c1), slice(r0 + oy, r1 + oy), slice(c0 + ox, c1 + ox)
+
+
+class SingleMapConv(nn.Module):
+    """A Conv2d into one output map (stride 1, zero padding); on a CPU a matrix product per sample and shifted sums.
+
+    oneDNN runs such a layer far below its arithmetic rate (the decoder
+    prior's last layer, 16 maps into 1 with a 3x3 kernel: 6 GFLOP/s on one
+    core, 11 ms of a 97 ms maximization step at batch 32). As a map per tap
+    from one product per sample, then each tap's map shifted and summed (4 ms),
+    it agrees with the convolution to float rounding; the input gradient is
+    oneDNN's. The convolution itself runs wherever that
+    form does not apply (another device, a dtype other than float32 or
+    float64, autocast, weights that need gradients, a map not stored
+    channels-last).
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.conv.weight, self.conv.bias
+        if (x.device.type != "cpu" or x.dim() != 4 or x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype
+                or torch.is_autocast_enabled("cpu") or weight.requires_grad or (bias is not None and bias.requires_grad)
+                or not x.permute(0, 2, 3, 1).is_contiguous()):
+            return self.conv(x)
+        padding = tuple((k - 1) // 2 for k in weight.shape[2:]) if self.conv.padding == "same" else \
+            (0, 0) if self.conv.padding == "valid" else _pair(self.conv.padding)
+        return _SingleMapConvFunction.apply(x, weight.detach(), float(bias) if bias is not None else 0.0, padding)
+
+
+def single_map_convs(module: nn.Module) -> nn.Module:
+    """`module` itself when it holds no Conv2d into one map that `SingleMapConv` can run; else a twin with each run so.
+
+    The twin shares every other layer and every parameter with `module`.
+    """
+    if _is_single_map_conv(module):
+        return SingleMapConv(module)
+    children = {name: single_map_convs(child) for name, child in module.named_children()}
+    if all(children[name] is child for name, child in module.named_children()):
+        return module
+    twin = copy.copy(module)  # shares parameters, buffers and hooks; only the changed children differ
+    twin._modules = {**module._modules, **children}
+    return twin
+
+
+def _is_single_map_conv(conv: nn.Module) -> bool:
+    if type(conv) is not nn.Conv2d or conv.out_channels != 1 or conv.groups != 1 or conv.padding_mode != "zeros":
+        return False
+    same = conv.padding == "same" and all(k % 2 for k in _pair(conv.kernel_size))  # odd kernels: the same padding each side
+    return _pair(conv.stride) == (1, 1) and _pair(conv.dilation) == (1, 1) and (same or conv.padding != "same")
 
 
 def _pair(v) -> tuple:

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from hearsay.errors import HearsayError
-from .fused import RewriteCache, fused_cpu_layers
+from .fused import RewriteCache, fused_cpu_layers, single_map_convs
 from .heap import retained_heap
 from .nets import Autoencoder
 from .upsampling import transposed_upsampling
@@ -888,11 +888,13 @@ def optimize(
     The models are moved to `device`. `rewrite` runs the gradient steps on
     `pool_before_relu(classifier)`, which gives the same numbers faster, on a
     CPU with a one-channel 2x2 convolution and the 2x2 max-pool after it fused
-    into one compiled pass (`generation.firstblock`: equal up to float
-    rounding; the paper classifier's first block, 2x faster per network pass),
-    and the prior's upsampling convolutions as transposed convolutions
-    (`generation.upsampling`: equal up to float rounding; the decoder prior's
-    maximization ran 1.6x as fast on 2 CPU cores and on an H100 in bf16);
+    into one compiled pass and the later 2x2 pools (each with the ReLU after
+    it) compiled (`generation.fused`: equal up to float rounding; the paper
+    classifier's first block, 2x faster per network pass), and the prior's
+    upsampling convolutions as transposed convolutions (`generation.upsampling`:
+    equal up to float rounding; the decoder prior's maximization ran 1.6x as
+    fast on 2 CPU cores and on an H100 in bf16), on a CPU its convolutions into
+    one map as products and shifted sums (`generation.fused.single_map_convs`);
     False runs the networks as written. Audio a prior generates itself
     (`param.waves()`) is kept in the result unless `keep_waves` is False (it is
     large: one clip per sample, twice); likewise features unless `keep_features`
@@ -942,7 +944,9 @@ def optimize(
             net = pool_before_relu(classifier, objective.layers)
             if device.type == "cpu":
                 net = fused_cpu_layers(net, objective.layers)
-            param = param.with_networks(transposed_upsampling)  # after `frozen`: derived weights follow device and layout
+            # after `frozen`: derived weights follow device and layout
+            param = param.with_networks(transposed_upsampling if device.type != "cpu"
+                                        else lambda net: single_map_convs(transposed_upsampling(net)))
         workers = core_workers(device, batch_size, objective, cores)
         size = chunk_size(total, batch_size, workers)  # each core's share of a batch
         chunks = range(0, total, size)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from generation import fused as fused_layers
-from generation.fused import ConvPool, Pool, fused_cpu_layers
+from generation.fused import ConvPool, Pool, SingleMapConv, fused_cpu_layers, single_map_convs
 from generation.maximize import PRESETS, optimize, parts, pool_before_relu
 from generation.nets import PaperClassifier
 
@@ -144,3 +144,44 @@ def test_torch_pool_runs_wherever_the_compiled_pool_does_not_apply(monkeypatch):
         assert torch.equal(Pool(pool, relu=True)(other), torch.relu(pool(other)))
     with pytest.raises(RuntimeError, match="too small"):  # a map of one row: torch's own error
         fast(x[:, :, :1])
+
+
+@pytest.mark.parametrize("kernel, padding, shape", [(3, 1, (2, 16, 9, 8)), ((3, 5), (0, 2), (3, 4, 7, 9)),
+                                                    (3, "same", (1, 3, 5, 5)), (2, "valid", (2, 5, 4, 6)), (1, 0, (2, 3, 4, 4))])
+def test_single_map_conv_equals_the_convolution_in_values_and_input_gradient(kernel, padding, shape):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(shape[1], 1, kernel, padding=padding).double().requires_grad_(False)
+    x = torch.randn(*shape, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    y, y_fast = conv(x), SingleMapConv(conv)(x)
+    assert y_fast.shape == y.shape
+    torch.testing.assert_close(y_fast, y, rtol=0, atol=1e-12)
+    g = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, g)
+    (dx_fast,) = torch.autograd.grad(y_fast, x, g)
+    torch.testing.assert_close(dx_fast, dx, rtol=0, atol=1e-12)
+
+
+def test_single_map_conv_runs_the_convolution_wherever_its_form_does_not_apply(monkeypatch):
+    monkeypatch.setattr(fused_layers._SingleMapConvFunction, "apply", lambda *a: pytest.fail("matrix-product form used"))
+    conv = nn.Conv2d(4, 1, 3, padding=1).requires_grad_(False)
+    fast = SingleMapConv(conv)
+    x = _channels_last(2, 4, 6, 6)
+    assert torch.equal(fast(x.contiguous()), conv(x.contiguous()))  # stored NCHW
+    assert torch.equal(fast(x[0]), conv(x[0]))  # one unbatched map
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(fast(x), conv(x))
+    conv.weight.requires_grad_(True)  # training: the weights' gradient needs the convolution
+    assert torch.equal(fast(x), conv(x))
+
+
+def test_single_map_convs_swaps_only_convolutions_into_one_map_and_shares_the_rest():
+    from generation.nets import Autoencoder
+
+    model = Autoencoder()
+    twin = single_map_convs(model)
+    assert twin is not model and isinstance(twin.decoder[-1], SingleMapConv) and twin.decoder[-1].conv is model.decoder[-1]
+    assert isinstance(model.decoder[-1], nn.Conv2d)  # the caller's model stays as it is
+    assert twin.decoder[0] is model.decoder[0] and twin.expand is model.expand
+    assert sum(isinstance(m, SingleMapConv) for m in twin.modules()) == 1  # the encoder's first conv has one input map, not output
+    strided = nn.Sequential(nn.Conv2d(4, 1, 3, stride=2), nn.Conv2d(4, 1, 2, padding="same"), nn.Conv2d(4, 1, 3, dilation=2))
+    assert single_map_convs(strided) is strided  # a stride, an even kernel padded "same", a dilation: left alone

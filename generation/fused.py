@@ -30,7 +30,6 @@ matrix product per sample and shifted sums (`SingleMapConv`, `single_map_convs`)
 """
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import weakref
@@ -40,6 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import register_flop_formula
+
+from .upsampling import with_children
 
 
 def _pooled_forward(x, w, b, relu, out, arg):  # pragma: no cover - compiled by numba
@@ -382,14 +383,7 @@ def single_map_convs(module: nn.Module) -> nn.Module:
 
     The twin shares every other layer and every parameter with `module`.
     """
-    if _is_single_map_conv(module):
-        return SingleMapConv(module)
-    children = {name: single_map_convs(child) for name, child in module.named_children()}
-    if all(children[name] is child for name, child in module.named_children()):
-        return module
-    twin = copy.copy(module)  # shares parameters, buffers and hooks; only the changed children differ
-    twin._modules = {**module._modules, **children}
-    return twin
+    return SingleMapConv(module) if _is_single_map_conv(module) else with_children(module, single_map_convs)
 
 
 def _is_single_map_conv(conv: nn.Module) -> bool:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace

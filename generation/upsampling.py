@@ -24,6 +24,7 @@ once per run) and never train through it.
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 from torch import nn
@@ -115,7 +116,12 @@ def transposed_upsampling(module: nn.Module) -> nn.Module:
             out.append(twin)
             i += 1
         return nn.Sequential(*out).train(module.training) if changed else module
-    children = {name: transposed_upsampling(child) for name, child in module.named_children()}
+    return with_children(module, transposed_upsampling)
+
+
+def with_children(module: nn.Module, rewrite: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """`module` itself when `rewrite` returns every child unchanged; else a twin holding the rewritten children."""
+    children = {name: rewrite(child) for name, child in module.named_children()}
     if all(children[name] is child for name, child in module.named_children()):
         return module
     twin = copy.copy(module)  # shares parameters, buffers and hooks; only the changed children differ

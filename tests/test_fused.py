@@ -1,4 +1,4 @@
-"""The paper classifier's 2x2 blocks as compiled CPU passes: the one-channel conv fused with its pool, the later pools."""
+"""CPU forms of layers oneDNN runs poorly: the paper classifier's 2x2 blocks as compiled passes, a convolution into one map."""
 import pytest
 import torch
 from torch import nn

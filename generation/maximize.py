@@ -811,7 +811,8 @@ def chunk_size(total: int, batch_size: int, cores: int = 1) -> int:
     samples on two cores as 25 + 25 rather than 32 + 18 (where one core would idle for a third of the run).
     """
     batches = max(1, -(-total // batch_size))
-    return max(1, -(-(-(-total // batches)) // cores))
+    per_batch = -(-total // batches)
+    return max(1, -(-per_batch // cores))
 
 
 class NoiseStarts:
@@ -941,11 +942,12 @@ def optimize(
         net = classifier
         if rewrite:
             net = pool_before_relu(classifier, objective.layers)
+            # the prior's twins come after `frozen`: derived weights follow device and layout
             if device.type == "cpu":
                 net = fused_cpu_layers(net, objective.layers)
-            # after `frozen`: derived weights follow device and layout
-            param = param.with_networks(transposed_upsampling if device.type != "cpu"
-                                        else lambda net: single_map_convs(transposed_upsampling(net)))
+                param = param.with_networks(lambda prior: single_map_convs(transposed_upsampling(prior)))
+            else:
+                param = param.with_networks(transposed_upsampling)
         workers = core_workers(device, batch_size, objective, cores)
         size = chunk_size(total, batch_size, workers)  # each core's share of a batch
         chunks = range(0, total, size)

@@ -7,11 +7,15 @@ models (classifiers A and B, the autoencoder) on random features for a few
 Adam steps; speed does not depend on what the weights learned.
 
 Printed:
+0. the compiled 2x2 blocks (`generation.fused`: Triton kernels on CUDA)
+   against the torch ops on the device, in fp32 and bf16: the largest
+   difference in values and input gradients, and whether every winner agreed;
 1. maximization samples/s for the classifier-only and decoder methods
    (paper preset, 20 RMS steps) in fp32, with TF32 matmuls/convolutions (CUDA
    only) and under bf16 autocast, with the agreement of each against fp32:
    share of samples whose arg-max class is the same, and the largest
-   |difference| of A's target probability;
+   |difference| of A's target probability; in bf16 also with the
+   classifier's 2x2 blocks as torch ops (the engine before the Triton forms);
 2. Griffin-Lim (60 iterations) real-time factor on the device;
 3. the paper's objective experiment (35 words x N noise starts x 2 methods):
    the real `run_objective` on as many words as fit `--objective-budget`
@@ -21,6 +25,7 @@ Printed:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -32,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from generation import checkpoint  # noqa: E402
+from generation import checkpoint, fused, maximize  # noqa: E402
 from generation.checkpoint import Checkpoint  # noqa: E402
 from generation.corpus import SPEECH_COMMANDS_WORDS  # noqa: E402
 from generation.features import PAPER  # noqa: E402
@@ -79,6 +84,44 @@ def train_tiny(out: Path, device: torch.device, steps: int) -> dict[str, Path]:
     return paths
 
 
+def compiled_blocks(device: torch.device, batch: int) -> list[dict]:
+    """The compiled 2x2 blocks against the torch ops on this device (step 0): the paper net's shapes, fp32 and bf16."""
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(1, 8, 2).to(device).requires_grad_(False)
+    pool = torch.nn.MaxPool2d(2)
+    x = torch.rand(batch, 1, *PAPER.shape, generator=gen).to(device)
+    maps = torch.randn(batch, 16, 43, 38, generator=gen).to(device)
+    for mode in ("fp32", "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16"):
+            for name, fast, slow, inp in (("conv_pool_relu", fused.ConvPool(conv, pool, relu=True),
+                                           lambda t: torch.relu(pool(conv(t))), x),
+                                          ("pool_relu", fused.Pool(pool, relu=True), lambda t: torch.relu(pool(t)),
+                                           maps.bfloat16() if mode == "bf16" else maps)):
+                a, b = inp.clone().requires_grad_(True), inp.clone().requires_grad_(True)
+                y_fast, y = fast(a), slow(b)
+                g = torch.randn(y.shape, generator=gen).to(device, y.dtype)
+                (da,), (db,) = torch.autograd.grad(y_fast, a, g), torch.autograd.grad(y, b, g)
+                rows.append({"layer": name, "precision": mode, "batch": batch,
+                             "compiled": "hearsay" in y_fast.grad_fn.name(),  # else the layer fell back to the torch ops
+                             "max_value_difference": float((y_fast.detach().float() - y.detach().float()).abs().max()),
+                             "max_gradient_difference": float((da.float() - db.float()).abs().max()),
+                             "same_gradient_support": bool(torch.equal(da != 0, db != 0))})
+                print(json.dumps({"compiled_blocks": rows[-1]}), flush=True)
+    return rows
+
+
+@contextlib.contextmanager
+def classifier_as_torch_ops():
+    """The engine with the classifier's 2x2 blocks run as torch ops (the engine before the compiled forms on CUDA)."""
+    saved = maximize.fused_layers
+    maximize.fused_layers = lambda net, keep: net
+    try:
+        yield
+    finally:
+        maximize.fused_layers = saved
+
+
 def maximization(models: dict, device: torch.device, n: int, batches: dict[str, int]) -> list[dict]:
     rows = []
     a = models["A"].model
@@ -87,22 +130,27 @@ def maximization(models: dict, device: torch.device, n: int, batches: dict[str, 
         settings = PRESETS["paper"][method]
         targets = torch.arange(n) % len(WORDS)
         results = {}
-        for mode in ("fp32", "tf32", "bf16") if device.type == "cuda" else ("fp32", "bf16"):
+        cases = [(mode, "engine") for mode in (("fp32", "tf32", "bf16") if device.type == "cuda" else ("fp32", "bf16"))]
+        for mode, forms in cases + [("bf16", "classifier_torch_ops")]:
             def run(count: int):
                 param, objective, step = parts(settings, method, models["AE"].model if method == "decoder" else None)
-                return optimize(a, targets[:count], param, objective, step, steps=settings.steps, seed=5,
-                                device=device, batch_size=batch, precision_mode=mode)
+                with classifier_as_torch_ops() if forms == "classifier_torch_ops" else contextlib.nullcontext():
+                    return optimize(a, targets[:count], param, objective, step, steps=settings.steps, seed=5,
+                                    device=device, batch_size=batch, precision_mode=mode)
             run(min(n, 64))  # warm-up (CUDA context, kernels, allocator)
             sync(device)
             t0 = time.perf_counter()
             res = run(n)
             sync(device)
             seconds = time.perf_counter() - t0
-            results[mode] = res
-            row = {"method": method, "precision": mode, "samples": n, "seconds": round(seconds, 3),
+            row = {"method": method, "precision": mode, "forms": forms, "samples": n, "seconds": round(seconds, 3),
                    "samples_per_s": round(n / seconds, 1)}
+            if forms == "engine":
+                results[mode] = {"result": res, "seconds": seconds}
+            else:  # how many times faster the engine ran than these forms, in the same precision
+                row["engine_speedup"] = round(seconds / results[mode]["seconds"], 2)
             if mode != "fp32":
-                ref = results["fp32"]
+                ref = results["fp32"]["result"]
                 row["same_argmax_as_fp32"] = round(float((res.prob_a.argmax(1) == ref.prob_a.argmax(1)).float().mean()), 4)
                 rows_t = torch.arange(n)
                 row["max_target_prob_diff"] = round(float((res.prob_a[rows_t, targets] - ref.prob_a[rows_t, targets]).abs().max()), 4)
@@ -184,10 +232,11 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device here; use --device cpu (with --quick for a dry run)")
     # Decoder batches stay near 4,000: its activations take about 5 MB a sample with their gradients in fp32.
-    sizes = dict(train=1, n=16, batch={"classifier": 16, "decoder": 8}, clips=2, objective_n=8, objective_batch=8, budget=2.0) \
+    sizes = dict(train=1, n=16, batch={"classifier": 16, "decoder": 8}, clips=2, objective_n=8, objective_batch=8, budget=2.0,
+             blocks_batch=2) \
         if args.quick else \
         dict(train=50, n=8192, batch={"classifier": 8192, "decoder": 4096}, clips=256, objective_n=10000, objective_batch=None,
-             budget=200.0)
+             budget=200.0, blocks_batch=256)
     mode = args.objective_precision or ("bf16" if device.type == "cuda" else "fp32")
     budget = args.objective_budget if args.objective_budget is not None else sizes["budget"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -201,6 +250,7 @@ def main() -> None:
         models = {k: checkpoint.load(p, device) for k, p in paths.items()}
         summary = {
             "device": name,
+            "compiled_blocks": compiled_blocks(device, sizes["blocks_batch"]),
             "maximization": maximization(models, device, sizes["n"], sizes["batch"]),
             "griffin_lim": vocoding(device, sizes["clips"]),
             "objective": objective(paths, device, out, sizes["objective_n"], sizes["objective_batch"], budget, mode),

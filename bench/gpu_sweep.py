@@ -3,9 +3,11 @@
 Prints, per method (classifier-only, decoder prior; paper preset, 20 RMS steps):
 1. the CUDA kernels that take the time in one batch (torch.profiler, fp32);
 2. samples/s of the gradient steps alone (noise and host copies excluded) for
-   weights channels-last or contiguous x fp32 / TF32 / bf16 autocast (the
-   decoder also as written and with its upsampling convolutions run as
-   transposed ones, as the engine runs it: `generation.upsampling`), with the
+   weights channels-last or contiguous x fp32 / TF32 / bf16 autocast, in the
+   engine's forms and in others: the classifier's 2x2 blocks as torch ops
+   besides the compiled kernels the engine runs (`generation.fused_gpu` on
+   CUDA), and for the decoder the prior as written besides its upsampling
+   convolutions run as transposed ones (`generation.upsampling`); with the
    share of samples whose final arg-max agrees with contiguous fp32, and the
    fastest of them again with cuDNN's algorithm search (`cudnn.benchmark`);
 3. larger batches and `torch.compile` for the fastest of those (compile time printed);
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from generation.fused import fused_layers  # noqa: E402
 from generation.maximize import PRESETS, ascend, frozen, noise, parts, pool_before_relu, precision  # noqa: E402
 from generation.nets import Autoencoder, PaperClassifier  # noqa: E402
 from generation.upsampling import transposed_upsampling  # noqa: E402
@@ -56,15 +59,20 @@ class Case:
         shape = (self.ae.latent,) if self.method == "decoder" else (90, 80)
         return param, objective, step, targets, (0.1 * torch.randn(batch, *shape, generator=gen)).to(self.device)
 
-    def run(self, batch: int, layout: str, mode: str, compiled: bool = False, reps: int = 2, form: str = "transposed",
+    def net(self, objective, form: str) -> torch.nn.Module:
+        """The classifier as the engine runs it (its 2x2 blocks as compiled kernels); for form "torch_ops" as torch ops."""
+        net = pool_before_relu(self.a, objective.layers)
+        return net if form == "torch_ops" else fused_layers(net, objective.layers)
+
+    def run(self, batch: int, layout: str, mode: str, compiled: bool = False, reps: int = 2, form: str = "engine",
             benchmark: bool = False) -> tuple[float, torch.Tensor, float]:
         """(samples/s, final arg-max per sample, seconds of the first call, which includes any compilation)."""
         param, objective, step, targets, x0 = self.armed(batch)
         searched = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = benchmark
         with frozen(self.a, *param.modules(), channels_last=layout == "channels_last"), precision(mode, self.device):
-            net = pool_before_relu(self.a, objective.layers)
-            if form == "transposed":
+            net = self.net(objective, form)
+            if form != "prior_as_written":
                 param = param.with_networks(transposed_upsampling)
             decode = None
             if compiled:
@@ -98,7 +106,7 @@ class Case:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
         param, objective, step, targets, x0 = self.armed(batch)
         with frozen(self.a, *param.modules(), channels_last=layout == "channels_last"):
-            net = pool_before_relu(self.a, objective.layers)
+            net = self.net(objective, "engine")
             param = param.with_networks(transposed_upsampling)
             with profile(activities=activities) as prof:
                 param.start(x0, targets)
@@ -127,20 +135,21 @@ def main() -> None:
 
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         case = Case(method, a, ae, device)
-        print(f"--- {method}: kernels of one batch of {batches[method]}, fp32, contiguous weights", flush=True)
+        print(f"--- {method}: kernels of one batch of {batches[method]}, fp32, contiguous weights, as the engine runs it", flush=True)
         print(case.profile(batches[method], "contiguous"), flush=True)
         results = {}
-        forms = ("transposed", "as_written") if method == "decoder" else ("transposed",)  # the classifier has no upsampling
+        # the engine's forms first (the reference), then the classifier's 2x2 blocks as torch ops, then the prior as written
+        forms = ("engine", "torch_ops", "prior_as_written") if method == "decoder" else ("engine", "torch_ops")
         for form in forms:
             for layout in ("contiguous", "channels_last"):
                 for mode in modes:
                     rate, argmax, _ = case.run(batches[method], layout, mode, form=form)
                     results[(layout, mode, form)] = rate
-                    ref = results[("contiguous", "fp32", "transposed")]
-                    if (layout, mode, form) == ("contiguous", "fp32", "transposed"):
+                    ref = results[("contiguous", "fp32", "engine")]
+                    if (layout, mode, form) == ("contiguous", "fp32", "engine"):
                         ref_argmax = argmax
                     emit("steps", {"method": method, "batch": batches[method], "layout": layout, "precision": mode,
-                                   **({"form": form} if method == "decoder" else {}),
+                                   "form": form,
                                    "samples_per_s": round(rate, 1), "x_contiguous_fp32": round(rate / ref, 2),
                                    "same_argmax": round(float((argmax == ref_argmax).float().mean()), 4)})
         best = max(results, key=results.get)

@@ -1,4 +1,4 @@
-"""CPU forms of layers oneDNN runs poorly: the paper classifier's 2x2 blocks as compiled passes, a convolution into one map.
+"""Faster equal forms of layers the stock kernels run poorly: the paper classifier's 2x2 blocks as compiled passes, a convolution into one map.
 
 The paper classifier opens with a 2x2 convolution of the single log-mel
 channel into 8 maps and a 2x2 max-pool. As torch ops on a CPU that block took
@@ -20,10 +20,13 @@ it; the compiled pool keeps a one-byte winner per value, and its gradient
 writes the full-resolution map once, in order (20 steps at batch 128 on one
 core: 0.98 -> 0.91 s). Its values and gradients are torch's bit for bit.
 
-`fused_cpu_layers(model)` swaps such layers in a traced copy of a model; a
+On a CUDA device with Triton the same passes run as Triton kernels
+(`generation.fused_gpu`), in float32 or the autocast dtype, in either layout.
+
+`fused_layers(model)` swaps such layers in a traced copy of a model; a
 fused layer falls back to the torch ops wherever its compiled pass does not
-apply (another device or dtype, an unbatched input, autocast, weights that need
-gradients, a map not stored channels-last).
+apply (another device or dtype, an unbatched input, autocast on a CPU, weights
+that need gradients, on a CPU a map not stored channels-last).
 
 A convolution into a single map (the decoder prior's last layer) runs as a
 matrix product per sample and shifted sums (`SingleMapConv`, `single_map_convs`).
@@ -31,6 +34,7 @@ matrix product per sample and shifted sums (`SingleMapConv`, `single_map_convs`)
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 import weakref
 from typing import Callable
@@ -187,24 +191,25 @@ def _pool_kernels():
 # they are: bench/maximize.py's roofline counts their bytes and FLOPs, torch's FLOP counter their FLOPs.
 @torch.library.custom_op("hearsay::conv_pool_2x2", mutates_args=())
 def conv_pool(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [N, H, W], w [4, C], b [C] -> (pooled maps [N, C, HP, WP] stored channels-last, winner positions [N, HP, WP, C]).
+    """x [N, H, W], w [4, C], b [C] -> (pooled maps [N, C, HP, WP], winner positions [N, C, HP, WP] stored alike).
 
-    With `relu`, the pooled maps through a ReLU.
+    With `relu`, the pooled maps through a ReLU. On a CPU (float32) stored
+    channels-last, like the layers after it there; on CUDA (`fused_gpu`) NCHW in x's dtype.
     """
     forward, _ = _kernels()
     n, height, width = x.shape
     out = torch.empty(n, (height - 1) // 2, (width - 1) // 2, w.shape[1])
     arg = torch.empty(out.shape, dtype=torch.int8)
-    forward(x.numpy(), w.numpy(), b.numpy(), relu, out.numpy(), arg.numpy())
-    return out.permute(0, 3, 1, 2), arg  # channels-last in memory, like the layers after it on a CPU
+    forward(x.contiguous().numpy(), w.numpy(), b.numpy(), relu, out.numpy(), arg.numpy())
+    return out.permute(0, 3, 1, 2), arg.permute(0, 3, 1, 2)
 
 
 @torch.library.custom_op("hearsay::conv_pool_2x2_input_grad", mutates_args=())
 def conv_pool_input_grad(grad: torch.Tensor, arg: torch.Tensor, w: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The gradient at the pooled maps [N, C, HP, WP] -> the gradient at the input [N, H, W]."""
+    """The gradient at the pooled maps [N, C, HP, WP] -> the gradient at the input [N, H, W], in w's dtype."""
     _, gradient = _kernels()
     dx = torch.empty(grad.shape[0], height, width)
-    gradient(grad.permute(0, 2, 3, 1).contiguous().numpy(), arg.numpy(), w.numpy(), dx.numpy())
+    gradient(grad.permute(0, 2, 3, 1).contiguous().numpy(), arg.permute(0, 2, 3, 1).contiguous().numpy(), w.numpy(), dx.numpy())
     return dx
 
 
@@ -235,26 +240,75 @@ def _conv_pool_input_grad_flops(grad_shape, arg_shape, w_shape, height, width, o
 
 @torch.library.custom_op("hearsay::max_pool_2x2", mutates_args=())
 def max_pool(x: torch.Tensor, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [N, C, H, W] stored channels-last -> (pooled maps [N, C, HP, WP] stored channels-last, winner positions [N, HP, WP, C]).
+    """x [N, C, H, W] -> (pooled maps [N, C, HP, WP], winner positions [N, C, HP, WP]), both stored as x is.
 
-    With `relu`, the pooled maps through a ReLU.
+    With `relu`, the pooled maps through a ReLU. On a CPU, float32 maps stored channels-last.
     """
     forward, _ = _pool_kernels()
     n, channels, height, width = x.shape
     out = torch.empty(n, height // 2, width // 2, channels)
     arg = torch.empty(out.shape, dtype=torch.int8)
     forward(x.permute(0, 2, 3, 1).numpy(), relu, out.numpy(), arg.numpy())
-    return out.permute(0, 3, 1, 2), arg
+    return out.permute(0, 3, 1, 2), arg.permute(0, 3, 1, 2)
 
 
 @torch.library.custom_op("hearsay::max_pool_2x2_grad", mutates_args=())
 def max_pool_grad(grad: torch.Tensor, arg: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The gradient at the pooled maps [N, C, HP, WP] -> the gradient at the input [N, C, H, W], stored channels-last."""
+    """The gradient at the pooled maps [N, C, HP, WP] -> the gradient at the input [N, C, H, W], stored as the winners are."""
     _, gradient = _pool_kernels()
     n, channels = grad.shape[:2]
     dx = torch.empty(n, height, width, channels)
-    gradient(grad.permute(0, 2, 3, 1).contiguous().numpy(), arg.numpy(), dx.numpy())
+    gradient(grad.permute(0, 2, 3, 1).contiguous().numpy(), arg.permute(0, 2, 3, 1).contiguous().numpy(), dx.numpy())
     return dx.permute(0, 3, 1, 2)
+
+
+# On CUDA the same operators run as Triton kernels (imported on first use: Triton is needed only there).
+@conv_pool.register_kernel("cuda")
+def _conv_pool_cuda(x, w, b, relu):
+    from . import fused_gpu
+
+    return fused_gpu.conv_pool(x, w, b, relu)
+
+
+@conv_pool_input_grad.register_kernel("cuda")
+def _conv_pool_input_grad_cuda(grad, arg, w, height, width):
+    from . import fused_gpu
+
+    return fused_gpu.conv_pool_input_grad(grad, arg, w, height, width)
+
+
+@max_pool.register_kernel("cuda")
+def _max_pool_cuda(x, relu):
+    from . import fused_gpu
+
+    return fused_gpu.max_pool(x, relu)
+
+
+@max_pool_grad.register_kernel("cuda")
+def _max_pool_grad_cuda(grad, arg, height, width):
+    from . import fused_gpu
+
+    return fused_gpu.max_pool_grad(grad, arg, height, width)
+
+
+def _triton_device(device: torch.device) -> bool:
+    """Whether the Triton forms run on `device`: CUDA with Triton importable, compute capability 8.0 or newer."""
+    return device.type == "cuda" and _triton_on(device.index)
+
+
+@functools.cache
+def _triton_on(index: int | None) -> bool:
+    return importlib.util.find_spec("triton") is not None and torch.cuda.get_device_capability(index)[0] >= 8
+
+
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _triton_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype the Triton forms run `x` in (the autocast dtype under autocast); None where they do not run."""
+    if x.dtype not in _TRITON_DTYPES or not _triton_device(x.device):
+        return None
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
 
 
 def _save_pool(ctx, inputs, output) -> None:
@@ -283,25 +337,29 @@ class ConvPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.conv.weight, self.conv.bias
-        if (x.device.type != "cpu" or x.dim() != 4 or x.dtype != torch.float32 or weight.dtype != torch.float32
-                or torch.is_autocast_enabled("cpu") or weight.requires_grad or (bias is not None and bias.requires_grad)):
+        frozen = x.dim() == 4 and not weight.requires_grad and (bias is None or not bias.requires_grad)
+        on_cpu = (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+                  and not torch.is_autocast_enabled("cpu"))
+        dtype = torch.float32 if on_cpu else _triton_dtype(x)
+        if not frozen or dtype is None or (not torch.is_autocast_enabled(x.device.type) and weight.dtype != x.dtype):
             y = self.pool(self.conv(x))
             return torch.relu(y) if self.relu else y
-        w = weight.detach().reshape(weight.shape[0], 4).T.contiguous()  # [4, C]: the channels innermost, as the kernel loops
-        b = bias.detach() if bias is not None else torch.zeros(weight.shape[0])
-        return conv_pool(x[:, 0].contiguous(), w, b.contiguous(), self.relu)[0]
+        # [4, C]: the channels innermost, as the kernels loop
+        w = weight.detach().reshape(weight.shape[0], 4).T.to(dtype).contiguous()
+        b = bias.detach().to(dtype) if bias is not None else torch.zeros(weight.shape[0], dtype=dtype, device=x.device)
+        return conv_pool(x[:, 0].to(dtype), w, b.contiguous(), self.relu)[0]
 
 
 class Pool(nn.Module):
-    """A 2x2 max-pool (stride 2), with `relu` followed by a ReLU; compiled on a CPU for float32 maps stored channels-last."""
+    """A 2x2 max-pool (stride 2), with `relu` followed by a ReLU; compiled on a CPU for float32 maps stored channels-last, on CUDA (Triton) for float maps."""
 
     def __init__(self, pool: nn.MaxPool2d, relu: bool = False):
         super().__init__()
         self.pool, self.relu = pool, relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or x.dim() != 4 or x.dtype != torch.float32 or x.shape[2] < 2 or x.shape[3] < 2
-                or not x.permute(0, 2, 3, 1).is_contiguous()):
+        on_cpu = x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.permute(0, 2, 3, 1).is_contiguous()
+        if x.dim() != 4 or x.shape[2] < 2 or x.shape[3] < 2 or not (on_cpu or x.dtype == _triton_dtype(x)):
             y = self.pool(x)
             return torch.relu(y) if self.relu else y
         return max_pool(x, self.relu)[0]
@@ -424,7 +482,7 @@ class RewriteCache:
         return model if cached[keep] is None else cached[keep]
 
 
-def fused_cpu_layers(model: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
+def fused_layers(model: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
     """`model` with its one-input-channel 2x2 Conv2d -> 2x2 MaxPool2d pairs run as `ConvPool` and its other 2x2 pools as `Pool`.
 
     A ReLU right after such a pool (as `pool_before_relu` leaves them) runs in

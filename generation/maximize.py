@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from hearsay.errors import HearsayError
-from .fused import RewriteCache, fused_cpu_layers, single_map_convs
+from .fused import RewriteCache, fused_layers, single_map_convs
 from .heap import retained_heap
 from .nets import Autoencoder
 from .upsampling import transposed_upsampling
@@ -886,11 +886,12 @@ def optimize(
     uses index `first_index + i`, so retries can ask for fresh draws. Each
     batch's targets reach the parameterization with its start (`param.start`).
     The models are moved to `device`. `rewrite` runs the gradient steps on
-    `pool_before_relu(classifier)`, which gives the same numbers faster, on a
-    CPU with a one-channel 2x2 convolution and the 2x2 max-pool after it fused
-    into one compiled pass and the later 2x2 pools (each with the ReLU after
-    it) compiled (`generation.fused`: equal up to float rounding; the paper
-    classifier's first block, 2x faster per network pass), and the prior's
+    `pool_before_relu(classifier)`, which gives the same numbers faster, with
+    a one-channel 2x2 convolution and the 2x2 max-pool after it fused into one
+    compiled pass and the later 2x2 pools (each with the ReLU after it)
+    compiled, on a CPU (numba) and on CUDA (Triton) (`generation.fused`: equal
+    up to float rounding; the paper classifier's first block, 2x faster per
+    network pass on a CPU), and the prior's
     upsampling convolutions as transposed convolutions (`generation.upsampling`:
     equal up to float rounding; the decoder prior's maximization ran 1.6x as
     fast on 2 CPU cores and on an H100 in bf16), on a CPU its convolutions into
@@ -941,10 +942,9 @@ def optimize(
 
         net = classifier
         if rewrite:
-            net = pool_before_relu(classifier, objective.layers)
+            net = fused_layers(pool_before_relu(classifier, objective.layers), objective.layers)
             # the prior's twins come after `frozen`: derived weights follow device and layout
             if device.type == "cpu":
-                net = fused_cpu_layers(net, objective.layers)
                 param = param.with_networks(lambda prior: single_map_convs(transposed_upsampling(prior)))
             else:
                 param = param.with_networks(transposed_upsampling)

@@ -43,8 +43,14 @@ def test_gpu_script_runs_every_step_on_cpu(tmp_path):
                           text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "gpu_summary.json").read_text())
-    modes = {(r["method"], r["precision"]) for r in summary["maximization"]}
-    assert modes == {("classifier", "fp32"), ("classifier", "bf16"), ("decoder", "fp32"), ("decoder", "bf16")}
+    modes = {(r["method"], r["precision"], r["forms"]) for r in summary["maximization"]}
+    assert modes == {(m, p, "engine") for m in ("classifier", "decoder") for p in ("fp32", "bf16")} | \
+        {(m, "bf16", "classifier_torch_ops") for m in ("classifier", "decoder")}
+    assert all(r["engine_speedup"] > 0 for r in summary["maximization"] if r["forms"] != "engine")
+    blocks = {(r["layer"], r["precision"]): r for r in summary["compiled_blocks"]}
+    assert set(blocks) == {(layer, p) for layer in ("conv_pool_relu", "pool_relu") for p in ("fp32", "bf16")}
+    assert blocks[("conv_pool_relu", "fp32")]["compiled"], "the CPU's compiled first block ran"
+    assert all(r["max_value_difference"] < 1e-5 and r["same_gradient_support"] for r in blocks.values())
     assert all(0 <= r.get("same_argmax_as_fp32", 1) <= 1 for r in summary["maximization"])
     assert summary["griffin_lim"]["real_time_factor"] > 0
     objective = summary["objective"]
@@ -63,6 +69,9 @@ def test_gpu_sweep_prints_every_measurement_on_cpu():
     steps = [r["steps"] for r in rows if "steps" in r]
     assert {(r["method"], r["layout"]) for r in steps} == {(m, l) for m in ("classifier", "decoder")
                                                            for l in ("contiguous", "channels_last")}
+    assert {(r["method"], r["form"]) for r in steps} == {("classifier", "engine"), ("classifier", "torch_ops"),
+                                                         ("decoder", "engine"), ("decoder", "torch_ops"),
+                                                         ("decoder", "prior_as_written")}
     assert all(r["samples_per_s"] > 0 and 0 <= r["same_argmax"] <= 1 for r in steps)
     assert {r["noise"]["method"] for r in rows if "noise" in r} == {"classifier", "decoder"}
     assert "convolution" in done.stdout, "the profile table names the kernels"

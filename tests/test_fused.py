@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from generation import fused as fused_layers
-from generation.fused import ConvPool, Pool, SingleMapConv, fused_cpu_layers, single_map_convs
+from generation import fused as fused_module
+from generation.fused import ConvPool, Pool, SingleMapConv, fused_layers, single_map_convs
 from generation.maximize import PRESETS, optimize, parts, pool_before_relu
 from generation.nets import PaperClassifier
 
@@ -52,7 +52,7 @@ def test_torch_ops_run_wherever_the_compiled_pass_does_not_apply(monkeypatch):
     conv, pool = _pair()
     fused = ConvPool(conv, pool)
     x = torch.rand(2, 1, 8, 8)
-    monkeypatch.setattr(fused_layers, "conv_pool", lambda *a: pytest.fail("compiled pass used"))
+    monkeypatch.setattr(fused_module, "conv_pool", lambda *a: pytest.fail("compiled pass used"))
     conv.double()
     assert torch.equal(fused(x.double()), pool(conv(x.double())))
     assert torch.equal(ConvPool(conv, pool, relu=True)(x.double()), torch.relu(pool(conv(x.double()))))
@@ -69,15 +69,15 @@ def test_the_paper_classifier_gets_the_fused_block_and_the_callers_model_stays_a
     model = PaperClassifier(4, input_shape=(18, 16)).eval().requires_grad_(False)
     fast = pool_before_relu(model)
     code = fast.code
-    fused = fused_cpu_layers(fast)
+    fused = fused_layers(fast)
     assert fast.code == code  # the cached rewrite is not changed
     assert sum(isinstance(m, ConvPool) for m in fused.modules()) == 1  # only the one-channel block
     assert sum(isinstance(m, Pool) for m in fused.modules()) == 2  # the later blocks' pools
     assert all(m.relu for m in fused.modules() if isinstance(m, (ConvPool, Pool)))  # each with the ReLU after it
     relus = [n.target for n in fused.graph.nodes if n.op == "call_module" and isinstance(fused.get_submodule(n.target), nn.ReLU)]
     assert relus == ["head.2", "head.5", "head.8"]  # the dense layers' ReLUs stay
-    assert fused_cpu_layers(fast) is fused  # cached
-    kept = fused_cpu_layers(fast, keep=("features.0", "features.6"))  # layers an objective reads keep their outputs
+    assert fused_layers(fast) is fused  # cached
+    kept = fused_layers(fast, keep=("features.0", "features.6"))  # layers an objective reads keep their outputs
     # the first pool without its convolution still runs compiled; the pool read stays as it is, and so does the ReLU
     # before it (pool_before_relu left it in front of the kept pool)
     assert [(m.pool, m.relu) for m in kept.modules() if isinstance(m, Pool)] == [(model.features[2], True), (model.features[10], True)]
@@ -85,7 +85,7 @@ def test_the_paper_classifier_gets_the_fused_block_and_the_callers_model_stays_a
     x = torch.rand(3, 18, 16)
     torch.testing.assert_close(fused(x), model(x), rtol=1e-5, atol=1e-6)
     plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(3))  # a 3x3 kernel and pool: no compiled pass for them
-    assert fused_cpu_layers(plain) is plain
+    assert fused_layers(plain) is plain
 
 
 def test_maximization_on_a_cpu_runs_the_fused_block_and_agrees_with_the_network_as_written(monkeypatch):
@@ -93,7 +93,7 @@ def test_maximization_on_a_cpu_runs_the_fused_block_and_agrees_with_the_network_
     clf = PaperClassifier(3, input_shape=(18, 16))
     calls = []
     for name in ("conv_pool", "max_pool"):
-        monkeypatch.setattr(fused_layers, name, lambda *a, op=getattr(fused_layers, name), name=name: calls.append(name) or op(*a))
+        monkeypatch.setattr(fused_module, name, lambda *a, op=getattr(fused_module, name), name=name: calls.append(name) or op(*a))
 
     def run(rewrite: bool):
         param, objective, step = parts(PRESETS["paper"]["classifier"], "classifier")
@@ -137,7 +137,7 @@ def test_compiled_pool_gives_torch_pools_values_and_gradients_bit_for_bit(shape,
 def test_torch_pool_runs_wherever_the_compiled_pool_does_not_apply(monkeypatch):
     pool = nn.MaxPool2d(2)
     fast = Pool(pool)
-    monkeypatch.setattr(fused_layers, "max_pool", lambda *a: pytest.fail("compiled pass used"))
+    monkeypatch.setattr(fused_module, "max_pool", lambda *a: pytest.fail("compiled pass used"))
     x = _channels_last(2, 4, 6, 6)
     for other in (x.contiguous(), x.double(), x[0], x.bfloat16()):  # stored NCHW, float64, unbatched, bf16
         assert torch.equal(fast(other), pool(other))
@@ -162,7 +162,7 @@ def test_single_map_conv_equals_the_convolution_in_values_and_input_gradient(ker
 
 
 def test_single_map_conv_runs_the_convolution_wherever_its_form_does_not_apply(monkeypatch):
-    monkeypatch.setattr(fused_layers._SingleMapConvFunction, "apply", lambda *a: pytest.fail("matrix-product form used"))
+    monkeypatch.setattr(fused_module._SingleMapConvFunction, "apply", lambda *a: pytest.fail("matrix-product form used"))
     conv = nn.Conv2d(4, 1, 3, padding=1).requires_grad_(False)
     fast = SingleMapConv(conv)
     x = _channels_last(2, 4, 6, 6)

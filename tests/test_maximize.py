@@ -291,7 +291,7 @@ def test_pool_before_relu_gives_the_same_numbers_and_keeps_layers_objectives_rea
     from generation.maximize import optimize, parts
 
     # the engine with only this rewrite (the CPU's fused first block rounds differently: tests/test_fused.py)
-    monkeypatch.setattr(maximize, "fused_cpu_layers", lambda net, keep: net)
+    monkeypatch.setattr(maximize, "fused_layers", lambda net, keep: net)
     runs = [optimize(model, targets, *parts(s), steps=4, seed=3, rewrite=r) for r in (True, False)]
     assert torch.equal(runs[0].features, runs[1].features) and torch.equal(runs[0].prob_a, runs[1].prob_a)
 

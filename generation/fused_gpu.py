@@ -168,8 +168,10 @@ def _kernels(interpret: bool) -> dict:
         from triton.runtime.interpreter import InterpretedFunction as compile_
     else:
         compile_ = triton.jit
-    return {"conv_pool": compile_(_conv_pool_kernel), "conv_pool_grad": compile_(_conv_pool_grad_kernel),
-            "pool": compile_(_pool_kernel), "pool_grad": compile_(_pool_grad_kernel)}
+    # `total` changes with the batch: one compilation for every batch size rather than one per divisibility by 16
+    kernels = {"conv_pool": _conv_pool_kernel, "conv_pool_grad": _conv_pool_grad_kernel, "pool": _pool_kernel,
+               "pool_grad": _pool_grad_kernel}
+    return {name: compile_(fn, do_not_specialize=["total"]) for name, fn in kernels.items()}
 
 
 def _grid(total: int) -> tuple[int]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import warnings
 import weakref
 from typing import Callable
 
@@ -298,7 +299,18 @@ def _triton_device(device: torch.device) -> bool:
 
 @functools.cache
 def _triton_on(index: int | None) -> bool:
-    return importlib.util.find_spec("triton") is not None and torch.cuda.get_device_capability(index)[0] >= 8
+    if importlib.util.find_spec("triton") is None or torch.cuda.get_device_capability(index)[0] < 8:
+        return False
+    try:
+        from . import fused_gpu
+
+        fused_gpu.self_check(torch.device("cuda", index))
+    except Exception as exc:  # whatever stops the kernels there (compiler, driver, a wrong result): the torch ops run
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"the compiled 2x2 blocks do not run on cuda:{index} ({type(exc).__name__}: {reason}); "
+                      "running the torch ops there instead", RuntimeWarning, stacklevel=2)
+        return False
+    return True
 
 
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

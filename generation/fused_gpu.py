@@ -235,3 +235,36 @@ def max_pool_grad(g: torch.Tensor, arg: torch.Tensor, height: int, width: int) -
             g, arg, dx, total, channels, height, width, g.shape[2], g.shape[3], *g.stride(), *arg.stride(), *dx.stride(),
             CHANNELS_LAST=last, BLOCK=BLOCK)
     return dx
+
+
+def self_check(device: torch.device) -> None:
+    """Compile and run every kernel on `device` once on tiny maps and check them against the torch ops; raise if any differs.
+
+    Run once per device before the engine relies on the kernels, so that a
+    toolchain or driver that cannot build them (or builds them wrong) shows up
+    as a refusal to use them rather than as a failure in the middle of a run.
+    """
+    gen = torch.Generator().manual_seed(0)
+    # whatever the caller runs under (autocast, no_grad, inference mode), the references are float32 torch ops
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        x = torch.rand(2, 1, 7, 9, generator=gen).to(device)
+        weight = torch.randn(3, 1, 2, 2, generator=gen).to(device)
+        taps = weight.reshape(3, 4).T.contiguous()
+        bias = torch.randn(3, generator=gen).to(device)
+        maps = torch.randn(2, 3, 5, 6, generator=gen).to(device)
+        xs, ms = x.clone().requires_grad_(True), maps.clone().requires_grad_(True)
+        y = torch.relu(torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(xs, weight, bias), 2))
+        z = torch.relu(torch.nn.functional.max_pool2d(ms, 2))
+        (dx,), (dm,) = torch.autograd.grad(y, xs, torch.ones_like(y)), torch.autograd.grad(z, ms, torch.ones_like(z))
+        out, arg = conv_pool(x[:, 0], taps, bias, True)
+        pooled, winners = max_pool(maps, True)
+        checks = {
+            "conv_pool": torch.allclose(out, y, rtol=1e-5, atol=1e-5),
+            "conv_pool_grad": torch.allclose(conv_pool_input_grad(torch.ones_like(out), arg, taps, 7, 9), dx[:, 0],
+                                             rtol=1e-5, atol=1e-5),
+            "pool": torch.equal(pooled, z),
+            "pool_grad": torch.equal(max_pool_grad(torch.ones_like(pooled), winners, 5, 6), dm),
+        }
+    wrong = [name for name, ok in checks.items() if not ok]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} disagree with the torch ops on {device}")

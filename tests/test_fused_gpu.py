@@ -147,3 +147,30 @@ def test_on_a_triton_device_the_layers_run_the_kernels_in_the_autocast_dtype_and
     conv.float().weight.requires_grad_(True)  # training: the weights' gradient needs the torch ops
     assert torch.equal(fused.ConvPool(conv, pool)(x.contiguous()), pool(conv(x)))
     assert not calls
+
+
+def test_the_self_check_passes_on_right_kernels_and_names_a_wrong_one(monkeypatch):
+    fused_gpu.self_check(torch.device("cpu"))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # as the engine may first call it
+        fused_gpu.self_check(torch.device("cpu"))
+    right = fused_gpu.max_pool
+    monkeypatch.setattr(fused_gpu, "max_pool", lambda x, relu: (lambda out, arg: (out + 1e-3, arg))(*right(x, relu)))
+    with pytest.raises(ValueError, match="^pool disagree"):
+        fused_gpu.self_check(torch.device("cpu"))
+
+
+def test_a_device_whose_kernels_fail_the_self_check_runs_the_torch_ops_with_a_warning(monkeypatch):
+    from generation import fused
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+
+    def broken(device):
+        raise RuntimeError("PTX .version 9.1 does not support .target sm_90a\nmore detail")
+
+    monkeypatch.setattr(fused_gpu, "self_check", broken)
+    with pytest.warns(RuntimeWarning, match=r"cuda:0 \(RuntimeError: PTX .version 9.1 .*\); running the torch ops"):
+        assert fused._triton_on.__wrapped__(0) is False
+    monkeypatch.setattr(fused_gpu, "self_check", lambda device: None)
+    assert fused._triton_on.__wrapped__(0) is True
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))  # older than Triton supports
+    assert fused._triton_on.__wrapped__(0) is False

@@ -1,7 +1,7 @@
 """Where the GPU time of maximization goes, and which layout, precision, batch and compilation make it fastest.
 
 Prints, per method (classifier-only, decoder prior; paper preset, 20 RMS steps):
-1. the CUDA kernels that take the time in one batch (torch.profiler, fp32);
+1. the CUDA kernels that take the time in one batch (torch.profiler, fp32), then the operators by input shape;
 2. samples/s of the gradient steps alone (noise and host copies excluded) for
    weights channels-last or contiguous x fp32 / TF32 / bf16 autocast, in the
    engine's forms and in others: the classifier's 2x2 blocks as torch ops
@@ -108,12 +108,16 @@ class Case:
         with frozen(self.a, *param.modules(), channels_last=layout == "channels_last"):
             net = self.net(objective, "engine")
             param = param.with_networks(transposed_upsampling)
-            with profile(activities=activities) as prof:
+            with profile(activities=activities, record_shapes=True) as prof:
                 param.start(x0, targets)
                 ascend(self.a, param, objective, targets, step, self.settings.steps, net)
                 sync(self.device)
         key = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
-        return prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=60)
+        # the kernels, then the operators by input shape: which layer each time belongs to
+        return "\n".join((prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=60),
+                          prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=24,
+                                                                              max_name_column_width=40,
+                                                                              max_shapes_column_width=70)))
 
 
 def main() -> None:

@@ -268,28 +268,32 @@ def max_pool_grad(grad: torch.Tensor, arg: torch.Tensor, height: int, width: int
 def _conv_pool_cuda(x, w, b, relu):
     from . import fused_gpu
 
-    return fused_gpu.conv_pool(x, w, b, relu)
+    with torch.cuda.device(x.device):  # Triton launches on the current device
+        return fused_gpu.conv_pool(x, w, b, relu)
 
 
 @conv_pool_input_grad.register_kernel("cuda")
 def _conv_pool_input_grad_cuda(grad, arg, w, height, width):
     from . import fused_gpu
 
-    return fused_gpu.conv_pool_input_grad(grad, arg, w, height, width)
+    with torch.cuda.device(grad.device):
+        return fused_gpu.conv_pool_input_grad(grad, arg, w, height, width)
 
 
 @max_pool.register_kernel("cuda")
 def _max_pool_cuda(x, relu):
     from . import fused_gpu
 
-    return fused_gpu.max_pool(x, relu)
+    with torch.cuda.device(x.device):
+        return fused_gpu.max_pool(x, relu)
 
 
 @max_pool_grad.register_kernel("cuda")
 def _max_pool_grad_cuda(grad, arg, height, width):
     from . import fused_gpu
 
-    return fused_gpu.max_pool_grad(grad, arg, height, width)
+    with torch.cuda.device(grad.device):
+        return fused_gpu.max_pool_grad(grad, arg, height, width)
 
 
 def _triton_device(device: torch.device) -> bool:
@@ -304,7 +308,8 @@ def _triton_on(index: int | None) -> bool:
     try:
         from . import fused_gpu
 
-        fused_gpu.self_check(torch.device("cuda", index))
+        with torch.cuda.device(index):
+            fused_gpu.self_check(torch.device("cuda", index))
     except Exception as exc:  # whatever stops the kernels there (compiler, driver, a wrong result): the torch ops run
         reason = (str(exc).strip().splitlines() or [""])[0][:200]
         warnings.warn(f"the compiled 2x2 blocks do not run on cuda:{index} ({type(exc).__name__}: {reason}); "

@@ -162,7 +162,10 @@ def test_the_self_check_passes_on_right_kernels_and_names_a_wrong_one(monkeypatc
 def test_a_device_whose_kernels_fail_the_self_check_runs_the_torch_ops_with_a_warning(monkeypatch):
     from generation import fused
 
+    import contextlib
+
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())  # no CUDA device here to switch to
 
     def broken(device):
         raise RuntimeError("PTX .version 9.1 does not support .target sm_90a\nmore detail")

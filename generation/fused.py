@@ -191,11 +191,13 @@ def _pool_kernels():
 # As torch operators (not a Python autograd function), so that dispatch-level tools see the fused passes as what
 # they are: bench/maximize.py's roofline counts their bytes and FLOPs, torch's FLOP counter their FLOPs.
 @torch.library.custom_op("hearsay::conv_pool_2x2", mutates_args=())
-def conv_pool(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def conv_pool(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, relu: bool, channels_last: bool
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """x [N, H, W], w [4, C], b [C] -> (pooled maps [N, C, HP, WP], winner positions [N, C, HP, WP] stored alike).
 
-    With `relu`, the pooled maps through a ReLU. On a CPU (float32) stored
-    channels-last, like the layers after it there; on CUDA (`fused_gpu`) NCHW in x's dtype.
+    With `relu`, the pooled maps through a ReLU. On a CPU (float32) always
+    stored channels-last, like the layers after it there; on CUDA
+    (`fused_gpu`) in x's dtype, channels-last or NCHW as `channels_last` says.
     """
     forward, _ = _kernels()
     n, height, width = x.shape
@@ -222,14 +224,14 @@ def _save(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad, _grad_arg):
     arg, w = ctx.saved_tensors
-    return conv_pool_input_grad(grad, arg, w, *ctx.size), None, None, None
+    return conv_pool_input_grad(grad, arg, w, *ctx.size), None, None, None, None
 
 
 conv_pool.register_autograd(_backward, setup_context=_save)
 
 
 @register_flop_formula(torch.ops.hearsay.conv_pool_2x2)
-def _conv_pool_flops(x_shape, w_shape, b_shape, relu, out_shape=None, **kwargs) -> int:
+def _conv_pool_flops(x_shape, w_shape, b_shape, relu, channels_last, out_shape=None, **kwargs) -> int:
     n, channels, hp, wp = out_shape[0]
     return 2 * 4 * 4 * n * channels * hp * wp  # 4 taps for each of a window's 4 positions, multiply and add
 
@@ -265,11 +267,11 @@ def max_pool_grad(grad: torch.Tensor, arg: torch.Tensor, height: int, width: int
 
 # On CUDA the same operators run as Triton kernels (imported on first use: Triton is needed only there).
 @conv_pool.register_kernel("cuda")
-def _conv_pool_cuda(x, w, b, relu):
+def _conv_pool_cuda(x, w, b, relu, channels_last):
     from . import fused_gpu
 
     with torch.cuda.device(x.device):  # Triton launches on the current device
-        return fused_gpu.conv_pool(x, w, b, relu)
+        return fused_gpu.conv_pool(x, w, b, relu, channels_last)
 
 
 @conv_pool_input_grad.register_kernel("cuda")
@@ -364,7 +366,8 @@ class ConvPool(nn.Module):
         # [4, C]: the channels innermost, as the kernels loop
         w = weight.detach().reshape(weight.shape[0], 4).T.to(dtype).contiguous()
         b = bias.detach().to(dtype) if bias is not None else torch.zeros(weight.shape[0], dtype=dtype, device=x.device)
-        return conv_pool(x[:, 0].to(dtype), w, b.contiguous(), self.relu)[0]
+        # the pooled maps stored as the block's weights are: `frozen` sets the layout every layer runs in
+        return conv_pool(x[:, 0].to(dtype), w, b.contiguous(), self.relu, weight.stride(1) == 1)[0]
 
 
 class Pool(nn.Module):

@@ -183,12 +183,17 @@ def channels_last(t: torch.Tensor) -> bool:
     return t.shape[1] > 1 and t.stride(1) == 1
 
 
-def conv_pool(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [N, H, W], w [4, C] (taps w00 w01 w10 w11), b [C] -> (pooled maps [N, C, HP, WP] in x's dtype, winners [N, C, HP, WP])."""
+def conv_pool(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, relu: bool, channels_last: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [N, H, W], w [4, C] (taps w00 w01 w10 w11), b [C] -> (pooled maps [N, C, HP, WP] in x's dtype, winners [N, C, HP, WP]).
+
+    Both stored channels-last or NCHW, as `channels_last` says.
+    """
     n, height, width = x.shape
     channels = w.shape[1]
-    out = torch.empty(n, channels, (height - 1) // 2, (width - 1) // 2, dtype=x.dtype, device=x.device)
-    arg = torch.empty(out.shape, dtype=torch.int8, device=x.device)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(n, channels, (height - 1) // 2, (width - 1) // 2, dtype=x.dtype, device=x.device, memory_format=memory)
+    arg = torch.empty(out.shape, dtype=torch.int8, device=x.device, memory_format=memory)
     total = n * out.shape[2] * out.shape[3]
     if total:
         _kernels(x.device.type == "cpu")["conv_pool"][_grid(total)](

@@ -18,16 +18,19 @@ def _taps(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
     return w, b
 
 
-@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("relu, channels_last", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("channels, bias, shape", [(8, True, (18, 16)), (3, False, (7, 10)), (16, True, (6, 5))])
-def test_fused_block_kernels_agree_with_the_torch_ops_in_values_and_input_gradient(channels, bias, shape, relu):
+def test_fused_block_kernels_agree_with_the_torch_ops_in_values_and_input_gradient(channels, bias, shape, relu,
+                                                                                    channels_last):
     conv, pool = _conv(channels, bias), nn.MaxPool2d(2)
     x = torch.rand(3, 1, *shape, requires_grad=True)
     y = pool(conv(x))
     y = torch.relu(y) if relu else y
     w, b = _taps(conv)
-    out, arg = fused_gpu.conv_pool(x.detach()[:, 0], w, b, relu)
-    assert out.shape == arg.shape == y.shape and out.is_contiguous() and arg.dtype == torch.int8
+    out, arg = fused_gpu.conv_pool(x.detach()[:, 0], w, b, relu, channels_last)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    assert out.shape == arg.shape == y.shape and arg.dtype == torch.int8
+    assert out.is_contiguous(memory_format=memory) and arg.stride() == out.stride()
     torch.testing.assert_close(out, y, rtol=1e-6, atol=1e-6)
     if relu:
         assert ((arg == 4) == (y <= 0)).all() and (arg == 4).any()  # clipped values pass no gradient
@@ -132,8 +135,13 @@ def test_on_a_triton_device_the_layers_run_the_kernels_in_the_autocast_dtype_and
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = fused.ConvPool(conv, pool, relu=True)(x)
         ref = torch.relu(pool(conv(x)))
-    [(name, (x_run, w, b, relu))] = calls
+    [(name, (x_run, w, b, relu, channels_last))] = calls
     assert name == "conv_pool" and relu and x_run.dtype == w.dtype == b.dtype == y.dtype == torch.bfloat16
+    assert not channels_last  # stored as the block's weights are
+    calls.clear()
+    conv.to(memory_format=torch.channels_last)
+    assert fused.ConvPool(conv, pool)(x).is_contiguous(memory_format=torch.channels_last) and calls[0][1][4]
+    conv.to(memory_format=torch.contiguous_format)
     assert w.shape == (4, 8) and x_run.shape == (2, 10, 9)
     torch.testing.assert_close(y.float(), ref.float(), rtol=0.01, atol=0.01)
 

@@ -1,4 +1,4 @@
-"""Faster equal forms of layers the stock kernels run poorly: the paper classifier's 2x2 blocks as compiled passes, a convolution into one map.
+"""Faster equal forms of layers the stock kernels run poorly: the paper net's 2x2 blocks compiled, a convolution into one map.
 
 The paper classifier opens with a 2x2 convolution of the single log-mel
 channel into 8 maps and a 2x2 max-pool. As torch ops on a CPU that block took
@@ -356,22 +356,25 @@ class ConvPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.conv.weight, self.conv.bias
-        frozen = x.dim() == 4 and not weight.requires_grad and (bias is None or not bias.requires_grad)
+        fixed = x.dim() == 4 and not weight.requires_grad and (bias is None or not bias.requires_grad)
         on_cpu = (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
                   and not torch.is_autocast_enabled("cpu"))
         dtype = torch.float32 if on_cpu else _triton_dtype(x)
-        if not frozen or dtype is None or (not torch.is_autocast_enabled(x.device.type) and weight.dtype != x.dtype):
+        if not fixed or dtype is None or (not torch.is_autocast_enabled(x.device.type) and weight.dtype != x.dtype):
             y = self.pool(self.conv(x))
             return torch.relu(y) if self.relu else y
         # [4, C]: the channels innermost, as the kernels loop
         w = weight.detach().reshape(weight.shape[0], 4).T.to(dtype).contiguous()
         b = bias.detach().to(dtype) if bias is not None else torch.zeros(weight.shape[0], dtype=dtype, device=x.device)
-        # the pooled maps stored as the block's weights are: `frozen` sets the layout every layer runs in
+        # the pooled maps stored as the block's weights are (`maximize.frozen` sets the layout all layers run in)
         return conv_pool(x[:, 0].to(dtype), w, b.contiguous(), self.relu, weight.stride(1) == 1)[0]
 
 
 class Pool(nn.Module):
-    """A 2x2 max-pool (stride 2), with `relu` followed by a ReLU; compiled on a CPU for float32 maps stored channels-last, on CUDA (Triton) for float maps."""
+    """A 2x2 max-pool (stride 2), with `relu` followed by a ReLU.
+
+    Compiled on a CPU for float32 maps stored channels-last, on CUDA (Triton) for float maps in either layout.
+    """
 
     def __init__(self, pool: nn.MaxPool2d, relu: bool = False):
         super().__init__()

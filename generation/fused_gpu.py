@@ -28,14 +28,14 @@ import triton.language as tl
 BLOCK = 512
 
 
-def _conv_pool_kernel(x, w, b, out, arg, total, hp, wp, sxn, sxh, sxw, son, soc, soh, sow,
-                      C: tl.constexpr, RELU: tl.constexpr, BLOCK: tl.constexpr):
-    """Per pooled position (n, i, j): the 3x3 input patch once, then for each map its 4 conv values' maximum."""
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < total
-    j = idx % wp
-    i = (idx // wp) % hp
-    n = idx // (wp * hp)
+def _conv_pool_kernel(x, w, b, out, arg, sxn, sxh, sxw, son, soc, soh, sow,
+                      C: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr, RELU: tl.constexpr, BLOCK: tl.constexpr):
+    """Per pooled position (i, j) of sample n: the 3x3 input patch once, then for each map its 4 conv values' maximum."""
+    n = tl.program_id(0).to(tl.int64)
+    e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < HP * WP
+    i = e // WP
+    j = e % WP
     p = x + n * sxn + 2 * i * sxh + 2 * j * sxw
     x00 = tl.load(p, mask=mask).to(tl.float32)
     x01 = tl.load(p + sxw, mask=mask).to(tl.float32)
@@ -75,45 +75,46 @@ def _conv_pool_kernel(x, w, b, out, arg, total, hp, wp, sxn, sxh, sxw, son, soc,
         tl.store(arg + o + c * soc, k.to(tl.int8), mask=mask)
 
 
-def _conv_pool_grad_kernel(g, arg, w, dx, total, height, width, hp, wp, sgn, sgc, sgh, sgw, san, sac, sah, saw,
-                           C: tl.constexpr, BLOCK: tl.constexpr):
-    """Per input pixel (n, r, s): the sum over the 4 conv positions it feeds and the C maps, where that position won."""
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < total
-    s = idx % width
-    r = (idx // width) % height
-    n = idx // (width * height)
+def _conv_pool_grad_kernel(g, arg, w, dx, sgn, sgc, sgh, sgw, san, sac, sah, saw,
+                           C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr,
+                           BLOCK: tl.constexpr):
+    """Per input pixel (r, s) of sample n: the sum over the 4 conv positions it feeds and the C maps, where that position won."""
+    n = tl.program_id(0).to(tl.int64)
+    e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < H * W
+    r = e // W
+    s = e % W
     acc = tl.full([BLOCK], 0.0, tl.float32)
     for a in tl.static_range(2):
-        for e in tl.static_range(2):
-            p = r - a  # the conv position whose tap (a, e) reads this pixel
-            q = s - e
+        for f in tl.static_range(2):
+            p = r - a  # the conv position whose tap (a, f) reads this pixel
+            q = s - f
             i = tl.maximum(p, 0) // 2
             j = tl.maximum(q, 0) // 2
-            here = mask & (p >= 0) & (q >= 0) & (i < hp) & (j < wp)  # a conv position some window covers
+            here = mask & (p >= 0) & (q >= 0) & (i < HP) & (j < WP)  # a conv position some window covers
             position = 2 * (p - 2 * i) + (q - 2 * j)
             for c in tl.static_range(C):
                 won = tl.load(arg + n * san + c * sac + i * sah + j * saw, mask=here, other=-1) == position
                 gv = tl.load(g + n * sgn + c * sgc + i * sgh + j * sgw, mask=here & won, other=0.0).to(tl.float32)
-                acc += gv * tl.load(w + (2 * a + e) * C + c).to(tl.float32)
-    tl.store(dx + idx, acc.to(dx.dtype.element_ty), mask=mask)
+                acc += gv * tl.load(w + (2 * a + f) * C + c).to(tl.float32)
+    tl.store(dx + n * (H * W) + e, acc.to(dx.dtype.element_ty), mask=mask)
 
 
-def _pool_kernel(x, out, arg, total, channels, hp, wp, sxn, sxc, sxh, sxw, son, soc, soh, sow,
-                 CHANNELS_LAST: tl.constexpr, RELU: tl.constexpr, BLOCK: tl.constexpr):
-    """Per pooled value, in the pooled maps' memory order: its 2x2 window's maximum and which position won."""
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < total
+def _pool_kernel(x, out, arg, sxn, sxc, sxh, sxw, son, soc, soh, sow,
+                 C: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr, CHANNELS_LAST: tl.constexpr, RELU: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    """Per pooled value of sample n, in the pooled maps' memory order: its 2x2 window's maximum and which position won."""
+    n = tl.program_id(0).to(tl.int64)
+    e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < C * HP * WP
     if CHANNELS_LAST:
-        c = idx % channels
-        j = (idx // channels) % wp
-        i = (idx // (channels * wp)) % hp
-        n = idx // (channels * wp * hp)
+        c = e % C
+        j = (e // C) % WP
+        i = e // (C * WP)
     else:
-        j = idx % wp
-        i = (idx // wp) % hp
-        c = (idx // (wp * hp)) % channels
-        n = idx // (wp * hp * channels)
+        j = e % WP
+        i = (e // WP) % HP
+        c = e // (WP * HP)
     p = x + n * sxn + c * sxc + 2 * i * sxh + 2 * j * sxw
     best = tl.load(p, mask=mask).to(tl.float32)  # exact for every float dtype; compared as floats
     k = tl.full([BLOCK], 0, tl.int8)
@@ -138,24 +139,24 @@ def _pool_kernel(x, out, arg, total, channels, hp, wp, sxn, sxc, sxh, sxw, son, 
     tl.store(arg + o, k.to(tl.int8), mask=mask)
 
 
-def _pool_grad_kernel(g, arg, dx, total, channels, height, width, hp, wp, sgn, sgc, sgh, sgw, san, sac, sah, saw,
-                      sdn, sdc, sdh, sdw, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
-    """Per full-resolution value, in its memory order: its window's gradient where it won, else 0; written once."""
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < total
+def _pool_grad_kernel(g, arg, dx, sgn, sgc, sgh, sgw, san, sac, sah, saw, sdn, sdc, sdh, sdw,
+                      C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr,
+                      CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+    """Per full-resolution value of sample n, in its memory order: its window's gradient where it won, else 0; written once."""
+    n = tl.program_id(0).to(tl.int64)
+    e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < C * H * W
     if CHANNELS_LAST:
-        c = idx % channels
-        s = (idx // channels) % width
-        r = (idx // (channels * width)) % height
-        n = idx // (channels * width * height)
+        c = e % C
+        s = (e // C) % W
+        r = e // (C * W)
     else:
-        s = idx % width
-        r = (idx // width) % height
-        c = (idx // (width * height)) % channels
-        n = idx // (width * height * channels)
+        s = e % W
+        r = (e // W) % H
+        c = e // (W * H)
     i = r // 2
     j = s // 2
-    here = mask & (i < hp) & (j < wp)  # the odd last row or column no window covers gets 0
+    here = mask & (i < HP) & (j < WP)  # the odd last row or column no window covers gets 0
     won = tl.load(arg + n * san + c * sac + i * sah + j * saw, mask=here, other=-1) == 2 * (r - 2 * i) + (s - 2 * j)
     gv = tl.load(g + n * sgn + c * sgc + i * sgh + j * sgw, mask=here & won, other=0.0).to(tl.float32)
     tl.store(dx + n * sdn + c * sdc + r * sdh + s * sdw, tl.where(won, gv + 0.0, 0.0).to(dx.dtype.element_ty), mask=mask)
@@ -168,14 +169,18 @@ def _kernels(interpret: bool) -> dict:
         from triton.runtime.interpreter import InterpretedFunction as compile_
     else:
         compile_ = triton.jit
-    # `total` changes with the batch: one compilation for every batch size rather than one per divisibility by 16
     kernels = {"conv_pool": _conv_pool_kernel, "conv_pool_grad": _conv_pool_grad_kernel, "pool": _pool_kernel,
                "pool_grad": _pool_grad_kernel}
-    return {name: compile_(fn, do_not_specialize=["total"]) for name, fn in kernels.items()}
+    return {name: compile_(fn) for name, fn in kernels.items()}
 
 
-def _grid(total: int) -> tuple[int]:
-    return (max(1, -(-total // BLOCK)),)
+def _launch(kernel, samples: int, per_sample: int, *args, **constants) -> None:
+    """A program per block of one sample's values: the sample from the grid's first axis, so no index is divided by the batch.
+
+    The second axis holds at most 65,535 blocks: a larger map per sample gets larger blocks.
+    """
+    block = max(BLOCK, triton.next_power_of_2(-(-per_sample // 65535)))
+    kernel[(samples, -(-per_sample // block))](*args, **constants, BLOCK=block)
 
 
 def channels_last(t: torch.Tensor) -> bool:
@@ -194,22 +199,20 @@ def conv_pool(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, relu: bool, cha
     memory = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty(n, channels, (height - 1) // 2, (width - 1) // 2, dtype=x.dtype, device=x.device, memory_format=memory)
     arg = torch.empty(out.shape, dtype=torch.int8, device=x.device, memory_format=memory)
-    total = n * out.shape[2] * out.shape[3]
-    if total:
-        _kernels(x.device.type == "cpu")["conv_pool"][_grid(total)](
-            x, w.contiguous(), b.contiguous(), out, arg, total, out.shape[2], out.shape[3], *x.stride(), *out.stride(),
-            C=channels, RELU=relu, BLOCK=BLOCK)
+    hp, wp = out.shape[2:]
+    if out.numel():
+        _launch(_kernels(x.device.type == "cpu")["conv_pool"], n, hp * wp,
+                x, w.contiguous(), b.contiguous(), out, arg, *x.stride(), *out.stride(), C=channels, HP=hp, WP=wp, RELU=relu)
     return out, arg
 
 
 def conv_pool_input_grad(g: torch.Tensor, arg: torch.Tensor, w: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The gradient at the pooled maps [N, C, HP, WP] -> the gradient at the input [N, H, W], in w's dtype."""
     dx = torch.empty(g.shape[0], height, width, dtype=w.dtype, device=g.device)
-    total = dx.numel()
-    if total:
-        _kernels(g.device.type == "cpu")["conv_pool_grad"][_grid(total)](
-            g, arg, w.contiguous(), dx, total, height, width, g.shape[2], g.shape[3], *g.stride(), *arg.stride(),
-            C=w.shape[1], BLOCK=BLOCK)
+    if dx.numel():
+        _launch(_kernels(g.device.type == "cpu")["conv_pool_grad"], g.shape[0], height * width,
+                g, arg, w.contiguous(), dx, *g.stride(), *arg.stride(), C=w.shape[1], H=height, W=width, HP=g.shape[2],
+                WP=g.shape[3])
     return dx
 
 
@@ -220,11 +223,10 @@ def max_pool(x: torch.Tensor, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     memory = torch.channels_last if last else torch.contiguous_format
     out = torch.empty(n, channels, height // 2, width // 2, dtype=x.dtype, device=x.device, memory_format=memory)
     arg = torch.empty(out.shape, dtype=torch.int8, device=x.device, memory_format=memory)
-    total = out.numel()
-    if total:
-        _kernels(x.device.type == "cpu")["pool"][_grid(total)](
-            x, out, arg, total, channels, out.shape[2], out.shape[3], *x.stride(), *out.stride(),
-            CHANNELS_LAST=last, RELU=relu, BLOCK=BLOCK)
+    if out.numel():
+        _launch(_kernels(x.device.type == "cpu")["pool"], n, out[0].numel(),
+                x, out, arg, *x.stride(), *out.stride(), C=channels, HP=out.shape[2], WP=out.shape[3], CHANNELS_LAST=last,
+                RELU=relu)
     return out, arg
 
 
@@ -234,11 +236,10 @@ def max_pool_grad(g: torch.Tensor, arg: torch.Tensor, height: int, width: int) -
     last = channels_last(arg)
     memory = torch.channels_last if last else torch.contiguous_format
     dx = torch.empty(n, channels, height, width, dtype=g.dtype, device=g.device, memory_format=memory)
-    total = dx.numel()
-    if total:
-        _kernels(g.device.type == "cpu")["pool_grad"][_grid(total)](
-            g, arg, dx, total, channels, height, width, g.shape[2], g.shape[3], *g.stride(), *arg.stride(), *dx.stride(),
-            CHANNELS_LAST=last, BLOCK=BLOCK)
+    if dx.numel():
+        _launch(_kernels(g.device.type == "cpu")["pool_grad"], n, dx[0].numel(),
+                g, arg, dx, *g.stride(), *arg.stride(), *dx.stride(), C=channels, H=height, W=width, HP=g.shape[2],
+                WP=g.shape[3], CHANNELS_LAST=last)
     return dx
 
 

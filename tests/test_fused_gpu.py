@@ -1,4 +1,6 @@
 """The paper classifier's 2x2 blocks as Triton kernels (CUDA), checked here through Triton's interpreter on CPU tensors."""
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -97,14 +99,20 @@ def test_pool_kernels_give_torch_pools_values_and_gradients_bit_for_bit(shape, d
     assert dx_fast[:, :, 2 * (shape[2] // 2):].abs().sum() == 0  # an odd last row no window covers
 
 
+FP32_BLOCK = {"x": "fp32", "w": "fp32", "b": "fp32", "out": "fp32", "arg": "i8"}
+BF16_BLOCK = {"x": "bf16", "w": "bf16", "b": "bf16", "out": "bf16", "arg": "i8"}
+PAPER_BLOCK = {"C": 8, "H": 90, "W": 80, "HP": 44, "WP": 39}  # the paper net's first block and its second pool
+PAPER_POOL = {"C": 16, "H": 43, "W": 38, "HP": 21, "WP": 19}
+
+
 @pytest.mark.parametrize("kernel, pointers, constants", [
-    ("conv_pool", {"x": "fp32", "w": "fp32", "b": "fp32", "out": "fp32", "arg": "i8"}, {"C": 8, "RELU": True}),
-    ("conv_pool", {"x": "bf16", "w": "bf16", "b": "bf16", "out": "bf16", "arg": "i8"}, {"C": 8, "RELU": False}),
-    ("conv_pool_grad", {"g": "bf16", "arg": "i8", "w": "bf16", "dx": "bf16"}, {"C": 8}),
-    ("pool", {"x": "fp32", "out": "fp32", "arg": "i8"}, {"CHANNELS_LAST": False, "RELU": True}),
-    ("pool", {"x": "bf16", "out": "bf16", "arg": "i8"}, {"CHANNELS_LAST": True, "RELU": True}),
-    ("pool_grad", {"g": "fp32", "arg": "i8", "dx": "fp32"}, {"CHANNELS_LAST": False}),
-    ("pool_grad", {"g": "bf16", "arg": "i8", "dx": "bf16"}, {"CHANNELS_LAST": True}),
+    ("conv_pool", FP32_BLOCK, {"C": 8, "HP": 44, "WP": 39, "RELU": True}),
+    ("conv_pool", BF16_BLOCK, {"C": 8, "HP": 44, "WP": 39, "RELU": False}),
+    ("conv_pool_grad", {"g": "bf16", "arg": "i8", "w": "bf16", "dx": "bf16"}, PAPER_BLOCK),
+    ("pool", {"x": "fp32", "out": "fp32", "arg": "i8"}, {"C": 16, "HP": 21, "WP": 19, "CHANNELS_LAST": False, "RELU": True}),
+    ("pool", {"x": "bf16", "out": "bf16", "arg": "i8"}, {"C": 16, "HP": 21, "WP": 19, "CHANNELS_LAST": True, "RELU": True}),
+    ("pool_grad", {"g": "fp32", "arg": "i8", "dx": "fp32"}, {**PAPER_POOL, "CHANNELS_LAST": False}),
+    ("pool_grad", {"g": "bf16", "arg": "i8", "dx": "bf16"}, {**PAPER_POOL, "CHANNELS_LAST": True}),
 ])
 def test_kernels_compile_for_an_h100_and_an_a100(kernel, pointers, constants):
     """The interpreter runs Python; this is the real compiler, down to the GPU binary (no GPU needed to compile)."""
@@ -120,6 +128,8 @@ def test_kernels_compile_for_an_h100_and_an_a100(kernel, pointers, constants):
         compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants),
                                   target=GPUTarget("cuda", capability, 32))
         assert compiled.asm["cubin"] and f".target sm_{capability}" in compiled.asm["ptx"]
+        # map sizes are compile-time constants: the index arithmetic has no integer division (tens of instructions each)
+        assert not re.search(r"\b(div|rem)\.[su](32|64)\b", compiled.asm["ptx"])
 
 
 def test_on_a_triton_device_the_layers_run_the_kernels_in_the_autocast_dtype_and_torchs_ops_elsewhere(monkeypatch):

@@ -93,7 +93,7 @@ def compiled_blocks(device: torch.device, batch: int) -> list[dict]:
     x = torch.rand(batch, 1, *PAPER.shape, generator=gen).to(device)
     maps = torch.randn(batch, 16, 43, 38, generator=gen).to(device)
     for mode in ("fp32", "bf16"):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16"):
+        with maximize.precision(mode, device):  # as the engine runs: fp32 without TF32 (torch's default allows it), bf16 autocast
             for name, fast, slow, inp in (("conv_pool_relu", fused.ConvPool(conv, pool, relu=True),
                                            lambda t: torch.relu(pool(conv(t))), x),
                                           ("pool_relu", fused.Pool(pool, relu=True), lambda t: torch.relu(pool(t)),

@@ -183,7 +183,7 @@ def _launch(kernel, samples: int, per_sample: int, *args, **constants) -> None:
     kernel[(samples, -(-per_sample // block))](*args, **constants, BLOCK=block)
 
 
-def channels_last(t: torch.Tensor) -> bool:
+def _is_channels_last(t: torch.Tensor) -> bool:
     """Whether a 4-d map is stored channels-last (for one map either layout is the same memory: say NCHW)."""
     return t.shape[1] > 1 and t.stride(1) == 1
 
@@ -219,7 +219,7 @@ def conv_pool_input_grad(g: torch.Tensor, arg: torch.Tensor, w: torch.Tensor, he
 def max_pool(x: torch.Tensor, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """x [N, C, H, W] -> (pooled maps [N, C, H/2, W/2] stored as x is, winners [N, C, H/2, W/2] stored alike)."""
     n, channels, height, width = x.shape
-    last = channels_last(x)
+    last = _is_channels_last(x)
     memory = torch.channels_last if last else torch.contiguous_format
     out = torch.empty(n, channels, height // 2, width // 2, dtype=x.dtype, device=x.device, memory_format=memory)
     arg = torch.empty(out.shape, dtype=torch.int8, device=x.device, memory_format=memory)
@@ -233,7 +233,7 @@ def max_pool(x: torch.Tensor, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
 def max_pool_grad(g: torch.Tensor, arg: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The gradient at the pooled maps [N, C, HP, WP] -> the gradient at the input [N, C, H, W], stored as the winners are."""
     n, channels = g.shape[:2]
-    last = channels_last(arg)
+    last = _is_channels_last(arg)
     memory = torch.channels_last if last else torch.contiguous_format
     dx = torch.empty(n, channels, height, width, dtype=g.dtype, device=g.device, memory_format=memory)
     if dx.numel():
@@ -251,26 +251,36 @@ def self_check(device: torch.device) -> None:
     as a refusal to use them rather than as a failure in the middle of a run.
     """
     gen = torch.Generator().manual_seed(0)
-    # whatever the caller runs under (autocast, no_grad, inference mode), the references are float32 torch ops
-    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
-        x = torch.rand(2, 1, 7, 9, generator=gen).to(device)
-        weight = torch.randn(3, 1, 2, 2, generator=gen).to(device)
-        taps = weight.reshape(3, 4).T.contiguous()
-        bias = torch.randn(3, generator=gen).to(device)
-        maps = torch.randn(2, 3, 5, 6, generator=gen).to(device)
-        xs, ms = x.clone().requires_grad_(True), maps.clone().requires_grad_(True)
-        y = torch.relu(torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(xs, weight, bias), 2))
-        z = torch.relu(torch.nn.functional.max_pool2d(ms, 2))
-        (dx,), (dm,) = torch.autograd.grad(y, xs, torch.ones_like(y)), torch.autograd.grad(z, ms, torch.ones_like(z))
-        out, arg = conv_pool(x[:, 0], taps, bias, True)
-        pooled, winners = max_pool(maps, True)
-        checks = {
-            "conv_pool": torch.allclose(out, y, rtol=1e-5, atol=1e-5),
-            "conv_pool_grad": torch.allclose(conv_pool_input_grad(torch.ones_like(out), arg, taps, 7, 9), dx[:, 0],
-                                             rtol=1e-5, atol=1e-5),
-            "pool": torch.equal(pooled, z),
-            "pool_grad": torch.equal(max_pool_grad(torch.ones_like(pooled), winners, 5, 6), dm),
-        }
+    # whatever the caller runs under (autocast, TF32, no_grad, inference mode), the references are float32 torch ops
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            checks = _checks(device, gen)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
     wrong = [name for name, ok in checks.items() if not ok]
     if wrong:
         raise ValueError(f"{', '.join(wrong)} disagree with the torch ops on {device}")
+
+
+def _checks(device: torch.device, gen: torch.Generator) -> dict[str, bool]:
+    """Each kernel's agreement with the torch ops on tiny maps."""
+    x = torch.rand(2, 1, 7, 9, generator=gen).to(device)
+    weight = torch.randn(3, 1, 2, 2, generator=gen).to(device)
+    taps = weight.reshape(3, 4).T.contiguous()
+    bias = torch.randn(3, generator=gen).to(device)
+    maps = torch.randn(2, 3, 5, 6, generator=gen).to(device)
+    xs, ms = x.clone().requires_grad_(True), maps.clone().requires_grad_(True)
+    y = torch.relu(torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(xs, weight, bias), 2))
+    z = torch.relu(torch.nn.functional.max_pool2d(ms, 2))
+    (dx,), (dm,) = torch.autograd.grad(y, xs, torch.ones_like(y)), torch.autograd.grad(z, ms, torch.ones_like(z))
+    out, arg = conv_pool(x[:, 0], taps, bias, True)
+    pooled, winners = max_pool(maps, True)
+    return {
+        "conv_pool": torch.allclose(out, y, rtol=1e-5, atol=1e-5),
+        "conv_pool_grad": torch.allclose(conv_pool_input_grad(torch.ones_like(out), arg, taps, 7, 9), dx[:, 0],
+                                         rtol=1e-5, atol=1e-5),
+        "pool": torch.equal(pooled, z),
+        "pool_grad": torch.equal(max_pool_grad(torch.ones_like(pooled), winners, 5, 6), dm),
+    }

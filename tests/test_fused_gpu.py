@@ -195,3 +195,13 @@ def test_a_device_whose_kernels_fail_the_self_check_runs_the_torch_ops_with_a_wa
     assert fused._triton_on.__wrapped__(0) is True
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))  # older than Triton supports
     assert fused._triton_on.__wrapped__(0) is False
+
+
+def test_the_self_check_compares_against_float32_convolutions_even_where_tf32_is_on(monkeypatch):
+    """A caller in TF32 mode (`precision("tf32")`) must not fail the check: TF32 convolutions differ by about 1e-3."""
+    seen = []
+    run = fused_gpu.conv_pool
+    monkeypatch.setattr(fused_gpu, "conv_pool", lambda *a: seen.append(torch.backends.cudnn.allow_tf32) or run(*a))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    fused_gpu.self_check(torch.device("cpu"))
+    assert seen == [False] and torch.backends.cudnn.allow_tf32  # off for the check, restored after

@@ -205,3 +205,28 @@ def test_the_self_check_compares_against_float32_convolutions_even_where_tf32_is
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     fused_gpu.self_check(torch.device("cpu"))
     assert seen == [False] and torch.backends.cudnn.allow_tf32  # off for the check, restored after
+
+
+def test_the_kernels_registered_for_cuda_take_each_operators_arguments_and_run_the_triton_forms(monkeypatch):
+    """What the dispatcher calls on CUDA, called here on CPU tensors (the interpreter) with the operators' own arguments."""
+    import contextlib
+    import inspect
+
+    from generation import fused
+
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())  # no CUDA device here to switch to
+    registered = {"conv_pool_2x2": fused._conv_pool_cuda, "conv_pool_2x2_input_grad": fused._conv_pool_input_grad_cuda,
+                  "max_pool_2x2": fused._max_pool_cuda, "max_pool_2x2_grad": fused._max_pool_grad_cuda}
+    for op, kernel in registered.items():
+        schema = getattr(torch.ops.hearsay, op).default._schema
+        assert list(inspect.signature(kernel).parameters) == [a.name for a in schema.arguments], op
+    conv = _conv(8)
+    w, b = _taps(conv)
+    x = torch.rand(2, 10, 9)
+    out, arg = fused._conv_pool_cuda(x, w, b, True, False)
+    assert torch.equal(out, fused_gpu.conv_pool(x, w, b, True)[0])
+    dx = fused._conv_pool_input_grad_cuda(torch.ones_like(out), arg, w, 10, 9)
+    assert torch.equal(dx, fused_gpu.conv_pool_input_grad(torch.ones_like(out), arg, w, 10, 9))
+    pooled, winners = fused._max_pool_cuda(out, True)
+    assert torch.equal(pooled, torch.relu(nn.functional.max_pool2d(out, 2)))
+    assert fused._max_pool_grad_cuda(torch.ones_like(pooled), winners, *out.shape[2:]).shape == out.shape

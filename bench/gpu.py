@@ -8,8 +8,9 @@ Adam steps; speed does not depend on what the weights learned.
 
 Printed:
 0. the compiled 2x2 blocks (`generation.fused`: Triton kernels on CUDA)
-   against the torch ops on the device, in fp32 and bf16: the largest
-   difference in values and input gradients, and whether every winner agreed;
+   against the torch ops on the device, in fp32 and bf16: whether the compiled
+   form ran, the largest difference in values and input gradients, and whether
+   the input gradients are nonzero at the same positions (the same winners);
 1. maximization samples/s for the classifier-only and decoder methods
    (paper preset, 20 RMS steps) in fp32, with TF32 matmuls/convolutions (CUDA
    only) and under bf16 autocast, with the agreement of each against fp32:

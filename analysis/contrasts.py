@@ -145,7 +145,10 @@ def main_contrasts(test: pd.DataFrame, people_fits: pd.DataFrame | None) -> pd.D
                 fit = (people_fits[(people_fits["contrast"] == term) & (people_fits["model"] == model)
                                    & (people_fits["clusters"] == "listener")]
                        if people_fits is not None and not people_fits.empty else pd.DataFrame())
-                if fit.empty:
+                if fit.empty and frame["listener"].nunique() < 2:
+                    row["note"] = "No contrast: errors clustered by listener need at least two listeners" + (
+                        f" ({row['note']})" if row["note"] else "")
+                elif fit.empty:
                     row["note"] = "No contrast: the logistic model could not be fitted" + (
                         f" ({row['note']})" if row["note"] else "")
                 else:

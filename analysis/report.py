@@ -479,8 +479,9 @@ def _stage_summary(res: Analysis, state: dict) -> None:
         "since a machine answers every clip once: McNemar's exact test on before/after pairs of the same clip, "
         "and an exact conditional (Fisher-type) test, stratified by the other factor, for decoder vs classifier "
         "and test vs noise start. Odds ratios above 1 favour the first-named level; Holm's correction runs over "
-        "the three contrasts of each group. A contrast is missing only when a cell it needs has no answers, and "
-        "the row names that cell."), tables, figs,
+        "the three contrasts of each group. A contrast is missing when a cell it needs has no answers or its model "
+        "cannot be estimated (people's errors clustered by listener need two listeners at least), and the row "
+        "says why."), tables, figs,
         guide="What the study asks: did the decoder prior, the start and maximization itself make words more "
               "recognisable, to people and to each machine listener?"))
 

@@ -341,6 +341,8 @@ def logistic_cluster(y: np.ndarray, X: pd.DataFrame, groups: dict[str, np.ndarra
     # cov_cluster_2groups, with the intersection found by sorting integer codes rather than pairs
     covs: dict[str, np.ndarray] = {}
     for name, c in codes.items():
+        if np.unique(c).size < 2 or y.size <= exog.shape[1]:
+            continue  # one cluster (a pilot with one listener, say) gives no between-cluster variance to estimate
         try:
             covs[name] = cov_cluster(base, c)
         except (np.linalg.LinAlgError, PerfectSeparationError):

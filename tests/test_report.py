@@ -92,6 +92,17 @@ def test_one_machine_listener_with_zero_and_perfect_cells_is_analysed(tmp_path):
     assert acc.loc["original", "ci_high"] == 1.0 and acc.loc["1-classifier-noise / after", "ci_low"] == 0.0
 
 
+def test_a_pilot_with_one_listener_is_analysed_and_says_why_people_have_no_contrast(tmp_path):
+    """One person's answers (a pilot) once crashed the listener-clustered errors with a division by zero."""
+    out = build(small_table(listeners=1, machines=0), tmp_path / "r")
+    glm = pd.read_csv(out / "tables" / "contrasts_glm.csv")
+    assert set(glm["clusters"]) == {"stimulus"}  # one listener: no between-listener variance to estimate
+    main = pd.read_csv(out / "tables" / "main_contrasts.csv")
+    assert len(main) == 3 and main["p"].isna().all()
+    assert main["note"].str.contains("need at least two listeners").all()
+    assert "need at least two listeners" in (out / "report.html").read_text()
+
+
 def test_rating_report_with_paper_rule_and_generation_outputs(tmp_path):
     table = small_table("rating", machines=0)
     table.loc[(table.listener == "L0") & (table.condition == "1-classifier-noise"), "rating"] = 4.0

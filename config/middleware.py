@@ -14,7 +14,8 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 class RequestSanityMiddleware:
-    """400 for a request no view should see: a form body in another encoding than UTF-8, or a NUL byte anywhere.
+    """400 for a request no view should see: a form body in another encoding than UTF-8, a NUL byte anywhere, or a
+    Content-Length that is no number.
 
     Runs before sessions and CSRF, so the refusal is a plain 400 on every URL, the admin
     included (Django would otherwise fail later inside the CSRF check of its own 400 page),
@@ -34,6 +35,9 @@ class RequestSanityMiddleware:
     def problem(request: HttpRequest) -> str | None:
         if "\x00" in request.path:
             return "the address contains a NUL byte"
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if not (length.isascii() and length.isdigit()):  # Django would int() it while reading the body: a 500
+            return f"Content-Length must be a number of bytes, not {length[:40]!r}"
         if request.method == "POST" and request.content_type in FORM_TYPES:
             charset = request.content_params.get("charset")
             if charset is not None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 import re
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -20,6 +22,21 @@ def csv_response(slug: str) -> HttpResponse:
     response = HttpResponse(long_table_csv(slug), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{slug}-responses.csv"'
     return response
+
+
+class CheckedSelectionAdmin(admin.ModelAdmin):
+    """Every admin here: an action posted for a selected id that is no id of the model (tampered, or beyond the
+    column's range) gets a 400; Django would pass it to the database and fail with a 500."""
+
+    def response_action(self, request, queryset):
+        pk = queryset.model._meta.pk
+        for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
+            try:
+                pk.clean(value, None)
+            except ValidationError:
+                return HttpResponseBadRequest(f"Bad request: {value[:40]!r} is not the id of a {queryset.model._meta.verbose_name}.\n",
+                                              content_type="text/plain; charset=utf-8")
+        return super().response_action(request, queryset)
 
 
 # What informed consent must tell a listener, each with a pattern that a consent text naming it will match.
@@ -48,7 +65,7 @@ def listener_page_gaps(experiment: Experiment) -> list[str]:
 
 
 @admin.register(Experiment)
-class ExperimentAdmin(admin.ModelAdmin):
+class ExperimentAdmin(CheckedSelectionAdmin):
     list_display = (
         "slug", "title", "task", "status", "ready", "ratings_per_stimulus", "stimulus_count", "answer_total", "participant_count", "links",
     )
@@ -189,7 +206,7 @@ def _passes(experiment: Experiment, response: Response) -> bool:
 
 
 @admin.register(Stimulus)
-class StimulusAdmin(admin.ModelAdmin):
+class StimulusAdmin(CheckedSelectionAdmin):
     list_display = ("stimulus_id", "experiment", "kind", "word", "condition", "method", "init", "stage", "pair_id", "answer_count")
     list_filter = ("experiment", "kind", "condition", "method", "init", "stage")
     search_fields = ("stimulus_id", "word", "pair_id")
@@ -197,7 +214,7 @@ class StimulusAdmin(admin.ModelAdmin):
 
 
 @admin.register(Participant)
-class ParticipantAdmin(admin.ModelAdmin):
+class ParticipantAdmin(CheckedSelectionAdmin):
     list_display = ("pk", "experiment", "source", "worker_id", "step", "answers", "headphone_score", "pay_ok", "analyse_ok", "started_at", "finished_at")
     list_filter = ("experiment", "source", "kind", "step", "pay_ok", "analyse_ok")
     search_fields = ("worker_id", "assignment_id", "hit_id", "study_id")
@@ -239,14 +256,14 @@ class ParticipantAdmin(admin.ModelAdmin):
 
 
 @admin.register(Assignment)
-class AssignmentAdmin(admin.ModelAdmin):
+class AssignmentAdmin(CheckedSelectionAdmin):
     list_display = ("pk", "participant", "stimulus", "position", "play_count", "answered", "void", "expires_at")
     list_filter = ("answered", "void", "participant__experiment")
     raw_id_fields = ("participant", "stimulus")
 
 
 @admin.register(Response)
-class ResponseAdmin(admin.ModelAdmin):
+class ResponseAdmin(CheckedSelectionAdmin):
     list_display = ("pk", "participant", "stimulus", "answer", "rating", "play_count", "listened_to_end", "response_ms", "answered_at")
     list_filter = ("stimulus__experiment", "stimulus__kind", "listened_to_end")
     raw_id_fields = ("assignment", "participant", "stimulus")

@@ -14,7 +14,8 @@ import numpy as np
 import soundfile as sf
 from django.http import HttpResponse
 
-RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+RANGE_RE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")  # ASCII digits only (RFC 9110), not any Unicode digit
+MAX_POSITION_DIGITS = 18  # a byte position longer than this lies past the end of any clip
 HEADPHONE_RATE = 22_050
 HEADPHONE_TRIALS = 6
 HEADPHONE_PASS = 5
@@ -34,18 +35,25 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     match = RANGE_RE.match(header.strip())
     if not match or (not match.group(1) and not match.group(2)):
         return None  # multi-range or malformed: RFC 9110 lets us send the whole file
-    first, last = match.groups()
-    if first:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-        if start >= size or (last and int(last) < start):
+    first, last = (_position(g) if g else None for g in match.groups())
+    if first is not None:
+        start = first
+        end = min(last, size - 1) if last is not None else size - 1
+        if start >= size or (last is not None and last < start):
             return "unsatisfiable"
     else:
-        length = int(last)
+        length = last
         if length == 0:
             return "unsatisfiable"
         start, end = max(0, size - length), size - 1
     return start, end
+
+
+def _position(digits: str) -> int:
+    """A byte position as sent; one of more than MAX_POSITION_DIGITS digits is capped (past every clip's end) instead of being
+    converted, which Python refuses beyond 4,300 digits (a 500)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= MAX_POSITION_DIGITS else 10**MAX_POSITION_DIGITS
 
 
 def clip_duration_ms(data: bytes) -> int:

@@ -816,6 +816,8 @@ def _stage_tsne(res: Analysis, state: dict) -> None:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
+    if b"\x00" in path.read_bytes():
+        raise HearsayError(f"cannot read {path}: it contains a NUL byte (not a text CSV)")
     try:
         return pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -847,17 +849,50 @@ def _versions() -> dict[str, str]:
     return library_versions(("numpy", "pandas", "scipy", "statsmodels", "matplotlib"))
 
 
+REPORT_TOOL = "hearsay manage.py analyze"
+
+
+def _holds_a_report(folder: Path) -> bool:
+    if (folder / "report.html").is_file():
+        return True
+    try:
+        return json.loads((folder / "run.json").read_text(encoding="utf-8")).get("tool") == REPORT_TOOL
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_output(out: Path) -> Path:
+    """`out` resolved, when a report may be written there: a new or empty folder, or a previous report.
+
+    A file, or a folder holding anything else, is refused: the report replaces the whole folder, which
+    would delete what is in it. Checked before the analysis runs and again before writing.
+    """
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise HearsayError(f"output {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not _holds_a_report(out):
+        raise HearsayError(f"output folder {out} is not empty and holds no previous report (report.html); "
+                           "the report replaces the whole folder, so choose a new or empty one")
+    above = out.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise HearsayError(f"cannot write the report to {out}: {above} is not a folder")
+    return out
+
+
 def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: bool = True, pdf: bool = False,
                  ) -> Path:
     """Write tables, figures, report.html and run.json into a temp folder, then swap it into `out`.
 
     Figures are PNGs (embedded in report.html); pdf=True also writes each as a PDF for print.
     """
-    out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not out.is_dir():
-        raise HearsayError(f"output {out} exists and is not a folder")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    out = check_output(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise HearsayError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     try:
         start = time.perf_counter()
         (tmp / "tables").mkdir()

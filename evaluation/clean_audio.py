@@ -64,6 +64,8 @@ def decode(data: bytes, where: str = "clip") -> tuple[np.ndarray, int]:
         raise HearsayError(f"{where}: not a readable audio file ({exc})") from None
     if samples.shape[0] == 0:
         raise HearsayError(f"{where}: holds no samples")
+    if not np.isfinite(samples).all():
+        raise HearsayError(f"{where}: is corrupt: it holds NaN or infinite samples")
     return samples.mean(axis=1), int(rate)
 
 

@@ -79,6 +79,8 @@ def load(path: str | Path, device: torch.device | str = "cpu", kind: str | None 
     `build(kind, arch, arch_kwargs)` makes the empty net: modules with their own kinds (GAN, vocoder) pass theirs.
     """
     path = Path(path)
+    if path.is_dir():
+        raise HearsayError(f"checkpoint {path} is a folder, not a file")
     if not path.is_file():
         raise HearsayError(f"checkpoint not found: {path}")
     try:

@@ -98,9 +98,11 @@ def _read_list(root: Path, split: str, known: set[str]) -> set[str]:
     if not path.is_file():
         return set()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Windows editors) is not part of a name
     except (OSError, UnicodeDecodeError) as exc:
         raise HearsayError(f"cannot read {path}: {exc}") from None
+    if any("\x00" in line for line in lines):
+        raise HearsayError(f"cannot read {path}: it contains a NUL byte (not a text file)")
     entries = {line.strip().replace("\\", "/") for line in lines if line.strip()}
     missing = sorted(entries - known)
     if missing:
@@ -159,6 +161,7 @@ MANIFEST = "corpus.json"
 PENDING = ".make_corpus.json"  # settings of an unfinished run; replaced by corpus.json at the end
 CLIP_SAMPLES = SAMPLE_RATE  # exactly 1 s
 MAX_WORD_SAMPLES = 15_200  # leave room for the random offset
+MAX_CLIPS = 10_000_000  # 100x Speech Commands V2; the job list and speaker draw are made in memory up front
 _WORD_RE = re.compile(r"^[a-z]+(?:['-][a-z]+)*$")
 
 
@@ -190,6 +193,10 @@ class CorpusSettings:
             raise HearsayError(f"need at least 3 speakers (one each for training, validation and test), got {self.speakers}")
         if self.takes < 1:
             raise HearsayError(f"takes per speaker must be at least 1, got {self.takes}")
+        clips = len(self.words) * self.speakers * self.takes
+        if clips > MAX_CLIPS:
+            raise HearsayError(f"{len(self.words)} words x {self.speakers} speakers x {self.takes} takes is {clips:,} clips; "
+                               f"at most {MAX_CLIPS:,} can be made")
         if self.seed < 0:
             raise HearsayError(f"the seed must be a non-negative integer, got {self.seed}")
         if self.noise_db is not None and not (0 <= self.noise_db[0] <= self.noise_db[1] <= 120):

@@ -74,6 +74,8 @@ def read_wave(path: str | Path | BinaryIO) -> tuple[np.ndarray, int]:
         raise HearsayError(f"cannot read audio file {path}: {str(exc).splitlines()[0]}") from None
     if data.shape[0] == 0:
         raise HearsayError(f"audio file {path} is empty")
+    if not np.isfinite(data).all():
+        raise HearsayError(f"audio file {path} is corrupt: it holds NaN or infinite samples")
     return data.mean(axis=1), int(rate)
 
 

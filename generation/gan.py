@@ -433,9 +433,9 @@ class GanSettings:
             raise HearsayError(f"unknown domain {self.domain!r}; choose from {', '.join(DOMAINS)}")
         if self.epochs < 1 or self.batch_size < 2 or self.latent < 1 or self.width < 1:
             raise HearsayError("epochs, latent and width must be at least 1 and batch_size at least 2")
-        if not (self.lr_g > 0 and self.lr_d > 0):
-            raise HearsayError("learning rates must be positive")
-        if self.max_seconds < 0:
+        if not (0 < self.lr_g < math.inf and 0 < self.lr_d < math.inf):
+            raise HearsayError("learning rates must be positive and finite")
+        if not self.max_seconds >= 0:
             raise HearsayError("max_seconds must not be negative")
 
 

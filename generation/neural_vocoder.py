@@ -383,10 +383,11 @@ class TrainSettings:
     def validate(self, cfg: FeatureConfig) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.adversarial_after < 0 or self.adversarial_ramp < 0:
             raise HearsayError("epochs and batch_size must be at least 1, adversarial_after and adversarial_ramp at least 0")
-        if not (self.lr > 0 and self.lr_d > 0 and 0 < self.final_lr_ratio <= 1):
-            raise HearsayError("learning rates must be positive and final_lr_ratio in (0, 1]")
-        if min(self.mel_weight, self.stft_weight, self.fm_weight, self.adversarial_weight) < 0 or self.max_seconds < 0:
-            raise HearsayError("loss weights and max_seconds must not be negative")
+        if not (0 < self.lr < math.inf and 0 < self.lr_d < math.inf and 0 < self.final_lr_ratio <= 1):
+            raise HearsayError("learning rates must be positive and finite and final_lr_ratio in (0, 1]")
+        weights = (self.mel_weight, self.stft_weight, self.fm_weight, self.adversarial_weight)
+        if not all(0 <= w < math.inf for w in weights) or not self.max_seconds >= 0:
+            raise HearsayError("loss weights must be finite and, like max_seconds, not negative")
         if not 2 <= self.segment_frames <= cfg.n_frames:
             raise HearsayError(f"segment_frames must be between 2 and {cfg.n_frames}")
         if min(self.dim, self.hidden, self.layers) < 1:

@@ -30,6 +30,9 @@ from . import checkpoint, workers
 from .checkpoint import Checkpoint
 from .maximize import METHODS, Result, check_precision, default_batch_size, derive_seed, maximize, preset
 
+# Noise starts per word and method at most: 100x the paper's 10,000; what one word keeps in memory (A's and B's
+# softmax before and after per start) stays under a gigabyte at 35 words, where a mistyped count would exhaust it.
+MAX_N = 1_000_000
 ARRAYS = ("prob_a_before", "prob_a_after", "prob_b_before", "prob_b_after", "failed", "trajectory")
 
 
@@ -277,8 +280,10 @@ def run_objective(
 
     check_precision(precision_mode)
     workers.check_jobs(jobs)
-    if n < 1:
-        raise HearsayError(f"n must be at least 1, got {n}")
+    if not 1 <= n <= MAX_N:
+        raise HearsayError(f"n must be between 1 and {MAX_N:,} noise starts per word and method, got {n}")
+    if batch_size is not None and batch_size < 1:
+        raise HearsayError(f"batch size must be at least 1, got {batch_size}")
     from .gan import load_generators
 
     methods = list(dict.fromkeys([*methods, *(gans or {})]))
@@ -292,7 +297,7 @@ def run_objective(
     for m in methods:
         preset(preset_name, m)
     device = torch.device(device)
-    batch_size = batch_size or default_batch_size(device)
+    batch_size = default_batch_size(device) if batch_size is None else batch_size
     a, b, ae = load_models(classifier, evaluator, decoder if "decoder" in methods else None, device)
     gens = load_generators(gans or {}, a, device)
     words = list(dict.fromkeys(words)) if words else list(a.classes)

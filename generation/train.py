@@ -103,9 +103,19 @@ def sibling(out: str | Path, suffix: str) -> Path:
     return out.with_name(out.stem + suffix)
 
 
-def _check_writable(out: Path) -> None:
+def _check_writable(out: Path, kind: str | None = None) -> None:
     if out.is_dir():
         raise HearsayError(f"output {out} is a folder; give a file name such as {out / 'model.pt'}")
+    if out.is_file():  # a rerun replaces its own checkpoint; anything else there would be lost
+        try:
+            raw = torch.load(out, map_location="cpu", weights_only=True, mmap=True)
+            found = raw.get("kind") if isinstance(raw, dict) and raw.get("format") == checkpoint.FORMAT else None
+        except Exception:
+            found = None
+        if found is None:
+            raise HearsayError(f"output {out} exists and is not a Hearsay checkpoint; choose another file name")
+        if kind is not None and found != kind:
+            raise HearsayError(f"output {out} holds {checkpoint._a(found)}; choose another file name for {checkpoint._a(kind)}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out.parent, prefix=".probe-")
@@ -288,9 +298,9 @@ def _init_from(path: str | Path | None, kind: str, corpus: Corpus, cfg: FeatureC
     return base
 
 
-def _prepare(corpus_root, out, device, cfg) -> tuple[Corpus, Path, torch.device, FeatureConfig]:
+def _prepare(corpus_root, out, device, cfg, kind: str | None = None) -> tuple[Corpus, Path, torch.device, FeatureConfig]:
     out = Path(out).expanduser().resolve()
-    _check_writable(out)
+    _check_writable(out, kind)
     corpus = read_corpus(corpus_root)
     return corpus, out, resolve_device(device) if isinstance(device, str) else device, cfg or PAPER
 
@@ -356,13 +366,13 @@ def train_classifier(
     on_epoch: EpochCallback | None = None,
 ) -> Checkpoint:
     """Train a classifier, keep the epoch best on validation, report test accuracy; see module doc."""
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise HearsayError("epochs and batch size must be at least 1 and the learning rate positive")
+    if epochs < 1 or batch_size < 1 or not 0 < lr < math.inf:
+        raise HearsayError("epochs and batch size must be at least 1 and the learning rate positive and finite")
     if schedule not in SCHEDULES:
         raise HearsayError(f"unknown learning-rate schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
     if arch not in nets.CLASSIFIERS:
         raise HearsayError(f"unknown classifier architecture {arch!r}; choose from {', '.join(nets.CLASSIFIERS)}")
-    corpus, out, dev, cfg = _prepare(corpus_root, out, device, feature_config)
+    corpus, out, dev, cfg = _prepare(corpus_root, out, device, feature_config, "classifier")
     base = _init_from(init_from, "classifier", corpus, cfg, arch)
     arch_kwargs = dict(base.arch_kwargs) if base else {"n_classes": len(corpus.classes), "input_shape": list(cfg.shape)}
     fingerprint = corpus.fingerprint()
@@ -460,9 +470,9 @@ def train_autoencoder(
     On a CPU the weights are channels-last while training (`channels_last`); the checkpoint
     is saved in the default layout either way.
     """
-    if epochs < 1 or batch_size < 1 or lr <= 0 or latent < 1:
-        raise HearsayError("epochs, batch size and latent size must be at least 1 and the learning rate positive")
-    corpus, out, dev, cfg = _prepare(corpus_root, out, device, feature_config)
+    if epochs < 1 or batch_size < 1 or not 0 < lr < math.inf or latent < 1:
+        raise HearsayError("epochs, batch size and latent size must be at least 1 and the learning rate positive and finite")
+    corpus, out, dev, cfg = _prepare(corpus_root, out, device, feature_config, "autoencoder")
     base = _init_from(init_from, "autoencoder", corpus, cfg, "paper")
     arch_kwargs = dict(base.arch_kwargs) if base else {"latent": latent, "input_shape": list(cfg.shape)}
     if base and arch_kwargs.get("latent") != latent:

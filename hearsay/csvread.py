@@ -34,6 +34,8 @@ def read_text(path: Path, what: str) -> str:
 
     Missing, unreadable, not UTF-8, or binary (a NUL byte): each is refused here, the same way for every reader.
     """
+    if path.is_dir():
+        raise HearsayError(f"{what} {path} is a folder, not a file")
     if not path.is_file():
         raise HearsayError(f"{what} {path} does not exist")
     try:

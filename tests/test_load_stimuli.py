@@ -101,6 +101,20 @@ def test_a_bad_manifest_loads_nothing(media, copy, change, message):
 
 
 @pytest.mark.django_db
+def test_a_clip_holding_nan_samples_loads_nothing(media, copy):
+    """A float wav with NaN samples once loaded as garbage audio, with only a numpy warning."""
+    with copy.open(newline="", encoding="utf-8") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    samples = np.zeros(8000, dtype=np.float32)
+    samples[100] = np.nan
+    sf.write(copy.parent / last["file"], samples, 16000, subtype="FLOAT")
+    with pytest.raises(CommandError, match="NaN or infinite samples"):
+        call_command("load_stimuli", str(copy), "--experiment", "e1", "--create")
+    assert not Experiment.objects.exists() and not Stimulus.objects.exists()
+    assert media_files(media) == []
+
+
+@pytest.mark.django_db
 def test_words_must_belong_to_the_experiments_word_list(media, copy):
     with pytest.raises(CommandError, match="not in the experiment's word list: up, yes"):
         call_command("load_stimuli", str(copy), "--experiment", "e1", "--create", "--words", "down", "no")

@@ -115,10 +115,21 @@ def test_request_tokens_are_stable_distinct_and_within_mturks_limit():
     assert len(a) <= 64
 
 
-@pytest.mark.parametrize("bad", ["0", "-1", "0.505", "abc", "nan"])
+@pytest.mark.parametrize("bad", ["0", "-1", "0.505", "abc", "nan", "1e400", "-1e400"])
 def test_bad_reward_is_one_line_error(experiment, stub, bad):
     with pytest.raises(CommandError, match="reward"):
         create("--reward", bad, "--yes")
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--hits", str(10**21), "between 1 and 1,000,000 HITs"),  # listed in memory before anything was asked: exhausted it
+    ("--assignments-per-hit", str(10**10), "between 1 and 1,000,000,000"),
+    ("--min-approval", "101", "must lie in 0..100"),  # accepted up to the cost question before
+])
+def test_out_of_range_batch_sizes_are_refused_before_anything_is_asked_or_sent(experiment, stub, option, value, message):
+    with pytest.raises(CommandError, match=message):
+        create(option, value)  # no --yes: a question asked would fail differently (no terminal)
+    assert not MturkHit.objects.exists()
 
 
 # ---------------------------------------------------------------- create-hits

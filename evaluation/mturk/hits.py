@@ -45,9 +45,13 @@ def parse_reward(text: str) -> Decimal:
         value = Decimal(str(text).strip())
     except InvalidOperation:
         raise HearsayError(f"reward {text!r} is not an amount in dollars (e.g. 0.50)") from None
-    if not value.is_finite() or value <= 0 or value != value.quantize(Decimal("0.01")):
+    try:  # quantize refuses an amount with more digits than the decimal context holds (e.g. 1e400)
+        cents = value.quantize(Decimal("0.01")) if value.is_finite() else None
+    except InvalidOperation:
+        cents = None
+    if cents is None or value <= 0 or value != cents:
         raise HearsayError(f"reward {text!r} must be a positive amount with at most two decimals")
-    return value.quantize(Decimal("0.01"))
+    return cents
 
 
 def parse_locales(text: str) -> tuple[str, ...]:
@@ -144,6 +148,11 @@ def hit_cost(reward: Decimal, assignments_per_hit: int, hits: int) -> Cost:
     return Cost(hits=hits, assignments=n, rewards=round_cents(reward * n), fees=round_cents(fee_each * n), fee_rate=rate)
 
 
+# A batch's HITs are listed in memory before any is created; a mistyped count must be refused, not exhaust it.
+MAX_HITS = 1_000_000
+MAX_ASSIGNMENTS_PER_HIT = 1_000_000_000
+
+
 @dataclass(frozen=True)
 class HitSpec:
     url: str
@@ -162,10 +171,12 @@ class HitSpec:
 
     def validate(self, slug: str) -> None:
         check_survey_url(self.url, slug)
-        if self.hits < 1:
-            raise HearsayError("a batch needs at least 1 HIT")
-        if not 1 <= self.assignments_per_hit <= 1_000_000_000:
-            raise HearsayError("assignments per HIT must be at least 1")
+        if not 1 <= self.hits <= MAX_HITS:
+            raise HearsayError(f"a batch holds between 1 and {MAX_HITS:,} HITs, not {self.hits:,}")
+        if not 1 <= self.assignments_per_hit <= MAX_ASSIGNMENTS_PER_HIT:
+            raise HearsayError(f"assignments per HIT must lie between 1 and {MAX_ASSIGNMENTS_PER_HIT:,}")
+        if self.min_approval is not None and not 0 <= self.min_approval <= 100:
+            raise HearsayError(f"minimum approval rate {self.min_approval} must lie in 0..100")
         if not 1 <= self.duration_minutes <= 24 * 60 * 365:
             raise HearsayError("the assignment duration must lie between 1 minute and 365 days")
         if not 1 / 24 / 60 <= self.lifetime_days <= 365:

@@ -12,6 +12,7 @@ CSV tables and run.json.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ def run_visualize(classifier, out, *, layers: Sequence[str] | None = None, units
                   progress: bool = False) -> VisualizeSummary:
     from tqdm import tqdm
 
-    if steps < 1 or frames < 1 or not lr > 0 or top < 0 or any(t < 0 for t in tv) or not tv:
+    if steps < 1 or frames < 1 or not 0 < lr < math.inf or top < 0 or any(not 0 <= t < math.inf for t in tv) or not tv:
         raise HearsayError("steps and frames must be >= 1, lr > 0, top >= 0, tv non-negative values")
     started = time.time()
     ckpt = load_classifier(classifier, device)

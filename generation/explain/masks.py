@@ -16,6 +16,7 @@ shifted), and the classifier's verdict on every muted clip.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ class MaskSettings:
     snapshots: int = 30  # mask frames kept for the animation
 
     def validate(self) -> None:
-        if self.steps < 1 or not self.lr > 0 or self.sparsity < 0 or self.snapshots < 1:
+        if self.steps < 1 or not 0 < self.lr < math.inf or not 0 <= self.sparsity < math.inf or self.snapshots < 1:
             raise HearsayError("mask settings: steps >= 1, lr > 0, sparsity >= 0")
 
     def to_dict(self) -> dict:

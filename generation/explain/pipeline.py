@@ -35,6 +35,7 @@ from .attribution import AttributionSettings, Explainer, lrp_unsupported, releva
 from .common import Clips, RunFolder, load_classifier, load_clips, load_npz, pick, plt, read_split, save_figure, save_npz, write_csv, write_json
 
 TARGETS = ("predicted", "true")
+MAX_RANDOM_RUNS = 1000  # random controls per clip; each run holds a mask per region and clip in memory (default 5)
 FAITHFULNESS_COLUMNS = [
     "method", "clips", "clips_with_regions", "percentile", "min_cluster_size", "min_samples", "mean_area_share",
     "mean_prob", "mean_drop_regions", "mean_drop_random", "mean_gap", "share_regions_beat_random", "wilcoxon_p",
@@ -68,8 +69,8 @@ class ExplainOptions:
         bad = [s for s in self.strategies if s not in sonify.STRATEGIES]
         if bad or not self.strategies:
             raise HearsayError(f"unknown audio strategy {bad[0] if bad else ''!r}; choose from {', '.join(sonify.STRATEGIES)}")
-        if self.runs < 1:
-            raise HearsayError(f"random_runs must be at least 1, got {self.runs}")
+        if not 1 <= self.runs <= MAX_RANDOM_RUNS:
+            raise HearsayError(f"random_runs must be between 1 and {MAX_RANDOM_RUNS}, got {self.runs}")
         if self.batch_size < 1:
             raise HearsayError(f"batch_size must be at least 1, got {self.batch_size}")
         R.grid(self.percentiles, self.min_cluster_sizes, self.min_samples)

@@ -24,6 +24,7 @@
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,7 @@ class VeracityOptions:
             raise HearsayError(f"unknown attack {self.attack!r}; choose from {', '.join(ATTACKS)}")
         if self.n < 1 or self.steps < 1 or self.lime_samples < 10 or not self.ks or min(self.ks) < 1 or self.segments_time < 2:
             raise HearsayError("n, steps, k >= 1, lime_samples >= 10, segments_time >= 2")
-        if self.epsilon < 0 or self.lr < 0 or self.c <= 0:
+        if not (0 <= self.epsilon < math.inf and 0 <= self.lr < math.inf and 0 < self.c < math.inf):
             raise HearsayError("epsilon and lr must be >= 0 (0: default) and c > 0")
         eps = self.epsilon or (0.1 if self.attack == "spec" else 0.005)
         return VeracityOptions(**{**self.__dict__, "epsilon": eps, "lr": self.lr or eps / 10})

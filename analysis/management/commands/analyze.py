@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis.report import ReportOptions, build_report, sha256_file, table_sha256
+from analysis.report import ReportOptions, build_report, check_output, sha256_file, table_sha256
 from analysis.table import EXCLUDE_RULES, Exclusion, read_mturk
 from config.commands import HearsayCommand
 from hearsay.errors import HearsayError
@@ -57,6 +57,9 @@ def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None
         raise HearsayError("--min-gold-accuracy must lie between 0 and 1")
     if mixed_max_answers is not None and mixed_max_answers < 100:
         raise HearsayError("--mixed-max-answers must be at least 100")
+    if seed < 0:
+        raise HearsayError(f"--seed must be a non-negative integer, got {seed}")
+    check_output(out)  # before the analysis: a folder it must not replace is refused at once
     if experiment:
         if mturk_csv or manifest or batch_key:
             raise HearsayError("give either --experiment or --mturk-csv with --manifest, not both")

@@ -25,7 +25,9 @@ class Command(HearsayCommand):
         if opts["machine"] == "evaluator":
             if not opts["checkpoint"]:
                 raise CommandError("--machine evaluator needs --checkpoint FILE")
-            name, judge = evaluator_judge(opts["checkpoint"], experiment, device=opts["device"])
+            from generation.train import resolve_device
+
+            name, judge = evaluator_judge(opts["checkpoint"], experiment, device=str(resolve_device(opts["device"])))
         else:
             name, judge = asr_judge(experiment, seed=opts["seed"])
         report = listen(experiment, name, judge, progress=opts["verbosity"] > 0)

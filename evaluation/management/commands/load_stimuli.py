@@ -1,9 +1,14 @@
 """manage.py load_stimuli MANIFEST --experiment SLUG: add a generated stimulus set to an experiment."""
+import re
+
 from django.core.management.base import CommandError
 
 from config.commands import HearsayCommand
 from evaluation.models import Experiment
 from evaluation.stimuli import load_manifest
+
+SLUG = re.compile(r"[-a-zA-Z0-9_]+")  # Django's slug rule, which the survey's URLs assume
+MAX_COUNT = 2_147_483_647  # the largest count every database stores
 
 
 class Command(HearsayCommand):
@@ -22,10 +27,20 @@ class Command(HearsayCommand):
         parser.add_argument("--gold-per-word", type=int, default=1, help="gold clips per word from --gold-from-corpus")
 
     def handle(self, *args, **opts):
-        if not opts["create"] and not Experiment.objects.filter(slug=opts["experiment"]).exists():
+        exists = Experiment.objects.filter(slug=opts["experiment"]).exists()
+        if not opts["create"] and not exists:
             raise CommandError(f"no experiment named {opts['experiment']!r}; pass --create to make it")
-        if opts["ratings_per_stimulus"] is not None and opts["ratings_per_stimulus"] < 1:
-            raise CommandError("--ratings-per-stimulus must be at least 1")
+        slug_length = Experiment._meta.get_field("slug").max_length
+        if not exists and not (len(opts["experiment"]) <= slug_length and SLUG.fullmatch(opts["experiment"])):
+            raise CommandError(f"experiment name {opts['experiment']!r} must be 1-{slug_length} letters, digits, '_' or '-' "
+                               "(it becomes the survey's URL)")
+        title_length = Experiment._meta.get_field("title").max_length
+        if opts["title"] is not None and len(opts["title"]) > title_length:
+            raise CommandError(f"--title must be at most {title_length} characters, got {len(opts['title'])}")
+        if opts["ratings_per_stimulus"] is not None and not 1 <= opts["ratings_per_stimulus"] <= MAX_COUNT:
+            raise CommandError(f"--ratings-per-stimulus must be between 1 and {MAX_COUNT}")
+        if not 1 <= opts["gold_per_word"] <= MAX_COUNT:
+            raise CommandError(f"--gold-per-word must be between 1 and {MAX_COUNT}")
         report = load_manifest(
             opts["manifest"], opts["experiment"], create=opts["create"], task=opts["task"], words=opts["words"],
             ratings_per_stimulus=opts["ratings_per_stimulus"], title=opts["title"],

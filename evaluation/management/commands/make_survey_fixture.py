@@ -47,9 +47,18 @@ class Command(HearsayCommand):
 
     def handle(self, *args, **opts):
         out = Path(opts["out"])
+        if out.exists() and not out.is_dir():
+            raise CommandError(f"output {out} exists and is not a folder")
         if (out / MANIFEST_NAME).exists():
             raise CommandError(f"{out / MANIFEST_NAME} already exists; choose an empty folder")
-        (out / "wav").mkdir(parents=True, exist_ok=True)
+        if opts["seed"] < 0:
+            raise CommandError(f"--seed must be a non-negative integer, got {opts['seed']}")
+        if len(set(opts["words"])) != len(opts["words"]):
+            raise CommandError("--words names a word twice")
+        try:
+            (out / "wav").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CommandError(f"cannot create {out / 'wav'}: {exc.strerror or exc}") from None
         rng = np.random.default_rng(opts["seed"])
         voice = espeak.Voice(language="en-us", rate=160)
         rows = []

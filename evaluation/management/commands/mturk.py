@@ -5,6 +5,7 @@ without a terminal it refuses). The logic lives in evaluation.mturk; this file p
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,11 +13,25 @@ from django.core.management.base import CommandError
 
 from config.commands import HearsayCommand
 from evaluation import mturk
+from hearsay.errors import HearsayError
 
 DEFAULT_TITLES = {
     "identification": "Listen to short recordings and say which word you hear",
     "rating": "Listen to short recordings and rate how clear a word is",
 }
+
+
+def check_output_folder(out: Path) -> None:
+    """A folder the batch files can be written into (it may not exist yet); else one line before anything is made."""
+    if out.exists() and not out.is_dir():
+        raise HearsayError(f"output {out} exists and is not a folder")
+    above = out
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise HearsayError(f"cannot create the output folder {out}: {above} is not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise HearsayError(f"cannot create the output folder {out}: {above} is not writable")
 
 
 class Command(HearsayCommand):
@@ -202,6 +217,7 @@ class Command(HearsayCommand):
         self.stdout.write(f"Expired {len(expired)} HITs; workers already on them may still submit.")
 
     def do_export_batch(self, experiment, opts):
+        check_output_folder(opts["out"])
         anchors = [a.strip() for a in opts["anchors"].split(",") if a.strip()]
         files = mturk.export_batch(experiment, opts["out"], opts["base_url"], anchors, seed=opts["seed"], label=opts["batch"])
         self.stdout.write(f"Wrote {files.rows} rows to {files.csv}, the layout to {files.layout}, provenance to {files.record}")

@@ -1,4 +1,6 @@
 """manage.py prolific_url: what to paste into a Prolific study for an experiment."""
+from urllib.parse import urlsplit
+
 from django.core.management.base import CommandError, CommandParser
 from django.urls import reverse
 
@@ -18,6 +20,9 @@ class Command(HearsayCommand):
         experiment = Experiment.objects.by_slug(opts["experiment"])
         if not experiment.completion_code:
             raise CommandError("set the experiment's completion code (admin) first: Prolific matches it to mark submissions complete")
+        base = urlsplit(opts["base_url"])
+        if base.query or base.fragment:
+            raise CommandError(f"--base-url {opts['base_url']!r} must be the survey's address without ?query or #fragment")
         path = reverse("evaluation:entry", args=[experiment.slug])
         url = prolific.study_url(opts["base_url"].rstrip("/") + path)
         prolific.completion_url(experiment.completion_code)

@@ -6,6 +6,10 @@ from generation.explain.attribution import DEFAULT_METHODS, METHODS
 from hearsay.errors import HearsayError
 
 
+MAX_IG_STEPS = 10_000  # captum's default is 50; the path's points are made in memory
+MAX_LIME_SAMPLES = 100_000  # each perturbation is one forward pass of one clip
+
+
 def number_list(text: str, kind, option: str) -> list:
     try:
         values = [kind(v) for v in text.split(",") if v.strip()]
@@ -52,8 +56,8 @@ class Command(HearsayCommand):
         from generation.explain.pipeline import ExplainOptions, run_explain
         from generation.train import resolve_device
 
-        if opts["ig_steps"] < 1 or opts["lime_samples"] < 2:
-            raise HearsayError("--ig-steps must be >= 1 and --lime-samples >= 2")
+        if not (1 <= opts["ig_steps"] <= MAX_IG_STEPS and 2 <= opts["lime_samples"] <= MAX_LIME_SAMPLES):
+            raise HearsayError(f"--ig-steps must be between 1 and {MAX_IG_STEPS:,} and --lime-samples between 2 and {MAX_LIME_SAMPLES:,}")
         options = ExplainOptions(
             methods=parse_methods(opts["methods"]), n=opts["n"], split=opts["split"], tune_n=opts["tune_n"],
             target=opts["target"], strategies=[s.strip() for s in opts["audio"].split(",") if s.strip()],

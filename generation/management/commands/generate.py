@@ -8,6 +8,9 @@ from generation.workers import default_jobs
 from hearsay.errors import HearsayError
 
 
+MAX_SAMPLES = 100_000  # about 3 GB of log-mel features for one word and condition; the paper's design is 3 x 20
+
+
 class Command(HearsayCommand):
     help = (
         "Maximize, vocode and package the paper's perceptual stimulus set: per word, --per-class samples of "
@@ -45,6 +48,9 @@ class Command(HearsayCommand):
         for flag in ("per_class", "max_attempts"):
             if opts[flag] < 1:
                 raise CommandError(f"--{flag.replace('_', '-')} must be at least 1, got {opts[flag]}")
+        if opts["per_class"] * opts["max_attempts"] > MAX_SAMPLES:
+            raise CommandError(f"--per-class x --max-attempts must be at most {MAX_SAMPLES:,} (the samples one word and "
+                               f"condition may maximize, all held in memory), got {opts['per_class'] * opts['max_attempts']:,}")
         words = opts["words"].split(",") if opts["words"] is not None else None
         vocoder = vocoder_for(opts["vocoder"], opts["classifier"], opts["device"])
         if opts["method"] != "paper":

@@ -418,6 +418,21 @@ def test_identification_batch_reveals_no_word(experiment, tmp_path):
     assert record["sha256"]["batch.csv"] == hashlib.sha256((out / "batch.csv").read_bytes()).hexdigest()
 
 
+def test_export_never_overwrites_another_batchs_key_but_repeats_its_own(experiment, tmp_path):
+    out = tmp_path / "batch"
+    export = ("mturk", "export-batch", "--experiment", SLUG, "--out", str(out), "--base-url", "https://cdn.example.org")
+    call_command(*export, stdout=io.StringIO())
+    call_command(*export, stdout=io.StringIO())  # the same batch again: allowed
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(CommandError, match="holds batch 'main' of experiment"):
+        call_command(*export, "--batch", "second", stdout=io.StringIO())
+    (out / "batch.json").write_text("{not json")
+    before["batch.json"] = (out / "batch.json").read_bytes()
+    with pytest.raises(CommandError, match="no batch record"):
+        call_command(*export, stdout=io.StringIO())
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_identification_export_refuses_a_base_url_that_names_a_word(experiment, tmp_path):
     with pytest.raises(CommandError, match="names a word"):
         call_command("mturk", "export-batch", "--experiment", SLUG, "--out", str(tmp_path / "b"), "--base-url", "https://dog.h.org")

@@ -131,6 +131,21 @@ class BatchFiles:
     rows: int
 
 
+def _check_same_batch(record: Path, slug: str, label: str) -> None:
+    """A folder may be exported into again for the same experiment and batch label only: another batch's key
+    (which audio name is which clip) would be overwritten."""
+    if not record.exists():
+        return
+    try:
+        earlier = json.loads(record.read_text(encoding="utf-8"))
+        found = (str(earlier["experiment"]), str(earlier["batch"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        raise HearsayError(f"{record} exists but is no batch record of this tool; export into another folder") from None
+    if found != (slug, label):
+        raise HearsayError(f"{record.parent} holds batch {found[1]!r} of experiment {found[0]!r}; "
+                           f"export batch {label!r} of {slug!r} into another folder")
+
+
 def export_batch(
     experiment: Experiment, out_dir: Path, base_url: str, anchors: list[str] | None = None, seed: int = 0,
     label: str = "main",
@@ -177,6 +192,7 @@ def export_batch(
     }
     out_dir = Path(out_dir)
     paths = BatchFiles(out_dir / BATCH_CSV, out_dir / BATCH_LAYOUT, out_dir / BATCH_KEY, out_dir / BATCH_RECORD, len(clips))
+    _check_same_batch(paths.record, experiment.slug, label)
     atomic.write_bytes(paths.csv, csv_bytes)
     atomic.write_bytes(paths.layout, layout_bytes)
     atomic.write_bytes(paths.key, key_bytes)

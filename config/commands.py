@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Iterator
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -25,6 +26,16 @@ def _texts(value) -> Iterator[str]:
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from _texts(item)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """An allocation the machine refused: numpy's MemoryError, torch's on a GPU, or torch's CPU allocator."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")  # only a command that loaded torch can have hit its allocators
+    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
 class _OneLineParser(CommandParser):
@@ -52,7 +63,7 @@ class HearsayCommand(BaseCommand):
     `interrupted` is the line printed when the user presses Ctrl-C: say what was kept and how to go on.
     An argument holding a NUL byte (possible only from code: call_command) is refused here, for every command,
     before the operating system or a database sees it; a value the parser refuses (not a number, not a choice,
-    missing) is one line too.
+    missing), and an allocation the machine refuses (sizes far beyond it), are one line too.
     """
 
     interrupted = "interrupted"
@@ -77,3 +88,8 @@ class HearsayCommand(BaseCommand):
             raise CommandError(one_line(str(exc)), returncode=exc.returncode) from None
         except KeyboardInterrupt:
             raise CommandError(self.interrupted) from None
+        except (MemoryError, RuntimeError) as exc:
+            if not out_of_memory(exc):
+                raise
+            raise CommandError("out of memory: the sizes asked for (a model, a batch, a count) need more memory than "
+                               "this machine has; ask for less") from None

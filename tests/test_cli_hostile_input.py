@@ -350,6 +350,14 @@ def test_training_never_overwrites_a_file_that_is_not_its_own_kind_of_checkpoint
     assert snapshot(tmp_path) == before
 
 
+def test_a_model_far_larger_than_memory_is_one_line_and_writes_no_checkpoint(models, tmp_path):
+    """--latent 10**14 was torch's allocator traceback."""
+    out = tmp_path / "AE.pt"
+    message = refused("train_autoencoder", "--data", str(models["corpus"]), "--out", str(out), "--latent", str(10**14),
+                      "--epochs", "1", "--device", "cpu")
+    assert message.startswith("out of memory:") and list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------------------------- generate, objective, explain
 
 

@@ -5,6 +5,9 @@ import re
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
@@ -24,9 +27,9 @@ def csv_response(slug: str) -> HttpResponse:
     return response
 
 
-class CheckedSelectionAdmin(admin.ModelAdmin):
-    """Every admin here: an action posted for a selected id that is no id of the model (tampered, or beyond the
-    column's range) gets a 400; Django would pass it to the database and fail with a 500."""
+class CheckedSelection:
+    """For every admin of the site: an action posted for a selected id that is no id of the model (tampered, or
+    beyond the column's range) gets a 400; Django would pass it to the database and fail with a 500."""
 
     def response_action(self, request, queryset):
         pk = queryset.model._meta.pk
@@ -37,6 +40,17 @@ class CheckedSelectionAdmin(admin.ModelAdmin):
                 return HttpResponseBadRequest(f"Bad request: {value[:40]!r} is not the id of a {queryset.model._meta.verbose_name}.\n",
                                               content_type="text/plain; charset=utf-8")
         return super().response_action(request, queryset)
+
+
+class CheckedSelectionAdmin(CheckedSelection, admin.ModelAdmin):
+    pass
+
+
+# Django's own admins of accounts, with the same check
+for _model, _admin in ((get_user_model(), UserAdmin), (Group, GroupAdmin)):
+    if admin.site.is_registered(_model):
+        admin.site.unregister(_model)
+    admin.site.register(_model, type(f"Checked{_admin.__name__}", (CheckedSelection, _admin), {}))
 
 
 # What informed consent must tell a listener, each with a pattern that a consent text naming it will match.

@@ -115,6 +115,15 @@ def test_an_admin_action_on_an_id_that_is_no_id_is_a_400_and_changes_nothing(sta
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("page", ["auth/user", "auth/group"])
+def test_the_account_admins_refuse_an_id_that_is_no_id_too(staff_client, page):
+    """Django's own User and Group admins passed it to the database: a 500."""
+    users = get_user_model().objects.count()
+    response = staff_client.post(f"/admin/{page}/", {"action": "delete_selected", "post": "yes", "_selected_action": ["abc"]})
+    assert response.status_code == 400 and get_user_model().objects.count() == users
+
+
+@pytest.mark.django_db
 def test_an_admin_action_on_real_ids_still_runs(staff_client):
     participant = Participant.objects.get()
     response = staff_client.post("/admin/evaluation/participant/", {"action": "pay_no", "_selected_action": [str(participant.pk), "424242"]})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import io
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from hearsay import atomic
 from hearsay.errors import HearsayError
 
 from hearsay.answers import NONE_ALIASES as NONE_ANSWERS
@@ -816,10 +818,11 @@ def _stage_tsne(res: Analysis, state: dict) -> None:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    if b"\x00" in path.read_bytes():
+    data = path.read_bytes()
+    if b"\x00" in data:
         raise HearsayError(f"cannot read {path}: it contains a NUL byte (not a text CSV)")
     try:
-        return pd.read_csv(path)
+        return pd.read_csv(io.BytesIO(data))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise HearsayError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
 
@@ -873,9 +876,7 @@ def check_output(out: Path) -> Path:
     if out.is_dir() and any(out.iterdir()) and not _holds_a_report(out):
         raise HearsayError(f"output folder {out} is not empty and holds no previous report (report.html); "
                            "the report replaces the whole folder, so choose a new or empty one")
-    above = out.parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
+    above = atomic.nearest_existing(out.parent)
     if not above.is_dir():
         raise HearsayError(f"cannot write the report to {out}: {above} is not a folder")
     return out
@@ -910,7 +911,7 @@ def write_report(result: Analysis, out: Path, inputs: dict[str, str], progress: 
         (tmp / "report.html").write_text(_html(result, pngs, pdf), encoding="utf-8")
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         run = {
-            "tool": "hearsay manage.py analyze",
+            "tool": REPORT_TOOL,
             "experiment": result.info.get("slug", ""),
             "task": result.info.get("task", ""),
             "options": _jsonable(asdict(result.options)),

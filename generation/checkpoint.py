@@ -83,17 +83,11 @@ def load(path: str | Path, device: torch.device | str = "cpu", kind: str | None 
         raise HearsayError(f"checkpoint {path} is a folder, not a file")
     if not path.is_file():
         raise HearsayError(f"checkpoint not found: {path}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        detail = "not written by torch.save, or damaged" if isinstance(exc, (KeyError, EOFError)) else _first_line(exc)
-        raise HearsayError(f"{path} is not a readable checkpoint ({detail})") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise HearsayError(f"{path} is not a Hearsay checkpoint")
+    raw = _read_raw(path)
     if raw.get("version") != VERSION:
         raise HearsayError(f"{path} has checkpoint format version {raw.get('version')}, this Hearsay reads {VERSION}")
     if kind is not None and raw["kind"] != kind:
-        raise HearsayError(f"{path} holds {_a(raw['kind'])}, but {_a(kind)} is needed here")
+        raise HearsayError(f"{path} holds {with_article(raw['kind'])}, but {with_article(kind)} is needed here")
     model = build(raw["kind"], raw["arch"], dict(raw["arch_kwargs"]))
     try:
         model.load_state_dict(raw["state_dict"])
@@ -116,7 +110,27 @@ def load(path: str | Path, device: torch.device | str = "cpu", kind: str | None 
     )
 
 
-def _a(noun: str) -> str:
+def _read_raw(path: Path) -> dict:
+    """The saved dict of a Hearsay checkpoint file; one line when the file is unreadable or something else."""
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        detail = "not written by torch.save, or damaged" if isinstance(exc, (KeyError, EOFError)) else _first_line(exc)
+        raise HearsayError(f"{path} is not a readable checkpoint ({detail})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise HearsayError(f"{path} is not a Hearsay checkpoint")
+    return raw
+
+
+def kind_of(path: Path) -> str | None:
+    """The kind of net a file holds when it is a Hearsay checkpoint, else None (an output a rerun may replace)."""
+    try:
+        return _read_raw(path).get("kind")
+    except HearsayError:
+        return None
+
+
+def with_article(noun: str) -> str:
     return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 

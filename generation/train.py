@@ -107,15 +107,12 @@ def _check_writable(out: Path, kind: str | None = None) -> None:
     if out.is_dir():
         raise HearsayError(f"output {out} is a folder; give a file name such as {out / 'model.pt'}")
     if out.is_file():  # a rerun replaces its own checkpoint; anything else there would be lost
-        try:
-            raw = torch.load(out, map_location="cpu", weights_only=True, mmap=True)
-            found = raw.get("kind") if isinstance(raw, dict) and raw.get("format") == checkpoint.FORMAT else None
-        except Exception:
-            found = None
+        found = checkpoint.kind_of(out)
         if found is None:
             raise HearsayError(f"output {out} exists and is not a Hearsay checkpoint; choose another file name")
         if kind is not None and found != kind:
-            raise HearsayError(f"output {out} holds {checkpoint._a(found)}; choose another file name for {checkpoint._a(kind)}")
+            raise HearsayError(f"output {out} holds {checkpoint.with_article(found)}; "
+                               f"choose another file name for {checkpoint.with_article(kind)}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out.parent, prefix=".probe-")

@@ -45,3 +45,11 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     write_with(path, lambda fh: fh.write(text), binary=False)
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` itself when it exists, else its nearest ancestor that does: where creating it would start (and fail,
+    when that is a file or cannot be written)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

@@ -24,7 +24,7 @@ from django.core.management.base import CommandError
 
 from evaluation.models import Experiment, Stimulus
 from tests.helpers.corpora import make_corpus, save_autoencoder, save_classifier
-from tests.helpers.survey import FIXTURE, make_experiment
+from tests.helpers.survey import FIXTURE, make_experiment, media_files
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ["down", "no", "up", "yes"]
@@ -44,10 +44,6 @@ def snapshot(folder: Path) -> dict[str, str]:
     """Every file under `folder` (names relative to it) with its checksum."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(folder).rglob("*")) if p.is_file()}
-
-
-def media_files(root) -> list[Path]:
-    return [p for p in Path(root).rglob("*") if p.is_file()] if Path(root).exists() else []
 
 
 # ------------------------------------------------------------------------------------------- fixtures

@@ -15,7 +15,7 @@ from django.core.management.base import CommandError
 from evaluation.models import Experiment, Stimulus
 from evaluation.stimuli import load_manifest
 from hearsay.errors import HearsayError
-from tests.helpers.survey import FIXTURE
+from tests.helpers.survey import FIXTURE, media_files
 
 
 @pytest.fixture
@@ -35,10 +35,6 @@ def rewrite(manifest: Path, change) -> None:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-
-
-def media_files(root: Path) -> list[Path]:
-    return [p for p in Path(root).rglob("*") if p.is_file()] if Path(root).exists() else []
 
 
 @pytest.mark.django_db

@@ -175,8 +175,7 @@ class HitSpec:
             raise HearsayError(f"a batch holds between 1 and {MAX_HITS:,} HITs, not {self.hits:,}")
         if not 1 <= self.assignments_per_hit <= MAX_ASSIGNMENTS_PER_HIT:
             raise HearsayError(f"assignments per HIT must lie between 1 and {MAX_ASSIGNMENTS_PER_HIT:,}")
-        if self.min_approval is not None and not 0 <= self.min_approval <= 100:
-            raise HearsayError(f"minimum approval rate {self.min_approval} must lie in 0..100")
+        qualification_requirements(self.min_approval, self.locales)  # refuses an approval rate outside 0..100
         if not 1 <= self.duration_minutes <= 24 * 60 * 365:
             raise HearsayError("the assignment duration must lie between 1 minute and 365 days")
         if not 1 / 24 / 60 <= self.lifetime_days <= 365:

@@ -13,6 +13,11 @@ from evaluation.stimuli import load_manifest
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "stimuli" / "manifest.csv"
 
 
+def media_files(root) -> list[Path]:
+    """Every file under the media root: a refused load must leave none behind."""
+    return [p for p in Path(root).rglob("*") if p.is_file()] if Path(root).exists() else []
+
+
 def make_experiment(slug: str = "demo", task: str = "identification", **fields) -> Experiment:
     """The fixture stimulus set (12 test, 4 gold, traps, practice) as a live experiment."""
     load_manifest(FIXTURE, slug, create=True, task=task)

@@ -13,6 +13,7 @@ from django.core.management.base import CommandError
 
 from config.commands import HearsayCommand
 from evaluation import mturk
+from hearsay import atomic
 from hearsay.errors import HearsayError
 
 DEFAULT_TITLES = {
@@ -25,9 +26,7 @@ def check_output_folder(out: Path) -> None:
     """A folder the batch files can be written into (it may not exist yet); else one line before anything is made."""
     if out.exists() and not out.is_dir():
         raise HearsayError(f"output {out} exists and is not a folder")
-    above = out
-    while not above.exists() and above != above.parent:
-        above = above.parent
+    above = atomic.nearest_existing(out)
     if not above.is_dir():
         raise HearsayError(f"cannot create the output folder {out}: {above} is not a folder")
     if not os.access(above, os.W_OK | os.X_OK):

@@ -7,7 +7,7 @@ routes give the same table. No Django here.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from hearsay.answers import (
 )
 from hearsay.errors import HearsayError
 from hearsay.manifest import ORIGINAL_CONDITION, read_manifest
-from hearsay.mturk_results import Reading, interpret, read_batch_key, read_results
+from hearsay.mturk_results import Reading, interpret, read_batch_key, read_results_files
 
 EXCLUDE_RULES = ("none", "traps", "gold", "paper")
 
@@ -95,10 +95,11 @@ def plain(df: pd.DataFrame) -> pd.DataFrame:
     return df.astype({c: str for c in cats}) if cats else df
 
 
-def read_mturk(csv_path: Path, manifest_path: Path, key_path: Path | None = None,
+def read_mturk(csv_path: Path | Sequence[Path], manifest_path: Path, key_path: Path | None = None,
                strict: bool = False,
                key_provider: Callable[[], Mapping[str, str]] | None = None) -> tuple[pd.DataFrame, dict]:
-    """Turn an MTurk results CSV plus its manifest into the long table and experiment info.
+    """Turn an MTurk results CSV (or several of one study, read as one: see read_results_files) plus its manifest
+    into the long table and experiment info.
 
     Rows join the manifest through the batch key (opaque audio name -> stimulus id) when given: the
     key file export-batch wrote, or, for URLs of Hearsay's batch audio, `key_provider` (the database's
@@ -107,8 +108,10 @@ def read_mturk(csv_path: Path, manifest_path: Path, key_path: Path | None = None
     counted, never dragging the worker's other answers out; unreadable rows are left out and
     counted, or refuse the file when `strict`.
     """
+    paths = [Path(csv_path)] if isinstance(csv_path, (str, Path)) else [Path(p) for p in csv_path]
+    csv_path = paths[0] if len(paths) == 1 else ", ".join(str(p) for p in paths)
     manifest = read_manifest(manifest_path)
-    results = read_results(csv_path)
+    results = read_results_files(paths)
     task = results.task()
     by_id, by_name = manifest.by_id(), manifest.by_basename()
     key = read_batch_key(key_path) if key_path else None
@@ -155,7 +158,7 @@ def read_mturk(csv_path: Path, manifest_path: Path, key_path: Path | None = None
         })
     df = pd.DataFrame(records, columns=list(COLUMNS))
     counts = df.groupby("stimulus").size()
-    info = {"slug": Path(csv_path).stem, "task": task, "words": [w.lower() for w in manifest.words],
+    info = {"slug": paths[0].stem, "task": task, "words": [w.lower() for w in manifest.words],
             "ratings_per_stimulus": int(counts.median()) if not counts.empty else 0,
             "rejected_answers": rejected, "invalid_rows": [i.describe() for i in reading.invalid]}
     return normalize(df), info

@@ -67,10 +67,11 @@ def rating_by_value(value: int) -> Rating:
 
 def parse_rating(text: str) -> int:
     """A rating answer in any wording a results file carries: 'Excellent', 'Excellent (completely clear speech)',
-    the original study's 'Excellent - Completely clear speech', or the value '4'."""
+    the original study's 'Excellent - Completely clear speech', or the value '4' (or '4.0', as a spreadsheet or a
+    data frame may rewrite it)."""
     cleaned = (text or "").strip()
-    if re.fullmatch(r"[0-4]", cleaned):
-        return int(cleaned)
+    if re.fullmatch(r"[0-4](?:\.0*)?", cleaned):
+        return int(cleaned[0])
     head = re.match(r"[A-Za-z]+", cleaned)
     if head:
         for r in RATING_SCALE:
@@ -79,14 +80,18 @@ def parse_rating(text: str) -> int:
     raise HearsayError(f"{text!r} is not one of the five ratings (Excellent, Good, Fair, Poor, Bad)")
 
 
+# Typographic apostrophes a word processor or spreadsheet may put in "can't tell".
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\uff07": "'"})
+
+
 def is_none(text: str) -> bool:
-    return (text or "").strip().lower() in NONE_ALIASES
+    return (text or "").strip().lower().translate(_APOSTROPHES) in NONE_ALIASES
 
 
 def parse_identification(text: str, words) -> str:
     """The experiment's word (its own spelling) or NONE_ANSWER; anything else is refused."""
     lowered = (text or "").strip().lower()
-    if lowered in NONE_ALIASES:
+    if is_none(lowered):
         return NONE_ANSWER
     for w in words:
         if lowered == str(w).strip().lower():

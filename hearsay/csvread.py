@@ -13,9 +13,9 @@ from pathlib import Path
 from hearsay.errors import HearsayError
 
 
-def records(path: Path, text: str) -> Iterable[tuple[int, list[str]]]:
+def records(path: Path, text: str, delimiter: str = ",") -> Iterable[tuple[int, list[str]]]:
     """(first file line, fields) per record; multi-line cells keep the line numbers right."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
     line = 0
     while True:
         start = line + 1
@@ -29,19 +29,28 @@ def records(path: Path, text: str) -> Iterable[tuple[int, list[str]]]:
         yield start, record
 
 
-def read_text(path: Path, what: str) -> str:
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def read_text(path: Path, what: str, utf16: bool = False) -> str:
     """The text of the CSV file `what` names ("manifest", "batch key file"...), BOM removed; one line when it cannot be.
 
     Missing, unreadable, not UTF-8, or binary (a NUL byte): each is refused here, the same way for every reader.
+    With `utf16`, a file that starts with a UTF-16 byte order mark (a spreadsheet's "Unicode text") is read as
+    UTF-16; without one, UTF-16 is never guessed.
     """
     if path.is_dir():
         raise HearsayError(f"{what} {path} is a folder, not a file")
     if not path.is_file():
         raise HearsayError(f"{what} {path} does not exist")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = path.read_bytes()
+        text = data.decode("utf-16") if utf16 and data.startswith(UTF16_BOMS) else data.decode("utf-8-sig")
+    except OSError as exc:
         raise HearsayError(f"cannot read {what} {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        hint = "; save it again as UTF-8 (a spreadsheet's \"CSV UTF-8\")" if exc.encoding.startswith("utf-8") else ""
+        raise HearsayError(f"cannot read {what} {path}: {exc}{hint}") from None
     if "\x00" in text:
         raise HearsayError(f"cannot read {what} {path}: it contains a NUL byte (not a text CSV)")
     return text

@@ -19,10 +19,10 @@ import io
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from hearsay.answers import parse_identification, parse_rating
 from hearsay import csvread
@@ -34,12 +34,19 @@ IDENTIFICATION_FIELD = "heard-word"
 PLAY_COUNT_FIELD = "play-count"
 PLAYED_TO_END_FIELD = "played-to-end"
 TASK_ANSWERS = "Answer.taskAnswers"
+MAX_PLAY_COUNT = 1_000_000  # more is no count of plays (and would not fit the database's integer)
 # The path segment under which the app serves batch clips (evaluation.batch_audio); a results file whose
 # URLs carry it came from a Hearsay batch, whose key the database also holds.
 BATCH_AUDIO_PATH = "batch-audio"
 
 REQUIRED_COLUMNS = ("AssignmentId", "WorkerId", "AssignmentStatus")
 STATUSES = ("Submitted", "Approved", "Rejected")
+# How final a status is: MTurk moves Submitted to Rejected or Approved, and a rejection can still be overridden
+# by an approval (never the reverse); so of two downloads of one assignment the higher rank is the newer state.
+STATUS_RANK = {"Submitted": 0, "Rejected": 1, "Approved": 2}
+# The requester's own decision columns: a reason typed under Reject rejects a submitted assignment (the file is
+# then uploaded to MTurk to carry it out), so its answer is treated as rejected before MTurk has done it.
+REJECT_COLUMN = "Reject"
 ORIGINAL_STUDY_INPUTS = ("experiment", "timestamp", "class_label", "audio_url", "pred_1_class", "pred_2_class")
 
 # UTC offsets in minutes of the zone abbreviations Java's Date.toString (which MTurk uses) prints. Where an
@@ -77,6 +84,23 @@ def parse_mturk_time(text: str, where: str = "") -> datetime | None:
     except ValueError:
         raise HearsayError(f"{prefix}unreadable MTurk time {text!r}") from None
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def later_status(old: str, new: str) -> str:
+    """The state of an assignment seen as `old` and then as `new`: a decision is never undone by an older download."""
+    return new if STATUS_RANK.get(new, 0) >= STATUS_RANK.get(old, 0) else old
+
+
+def whole_number(text: str) -> int:
+    """'3', ' 3 ', '3.0' or '3E+0' (how spreadsheets and data frames rewrite numbers) as 3; ValueError otherwise."""
+    text = (text or "").strip()
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)  # ValueError for text that is no number
+    if not value.is_integer():
+        raise ValueError(f"{text!r} is not a whole number")
+    return int(value)
 
 
 def _flatten(prefix: str, value, out: dict[str, str]) -> None:
@@ -125,6 +149,12 @@ class ResultRow:
     inputs: dict[str, str]
     answers: dict[str, str]
     problem: str = ""  # why the answers could not be read ('' when they could)
+    source: str = ""  # the file's name, where answers come from several files ('' for one file)
+
+    @property
+    def where(self) -> str:
+        """'line 7', or 'Batch_2.csv line 7' where several files are read together."""
+        return f"{self.source} line {self.line}" if self.source else f"line {self.line}"
 
     @property
     def audio_url(self) -> str:
@@ -133,7 +163,7 @@ class ResultRow:
     @property
     def audio_name(self) -> str:
         """The file name the audio URL ends in (query strings and hosts ignored)."""
-        return PurePosixPath(urlsplit(self.audio_url).path).name
+        return unquote(PurePosixPath(urlsplit(self.audio_url).path).name)
 
     @property
     def is_batch_audio(self) -> bool:
@@ -171,14 +201,59 @@ class ResultsFile:
         )
 
 
-def read_results(path: str | Path) -> ResultsFile:
-    """Read a results CSV; structural problems raise HearsayError naming the file and line."""
-    path = Path(path).expanduser()
-    records = csvread.records(path, csvread.read_text(path, "MTurk results file"))
+def _header_cell(cell: str) -> str:
+    """A header name as read from the file's first line, or from a header repeated further down (files joined with
+    `cat`, each with its BOM, which then sits before a quoted name: '\ufeff"HITId"')."""
+    cell = cell.strip().lstrip("\ufeff")
+    return cell[1:-1].strip() if len(cell) > 1 and cell[0] == cell[-1] == '"' else cell.strip()
+
+
+def _without_unnamed_columns(path: Path, header: list[str], records):
+    """Drop columns without a name (a spreadsheet's trailing empty columns: ',,' at the end of every line), which
+    must be empty, and the header repeated where files were joined; a record of another length passes unchanged,
+    for csvread.body to refuse."""
+    unnamed = [i for i, name in enumerate(header) if not name]
+
+    def cleaned():
+        for line, record in records:
+            if len(record) == len(header) and [_header_cell(c) for c in record] == header:
+                continue  # the header again: the next file of a joined pair
+            if unnamed and len(record) == len(header):
+                held = [(i, record[i]) for i in unnamed if record[i].strip()]
+                if held:
+                    i, value = held[0]
+                    raise HearsayError(f"{path}:{line}: column {i + 1} has no name in the header but holds {value[:40]!r}")
+                record = [cell for i, cell in enumerate(record) if header[i]]
+            yield line, record
+
+    return [name for name in header if name], cleaned()
+
+
+def _spreadsheet_table(path: Path, what: str):
+    """(header, records) of a CSV this tool wrote or MTurk gave, as it comes back from a spreadsheet too: UTF-8 with
+    or without a BOM (even twice), CRLF, trailing empty columns, semicolons for commas, or "Unicode text" (UTF-16,
+    tab-separated). None for the header of an empty file."""
+    text = csvread.read_text(path, what, utf16=True).lstrip("\ufeff")
+    # Column names hold no separator, so the header line tells which one the file uses: commas (the download),
+    # tabs (a spreadsheet's "Unicode text") or semicolons (a spreadsheet's CSV where the decimal mark is a comma).
+    first_line = text.split("\n", 1)[0]
+    delimiter = next((d for d in (",", "\t", ";") if d in first_line), ",")
+    records = csvread.records(path, text, delimiter)
     first = next(records, None)
     if first is None:
+        return None, records
+    return _without_unnamed_columns(path, [_header_cell(h) for h in first[1]], records)
+
+
+def read_results(path: str | Path) -> ResultsFile:
+    """Read a results CSV; structural problems raise HearsayError naming the file and line.
+
+    Besides the requester website's CSV, the same file after a spreadsheet round trip (see _spreadsheet_table).
+    """
+    path = Path(path).expanduser()
+    header, records = _spreadsheet_table(path, "MTurk results file")
+    if header is None:
         raise HearsayError(f"{path} is empty")
-    header = [h.strip() for h in first[1]]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise HearsayError(f"{path} is not an MTurk results file: it lacks column(s) {', '.join(missing)}")
@@ -197,6 +272,8 @@ def read_results(path: str | Path) -> ResultsFile:
         status = ids["AssignmentStatus"].capitalize()
         if status not in STATUSES:
             raise HearsayError(f"{where}: unknown AssignmentStatus {ids['AssignmentStatus']!r} (expected {', '.join(STATUSES)})")
+        if status == "Submitted" and cells.get(REJECT_COLUMN, "").strip():
+            status = "Rejected"
         answers = {k[len("Answer."):]: v for k, v in cells.items() if k.startswith("Answer.") and k != TASK_ANSWERS}
         problem = ""
         if cells.get(TASK_ANSWERS, "").strip():
@@ -214,6 +291,58 @@ def read_results(path: str | Path) -> ResultsFile:
     if not rows:
         raise HearsayError(f"{path} has no assignments")
     return ResultsFile(path=path, columns=tuple(header), rows=tuple(rows))
+
+
+def _same_work(a: ResultRow, b: ResultRow) -> bool:
+    """Two downloads of one assignment: the same worker, clip and answers (a spreadsheet's TRUE for true aside)."""
+    def norm(d: dict[str, str]) -> dict[str, str]:
+        return {k: v.strip().lower() for k, v in d.items() if v.strip()}
+
+    shared = set(a.answers) & set(b.answers)
+    return (a.worker_id == b.worker_id and a.audio_url == b.audio_url
+            and {k: v for k, v in norm(a.answers).items() if k in shared} == {k: v for k, v in norm(b.answers).items() if k in shared})
+
+
+def read_results_files(paths: Iterable[str | Path]) -> ResultsFile:
+    """Several results files of one study (a re-run batch, a later download) read as one, in the order given.
+
+    An assignment in more than one file (a later download, or the same file twice) counts once, with its most
+    final status (see later_status); one that holds other answers in another file refuses the files. Answers of
+    one worker to one clip in several assignments follow `interpret`'s rule: the first counts.
+    """
+    paths = [Path(p).expanduser() for p in paths]
+    if not paths:
+        raise HearsayError("no MTurk results file given")
+    if len(paths) == 1:
+        return read_results(paths[0])
+    files = [read_results(p) for p in paths]
+    tasks = [results.task() for results in files]
+    if len(set(tasks)) > 1:
+        other = next(i for i, t in enumerate(tasks) if t != tasks[0])
+        raise HearsayError(f"{paths[other]} holds {tasks[other]} answers but {paths[0]} holds {tasks[0]} answers: "
+                           "not the results of one study")
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):  # two files of the same name in different folders: name them by path
+        names = [str(p) for p in paths]
+    rows: list[ResultRow] = []
+    at: dict[str, int] = {}
+    columns: list[str] = []
+    for name, results in zip(names, files):
+        columns += [c for c in results.columns if c not in columns]
+        for row in results.rows:
+            row = replace(row, source=name)
+            if row.assignment_id not in at:
+                at[row.assignment_id] = len(rows)
+                rows.append(row)
+                continue
+            earlier = rows[at[row.assignment_id]]
+            if not _same_work(earlier, row):
+                raise HearsayError(f"{name}:{row.line}: assignment {row.assignment_id} holds another worker, clip or answer "
+                                   f"than in {earlier.source}:{earlier.line}; these are not downloads of one batch")
+            status = later_status(earlier.status, row.status)
+            if status != earlier.status:
+                rows[at[row.assignment_id]] = replace(earlier, status=status)
+    return ResultsFile(path=paths[0], columns=tuple(columns), rows=tuple(rows))
 
 
 @dataclass(frozen=True)
@@ -234,7 +363,7 @@ class Invalid:
     reason: str
 
     def describe(self) -> str:
-        return f"line {self.row.line} ({self.row.assignment_id}): {self.reason}"
+        return f"{self.row.where} ({self.row.assignment_id}): {self.reason}"
 
 
 @dataclass
@@ -244,7 +373,9 @@ class Reading:
     invalid: list[Invalid] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = ", ".join(str(i.row.line) for i in self.invalid[:20]) + (" ..." if len(self.invalid) > 20 else "")
+        several = any(i.row.source for i in self.invalid)
+        lines = ", ".join(i.row.where if several else str(i.row.line) for i in self.invalid[:20])
+        lines += " ..." if len(self.invalid) > 20 else ""
         return f"{len(self.invalid)} invalid row(s), file lines {lines}" if self.invalid else "no invalid rows"
 
 
@@ -257,7 +388,7 @@ def interpret(results: ResultsFile, task: str, words: list[str], resolve: Callab
     """
     reading = Reading(task=task)
     name = RATING_FIELD if task == "rating" else IDENTIFICATION_FIELD
-    answered: dict[tuple[str, str], int] = {}
+    answered: dict[tuple[str, str], str] = {}
     for row in results.rows:
         reason = row.problem
         key = None
@@ -269,9 +400,9 @@ def interpret(results: ResultsFile, task: str, words: list[str], resolve: Callab
             if key is None:
                 reason = f"audio {row.audio_name or row.audio_url!r} is not in {clips}"
             elif (row.worker_id, key) in answered:
-                reason = f"{row.worker_id} answered this clip before (line {answered[row.worker_id, key]})"
+                reason = f"{row.worker_id} answered this clip before ({answered[row.worker_id, key]})"
             else:
-                answered[row.worker_id, key] = row.line
+                answered[row.worker_id, key] = row.where
         if not reason:
             label = row.answer(name)
             try:
@@ -281,14 +412,13 @@ def interpret(results: ResultsFile, task: str, words: list[str], resolve: Callab
                     score = parse_rating(label)
                 else:
                     answer = parse_identification(label, words)
-                text = row.answer(PLAY_COUNT_FIELD) or "0"
-                plays = int(text)
-                if plays < 0:
+                plays = whole_number(row.answer(PLAY_COUNT_FIELD) or "0")
+                if not 0 <= plays <= MAX_PLAY_COUNT:
                     raise ValueError
             except HearsayError as exc:
                 reason = str(exc)
             except ValueError:
-                reason = f"play count {row.answer(PLAY_COUNT_FIELD)!r} is not a whole number"
+                reason = f"play count {row.answer(PLAY_COUNT_FIELD)!r} is not a whole number from 0 to {MAX_PLAY_COUNT}"
         if reason:
             reading.invalid.append(Invalid(row, reason))
             continue
@@ -314,9 +444,8 @@ def batch_key_bytes(pairs: Iterable[tuple[str, str]]) -> bytes:
 def read_batch_key(path: str | Path) -> dict[str, str]:
     """audio name -> stimulus id, from a key file export-batch wrote."""
     path = Path(path).expanduser()
-    records = csvread.records(path, csvread.read_text(path, "batch key file"))
-    first = next(records, None)
-    if first is None or tuple(h.strip() for h in first[1]) != KEY_COLUMNS:
+    header, records = _spreadsheet_table(path, "batch key file")
+    if header is None or tuple(header) != KEY_COLUMNS:
         raise HearsayError(f"{path} is not a batch key file (expected the columns {', '.join(KEY_COLUMNS)})")
     key: dict[str, str] = {}
     for line, record in records:

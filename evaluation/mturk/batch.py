@@ -50,6 +50,7 @@ from hearsay.mturk_results import (
     ResultRow,
     batch_key_bytes,
     interpret,
+    later_status,
     read_results,
 )
 from hearsay.provenance import bytes_sha256, library_versions
@@ -231,7 +232,8 @@ def _resolver(experiment: Experiment):
 def import_results(experiment: Experiment, path: Path, strict: bool = False) -> ImportReport:
     """Store a requester-website results file: every assignment recorded (rejected and unreadable ones flagged),
     each readable answer stored once. Batch results come from the live site, so there is no sandbox switch;
-    importing the same file again changes only assignment states."""
+    importing the same file again changes only assignment states, and only forward (an older download imported
+    after a newer one leaves an approval or rejection as it is)."""
     results = read_results(path)
     task = results.task()
     if task != experiment.task:
@@ -248,8 +250,9 @@ def import_results(experiment: Experiment, path: Path, strict: bool = False) -> 
             if existing is not None:
                 if existing.experiment_id != experiment.pk:
                     raise HearsayError(f"{path}:{row.line}: assignment {row.assignment_id} belongs to another experiment")
-                if existing.status != row.status:
-                    existing.status = row.status
+                status = later_status(existing.status, row.status)  # an older download never undoes a decision
+                if existing.status != status:
+                    existing.status = status
                     existing.save(update_fields=["status", "synced_at"])
                 report.already += 1
                 continue

@@ -16,7 +16,8 @@ class Command(HearsayCommand):
     def add_arguments(self, parser):
         source = parser.add_mutually_exclusive_group(required=True)
         source.add_argument("--experiment", help="slug of an experiment in the database")
-        source.add_argument("--mturk-csv", type=Path, help="MTurk batch results CSV (needs --manifest)")
+        source.add_argument("--mturk-csv", type=Path, nargs="+", action="extend",
+                            help="MTurk batch results CSV(s) of one study, read as one (needs --manifest)")
         parser.add_argument("--manifest", type=Path, help="stimulus manifest.csv the batch was made from")
         parser.add_argument("--batch-key", type=Path,
                             help="batch_key.csv written by mturk export-batch (audio name -> stimulus)")
@@ -44,7 +45,7 @@ class Command(HearsayCommand):
         self.stdout.write(f"report written to {out / 'report.html'}")
 
 
-def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None, out: Path,
+def run(*, experiment: str | None, mturk_csv: Path | list[Path] | None, manifest: Path | None, out: Path,
         batch_key: Path | None = None, strict: bool = False, exclude: str = "gold",
         min_gold_accuracy: float = 0.5, include_machines: bool = False, objective: Path | None = None,
         tsne: Path | None = None, seed: int = 0, mixed_max_answers: int | None = None, pdf: bool = False,
@@ -59,6 +60,9 @@ def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None
         raise HearsayError("--mixed-max-answers must be at least 100")
     if seed < 0:
         raise HearsayError(f"--seed must be a non-negative integer, got {seed}")
+    if isinstance(mturk_csv, (str, Path)):  # one file (call_command and callers pass one as it is)
+        mturk_csv = [mturk_csv]
+    mturk_csv = [Path(p) for p in mturk_csv] if mturk_csv else None
     check_output(out)  # before the analysis: a folder it must not replace is refused at once
     if experiment:
         if mturk_csv or manifest or batch_key:
@@ -74,7 +78,7 @@ def run(*, experiment: str | None, mturk_csv: Path | None, manifest: Path | None
         from evaluation.mturk.batch import batch_key_from_database
 
         table, info = read_mturk(mturk_csv, manifest, batch_key, strict=strict, key_provider=batch_key_from_database)
-        inputs = {str(p): sha256_file(p) for p in (mturk_csv, manifest, batch_key) if p}
+        inputs = {str(p): sha256_file(p) for p in (*mturk_csv, manifest, batch_key) if p}
     if note is not None:
         if info.get("rejected_answers"):
             note(f"{info['rejected_answers']} answer(s) of rejected assignments left out (stored, never analysed)")

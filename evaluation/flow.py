@@ -14,8 +14,6 @@ config.middleware for how forms carrying it stay protected against cross-site re
 from __future__ import annotations
 
 import random
-import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -29,15 +27,11 @@ from evaluation.audio import HEADPHONE_PASS, HEADPHONE_TRIALS
 from evaluation.models import Experiment, Participant, Stimulus
 from evaluation.rows import Trial
 from hearsay.errors import HearsayError
+from hearsay.worker_ids import InvalidWorkerId, canonical_worker_id
 
 Step = Participant.Step
 PREVIEW_ASSIGNMENT = "ASSIGNMENT_ID_NOT_AVAILABLE"
 MAX_ID_LENGTH = 128
-WORKER_ID_RULES = {
-    # MTurk worker IDs are upper-case letters and digits; Prolific IDs are lower-case hex (24 digits today)
-    Participant.Source.MTURK: (str.upper, re.compile(r"[A-Z0-9]{1,64}")),
-    Participant.Source.PROLIFIC: (str.lower, re.compile(r"[a-z0-9]{1,64}")),
-}
 CARRY_SALT = "hearsay.participant"
 CSRF_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
@@ -78,18 +72,11 @@ def _param(query: Mapping[str, str], name: str) -> str:
 
 
 def normalize_worker_id(raw: str, source: str) -> str:
-    """The platform's canonical form of a worker ID: NFKC, no whitespace or invisible characters, the platform's case."""
-    if "\x00" in raw:
-        raise InvalidLink("the worker ID contains a NUL byte")
-    text = unicodedata.normalize("NFKC", raw)
-    text = "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf", "Zs", "Zl", "Zp"))
-    rule = WORKER_ID_RULES.get(source)
-    if rule is not None:
-        case, pattern = rule
-        text = case(text)
-        if not pattern.fullmatch(text):
-            raise InvalidLink(f"{raw!r} is not a {Participant.Source(source).label} worker ID")
-    return text
+    """The platform's canonical form of a worker ID (hearsay.worker_ids); an impossible one makes the link invalid."""
+    try:
+        return canonical_worker_id(raw, source)
+    except InvalidWorkerId as exc:
+        raise InvalidLink(str(exc)) from None
 
 
 def parse_link(query: Mapping[str, str], submit_hosts: tuple[str, ...]) -> Link:

@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 from hearsay.answers import parse_identification, parse_rating
 from hearsay import csvread
+from hearsay.worker_ids import InvalidWorkerId, canonical_worker_id
 from hearsay.errors import HearsayError
 
 # The names our batch layout gives its answers (and the original study's rating field).
@@ -34,6 +35,7 @@ IDENTIFICATION_FIELD = "heard-word"
 PLAY_COUNT_FIELD = "play-count"
 PLAYED_TO_END_FIELD = "played-to-end"
 TASK_ANSWERS = "Answer.taskAnswers"
+MAX_ID_LENGTH = 128  # MTurk's IDs are about 30 characters; the database keeps up to this many
 MAX_PLAY_COUNT = 1_000_000  # more is no count of plays (and would not fit the database's integer)
 # The path segment under which the app serves batch clips (evaluation.batch_audio); a results file whose
 # URLs carry it came from a Hearsay batch, whose key the database also holds.
@@ -266,6 +268,9 @@ def read_results(path: str | Path) -> ResultsFile:
         ids = {c: cells.get(c, "").strip() for c in ("HITId", "AssignmentId", "WorkerId", "AssignmentStatus")}
         if not ids["AssignmentId"] or not ids["WorkerId"]:
             raise HearsayError(f"{where}: empty AssignmentId or WorkerId")
+        too_long = [c for c, v in ids.items() if len(v) > MAX_ID_LENGTH]
+        if too_long:
+            raise HearsayError(f"{where}: the {too_long[0]} is longer than {MAX_ID_LENGTH} characters (no MTurk ID is)")
         if ids["AssignmentId"] in seen:
             raise HearsayError(f"{where}: AssignmentId {ids['AssignmentId']} already appeared on line {seen[ids['AssignmentId']]}")
         seen[ids["AssignmentId"]] = line
@@ -281,8 +286,13 @@ def read_results(path: str | Path) -> ResultsFile:
                 answers.update(_task_answers(cells[TASK_ANSWERS], where))
             except ValueError as exc:
                 problem = str(exc)
+        worker_id = ids["WorkerId"]
+        try:  # the form a study link or the API gives for the same worker, so both routes see one listener
+            worker_id = canonical_worker_id(worker_id, "mturk")
+        except InvalidWorkerId as exc:
+            problem = problem or str(exc)
         rows.append(ResultRow(
-            line=line, hit_id=ids["HITId"], assignment_id=ids["AssignmentId"], worker_id=ids["WorkerId"], status=status,
+            line=line, hit_id=ids["HITId"], assignment_id=ids["AssignmentId"], worker_id=worker_id, status=status,
             accepted=parse_mturk_time(cells.get("AcceptTime", ""), where),
             submitted=parse_mturk_time(cells.get("SubmitTime", ""), where),
             inputs={k[len("Input."):]: v.strip() for k, v in cells.items() if k.startswith("Input.")},

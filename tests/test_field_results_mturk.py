@@ -348,3 +348,31 @@ def test_import_of_an_absurd_play_count_is_an_invalid_row_not_a_traceback(export
     call_command("mturk", "import-results", str(write(tmp_path / "r.csv", rows)), "--experiment", SLUG, stdout=io.StringIO())
     assert "play count" in MturkAssignment.objects.get(assignment_id=rows[1]["AssignmentId"]).invalid_reason
     assert Response.objects.count() == len(rows) - 1
+
+
+@pytest.mark.django_db
+def test_a_hand_edited_worker_id_is_one_listener_on_both_routes(exported, tmp_path):
+    """analyze --mturk-csv kept a worker ID as typed ('a0000000000001 ' beside 'A0000000000001'), so one worker became
+    two listeners there and one in the database; an ID MTurk never issues was analysed there and refused here."""
+    out, urls = exported
+    rows = real_rows(workers=2, urls=urls)
+    rows[1]["WorkerId"] = "a\u200b" + rows[1]["WorkerId"][1:].lower() + "\u00a0"
+    rows[-1]["WorkerId"] = "A-1"  # no MTurk worker ID has a hyphen
+    results = write(tmp_path / "r.csv", rows)
+    call_command("mturk", "import-results", str(results), "--experiment", SLUG, stdout=io.StringIO())
+    batch, info = read_mturk(results, MANIFEST, out / "batch_key.csv")
+    assert sorted(batch["listener"].unique()) == ["A0000000000000", "A0000000000001"]
+    assert len(batch) == len(rows) - 1 and any("'A-1' is not a Mechanical Turk worker ID" in r for r in info["invalid_rows"])
+    from analysis.table import normalize
+
+    pd.testing.assert_frame_equal(by_assignment(normalize(long_table(SLUG))), by_assignment(batch), check_dtype=False)
+
+
+def test_an_id_longer_than_any_mturk_id_refuses_the_file_in_one_line(tmp_path):
+    """An AssignmentId or HITId of 200 characters reached the database's 128-character column (PostgreSQL: a
+    DataError traceback)."""
+    for column in ("AssignmentId", "HITId", "WorkerId"):
+        rows = real_rows(workers=1)
+        rows[2][column] = "3" * 200
+        with pytest.raises(HearsayError, match=f"{column}.csv:4: the {column} is longer than 128 characters"):
+            read_mturk(write(tmp_path / f"{column}.csv", rows), MANIFEST)

@@ -24,7 +24,6 @@ from django.urls import reverse
 from django.utils import timezone as dj_timezone
 
 from evaluation.answers import Heard, slot_for, store_answer
-from evaluation.flow import normalize_worker_id
 from evaluation.models import (
     Assignment,
     Experiment,
@@ -264,15 +263,8 @@ def import_results(experiment: Experiment, path: Path, strict: bool = False) -> 
                 record.invalid_reason = f"line {row.line}: {item.reason}"
                 record.save()
                 continue
-            try:
-                worker_id = normalize_worker_id(row.worker_id, Participant.Source.MTURK)
-            except HearsayError as exc:
-                record.invalid_reason = f"line {row.line}: {exc}"
-                record.save()
-                report.invalid.append(record.invalid_reason)
-                continue
-            participant, created = Participant.objects.get_or_create(
-                experiment=experiment, source=Participant.Source.MTURK, worker_id=worker_id,
+            participant, created = Participant.objects.get_or_create(  # the reader gave the ID in canonical form
+                experiment=experiment, source=Participant.Source.MTURK, worker_id=row.worker_id,
                 defaults={"step": Participant.Step.DONE, "finished_at": row.submitted},
             )
             record.participant = participant

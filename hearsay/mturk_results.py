@@ -88,6 +88,23 @@ def parse_mturk_time(text: str, where: str = "") -> datetime | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
 
 
+# How spreadsheets write TRUE back into a CSV in the languages of their users (Excel and LibreOffice translate it;
+# the locales that write ';' for ',' are among them): a radio choice or "played to end" must not turn false there.
+TRUE_WORDS = frozenset({
+    "true", "wahr", "vrai", "vero", "verdadero", "verdadeiro", "waar", "sant", "sann", "tosi", "pravda", "prawda",
+    "igaz", "adevărat", "истина", "doğru", "αληθές",
+})
+FALSE_WORDS = frozenset({
+    "false", "falsch", "faux", "falso", "onwaar", "falsk", "epätosi", "nepravda", "fałsz", "hamis", "fals", "ложь",
+    "yanlış", "ψευδές",
+})
+
+
+def is_true(text: str) -> bool:
+    """A results cell that says true: MTurk's 'true', or a spreadsheet's TRUE in its user's language."""
+    return (text or "").strip().casefold() in TRUE_WORDS
+
+
 def later_status(old: str, new: str) -> str:
     """The state of an assignment seen as `old` and then as `new`: a decision is never undone by an older download."""
     return new if STATUS_RANK.get(new, 0) >= STATUS_RANK.get(old, 0) else old
@@ -177,7 +194,7 @@ class ResultRow:
             if self.answers.get(key, "").strip():
                 return self.answers[key].strip()
         prefix = f"{name}."
-        chosen = [k[len(prefix):] for k, v in self.answers.items() if k.startswith(prefix) and v.strip().lower() == "true"]
+        chosen = [k[len(prefix):] for k, v in self.answers.items() if k.startswith(prefix) and is_true(v)]
         return chosen[0] if len(chosen) == 1 else ""
 
     def has_answer_field(self, name: str) -> bool:
@@ -304,9 +321,13 @@ def read_results(path: str | Path) -> ResultsFile:
 
 
 def _same_work(a: ResultRow, b: ResultRow) -> bool:
-    """Two downloads of one assignment: the same worker, clip and answers (a spreadsheet's TRUE for true aside)."""
+    """Two downloads of one assignment: the same worker, clip and answers (a spreadsheet's TRUE or WAHR for true aside)."""
+    def cell(v: str) -> str:
+        v = v.strip().casefold()
+        return "true" if v in TRUE_WORDS else "" if v in FALSE_WORDS else v
+
     def norm(d: dict[str, str]) -> dict[str, str]:
-        return {k: v.strip().lower() for k, v in d.items() if v.strip()}
+        return {k: cell(v) for k, v in d.items() if cell(v)}
 
     shared = set(a.answers) & set(b.answers)
     return (a.worker_id == b.worker_id and a.audio_url == b.audio_url
@@ -433,7 +454,7 @@ def interpret(results: ResultsFile, task: str, words: list[str], resolve: Callab
             reading.invalid.append(Invalid(row, reason))
             continue
         reading.answers.append(Answer(row=row, key=key, answer=answer, rating=score, play_count=plays,
-                                      played_to_end=row.answer(PLAYED_TO_END_FIELD).lower() == "true"))
+                                      played_to_end=is_true(row.answer(PLAYED_TO_END_FIELD))))
     return reading
 
 

@@ -376,3 +376,36 @@ def test_an_id_longer_than_any_mturk_id_refuses_the_file_in_one_line(tmp_path):
         rows[2][column] = "3" * 200
         with pytest.raises(HearsayError, match=f"{column}.csv:4: the {column} is longer than 128 characters"):
             read_mturk(write(tmp_path / f"{column}.csv", rows), MANIFEST)
+
+
+def radio_rows(rows: list[dict[str, str]], words: list[str], true: str, false: str) -> tuple[list[dict[str, str]], list[str]]:
+    """The same answers as a radio group (one Answer.heard-word.<option> column per option), with the file's words
+    for true and false."""
+    options = [*words, "none"]
+    out = []
+    for r in rows:
+        chosen = "none" if r["Answer.heard-word.label"] == NONE_LABEL else r["Answer.heard-word.label"]
+        radio = {k: v for k, v in r.items() if k != "Answer.heard-word.label"}
+        radio.update({f"Answer.heard-word.{o}": true if o == chosen else false for o in options})
+        radio["Answer.played-to-end"] = true if r["Answer.played-to-end"] == "true" else false
+        out.append(radio)
+    columns = [c for c in REAL_COLUMNS if c != "Answer.heard-word.label"] + [f"Answer.heard-word.{o}" for o in options]
+    return out, columns
+
+
+def test_a_spreadsheet_in_another_language_keeps_radio_answers_and_played_to_end(tmp_path):
+    """German Excel or LibreOffice writes TRUE as WAHR (and ';' between cells): every radio answer became an invalid
+    row and every clip counted as not played to the end."""
+    rows = real_rows(workers=2)
+    rows[1]["Answer.played-to-end"] = "false"
+    words = sorted({w for _, _, w in manifest_clips()})
+    download, columns = radio_rows(rows, words, "true", "false")
+    expected, _ = read_mturk(write(tmp_path / "download.csv", download, columns=columns), MANIFEST)
+    assert expected["listened_to_end"].tolist().count(False) == 1
+    for true, false in (("WAHR", "FALSCH"), ("VRAI", "FAUX"), ("Verdadero", "Falso")):
+        saved, _ = radio_rows(rows, words, true, false)
+        table, info = read_mturk(write(tmp_path / f"{true}.csv", saved, columns=columns, delimiter=";"), MANIFEST)
+        assert info["invalid_rows"] == []
+        pd.testing.assert_frame_equal(by_assignment(table), by_assignment(expected))
+    both, _ = read_mturk([tmp_path / "download.csv", tmp_path / "WAHR.csv"], MANIFEST)  # one batch, two saves of it
+    pd.testing.assert_frame_equal(by_assignment(both), by_assignment(expected))

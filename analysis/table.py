@@ -3,10 +3,12 @@
 The database route gets the table from evaluation.export.long_table; the batch route
 builds the same columns here from an MTurk results CSV (read by hearsay.mturk_results,
 the reader `mturk import-results` uses too) joined to the stimulus manifest, so both
-routes give the same table. No Django here.
+routes give the same table. A table saved as CSV (the admin's download) is read back by
+read_answers. No Django here.
 """
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +18,10 @@ import pandas as pd
 
 from hearsay.answers import ANSWER_COLUMNS as COLUMNS
 from hearsay.answers import (
-    ANSWER_TEXT_COLUMNS, LISTENER_KINDS, NONE_ALIASES, NONE_ANSWER, RATING_MAX, RATING_MIN, STIMULUS_KINDS,
+    ANSWER_NUMBER_COLUMNS, ANSWER_TEXT_COLUMNS, LISTENER_KINDS, NONE_ALIASES, NONE_ANSWER, RATING_MAX, RATING_MIN, STIMULUS_KINDS,
 )
+from hearsay import csvread
+from hearsay.csvsafe import unsafe_cell
 from hearsay.errors import HearsayError
 from hearsay.manifest import ORIGINAL_CONDITION, read_manifest
 from hearsay.mturk_results import Reading, interpret, read_batch_key, read_results_files
@@ -171,6 +175,56 @@ class Exclusion:
     rule: str = "gold"
     min_gold_accuracy: float = 0.5
     include_machines: bool = False
+
+
+def read_answers(path: Path, manifest_path: Path | None = None) -> tuple[pd.DataFrame, dict]:
+    """The long answer table from a CSV (the admin's responses download, or any tool that writes these columns),
+    and the experiment info it implies, so a study can be analysed away from its database.
+
+    The answer options are the manifest's words when given, else every word the table names as a target or an
+    answer (chance is 1 / (options + 1), so give the manifest when some option was never a target nor answered).
+    Cells the export neutralized for spreadsheets ('=... written as \'=...) are read back as they were.
+    """
+    path = Path(path).expanduser()
+    text = csvread.read_text(path, "answer table", utf16=True).lstrip("\ufeff")
+    first_line = text.split("\n", 1)[0]  # commas, or a spreadsheet's tabs ("Unicode text") or semicolons
+    delimiter = next((d for d in (",", "\t", ";") if d in first_line), ",")
+    try:
+        raw = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, na_filter=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise HearsayError(f"{path} is not a CSV answer table: {str(exc).strip().splitlines()[0]}") from None
+    raw.columns = [str(c).strip() for c in raw.columns]
+    missing = [c for c in COLUMNS if c not in raw.columns]
+    if missing:
+        raise HearsayError(f"{path} is not an answer table: it lacks column(s) {', '.join(missing)}")
+    raw = raw.apply(lambda column: column.map(unsafe_cell))
+    for col in ANSWER_NUMBER_COLUMNS:  # a number column must hold numbers (or nothing): never a silent NaN
+        values = raw[col].str.strip()
+        numbers = pd.to_numeric(values.where(values != ""), errors="coerce")
+        bad = values[(values != "") & numbers.isna()]
+        if not bad.empty:
+            raise HearsayError(f"{path}: answer {bad.index[0] + 1}: {col} {bad.iloc[0][:40]!r} is not a number")
+        if not np.isfinite(numbers.dropna()).all():
+            raise HearsayError(f"{path}: {col} holds an infinite number")
+    try:
+        df = normalize(raw)
+    except HearsayError as exc:
+        raise HearsayError(f"{path}: {exc}") from None
+    rated = df["rating"].notna()
+    task = "rating" if rated.any() else "identification"
+    if task == "rating" and (df["answer"] != "").any() and not rated.all():
+        raise HearsayError(f"{path} mixes identification answers and ratings: not the answers of one experiment")
+    if manifest_path is not None:
+        words = [w.lower() for w in read_manifest(manifest_path).words]
+        unknown = sorted(set(df.loc[df["stimulus_kind"] == "test", "word"]) - set(words))  # a manifest of another study
+        if unknown:
+            raise HearsayError(f"{path}: word {unknown[0]!r} is not in the manifest {manifest_path}")
+    else:
+        answered = set(df["answer"]) if task == "identification" else set()
+        words = sorted((set(df["word"]) | answered) - {NONE_ANSWER, ""} - set(NONE_ALIASES))
+    counts = df.groupby("stimulus").size()
+    return df, {"slug": path.stem, "task": task, "words": words,
+                "ratings_per_stimulus": int(counts.median()), "rejected_answers": 0, "invalid_rows": []}
 
 
 def is_paper_noise_clip(df: pd.DataFrame) -> pd.Series:

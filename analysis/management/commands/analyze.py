@@ -1,10 +1,10 @@
-"""manage.py analyze: the listening-test report from the database or an MTurk batch CSV."""
+"""manage.py analyze: the listening-test report from the database, an MTurk batch CSV or a saved answer table."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from analysis.report import ReportOptions, build_report, check_output, sha256_file, table_sha256
-from analysis.table import EXCLUDE_RULES, Exclusion, read_mturk
+from analysis.table import EXCLUDE_RULES, Exclusion, read_answers, read_mturk
 from config.commands import HearsayCommand
 from hearsay.errors import HearsayError
 
@@ -18,7 +18,10 @@ class Command(HearsayCommand):
         source.add_argument("--experiment", help="slug of an experiment in the database")
         source.add_argument("--mturk-csv", type=Path, nargs="+", action="extend",
                             help="MTurk batch results CSV(s) of one study, read as one (needs --manifest)")
-        parser.add_argument("--manifest", type=Path, help="stimulus manifest.csv the batch was made from")
+        source.add_argument("--answers", type=Path,
+                            help="the long answer table as CSV (the admin's responses download), read away from the database")
+        parser.add_argument("--manifest", type=Path,
+                            help="stimulus manifest.csv the batch was made from (with --answers: the answer options)")
         parser.add_argument("--batch-key", type=Path,
                             help="batch_key.csv written by mturk export-batch (audio name -> stimulus)")
         parser.add_argument("--strict", action="store_true", help="refuse an MTurk CSV with any invalid row")
@@ -35,7 +38,7 @@ class Command(HearsayCommand):
                             help="also write every figure as a PDF for print (the report embeds PNGs)")
 
     def handle(self, *args, **opts):
-        out = run(experiment=opts.get("experiment"), mturk_csv=opts.get("mturk_csv"),
+        out = run(experiment=opts.get("experiment"), mturk_csv=opts.get("mturk_csv"), answers=opts.get("answers"),
                   manifest=opts.get("manifest"), batch_key=opts.get("batch_key"), strict=opts["strict"],
                   out=opts["out"], exclude=opts["exclude"],
                   min_gold_accuracy=opts["min_gold_accuracy"], include_machines=opts["include_machines"],
@@ -46,7 +49,7 @@ class Command(HearsayCommand):
 
 
 def run(*, experiment: str | None, mturk_csv: Path | list[Path] | None, manifest: Path | None, out: Path,
-        batch_key: Path | None = None, strict: bool = False, exclude: str = "gold",
+        answers: Path | None = None, batch_key: Path | None = None, strict: bool = False, exclude: str = "gold",
         min_gold_accuracy: float = 0.5, include_machines: bool = False, objective: Path | None = None,
         tsne: Path | None = None, seed: int = 0, mixed_max_answers: int | None = None, pdf: bool = False,
         progress: bool = True, note=None) -> Path:
@@ -65,13 +68,18 @@ def run(*, experiment: str | None, mturk_csv: Path | list[Path] | None, manifest
     mturk_csv = [Path(p) for p in mturk_csv] if mturk_csv else None
     check_output(out)  # before the analysis: a folder it must not replace is refused at once
     if experiment:
-        if mturk_csv or manifest or batch_key:
-            raise HearsayError("give either --experiment or --mturk-csv with --manifest, not both")
+        if mturk_csv or manifest or batch_key or answers:
+            raise HearsayError("give either --experiment, --mturk-csv with --manifest, or --answers, not several")
         from evaluation.export import experiment_info, long_table
 
         table = long_table(experiment)
         info = experiment_info(experiment)
         inputs = {f"database:{experiment}:long_table": table_sha256(table)}
+    elif answers is not None:
+        if mturk_csv or batch_key or strict:
+            raise HearsayError("--answers takes no --mturk-csv, --batch-key or --strict")
+        table, info = read_answers(answers, manifest)
+        inputs = {str(p): sha256_file(p) for p in (answers, manifest) if p}
     else:
         if manifest is None:
             raise HearsayError("--mturk-csv needs --manifest")

@@ -21,7 +21,7 @@ from hearsay.answers import (
     ANSWER_NUMBER_COLUMNS, ANSWER_TEXT_COLUMNS, LISTENER_KINDS, NONE_ALIASES, NONE_ANSWER, RATING_MAX, RATING_MIN, STIMULUS_KINDS,
 )
 from hearsay import csvread
-from hearsay.csvsafe import unsafe_cell
+from hearsay.csvsafe import FORMULA_STARTS
 from hearsay.errors import HearsayError
 from hearsay.manifest import ORIGINAL_CONDITION, read_manifest
 from hearsay.mturk_results import Reading, interpret, read_batch_key, read_results_files
@@ -197,7 +197,10 @@ def read_answers(path: Path, manifest_path: Path | None = None) -> tuple[pd.Data
     missing = [c for c in COLUMNS if c not in raw.columns]
     if missing:
         raise HearsayError(f"{path} is not an answer table: it lacks column(s) {', '.join(missing)}")
-    raw = raw.apply(lambda column: column.map(unsafe_cell))
+    for col in raw.columns:  # the export's quote before a formula start taken off (csvsafe), vectorized for big tables
+        quoted = raw[col].str.startswith("'") & raw[col].str[1:2].isin(FORMULA_STARTS)
+        if quoted.any():
+            raw.loc[quoted, col] = raw.loc[quoted, col].str[1:]
     for col in ANSWER_NUMBER_COLUMNS:  # a number column must hold numbers (or nothing): never a silent NaN
         values = raw[col].str.strip()
         numbers = pd.to_numeric(values.where(values != ""), errors="coerce")
@@ -216,12 +219,12 @@ def read_answers(path: Path, manifest_path: Path | None = None) -> tuple[pd.Data
         raise HearsayError(f"{path} mixes identification answers and ratings: not the answers of one experiment")
     if manifest_path is not None:
         words = [w.lower() for w in read_manifest(manifest_path).words]
-        unknown = sorted(set(df.loc[df["stimulus_kind"] == "test", "word"]) - set(words))  # a manifest of another study
+        unknown = sorted(set(df.loc[df["stimulus_kind"] == "test", "word"].unique()) - set(words))  # a manifest of another study
         if unknown:
             raise HearsayError(f"{path}: word {unknown[0]!r} is not in the manifest {manifest_path}")
     else:
-        answered = set(df["answer"]) if task == "identification" else set()
-        words = sorted((set(df["word"]) | answered) - {NONE_ANSWER, ""} - set(NONE_ALIASES))
+        answered = set(df["answer"].unique()) if task == "identification" else set()
+        words = sorted((set(df["word"].unique()) | answered) - {NONE_ANSWER, ""} - set(NONE_ALIASES))
     counts = df.groupby("stimulus").size()
     return df, {"slug": path.stem, "task": task, "words": words,
                 "ratings_per_stimulus": int(counts.median()), "rejected_answers": 0, "invalid_rows": []}

@@ -19,13 +19,6 @@ def safe_cell(value: Any) -> Any:
     return value
 
 
-def unsafe_cell(text: str) -> str:
-    """A cell of our own export read back: the quote safe_cell put before a formula start is taken off again."""
-    if text.startswith("'") and text[1:].startswith(FORMULA_STARTS):
-        return text[1:]
-    return text
-
-
 def safe_row(values):
     return [safe_cell(v) for v in values]
 

@@ -16,8 +16,8 @@ from django.test import Client
 from analysis.table import normalize, read_mturk
 from evaluation.export import experiment_info, long_table
 from evaluation.models import Experiment, MturkAssignment, Response
-from evaluation.stimuli import load_manifest
 from hearsay.answers import NONE_LABEL
+from tests.helpers.survey import exported_batch
 
 MANIFEST = Path(__file__).resolve().parent.parent / "fixtures" / "stimuli" / "manifest.csv"
 SLUG = "field"
@@ -27,10 +27,8 @@ BASE = "https://survey.example.org"
 @pytest.fixture
 def exported(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
-    load_manifest(MANIFEST, SLUG, create=True, task="identification")
-    Experiment.objects.filter(slug=SLUG).update(status="live")
     out = tmp_path / "batch"
-    call_command("mturk", "export-batch", "--experiment", SLUG, "--out", str(out), "--base-url", BASE, stdout=io.StringIO())
+    exported_batch(SLUG, out, BASE)
     urls = [r["audio_url"] for r in csv.DictReader((out / "batch.csv").open())]
     return out, urls
 

@@ -20,13 +20,11 @@ from django.core.management.base import CommandError
 
 from analysis.table import read_mturk
 from evaluation.export import long_table
-from evaluation.models import Experiment, MturkAssignment, Response
-from evaluation.stimuli import load_manifest
+from evaluation.models import MturkAssignment, Response
+from tests.helpers.survey import FIXTURE as MANIFEST, exported_batch
 from hearsay.answers import NONE_LABEL
 from hearsay.errors import HearsayError
 
-ROOT = Path(__file__).resolve().parent.parent
-MANIFEST = ROOT / "fixtures" / "stimuli" / "manifest.csv"
 SLUG = "field"
 
 # The columns of a requester website download, in its order (Input.* and Answer.* where the layout puts them).
@@ -298,14 +296,8 @@ def test_a_later_download_decides_the_status_in_either_order_and_conflicts_refus
 @pytest.fixture
 def exported(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
-    load_manifest(MANIFEST, SLUG, create=True, task="identification")
-    Experiment.objects.filter(slug=SLUG).update(status="live")
-    out = tmp_path / "batch"
-    call_command("mturk", "export-batch", "--experiment", SLUG, "--out", str(out), "--base-url",
-                 "https://survey.example.org", stdout=io.StringIO())
-    with (out / "batch_key.csv").open(newline="") as handle:
-        key = {r["stimulus_id"]: r["audio_name"] for r in csv.DictReader(handle)}
-    return out, [f"https://survey.example.org/batch-audio/{key[sid]}" for sid, _, _ in manifest_clips()]
+    urls = exported_batch(SLUG, tmp_path / "batch")
+    return tmp_path / "batch", [urls[sid] for sid, _, _ in manifest_clips()]
 
 
 @pytest.mark.django_db

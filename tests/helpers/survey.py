@@ -1,10 +1,13 @@
 """The survey seen from a listener's side: the fixture stimulus set as a live experiment, and a listener with cookies."""
 from __future__ import annotations
 
+import csv
+import io
 import re
 from datetime import timedelta
 from pathlib import Path
 
+from django.core.management import call_command
 from django.test import Client
 
 from evaluation.models import Assignment, Experiment, Participant, Stimulus
@@ -24,6 +27,17 @@ def make_experiment(slug: str = "demo", task: str = "identification", **fields) 
     fields = {"status": "live", "trials_per_listener": 4, "gold_per_listener": 1, "traps_per_listener": 1, "practice_trials": 1, **fields}
     Experiment.objects.filter(slug=slug).update(**fields)
     return Experiment.objects.get(slug=slug)
+
+
+def exported_batch(slug: str, out: Path, base_url: str = "https://survey.example.org") -> dict[str, str]:
+    """The fixture set as a live identification experiment, exported as an MTurk batch into `out`; stimulus id ->
+    the clip's URL on the workers' pages."""
+    load_manifest(FIXTURE, slug, create=True, task="identification")
+    Experiment.objects.filter(slug=slug).update(status="live")
+    call_command("mturk", "export-batch", "--experiment", slug, "--out", str(out), "--base-url", base_url,
+                 stdout=io.StringIO())
+    with (out / "batch_key.csv").open(newline="") as handle:
+        return {r["stimulus_id"]: f"{base_url}/batch-audio/{r['audio_name']}" for r in csv.DictReader(handle)}
 
 
 def right_answer(stimulus: Stimulus, task: str) -> dict:

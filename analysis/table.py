@@ -186,9 +186,7 @@ def read_answers(path: Path, manifest_path: Path | None = None) -> tuple[pd.Data
     Cells the export neutralized for spreadsheets ('=... written as \'=...) are read back as they were.
     """
     path = Path(path).expanduser()
-    text = csvread.read_text(path, "answer table", utf16=True).lstrip("\ufeff")
-    first_line = text.split("\n", 1)[0]  # commas, or a spreadsheet's tabs ("Unicode text") or semicolons
-    delimiter = next((d for d in (",", "\t", ";") if d in first_line), ",")
+    text, delimiter = csvread.spreadsheet_text(path, "answer table")
     try:
         raw = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, na_filter=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:

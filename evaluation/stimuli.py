@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,14 +58,19 @@ class LoadReport:
 
 
 def _read_audio(path: Path, where: str) -> bytes:
+    """The file's bytes, once it is known to be audio of a sensible length.
+
+    Any format libsndfile decodes is taken (wav in all its variants, WAVE_FORMAT_EXTENSIBLE, RF64 and W64
+    included, FLAC, Ogg, AIFF...), whatever the file's extension: every clip is decoded and stored again as
+    bare wav (`clean_audio`), so the format a researcher's tool chose never reaches a listener.
+    """
     if not path.is_file():
         raise HearsayError(f"{where}: audio file {path} does not exist")
     try:
         info = sf.info(str(path))
     except (RuntimeError, sf.LibsndfileError) as exc:
-        raise HearsayError(f"{where}: {path} is not a readable audio file ({exc})") from None
-    if info.format != "WAV":
-        raise HearsayError(f"{where}: {path} is {info.format}, not a wav file")
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise HearsayError(f"{where}: {path} is not a readable audio file ({reason})") from None
     if info.frames == 0:
         raise HearsayError(f"{where}: {path} holds no samples")
     if info.duration > MAX_CLIP_SECONDS:
@@ -76,9 +82,17 @@ def read_manifest(manifest: str | Path) -> list[Row]:
     """Parse and validate every row (columns, values, files) without touching the database."""
     parsed = manifest_contract.read_manifest(manifest)
     rows = []
+    folder = parsed.folder.resolve()
     for entry in tqdm(parsed.rows, desc="checking clips", unit="clip", disable=None):
         where = f"{parsed.path}:{entry.line}"
-        path = parsed.folder / entry.file
+        path = parsed.folder.joinpath(*entry.parts)
+        try:
+            target = path.resolve()
+        except (OSError, RuntimeError) as exc:  # a link loop
+            raise HearsayError(f"{where}: file {entry.file!r} cannot be followed ({exc})") from None
+        if not target.is_relative_to(folder):  # a link (a set unpacked from someone's zip) must not reach past the set
+            raise HearsayError(f"{where}: file {entry.file!r} is a link to {target}, outside the manifest's folder: "
+                               "copy that file into the folder")
         data = _read_audio(path, where)
         provenance = dict(entry.provenance, manifest_file=entry.file)
         rows.append(
@@ -91,20 +105,34 @@ def read_manifest(manifest: str | Path) -> list[Row]:
     return rows
 
 
+def _corpus_stimulus_id(relpath: str) -> str:
+    """ "corpus:word/file.wav", or, when longer than an id may be, its start and a hash of the whole (distinct, stable)."""
+    sid = f"corpus:{relpath}"
+    if len(sid) <= manifest_contract.MAX_ID_LENGTH:
+        return sid
+    digest = hashlib.sha256(relpath.encode()).hexdigest()[:16]
+    return f"{sid[: manifest_contract.MAX_ID_LENGTH - len(digest) - 1]}~{digest}"
+
+
 def corpus_gold_rows(root: str | Path, words: list[str], per_word: int) -> list[Row]:
     """Clean natural utterances of the experiment's words from a Speech Commands-layout folder (test split first)."""
     from generation.corpus import read_corpus
 
     corpus = read_corpus(root)
+    absent = [word for word in words if unicodedata.normalize("NFC", word) not in corpus.classes]  # folder names are NFC there
+    if absent:
+        more = ", ..." if len(corpus.classes) > 10 else ""
+        raise HearsayError(f"no gold clips of manifest word(s) {', '.join(repr(w) for w in absent)}: the corpus at {corpus.root} "
+                           f"has no such word folder (its words: {', '.join(corpus.classes[:10])}{more})")
     order = {"test": 0, "validation": 1, "train": 2}
     rows = []
     for word in words:
-        pool = sorted((u for u in corpus.utterances if u.word == word), key=lambda u: (order[u.split], u.relpath))
+        pool = sorted((u for u in corpus.utterances if u.word == unicodedata.normalize("NFC", word)), key=lambda u: (order[u.split], u.relpath))
         for utt in pool[:per_word]:
             data = _read_audio(utt.path, f"corpus {corpus.root}")
             rows.append(
                 Row(
-                    stimulus_id=f"corpus:{utt.relpath}"[:64], path=utt.path, data=data, sha256=hashlib.sha256(data).hexdigest(),
+                    stimulus_id=_corpus_stimulus_id(utt.relpath), path=utt.path, data=data, sha256=hashlib.sha256(data).hexdigest(),
                     word=word, method="natural", init="none", stage="original", pair_id="", condition="gold-corpus",
                     kind="gold", provenance={"corpus_root": str(corpus.root), "source_file": utt.relpath, "speaker": utt.speaker, "split": utt.split},
                 )

@@ -12,6 +12,7 @@ import hashlib
 import queue
 import re
 import time
+import unicodedata
 import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -72,6 +73,15 @@ class Corpus:
         """Speaker ids of one split: lets callers check that held-out speakers are unseen."""
         return {u.speaker for u in self.split(name)}
 
+    def shared_speakers_warning(self) -> str | None:
+        """One line when test speakers also speak in training (lists made by file, not by speaker), else None."""
+        test = self.speakers("test")
+        shared = sorted(test & self.speakers("train"))
+        if not shared:
+            return None
+        return (f"warning: {len(shared)} of the {len(test)} test speakers of {self.root} also speak in the training split "
+                f"(e.g. {shared[0]!r}): the test results are not on unseen speakers")
+
     def fingerprint(self) -> str:
         """Identify the data a model was trained on, cheaply (sizes, not contents) but split-aware.
 
@@ -93,7 +103,26 @@ def speaker_of(filename: str) -> str:
     return stem.split(SPEAKER_MARK, 1)[0]
 
 
-def _read_list(root: Path, split: str, known: set[str]) -> set[str]:
+def _nfc(name: str) -> str:
+    """One spelling per name: macOS keeps file names decomposed (NFD), lists and other systems composed (NFC)."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _list_entry(line: str) -> str:
+    """A split-list line as "word/file.wav": Windows separators, a leading "./" and the Unicode form do not count."""
+    entry = _nfc(line.strip().replace("\\", "/"))
+    while entry.startswith("./"):
+        entry = entry[2:]
+    return entry
+
+
+def _read_list(root: Path, split: str, known: set[str], words: set[str]) -> set[str]:
+    """The entries of one split list that name files of this corpus.
+
+    Entries of words this copy does not hold are skipped: a copy of Speech Commands V2 keeping only
+    some word folders keeps the original lists. An entry in a word folder that is here must name a file
+    that is here, and an entry whose word differs from a folder here only in letter case is a mistake.
+    """
     path = root / LIST_FILES[split]
     if not path.is_file():
         return set()
@@ -103,36 +132,55 @@ def _read_list(root: Path, split: str, known: set[str]) -> set[str]:
         raise HearsayError(f"cannot read {path}: {exc}") from None
     if any("\x00" in line for line in lines):
         raise HearsayError(f"cannot read {path}: it contains a NUL byte (not a text file)")
-    entries = {line.strip().replace("\\", "/") for line in lines if line.strip()}
-    missing = sorted(entries - known)
+    entries = {_list_entry(line) for line in lines if line.strip()}
+    folded = {word.casefold(): word for word in words}
+    kept, missing = set(), []
+    for entry in sorted(entries):
+        word = entry.split("/", 1)[0] if "/" in entry else None
+        if entry in known:
+            kept.add(entry)
+        elif word is None or word in words:
+            missing.append(entry)
+        elif word.casefold() in folded:
+            raise HearsayError(f"{path} names {entry}, but the word folder is {folded[word.casefold()]!r} "
+                               "(letter case differs): correct the list or rename the folder")
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise HearsayError(f"{path} names a file that does not exist in a word folder: {missing[0]}{more}")
-    return entries
+    return kept
 
 
 def read_corpus(root: str | Path) -> Corpus:
-    """Read a Speech Commands V2-layout folder; any layout problem is one HearsayError line."""
+    """Read a Speech Commands V2-layout folder; any layout problem is one HearsayError line.
+
+    Hidden files (".DS_Store", macOS "._name.wav" resource forks) are not clips.
+    """
     root = Path(root).expanduser().resolve()
     if not root.exists():
         raise HearsayError(f"corpus folder {root} does not exist")
     if not root.is_dir():
         raise HearsayError(f"corpus path {root} is not a folder")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))), key=lambda p: _nfc(p.name))
     if not folders:
         raise HearsayError(f"{root} is not in the Speech Commands V2 layout: no word folders (ROOT/<word>/*.wav)")
-    found = {f: [p for p in f.iterdir() if p.is_file() and p.suffix.lower() == ".wav"] for f in folders}
+    names = Counter(_nfc(f.name) for f in folders)
+    twice = sorted(name for name, n in names.items() if n > 1)
+    if twice:
+        raise HearsayError(f"{root} holds two word folders named {twice[0]!r} (in different Unicode forms): merge them")
+    found = {f: [p for p in f.iterdir() if p.is_file() and p.suffix.lower() == ".wav" and not p.name.startswith(".")] for f in folders}
     if not any(found.values()):
         raise HearsayError(f"{root} is not in the Speech Commands V2 layout: no .wav files in its word folders")
     files: dict[str, tuple[str, Path]] = {}
     for folder, wavs in found.items():
         if not wavs:
             raise HearsayError(f"word folder {folder} holds no .wav files")
+        word = _nfc(folder.name)
         for wav in wavs:
-            files[f"{folder.name}/{wav.name}"] = (folder.name, wav)
+            files[f"{word}/{_nfc(wav.name)}"] = (word, wav)
     known = set(files)
-    validation = _read_list(root, "validation", known)
-    test = _read_list(root, "test", known)
+    words = set(names)
+    validation = _read_list(root, "validation", known, words)
+    test = _read_list(root, "test", known, words)
     both = sorted(validation & test)
     if both:
         raise HearsayError(f"{both[0]} is listed in both {LIST_FILES['validation']} and {LIST_FILES['test']}")
@@ -140,12 +188,12 @@ def read_corpus(root: str | Path) -> Corpus:
     for rel in sorted(files):
         word, path = files[rel]
         split = "validation" if rel in validation else "test" if rel in test else "train"
-        utterances.append(Utterance(path=path, word=word, speaker=speaker_of(path.name), split=split))
+        utterances.append(Utterance(path=path, word=word, speaker=speaker_of(_nfc(path.name)), split=split))
     if not any(u.split == "test" for u in utterances):
         raise HearsayError(f"{root} has no test utterances: {LIST_FILES['test']} is missing or empty")
     if not any(u.split == "train" for u in utterances):
         raise HearsayError(f"{root} has no training utterances: every file is in a validation or testing list")
-    return Corpus(root=root, classes=[f.name for f in folders], utterances=utterances)
+    return Corpus(root=root, classes=sorted(words), utterances=utterances)
 
 
 # ---------------------------------------------------------------- the built-in corpus

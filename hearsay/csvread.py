@@ -68,3 +68,49 @@ def body(path: Path, header: list[str], rows: Iterable[tuple[int, list[str]]]) -
         if len(record) != len(header):
             raise HearsayError(f"{where}: {len(record)} fields where the header has {len(header)}")
         yield line, where, record
+
+
+def spreadsheet_text(path: Path, what: str) -> tuple[str, str]:
+    """The text of a CSV as people save it, and its separator: UTF-8 with or without a BOM (even twice) or a
+    spreadsheet's "Unicode text" (UTF-16, tabs); commas, tabs, or semicolons (a spreadsheet's CSV where the decimal
+    mark is a comma). Column names hold no separator, so the header line tells which one the file uses."""
+    text = read_text(path, what, utf16=True).lstrip("\ufeff")
+    first_line = text.split("\n", 1)[0]
+    return text, next((d for d in (",", "\t", ";") if d in first_line), ",")
+
+
+def header_cell(cell: str) -> str:
+    """A column name as written in a header line, also one repeated further down a file (files joined with `cat`,
+    each with its BOM, which then sits before a quoted name: '\ufeff"HITId"')."""
+    cell = cell.strip().lstrip("\ufeff")
+    return cell[1:-1].strip() if len(cell) > 1 and cell[0] == cell[-1] == '"' else cell
+
+
+def spreadsheet_records(path: Path, what: str) -> tuple[list[str] | None, Iterator[tuple[int, list[str]]]]:
+    """(header, records) of a CSV as people save it (see spreadsheet_text); header None for an empty file.
+
+    Columns without a name (a spreadsheet saves ',,' past the last column once a cell there was touched) are dropped
+    when blank; a value under one is one line naming where. A record of another length passes unchanged, for `body`
+    to refuse.
+    """
+    text, delimiter = spreadsheet_text(path, what)
+    rows = records(path, text, delimiter)
+    first = next(rows, None)
+    if first is None:
+        return None, rows
+    header = [header_cell(h) for h in first[1]]
+    unnamed = [i for i, name in enumerate(header) if not name]
+    if not unnamed:
+        return header, rows
+
+    def named_only() -> Iterator[tuple[int, list[str]]]:
+        for line, record in rows:
+            if len(record) == len(header):
+                held = next((i for i in unnamed if record[i].strip()), None)
+                if held is not None:
+                    raise HearsayError(f"{path}:{line}: column {held + 1} has no name in the header but holds "
+                                       f"{record[held].strip()[:40]!r}")
+                record = [cell for i, cell in enumerate(record) if header[i]]
+            yield line, record
+
+    return [name for name in header if name], named_only()

@@ -12,7 +12,7 @@ import io
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from hearsay import atomic, csvread
@@ -87,6 +87,11 @@ class ManifestRow:
     def basename(self) -> str:
         return PurePosixPath(self.file.replace("\\", "/")).name
 
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The path's folders and name, "/" or Windows' "\\" separating them (a manifest made on Windows)."""
+        return tuple(part for part in PurePosixPath(self.file.replace("\\", "/")).parts if part != ".")
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -131,16 +136,19 @@ def _check_row(values: dict[str, str], where: str) -> None:
         raise HearsayError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
     rel = values["file"]
     parts = PurePosixPath(rel.replace("\\", "/"))
-    if not rel or parts.is_absolute() or Path(rel).is_absolute() or ".." in parts.parts:
+    if not rel or parts.is_absolute() or Path(rel).is_absolute() or PureWindowsPath(rel).drive or ".." in parts.parts:
         raise HearsayError(f"{where}: file {rel!r} must be a path inside the manifest's folder")
 
 
 def read_manifest(path: str | Path) -> Manifest:
-    """Read and validate a manifest: every problem is one line naming the file and its line."""
+    """Read and validate a manifest: every problem is one line naming the file and its line.
+
+    A manifest saved again by a spreadsheet reads the same: BOM, CRLF, ";" or tab separators, UTF-16
+    "Unicode text", blank columns past the last named one.
+    """
     path = Path(path).expanduser()
-    records = csvread.records(path, csvread.read_text(path, "manifest"))
-    first = next(records, None)
-    header = [h.strip() for h in first[1]] if first else []
+    header, records = csvread.spreadsheet_records(path, "manifest")
+    header = header or []
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise HearsayError(f"manifest {path} lacks required column(s): {', '.join(missing)}")

@@ -220,48 +220,14 @@ class ResultsFile:
         )
 
 
-def _header_cell(cell: str) -> str:
-    """A header name as read from the file's first line, or from a header repeated further down (files joined with
-    `cat`, each with its BOM, which then sits before a quoted name: '\ufeff"HITId"')."""
-    cell = cell.strip().lstrip("\ufeff")
-    return cell[1:-1].strip() if len(cell) > 1 and cell[0] == cell[-1] == '"' else cell.strip()
-
-
-def _without_unnamed_columns(path: Path, header: list[str], records):
-    """Drop columns without a name (a spreadsheet's trailing empty columns: ',,' at the end of every line), which
-    must be empty, and the header repeated where files were joined; a record of another length passes unchanged,
-    for csvread.body to refuse."""
-    unnamed = [i for i, name in enumerate(header) if not name]
-
-    def cleaned():
-        for line, record in records:
-            if len(record) == len(header) and [_header_cell(c) for c in record] == header:
-                continue  # the header again: the next file of a joined pair
-            if unnamed and len(record) == len(header):
-                held = [(i, record[i]) for i in unnamed if record[i].strip()]
-                if held:
-                    i, value = held[0]
-                    raise HearsayError(f"{path}:{line}: column {i + 1} has no name in the header but holds {value[:40]!r}")
-                record = [cell for i, cell in enumerate(record) if header[i]]
-            yield line, record
-
-    return [name for name in header if name], cleaned()
-
-
 def _spreadsheet_table(path: Path, what: str):
-    """(header, records) of a CSV this tool wrote or MTurk gave, as it comes back from a spreadsheet too: UTF-8 with
-    or without a BOM (even twice), CRLF, trailing empty columns, semicolons for commas, or "Unicode text" (UTF-16,
-    tab-separated). None for the header of an empty file."""
-    text = csvread.read_text(path, what, utf16=True).lstrip("\ufeff")
-    # Column names hold no separator, so the header line tells which one the file uses: commas (the download),
-    # tabs (a spreadsheet's "Unicode text") or semicolons (a spreadsheet's CSV where the decimal mark is a comma).
-    first_line = text.split("\n", 1)[0]
-    delimiter = next((d for d in (",", "\t", ";") if d in first_line), ",")
-    records = csvread.records(path, text, delimiter)
-    first = next(records, None)
-    if first is None:
+    """(header, records) of a CSV this tool wrote or MTurk gave, as it comes back from a spreadsheet too (see
+    csvread.spreadsheet_records), less the header repeated where two downloads were joined with `cat`."""
+    header, records = csvread.spreadsheet_records(path, what)
+    if header is None:
         return None, records
-    return _without_unnamed_columns(path, [_header_cell(h) for h in first[1]], records)
+    return header, ((line, record) for line, record in records
+                    if len(record) != len(header) or [csvread.header_cell(c) for c in record] != header)
 
 
 def read_results(path: str | Path) -> ResultsFile:

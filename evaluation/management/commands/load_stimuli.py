@@ -12,11 +12,11 @@ MAX_COUNT = 2_147_483_647  # the largest count every database stores
 
 
 class Command(HearsayCommand):
-    help = "Validate a manifest.csv and its wav files, then load them (idempotently) into an experiment."
+    help = "Validate a manifest.csv and its audio files, then load them (idempotently) into an experiment."
     interrupted = "interrupted: nothing was loaded; rerun the command"
 
     def add_arguments(self, parser):
-        parser.add_argument("manifest", help="manifest.csv written by generation (files relative to its folder)")
+        parser.add_argument("manifest", help="manifest.csv written by generation or by hand (audio files relative to its folder: wav, FLAC, Ogg, AIFF...)")
         parser.add_argument("--experiment", required=True, help="experiment slug")
         parser.add_argument("--create", action="store_true", help="create the experiment if it does not exist")
         parser.add_argument("--task", choices=["identification", "rating"], help="task of a new experiment (default identification)")

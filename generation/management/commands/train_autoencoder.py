@@ -22,6 +22,7 @@ class Command(HearsayCommand):
         parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
     def handle(self, *args, **opts):
+        from generation.corpus import read_corpus
         from generation.train import summary, train_autoencoder
 
         ckpt = train_autoencoder(
@@ -30,3 +31,6 @@ class Command(HearsayCommand):
             progress=opts["verbosity"] > 0,
         )
         self.stdout.write(summary(ckpt))
+        warning = read_corpus(opts["data"]).shared_speakers_warning()
+        if warning:
+            self.stderr.write(warning)

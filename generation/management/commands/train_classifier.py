@@ -27,6 +27,7 @@ class Command(HearsayCommand):
         parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
     def handle(self, *args, **opts):
+        from generation.corpus import read_corpus
         from generation.train import summary, train_classifier
 
         ckpt = train_classifier(
@@ -35,3 +36,6 @@ class Command(HearsayCommand):
             device=opts["device"], init_from=opts["init_from"], progress=opts["verbosity"] > 0,
         )
         self.stdout.write(summary(ckpt))
+        warning = read_corpus(opts["data"]).shared_speakers_warning()
+        if warning:
+            self.stderr.write(warning)

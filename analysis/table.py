@@ -107,7 +107,7 @@ def read_mturk(csv_path: Path | Sequence[Path], manifest_path: Path, key_path: P
 
     Rows join the manifest through the batch key (opaque audio name -> stimulus id) when given: the
     key file export-batch wrote, or, for URLs of Hearsay's batch audio, `key_provider` (the database's
-    key); else by an `Input.stimulus_id` column, else by the audio URL's file name. The rules are
+    key); else by an `Input.stimulus_id` column, else by the audio URL's path (Manifest.row_for_path). The rules are
     those of the database route (`mturk import-results`): rejected assignments are left out and
     counted, never dragging the worker's other answers out; unreadable rows are left out and
     counted, or refuse the file when `strict`.
@@ -117,7 +117,7 @@ def read_mturk(csv_path: Path | Sequence[Path], manifest_path: Path, key_path: P
     manifest = read_manifest(manifest_path)
     results = read_results_files(paths)
     task = results.task()
-    by_id, by_name = manifest.by_id(), manifest.by_basename()
+    by_id = manifest.by_id()
     key = read_batch_key(key_path) if key_path else None
     if key is None and key_provider is not None and any(row.is_batch_audio for row in results.rows):
         key = dict(key_provider())
@@ -128,7 +128,7 @@ def read_mturk(csv_path: Path | Sequence[Path], manifest_path: Path, key_path: P
         elif row.inputs.get("stimulus_id"):
             sid = row.inputs["stimulus_id"]
         else:
-            entry = by_name.get(row.audio_name)
+            entry = manifest.row_for_path(row.audio_path)
             sid = entry.stimulus_id if entry else None
         return sid if sid in by_id else None
 

@@ -12,6 +12,7 @@ import io
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -110,8 +111,27 @@ class Manifest:
     def by_id(self) -> dict[str, ManifestRow]:
         return {r.stimulus_id: r for r in self.rows}
 
-    def by_basename(self) -> dict[str, ManifestRow]:
-        return {r.basename: r for r in self.rows}
+    @cached_property
+    def _by_basename(self) -> dict[str, list[ManifestRow]]:
+        index: dict[str, list[ManifestRow]] = {}
+        for r in self.rows:
+            index.setdefault(r.basename, []).append(r)
+        return index
+
+    def row_for_path(self, path: str) -> ManifestRow | None:
+        """The row whose file a clip's URL path ends with: its file name where no other row's has it, else its folders
+        too ('.../cond1/clip01.wav' beside 'cond2/clip01.wav'); None for no row. Two rows that both fit are one
+        HearsayError, since answers must never be joined to the wrong clip."""
+        candidates = self._by_basename.get(PurePosixPath(path).name, [])
+        if len(candidates) > 1:
+            segments = [part for part in path.split("/") if part]
+            fitting = [r for r in candidates if list(r.parts) == segments[-len(r.parts):]]
+            if len(fitting) != 1:
+                files = ", ".join(r.file for r in candidates[:3])
+                raise HearsayError(f"clip path {path!r} fits several files of manifest {self.path} ({files}): join the "
+                                   "results by the batch key (--batch-key) or an Input.stimulus_id column")
+            candidates = fitting
+        return candidates[0] if candidates else None
 
 
 def _check_row(values: dict[str, str], where: str) -> None:
@@ -154,7 +174,6 @@ def read_manifest(path: str | Path) -> Manifest:
         raise HearsayError(f"manifest {path} lacks required column(s): {', '.join(missing)}")
     rows: list[ManifestRow] = []
     ids: set[str] = set()
-    names: dict[str, int] = {}
     for start, where, record in csvread.body(path, header, records):
         values = {k: v.strip() for k, v in zip(header, record)}
         _check_row(values, where)
@@ -169,9 +188,6 @@ def read_manifest(path: str | Path) -> Manifest:
             stage=values["stage"], pair_id=values["pair_id"], condition=condition, kind=kind, line=start,
             provenance={k: v for k, v in values.items() if k not in REQUIRED_COLUMNS and k not in ("condition", KIND_COLUMN)},
         )
-        if row.basename in names:
-            raise HearsayError(f"{where}: file name {row.basename!r} already used on line {names[row.basename]}")
-        names[row.basename] = start
         rows.append(row)
     if not rows:
         raise HearsayError(f"manifest {path} has no rows")

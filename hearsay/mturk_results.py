@@ -180,9 +180,14 @@ class ResultRow:
         return self.inputs.get("audio_url", "")
 
     @property
+    def audio_path(self) -> str:
+        """The audio URL's path, percent-decoded (query strings and hosts ignored)."""
+        return unquote(urlsplit(self.audio_url).path)
+
+    @property
     def audio_name(self) -> str:
-        """The file name the audio URL ends in (query strings and hosts ignored)."""
-        return unquote(PurePosixPath(urlsplit(self.audio_url).path).name)
+        """The file name the audio URL ends in."""
+        return PurePosixPath(self.audio_path).name
 
     @property
     def is_batch_audio(self) -> bool:

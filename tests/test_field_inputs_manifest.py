@@ -18,6 +18,7 @@ from django.core.management.base import CommandError
 from evaluation.clean_audio import chunk_ids
 from evaluation.models import Experiment, Stimulus
 from evaluation.stimuli import load_manifest
+from hearsay.errors import HearsayError
 from tests.helpers.survey import media_files
 
 WORDS = ("down", "no", "up", "yes")
@@ -242,3 +243,32 @@ def test_links_inside_the_set_folder_and_a_linked_set_folder_load(media, tmp_pat
     (tmp_path / "linked").symlink_to(manifest.parent, target_is_directory=True)
     call_command("load_stimuli", str(tmp_path / "linked" / "manifest.csv"), "--experiment", "ok", "--create")
     assert Stimulus.objects.filter(kind="test").count() == 3
+
+
+def _results(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """A minimal requester-website results file: (worker, audio URL, answer) per assignment."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["HITId", "AssignmentId", "WorkerId", "AssignmentStatus", "Input.audio_url", "Answer.heard-word.label"])
+        for n, (worker, url, answer) in enumerate(rows):
+            writer.writerow([f"H{n}", f"A{n}", worker, "Submitted", url, answer])
+    return path
+
+
+@pytest.mark.django_db
+def test_the_same_file_name_in_two_condition_folders_loads_and_joins_by_its_folder(media, tmp_path):
+    """cond1/clip01.wav beside cond2/clip01.wav (a common hand-made layout) was refused: 'file name already used'."""
+    from analysis.table import read_mturk
+
+    files = {f"{cond}/clip0{n}.wav": {"samples": _tone(16000, freq=300 + 100 * n + 7 * len(cond))}
+             for cond in ("cond1", "cond2") for n in (1, 2)}
+    manifest = hand_made_set(tmp_path / "set", files)
+    call_command("load_stimuli", str(manifest), "--experiment", "conds", "--create")
+    assert Stimulus.objects.filter(experiment__slug="conds", kind="test").count() == 4
+    base = "https://files.example.org/study"
+    table, info = read_mturk(_results(tmp_path / "r.csv", [("W1", f"{base}/cond2/clip01.wav", "up"),
+                                                            ("W1", f"{base}/cond1/clip01.wav", "down")]), manifest)
+    assert info["invalid_rows"] == []
+    assert dict(zip(table["stimulus"], table["answer"])) == {"s02": "up", "s00": "down"}
+    with pytest.raises(HearsayError, match="fits several files of manifest .*cond1/clip01.wav, cond2/clip01.wav"):
+        read_mturk(_results(tmp_path / "flat.csv", [("W1", f"{base}/clip01.wav", "up")]), manifest)

@@ -262,6 +262,8 @@ def trial(request, experiment, participant, trials):
     return response
 
 
+SKIPPED = ("Recording skipped", "That recording never reached your device in full, and it has no plays left, so it was skipped: "
+           "no answer was stored for it. Please continue with the next one.")
 ANSWER_NOT_SAVED = ("That answer could not be saved", "The answer was not one of the options. Please go back and choose again.")
 
 
@@ -293,6 +295,8 @@ def answer(request, slug):
     except answers.InvalidAnswer:
         return message(request, *ANSWER_NOT_SAVED, 400, experiment, _step_url(participant))
     except answers.Conflict as exc:
+        if answers.skip_if_unhearable(target):
+            return message(request, *SKIPPED, 200, experiment, _step_url(participant))
         return message(request, "Not saved", str(exc)[:1].upper() + str(exc)[1:] + ".", 409, experiment, _step_url(participant))
     return HttpResponseRedirect(_carry(reverse("evaluation:trial", args=[experiment.slug]), participant), status=303)
 

@@ -374,6 +374,10 @@ def quality(generator: nn.Module, classes: list[str], evaluator: Checkpoint | No
     share = counts / counts.sum()
     metrics["b_predicted_words"] = int((counts > 0).sum())
     metrics["b_prediction_entropy_bits"] = float(-(share[share > 0] * share[share > 0].log2()).sum())
+    if len(real) < 2:  # a corpus with one test clip: no distance to measure, but the training is not lost for it
+        metrics["fid_b_skipped"] = f"the test split holds {len(real)} clip(s); the Fréchet distance needs at least 2"
+        metrics["evaluator_sha256"] = evaluator.sha256
+        return metrics, samples, labels
     gen_emb = penultimate(model, samples.to(device))
     real_emb = penultimate(model, real.to(device))
     metrics["fid_b"] = frechet_distance(real_emb, gen_emb)
@@ -457,7 +461,7 @@ def train_gan(
     from .train import _prepare, finish_checkpoint, partial_path, resume_partial, save_partial, sibling
 
     settings.validate()
-    corpus, out, dev, cfg = _prepare(corpus_root, out, device, feature_config)
+    corpus, out, dev, cfg = _prepare(corpus_root, out, device, feature_config, KIND)
     b = checkpoint.load(evaluator, dev, kind="classifier") if evaluator is not None else None
     if b is not None:
         if b.feature_config != cfg:
@@ -581,18 +585,23 @@ def run_gan_tsne(generator: str | Path, classifier: str | Path, out: str | Path,
     g = load(generator, device)
     method = method_of(g)
     load_generators({method: generator}, a, device)
+    from .tsne import claim_output
+
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise HearsayError(f"output {out} exists and is not a folder")
     targets = torch.arange(len(a.classes)).repeat_interleave(per_word)
     if len(targets) < 2:
         raise HearsayError("t-SNE needs at least 2 samples")
     settings = preset(preset_name, method)
+    claim_output(out, {"method": method, "per_word": per_word, "seed": seed, "settings": settings.to_dict(),
+                       "generator_sha256": g.sha256, "classifier_sha256": a.sha256})
     res = maximize(a.model, targets, method=method, decoder=g.model, settings=settings, seed=seed, device=device, keep_waves=False)
     ok = ~res.failed
     z0, z1, t = res.start_latents[ok], res.latents[ok], targets[ok]
     before, after = res.start_prob_a[ok].argmax(1), res.prob_a[ok].argmax(1)
     n = len(t)
+    if n < 2:
+        raise HearsayError(f"only {n} of {len(targets)} samples were maximized without NaN/inf (is {Path(a.path).name} sound?); "
+                           "t-SNE needs at least 2; nothing was written")
     joint = torch.cat([z0, z1]).numpy().astype(np.float64)
     perplexity = float(min(30.0, max(2.0, (2 * n - 1) / 3)))
     coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(joint)

@@ -48,6 +48,7 @@ class GanSummary:
     unconverged: int
     failed: int
     enhancer: list[dict[str, Any]]
+    asr_skipped: str = ""  # why pocketsphinx did not listen (its dictionary lacks a word), or ""
 
 
 def generate_gan_stimuli(
@@ -100,10 +101,15 @@ def generate_gan_stimuli(
     folder = open_stimulus_folder(out, identity, record)
 
     recognizer = None
+    asr_skipped = ""
     if asr:
         from .asr import Recognizer
 
-        recognizer = Recognizer(list(a.classes))
+        try:
+            recognizer = Recognizer(list(a.classes))
+        except HearsayError as exc:  # words pocketsphinx cannot say (digits, other languages): B still judges every clip
+            asr_skipped = f"pocketsphinx not used: {exc}"
+    record["asr"] = asr_skipped or ("pocketsphinx" if asr else "not asked for")
     avoid = list(a.classes) + [method, "gan", "noise", "before", "after"]
     started = time.time()
     done, ran = run_journalled(
@@ -121,7 +127,7 @@ def generate_gan_stimuli(
     record.update(complete=True, clips=len(kept), unconverged=unconverged, failed=failed, enhancer=enhancer,
                   manifest_sha256=file_sha256(out / MANIFEST_NAME), seconds_last_run=round(time.time() - started, 1))
     folder.write_record(record)
-    return GanSummary(out, len(kept), ran, len(chosen) - ran, unconverged, failed, enhancer)
+    return GanSummary(out, len(kept), ran, len(chosen) - ran, unconverged, failed, enhancer, asr_skipped)
 
 
 def _run_word(word, target, method, a, b, g, settings, per_class, max_attempts, seed, key, avoid, vocoder, recognizer, dev, out) -> list[dict]:
@@ -173,8 +179,8 @@ def _write(clips, vocoder, recognizer, rate: int, out: Path) -> None:
 def _enhancer_table(words: list[str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per word (and ALL): share of clips B and pocketsphinx recognize as the word, before and after."""
     table = []
-    for word in [*words, "ALL"]:
-        mine = [r for r in rows if word in ("ALL", r["word"])]
+    groups = [(word, [r for r in rows if r["word"] == word]) for word in words]  # a word named "ALL" is still one word
+    for word, mine in [*groups, ("ALL", rows)]:
         entry: dict[str, Any] = {"word": word}
         for stage in ("before", "after"):
             staged = [r for r in mine if r["stage"] == stage]

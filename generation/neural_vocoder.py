@@ -507,7 +507,7 @@ def train_vocoder(
 
     from .train import _prepare, finish_checkpoint, partial_path, resume_partial, save_partial
 
-    corpus, out, dev, cfg = _prepare(corpus_root, out, device, feature_config)
+    corpus, out, dev, cfg = _prepare(corpus_root, out, device, feature_config, KIND)
     settings.validate(cfg)
     fingerprint = corpus.fingerprint()
     arch_kwargs = {"feature_config": cfg.to_dict(), "dim": settings.dim, "hidden": settings.hidden, "layers": settings.layers,

@@ -60,11 +60,19 @@ class Summary:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+MIN_SPELLED = 3  # the shortest word an opaque id must not contain
+
+
 def stimulus_id(key: str, *parts: object, avoid: Sequence[str] = ()) -> str:
-    """Opaque 16-hex id, deterministic for the run; re-drawn on the rare chance it spells a word (e.g. "bed")."""
+    """Opaque 16-hex id, deterministic for the run; re-drawn on the rare chance it spells a word (e.g. "bed").
+
+    Words of one or two characters are not avoided: they spell nothing in 16 hex digits, and a corpus of letters or
+    digits ("a".."f", "0".."9") would leave almost no id to draw.
+    """
+    spelled = [w.lower() for w in avoid if len(w) >= MIN_SPELLED]
     for salt in range(1000):
         sid = hashlib.sha256(":".join(map(str, (key, *parts, salt))).encode()).hexdigest()[:16]
-        if not any(w and w.lower() in sid for w in avoid):
+        if not any(w in sid for w in spelled):
             return sid
     raise HearsayError("could not draw an opaque stimulus id that spells no word")
 

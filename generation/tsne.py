@@ -27,6 +27,38 @@ from .maximize import PRESETS, maximize
 from .objective import save_figure, write_csv
 
 
+OUTPUTS = ("tsne.csv", "tsne.png", "tsne.pdf", "tsne.json")
+
+
+def claim_output(out: Path, identity: dict) -> None:
+    """Refuse an output folder that holds something else, or a t-SNE made with other settings (it would be replaced).
+
+    A folder holding a t-SNE of the same settings (a rerun), or only the files an interrupted run wrote before
+    its tsne.json, is written again.
+    """
+    if out.exists() and not out.is_dir():
+        raise HearsayError(f"output {out} exists and is not a folder")
+    if not out.is_dir():
+        return
+    record_path = out / "tsne.json"
+    if record_path.is_file():
+        try:
+            old = json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise HearsayError(f"{record_path} is unreadable; delete {out} or choose another output folder") from None
+        if not isinstance(old, dict):
+            raise HearsayError(f"{record_path} is not a t-SNE record; choose another output folder")
+        new = json.loads(json.dumps(identity))
+        differ = sorted(k for k in new if old.get(k) != new[k])
+        if differ:
+            raise HearsayError(f"{out} holds a t-SNE made with other settings (differs in: {', '.join(differ)}); "
+                               "choose another output folder")
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS and not p.name.startswith("."))
+    if others:
+        raise HearsayError(f"{out} is not empty and holds no t-SNE made here ({others[0]}); choose a new or empty output folder")
+
+
 def _plot(coords: np.ndarray, words: list[str], speakers: list[str], wrong: np.ndarray, title: str):
     import matplotlib
 
@@ -98,12 +130,11 @@ def run_latent_tsne(
     if len(utts) < 2:
         raise HearsayError(f"the {split} split has {len(utts)} utterance(s); t-SNE needs at least 2")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise HearsayError(f"output {out} exists and is not a folder")
-
+    settings = PRESETS["paper"]["decoder"]
+    claim_output(out, {"split": split, "seed": seed, "settings": settings.to_dict(), "encoder_sha256": ae.sha256,
+                       "classifier_sha256": a.sha256, "corpus_fingerprint": corpus.fingerprint(), "max_utterances": max_utterances})
     feats = torch.from_numpy(features_for(utts, a.feature_config, device=device, progress=progress))
     targets = torch.tensor([a.class_index(u.word) for u in utts])
-    settings = PRESETS["paper"]["decoder"]
     res = maximize(a.model, targets, method="decoder", decoder=ae.model, start=feats, settings=settings, seed=seed,
                    device=device, batch_size=batch_size, progress=progress)
     with torch.no_grad():
@@ -117,6 +148,9 @@ def run_latent_tsne(
     else:
         res_z0, res_z1, prob = res.start_latents, res.latents, res.prob_a
     n = len(utts)
+    if n < 2:
+        raise HearsayError(f"only {n} of {len(ok)} utterances were maximized without NaN/inf (is {Path(a.path).name} sound?); "
+                           "t-SNE needs at least 2; nothing was written")
     joint = torch.cat([res_z0, res_z1]).numpy().astype(np.float64)
     perplexity = float(min(30.0, max(2.0, (2 * n - 1) / 3)))
     coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(joint)

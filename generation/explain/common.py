@@ -53,14 +53,21 @@ class Clips:
 
 
 def load_classifier(path: str | Path, device: torch.device) -> Checkpoint:
-    return checkpoint.load(path, device=device, kind="classifier")
+    """The classifier to explain; one whose weights hold NaN/inf (a diverged training) would only give NaN explanations."""
+    ckpt = checkpoint.load(path, device=device, kind="classifier")
+    bad = [name for name, v in ckpt.model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise HearsayError(f"{path} holds non-finite (NaN/inf) weights in {bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}: "
+                           "its training diverged or the file is damaged; there is nothing to explain")
+    return ckpt
 
 
 def check_corpus(corpus: Corpus, ckpt: Checkpoint) -> None:
-    if corpus.classes != ckpt.classes:
-        extra = sorted(set(corpus.classes) ^ set(ckpt.classes))
-        detail = f" (differs in: {', '.join(extra[:5])})" if extra else " (same words, other order)"
-        raise HearsayError(f"the corpus at {corpus.root} has other words than {Path(ckpt.path).name} was trained on{detail}")
+    """Every corpus word must be one of the classifier's (labels go by name); a corpus of some of its words is fine."""
+    unknown = sorted(set(corpus.classes) - set(ckpt.classes))
+    if unknown:
+        raise HearsayError(f"the corpus at {corpus.root} has other words than {Path(ckpt.path).name} was trained on "
+                           f"(not among its words: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''})")
 
 
 def pick(utterances: Sequence[Utterance], n: int, seed: int, words: Sequence[str] | None = None) -> list[Utterance]:

@@ -74,10 +74,17 @@ def run_visualize(classifier, out, *, layers: Sequence[str] | None = None, units
 
     if steps < 1 or frames < 1 or not 0 < lr < math.inf or top < 0 or any(not 0 <= t < math.inf for t in tv) or not tv:
         raise HearsayError("steps and frames must be >= 1, lr > 0, top >= 0, tv non-negative values")
+    tv = list(dict.fromkeys(float(t) for t in tv))  # `--tv 0,0.0` asks for one λ
+    names: dict[str, float] = {}
+    for lam in tv:  # files are named by λ's 6 significant digits: two λ sharing a name would share one result
+        if f"{lam:g}" in names:
+            raise HearsayError(f"--tv values {names[f'{lam:g}']!r} and {lam!r} are too close (both tv{lam:g}); "
+                               "give λ values that differ within 6 significant digits")
+        names[f"{lam:g}"] = lam
     started = time.time()
     ckpt = load_classifier(classifier, device)
     model, cfg = ckpt.model, ckpt.feature_config
-    layers = list(layers) if layers else default_layers(model)
+    layers = list(dict.fromkeys(layers)) if layers else default_layers(model)
     widths = layer_widths(model, layers, cfg.shape, device)  # unknown names: one-line error from `capture`
     chosen_units = {}
     for name in layers:

@@ -41,6 +41,10 @@ FAITHFULNESS_COLUMNS = [
     "mean_prob", "mean_drop_regions", "mean_drop_random", "mean_gap", "share_regions_beat_random", "wilcoxon_p",
 ]
 
+PER_CLIP_COLUMNS = [
+    "method", "source_file", "word", "target_word", "pred_a", "prob", "n_regions", "area", "drop_regions", "drop_random_mean",
+]
+
 
 @dataclass
 class ExplainOptions:
@@ -58,6 +62,12 @@ class ExplainOptions:
     seed: int = 0
     batch_size: int = 32
     examples: int = 6
+
+    def __post_init__(self) -> None:
+        # a value given twice (`--audio identification,identification`) is asked for once: twice would write every clip's
+        # audio under one stimulus id twice, a manifest load_stimuli refuses
+        for name in ("methods", "strategies", "percentiles", "min_cluster_sizes", "min_samples"):
+            setattr(self, name, list(dict.fromkeys(getattr(self, name))))
 
     def validate(self) -> None:
         if self.n < 1:
@@ -156,9 +166,8 @@ def run_explain(classifier: str | Path, corpus: str | Path, out: str | Path, opt
 
     write_manifest(out / "manifest.csv", all_rows)
     write_csv(out / "faithfulness.csv", FAITHFULNESS_COLUMNS, [[r[c] for c in FAITHFULNESS_COLUMNS] for r in table])
-    if per_clip:
-        cols = list(per_clip[0])
-        write_csv(out / "per_clip.csv", cols, [[r[c] for c in cols] for r in per_clip])
+    if per_clip:  # fixed columns: a resumed method's rows come back from JSON with their keys sorted
+        write_csv(out / "per_clip.csv", PER_CLIP_COLUMNS, [[r[c] for c in PER_CLIP_COLUMNS] for r in per_clip])
     if table:
         _faithfulness_figure(out / "figures" / "faithfulness", table)
     folder.finish(record, skipped=skipped, faithfulness=table, clips=len(clips), stimuli=sum(bool(r["file"]) for r in all_rows),

@@ -171,10 +171,15 @@ class VeracityOptions:
             raise HearsayError(f"unknown attack {self.attack!r}; choose from {', '.join(ATTACKS)}")
         if self.n < 1 or self.steps < 1 or self.lime_samples < 10 or not self.ks or min(self.ks) < 1 or self.segments_time < 2:
             raise HearsayError("n, steps, k >= 1, lime_samples >= 10, segments_time >= 2")
+        if self.segments_freq < 1 or self.partial_segments < 0:
+            raise HearsayError(f"segments_freq must be at least 1 and partial_segments at least 0, got {self.segments_freq} and "
+                               f"{self.partial_segments}")
         if not (0 <= self.epsilon < math.inf and 0 <= self.lr < math.inf and 0 < self.c < math.inf):
             raise HearsayError("epsilon and lr must be >= 0 (0: default) and c > 0")
         eps = self.epsilon or (0.1 if self.attack == "spec" else 0.005)
-        return VeracityOptions(**{**self.__dict__, "epsilon": eps, "lr": self.lr or eps / 10})
+        # a k or a method given twice is asked for once (a repeated k was counted twice: shares above 1)
+        return VeracityOptions(**{**self.__dict__, "epsilon": eps, "lr": self.lr or eps / 10, "ks": tuple(dict.fromkeys(self.ks)),
+                                  "horse_methods": tuple(dict.fromkeys(self.horse_methods))})
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}

@@ -86,3 +86,5 @@ class Command(HearsayCommand):
             f"{s.failed} failed (not written). Recognized as the word before/after: B {total['b_before']}/{total['b_after']}, "
             f"pocketsphinx {total['asr_before']}/{total['asr_after']} (enhancer.csv)"
         )
+        if s.asr_skipped:
+            self.stdout.write(s.asr_skipped)

@@ -38,7 +38,7 @@ class Command(HearsayCommand):
         from generation.objective import format_summary, run_objective
         from generation.train import resolve_device
 
-        words = [w for item in opts["words"] or [] for w in item.split(",") if w]
+        words = [w.strip() for item in opts["words"] or [] for w in item.split(",") if w.strip()]
         run = run_objective(
             opts["classifier"], opts["evaluator"], opts["decoder"], opts["out"], n=opts["n"], words=words or None,
             methods=[m.strip() for m in opts["methods"].split(",") if m.strip()], preset_name=opts["preset"],

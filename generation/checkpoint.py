@@ -17,7 +17,7 @@ from torch import nn
 
 from . import nets
 from hearsay import atomic
-from hearsay.errors import HearsayError
+from hearsay.errors import HearsayError, with_article
 from hearsay.provenance import file_sha256, library_versions
 from .features import FeatureConfig
 
@@ -203,10 +203,6 @@ def kind_of(path: Path) -> str | None:
         return _read_raw(path).get("kind")
     except HearsayError:
         return None
-
-
-def with_article(noun: str) -> str:
-    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
 
 
 def _first_line(exc: BaseException) -> str:

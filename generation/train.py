@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from hearsay import atomic
-from hearsay.errors import HearsayError
+from hearsay.errors import HearsayError, with_article
 from hearsay.provenance import file_sha256, library_versions
 from hearsay.runs import identity_differences
 
@@ -111,8 +111,8 @@ def _check_writable(out: Path, kind: str | None = None) -> None:
         if found is None:
             raise HearsayError(f"output {out} exists and is not a Hearsay checkpoint; choose another file name")
         if kind is not None and found != kind:
-            raise HearsayError(f"output {out} holds {checkpoint.with_article(found)}; "
-                               f"choose another file name for {checkpoint.with_article(kind)}")
+            raise HearsayError(f"output {out} holds {with_article(found)}; "
+                               f"choose another file name for {with_article(kind)}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out.parent, prefix=".probe-")

@@ -8,3 +8,8 @@ several commands and the web.
 
 class HearsayError(Exception):
     """Bad input (path, file, checkpoint, option): reported as one line, never a traceback."""
+
+
+def with_article(noun: str) -> str:
+    """'a classifier', 'an explain run': nouns in messages."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"

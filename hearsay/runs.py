@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hearsay import atomic
-from hearsay.errors import HearsayError
+from hearsay.errors import HearsayError, with_article
 
 RUN_RECORD = "run.json"
 
@@ -66,7 +66,7 @@ class RunFolder:
                 except (OSError, ValueError):
                     raise HearsayError(f"{path} is unreadable; delete {self.out} or choose another output folder") from None
                 if not isinstance(record, dict) or self._identity_in(record) is None:
-                    raise HearsayError(f"{path} is not a record of a {self.what}; choose another output folder")
+                    raise HearsayError(f"{path} is not a record of {with_article(self.what)}; choose another output folder")
                 return record
         return None
 
@@ -76,14 +76,19 @@ class RunFolder:
             raise HearsayError(f"output {self.out} exists and is not a folder")
         previous = self.previous() if self.out.is_dir() else None
         if previous is not None:
-            differ = identity_differences(self._identity_in(previous), self.identity)
+            found = self._identity_in(previous)
+            if "command" in self.identity and found.get("command") != self.identity["command"]:
+                other = f"the output of {found['command']}" if found.get("command") else "another command's output"
+                raise HearsayError(f"{self.out} holds {other}, not {with_article(self.what)}; choose another output folder")
+            differ = identity_differences(found, self.identity)
             if differ:
                 raise HearsayError(
-                    f"{self.out} holds a {self.what} made with other settings (differs in: {', '.join(differ)}); "
+                    f"{self.out} holds {with_article(self.what)} made with other settings (differs in: {', '.join(differ)}); "
                     "choose another output folder"
                 )
         elif self.out.is_dir() and any(self.out.iterdir()):
-            raise HearsayError(f"{self.out} is not empty and is not a {self.what} made here; choose a new or empty output folder")
+            raise HearsayError(f"{self.out} is not empty and is not {with_article(self.what)} made here; "
+                               "choose a new or empty output folder")
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -89,3 +89,20 @@ def test_run_folder_refuses_other_settings_and_journal_drops_a_torn_line(tmp_pat
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(HearsayError, match="not empty and is not a test run"):
         RunFolder(tmp_path / "other", {"seed": 1}, what="test run").open()
+
+
+def test_a_run_folder_holding_another_commands_output_says_so(tmp_path):
+    """An explain run pointed at a stimulus set's folder said 'holds a explain run made with other settings'."""
+    import pytest
+
+    from hearsay.errors import HearsayError
+    from hearsay.runs import RunFolder
+
+    RunFolder(tmp_path / "set", {"seed": 1}, what="stimulus set").open()
+    RunFolder(tmp_path / "set", {"seed": 1}, what="stimulus set").write_record({})
+    with pytest.raises(HearsayError, match=r"set holds another command's output, not an explain run; choose another"):
+        RunFolder(tmp_path / "set", {"command": "explain", "seed": 1}, what="explain run").open()
+    RunFolder(tmp_path / "masks", {"command": "importance_masks"}, what="importance_masks run").open()
+    RunFolder(tmp_path / "masks", {"command": "importance_masks"}, what="importance_masks run").write_record({})
+    with pytest.raises(HearsayError, match=r"masks holds the output of importance_masks, not an explain run"):
+        RunFolder(tmp_path / "masks", {"command": "explain"}, what="explain run").open()

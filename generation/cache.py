@@ -35,6 +35,18 @@ def default_cache_dir(corpus_root: str | Path) -> Path:
     return Path(env).expanduser() if env else Path(corpus_root) / ".hearsay-cache"
 
 
+def user_cache_dir(corpus_root: str | Path) -> Path:
+    """The cache of a corpus that cannot hold one (a shared, read-only copy): in the user's cache folder
+    (`$XDG_CACHE_HOME`, else ~/.cache), one folder per corpus path."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return base / "hearsay" / "features" / hashlib.sha256(str(Path(corpus_root).resolve()).encode()).hexdigest()[:16]
+
+
+def _open_folder(folder: Path, cfg: FeatureConfig, dtype: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    _describe(folder, cfg, dtype)
+
+
 def _stat_line(utt) -> str:
     try:
         st = utt.path.stat()
@@ -87,20 +99,28 @@ def features_for(
     """Features [N, n_frames, n_mels] float32 for `utterances`, computed once and then read from disk.
 
     float16 storage halves the disk space for values in [0, 1] (error <= 2.5e-4).
-    Without `cache_dir` the cache lives in the corpus folder of the first utterance.
+    Without `cache_dir` the cache lives in the corpus folder of the first utterance, or in the user's cache folder
+    where the corpus folder cannot be written.
     """
     if dtype not in DTYPES:
         raise HearsayError(f"cache dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     out = np.zeros((len(utterances), cfg.n_frames, cfg.n_mels), dtype=np.float32)
     if not utterances:
         return out
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir(Path(utterances[0].path).parent.parent)
+    corpus_root = Path(utterances[0].path).parent.parent
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir(corpus_root)
     folder = root / f"{cfg.fingerprint()}-{dtype}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _describe(folder, cfg, dtype)
+        _open_folder(folder, cfg, dtype)
     except OSError as exc:
-        raise HearsayError(f"cannot write the feature cache at {folder}: {exc.strerror} (set {ENV_VAR} to a writable folder)") from None
+        if cache_dir is not None or os.environ.get(ENV_VAR):  # a folder the user chose: say so rather than go elsewhere
+            raise HearsayError(f"cannot write the feature cache at {folder}: {exc.strerror} (set {ENV_VAR} to a writable folder)") from None
+        folder = user_cache_dir(corpus_root) / folder.name  # the corpus folder is read-only: the user's own cache
+        try:
+            _open_folder(folder, cfg, dtype)
+        except OSError as exc:
+            raise HearsayError(f"cannot write the feature cache in the corpus folder nor at {folder}: {exc.strerror} "
+                               f"(set {ENV_VAR} to a writable folder)") from None
     chunks = _chunks(utterances)
     bar = tqdm(total=len(utterances), desc="features", unit="clip", disable=not progress, leave=False)
     for idx in chunks:

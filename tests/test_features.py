@@ -11,6 +11,7 @@ import torch
 from generation import cache
 from generation.corpus import read_corpus
 from generation.features import PAPER, FeatureConfig, LogMel, extract_files, librosa_features, prepare_waves
+from hearsay.errors import HearsayError
 from tests.helpers.corpora import make_tiny_corpus
 
 
@@ -121,3 +122,36 @@ def test_corrupt_cache_entry_is_recomputed(corpus, tmp_path, monkeypatch):
     for f in (tmp_path / "c").glob("*/*.npy"):
         f.write_bytes(b"truncated")
     assert np.array_equal(cache.features_for(utts, PAPER, "cpu", tmp_path / "c", progress=False), good)
+
+
+@pytest.fixture
+def read_only_corpus(corpus, tmp_path):
+    """The corpus on a read-only mount (a shared dataset); skipped where this machine may not mount."""
+    import subprocess
+
+    mount = tmp_path / "shared"
+    mount.mkdir()
+    if subprocess.run(["mount", "--bind", str(corpus.root), str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("needs a bind mount (root with CAP_SYS_ADMIN)")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], capture_output=True).returncode != 0:
+            pytest.skip("needs a read-only remount")
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_read_only_corpus_keeps_its_features_in_the_users_cache(read_only_corpus, tmp_path, monkeypatch):
+    """Training on a shared read-only copy stopped at 'cannot write the feature cache ... Read-only file system'."""
+    monkeypatch.delenv(cache.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    utts = read_corpus(read_only_corpus).split("test")
+    with pytest.raises(OSError):
+        (read_only_corpus / ".probe").write_text("x")  # the mount is truly read-only, for root too
+    first = cache.features_for(utts, PAPER, "cpu", progress=False)
+    stored = list(cache.user_cache_dir(read_only_corpus).glob("*/*.npy"))
+    assert stored and not (read_only_corpus / ".hearsay-cache").exists()
+    assert np.array_equal(cache.features_for(utts, PAPER, "cpu", progress=False), first)
+    monkeypatch.setenv(cache.ENV_VAR, str(read_only_corpus / "cache"))  # a folder the user chose is never swapped
+    with pytest.raises(HearsayError, match="cannot write the feature cache at .*Read-only file system"):
+        cache.features_for(utts, FeatureConfig(n_mels=64), "cpu", progress=False)

@@ -27,11 +27,10 @@ from evaluation.audio import HEADPHONE_PASS, HEADPHONE_TRIALS
 from evaluation.models import Experiment, Participant, Stimulus
 from evaluation.rows import Trial
 from hearsay.errors import HearsayError
-from hearsay.worker_ids import InvalidWorkerId, canonical_worker_id
+from hearsay.worker_ids import MAX_PLATFORM_ID_LENGTH, InvalidWorkerId, canonical_worker_id
 
 Step = Participant.Step
 PREVIEW_ASSIGNMENT = "ASSIGNMENT_ID_NOT_AVAILABLE"
-MAX_ID_LENGTH = 128
 CARRY_SALT = "hearsay.participant"
 CSRF_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
@@ -66,8 +65,8 @@ def _param(query: Mapping[str, str], name: str) -> str:
     if "\x00" in value:
         raise InvalidLink(f"the link's {name} contains a NUL byte")
     value = value.strip()
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidLink(f"the link's {name} is longer than {MAX_ID_LENGTH} characters")
+    if len(value) > MAX_PLATFORM_ID_LENGTH:
+        raise InvalidLink(f"the link's {name} is longer than {MAX_PLATFORM_ID_LENGTH} characters")
     return value
 
 

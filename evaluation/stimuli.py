@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,10 +115,10 @@ def _corpus_stimulus_id(relpath: str) -> str:
 
 def corpus_gold_rows(root: str | Path, words: list[str], per_word: int) -> list[Row]:
     """Clean natural utterances of the experiment's words from a Speech Commands-layout folder (test split first)."""
-    from generation.corpus import read_corpus
+    from generation.corpus import nfc, read_corpus
 
     corpus = read_corpus(root)
-    absent = [word for word in words if unicodedata.normalize("NFC", word) not in corpus.classes]  # folder names are NFC there
+    absent = [word for word in words if nfc(word) not in corpus.classes]  # the corpus names its words in NFC
     if absent:
         more = ", ..." if len(corpus.classes) > 10 else ""
         raise HearsayError(f"no gold clips of manifest word(s) {', '.join(repr(w) for w in absent)}: the corpus at {corpus.root} "
@@ -127,7 +126,8 @@ def corpus_gold_rows(root: str | Path, words: list[str], per_word: int) -> list[
     order = {"test": 0, "validation": 1, "train": 2}
     rows = []
     for word in words:
-        pool = sorted((u for u in corpus.utterances if u.word == unicodedata.normalize("NFC", word)), key=lambda u: (order[u.split], u.relpath))
+        spelled = nfc(word)
+        pool = sorted((u for u in corpus.utterances if u.word == spelled), key=lambda u: (order[u.split], u.relpath))
         for utt in pool[:per_word]:
             data = _read_audio(utt.path, f"corpus {corpus.root}")
             rows.append(

@@ -103,14 +103,14 @@ def speaker_of(filename: str) -> str:
     return stem.split(SPEAKER_MARK, 1)[0]
 
 
-def _nfc(name: str) -> str:
+def nfc(name: str) -> str:
     """One spelling per name: macOS keeps file names decomposed (NFD), lists and other systems composed (NFC)."""
     return unicodedata.normalize("NFC", name)
 
 
 def _list_entry(line: str) -> str:
     """A split-list line as "word/file.wav": Windows separators, a leading "./" and the Unicode form do not count."""
-    entry = _nfc(line.strip().replace("\\", "/"))
+    entry = nfc(line.strip().replace("\\", "/"))
     while entry.startswith("./"):
         entry = entry[2:]
     return entry
@@ -160,10 +160,10 @@ def read_corpus(root: str | Path) -> Corpus:
         raise HearsayError(f"corpus folder {root} does not exist")
     if not root.is_dir():
         raise HearsayError(f"corpus path {root} is not a folder")
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))), key=lambda p: _nfc(p.name))
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))), key=lambda p: nfc(p.name))
     if not folders:
         raise HearsayError(f"{root} is not in the Speech Commands V2 layout: no word folders (ROOT/<word>/*.wav)")
-    names = Counter(_nfc(f.name) for f in folders)
+    names = Counter(nfc(f.name) for f in folders)
     twice = sorted(name for name, n in names.items() if n > 1)
     if twice:
         raise HearsayError(f"{root} holds two word folders named {twice[0]!r} (in different Unicode forms): merge them")
@@ -174,9 +174,9 @@ def read_corpus(root: str | Path) -> Corpus:
     for folder, wavs in found.items():
         if not wavs:
             raise HearsayError(f"word folder {folder} holds no .wav files")
-        word = _nfc(folder.name)
+        word = nfc(folder.name)
         for wav in wavs:
-            files[f"{word}/{_nfc(wav.name)}"] = (word, wav)
+            files[f"{word}/{nfc(wav.name)}"] = (word, wav)
     known = set(files)
     words = set(names)
     validation = _read_list(root, "validation", known, words)
@@ -188,7 +188,7 @@ def read_corpus(root: str | Path) -> Corpus:
     for rel in sorted(files):
         word, path = files[rel]
         split = "validation" if rel in validation else "test" if rel in test else "train"
-        utterances.append(Utterance(path=path, word=word, speaker=speaker_of(_nfc(path.name)), split=split))
+        utterances.append(Utterance(path=path, word=word, speaker=speaker_of(nfc(path.name)), split=split))
     if not any(u.split == "test" for u in utterances):
         raise HearsayError(f"{root} has no test utterances: {LIST_FILES['test']} is missing or empty")
     if not any(u.split == "train" for u in utterances):

@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 from hearsay.answers import parse_identification, parse_rating
 from hearsay import csvread
-from hearsay.worker_ids import InvalidWorkerId, canonical_worker_id
+from hearsay.worker_ids import MAX_PLATFORM_ID_LENGTH, InvalidWorkerId, canonical_worker_id
 from hearsay.errors import HearsayError
 
 # The names our batch layout gives its answers (and the original study's rating field).
@@ -35,7 +35,6 @@ IDENTIFICATION_FIELD = "heard-word"
 PLAY_COUNT_FIELD = "play-count"
 PLAYED_TO_END_FIELD = "played-to-end"
 TASK_ANSWERS = "Answer.taskAnswers"
-MAX_ID_LENGTH = 128  # MTurk's IDs are about 30 characters; the database keeps up to this many
 MAX_PLAY_COUNT = 1_000_000  # more is no count of plays (and would not fit the database's integer)
 # The path segment under which the app serves batch clips (evaluation.batch_audio); a results file whose
 # URLs carry it came from a Hearsay batch, whose key the database also holds.
@@ -256,9 +255,9 @@ def read_results(path: str | Path) -> ResultsFile:
         ids = {c: cells.get(c, "").strip() for c in ("HITId", "AssignmentId", "WorkerId", "AssignmentStatus")}
         if not ids["AssignmentId"] or not ids["WorkerId"]:
             raise HearsayError(f"{where}: empty AssignmentId or WorkerId")
-        too_long = [c for c, v in ids.items() if len(v) > MAX_ID_LENGTH]
+        too_long = [c for c, v in ids.items() if len(v) > MAX_PLATFORM_ID_LENGTH]
         if too_long:
-            raise HearsayError(f"{where}: the {too_long[0]} is longer than {MAX_ID_LENGTH} characters (no MTurk ID is)")
+            raise HearsayError(f"{where}: the {too_long[0]} is longer than {MAX_PLATFORM_ID_LENGTH} characters (no MTurk ID is)")
         if ids["AssignmentId"] in seen:
             raise HearsayError(f"{where}: AssignmentId {ids['AssignmentId']} already appeared on line {seen[ids['AssignmentId']]}")
         seen[ids["AssignmentId"]] = line
@@ -295,10 +294,10 @@ def _same_work(a: ResultRow, b: ResultRow) -> bool:
     """Two downloads of one assignment: the same worker, clip and answers (a spreadsheet's TRUE or WAHR for true aside)."""
     def cell(v: str) -> str:
         v = v.strip().casefold()
-        return "true" if v in TRUE_WORDS else "" if v in FALSE_WORDS else v
+        return "true" if is_true(v) else "" if v in FALSE_WORDS else v
 
     def norm(d: dict[str, str]) -> dict[str, str]:
-        return {k: cell(v) for k, v in d.items() if cell(v)}
+        return {k: c for k, v in d.items() if (c := cell(v))}
 
     shared = set(a.answers) & set(b.answers)
     return (a.worker_id == b.worker_id and a.audio_url == b.audio_url

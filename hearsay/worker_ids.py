@@ -8,6 +8,9 @@ import unicodedata
 
 from hearsay.errors import HearsayError
 
+# The longest ID of a worker, assignment, HIT or study any platform hands us that we keep: the database's columns
+# hold 128 characters (MTurk's IDs are about 30).
+MAX_PLATFORM_ID_LENGTH = 128
 # Platform -> (its name for messages, its case, the IDs it issues). MTurk worker IDs are upper-case letters and digits;
 # Prolific IDs are lower-case hex (24 digits today). Other sources (our pages, machine listeners) keep their case.
 PLATFORM_RULES = {

@@ -40,7 +40,7 @@ def _as_bool_or_none(value):
         low = value.strip().lower()
         if low in {"", "none", "nan"}:
             return None
-        return low in {"1", "true", "yes"}
+        return low in {"1", "yes"} or csvread.is_true(low)
     return bool(value)
 
 

@@ -13,6 +13,23 @@ from pathlib import Path
 from hearsay.errors import HearsayError
 
 
+# How spreadsheets write TRUE back into a CSV in the languages of their users (Excel and LibreOffice translate it;
+# the locales that write ';' for ',' are among them): a flag must not turn false there.
+TRUE_WORDS = frozenset({
+    "true", "wahr", "vrai", "vero", "verdadero", "verdadeiro", "waar", "sant", "sann", "tosi", "pravda", "prawda",
+    "igaz", "adevărat", "истина", "doğru", "αληθές",
+})
+FALSE_WORDS = frozenset({
+    "false", "falsch", "faux", "falso", "onwaar", "falsk", "epätosi", "nepravda", "fałsz", "hamis", "fals", "ложь",
+    "yanlış", "ψευδές",
+})
+
+
+def is_true(text: str) -> bool:
+    """A cell that says true: 'true', or a spreadsheet's TRUE in its user's language."""
+    return (text or "").strip().casefold() in TRUE_WORDS
+
+
 def records(path: Path, text: str, delimiter: str = ",") -> Iterable[tuple[int, list[str]]]:
     """(first file line, fields) per record; multi-line cells keep the line numbers right."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)

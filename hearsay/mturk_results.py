@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 from hearsay.answers import parse_identification, parse_rating
 from hearsay import csvread
+from hearsay.csvread import FALSE_WORDS, is_true
 from hearsay.worker_ids import MAX_PLATFORM_ID_LENGTH, InvalidWorkerId, canonical_worker_id
 from hearsay.errors import HearsayError
 
@@ -85,23 +86,6 @@ def parse_mturk_time(text: str, where: str = "") -> datetime | None:
     except ValueError:
         raise HearsayError(f"{prefix}unreadable MTurk time {text!r}") from None
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
-
-
-# How spreadsheets write TRUE back into a CSV in the languages of their users (Excel and LibreOffice translate it;
-# the locales that write ';' for ',' are among them): a radio choice or "played to end" must not turn false there.
-TRUE_WORDS = frozenset({
-    "true", "wahr", "vrai", "vero", "verdadero", "verdadeiro", "waar", "sant", "sann", "tosi", "pravda", "prawda",
-    "igaz", "adevărat", "истина", "doğru", "αληθές",
-})
-FALSE_WORDS = frozenset({
-    "false", "falsch", "faux", "falso", "onwaar", "falsk", "epätosi", "nepravda", "fałsz", "hamis", "fals", "ложь",
-    "yanlış", "ψευδές",
-})
-
-
-def is_true(text: str) -> bool:
-    """A results cell that says true: MTurk's 'true', or a spreadsheet's TRUE in its user's language."""
-    return (text or "").strip().casefold() in TRUE_WORDS
 
 
 def later_status(old: str, new: str) -> str:

@@ -120,3 +120,16 @@ def test_a_manifest_of_another_study_is_refused(media, tmp_path):
     other.write_text(FIXTURE.read_text().replace(",down,", ",left,"))
     with pytest.raises(HearsayError, match="word 'down' is not in the manifest"):
         read_answers(saved(tmp_path, "demo"), other)
+
+
+@pytest.mark.django_db
+def test_a_table_saved_by_a_spreadsheet_in_another_language_keeps_its_flags(media, tmp_path):
+    """German Excel writes True as WAHR: every answer of a table saved there read as wrong and never heard to the end."""
+    answered()
+    frame = pd.read_csv(io.BytesIO(long_table_csv("demo")), dtype=str, keep_default_na=False)
+    german = frame.replace({"True": "WAHR", "False": "FALSCH"})
+    assert (german["listened_to_end"] == "WAHR").any()
+    path = tmp_path / "german.csv"
+    german.to_csv(path, index=False, sep=";")
+    table, _ = read_answers(path)
+    same_rows(table, normalize(long_table("demo")))

@@ -511,7 +511,10 @@ def _objective_headline(summary: pd.DataFrame | None) -> pd.DataFrame | None:
     need = {"method", "word", "n", "failed", "b_picks_target"}
     if summary is None or not need <= set(summary.columns):
         return None
-    pooled = summary[summary["word"].astype(str) == "ALL"]
+    if "pooled" in summary.columns:  # a class may itself be named "ALL"
+        pooled = summary[summary["pooled"].astype(str).str.strip().str.lower() == "true"]
+    else:  # a summary written before the column existed
+        pooled = summary[summary["word"].astype(str) == "ALL"]
     if pooled.empty:
         return None
     samples = (pd.to_numeric(pooled["n"]) - pd.to_numeric(pooled["failed"])).astype(int).to_numpy()

@@ -177,11 +177,12 @@ def _write(clips, vocoder, recognizer, rate: int, out: Path) -> None:
 
 
 def _enhancer_table(words: list[str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per word (and ALL): share of clips B and pocketsphinx recognize as the word, before and after."""
+    """Per word, then ALL (pooled, told apart by `pooled`: a word may be named "ALL"): share of clips B and
+    pocketsphinx recognize as the word, before and after."""
     table = []
-    groups = [(word, [r for r in rows if r["word"] == word]) for word in words]  # a word named "ALL" is still one word
-    for word, mine in [*groups, ("ALL", rows)]:
-        entry: dict[str, Any] = {"word": word}
+    groups = [(word, False, [r for r in rows if r["word"] == word]) for word in words]
+    for word, pooled, mine in [*groups, ("ALL", True, rows)]:
+        entry: dict[str, Any] = {"word": word, "pooled": "true" if pooled else "false"}
         for stage in ("before", "after"):
             staged = [r for r in mine if r["stage"] == stage]
             entry[f"n_{stage}"] = len(staged)

@@ -234,7 +234,7 @@ def _write_heatmap(out: Path, method: str, words: list[str], classes: list[str],
 
 
 def summary_rows(run: ObjectiveRun) -> list[list[object]]:
-    """Per method: one row per word, then ALL (pooled over words)."""
+    """Per method: one row per word, then ALL (pooled over words), told apart by `pooled` (a class may be named "ALL")."""
     rows = []
     for method in run.methods:
         stats = [s for s in run.stats if s.method == method]
@@ -242,12 +242,12 @@ def summary_rows(run: ObjectiveRun) -> list[list[object]]:
                             sum(s.b_hits for s in stats), float(np.nanmean([s.a_prob for s in stats])), float(np.nanmean([s.b_prob for s in stats])),
                             sum(s.a_hits_before for s in stats), sum(s.b_hits_before for s in stats))
         for s in [*stats, pooled]:
-            rows.append([s.method, s.word, s.n, s.failed, f"{_rate(s.a_hits, s.valid):.4f}", f"{_rate(s.b_hits, s.valid):.4f}",
+            rows.append([s.method, s.word, "true" if s is pooled else "false", s.n, s.failed, f"{_rate(s.a_hits, s.valid):.4f}", f"{_rate(s.b_hits, s.valid):.4f}",
                          f"{s.a_prob:.4f}", f"{s.b_prob:.4f}", f"{_rate(s.a_hits_before, s.valid):.4f}", f"{_rate(s.b_hits_before, s.valid):.4f}"])
     return rows
 
 
-SUMMARY_HEADER = ["method", "word", "n", "failed", "a_picks_target", "b_picks_target", "a_mean_target_prob",
+SUMMARY_HEADER = ["method", "word", "pooled", "n", "failed", "a_picks_target", "b_picks_target", "a_mean_target_prob",
                   "b_mean_target_prob", "a_picks_target_before", "b_picks_target_before"]
 
 
@@ -353,5 +353,6 @@ def format_summary(run: ObjectiveRun) -> str:
     """The ALL rows as a short table, then per-word rates: what the paper printed."""
     lines = [f"{'method':<11}{'word':<14}{'n':>7}{'failed':>7}{'A→target':>10}{'B→target':>10}"]
     for r in summary_rows(run):
-        lines.append(f"{r[0]:<11}{r[1]:<14}{r[2]:>7}{r[3]:>7}{float(r[4]):>10.1%}{float(r[5]):>10.1%}")
+        word = "(all words)" if r[2] == "true" else r[1]
+        lines.append(f"{r[0]:<11}{word:<14}{r[3]:>7}{r[4]:>7}{float(r[5]):>10.1%}{float(r[6]):>10.1%}")
     return "\n".join(lines)

@@ -209,4 +209,5 @@ def test_a_word_named_all_is_counted_as_itself_in_the_enhancer_table(tsne_setup,
     call_command("generate", classifier=str(a), evaluator=str(a), gan=str(tsne_setup["G"]), method="gan", out=str(out), per_class=1,
                  max_attempts=1, device="cpu", words="ALL,bed", verbosity=0, stdout=io.StringIO())
     enhancer = list(csv.DictReader(open(out / "enhancer.csv", encoding="utf-8")))
-    assert [(e["word"], e["n_before"], e["n_after"]) for e in enhancer] == [("ALL", "1", "1"), ("bed", "1", "1"), ("ALL", "2", "2")]
+    assert [(e["word"], e["pooled"], e["n_before"], e["n_after"]) for e in enhancer] == [
+        ("ALL", "false", "1", "1"), ("bed", "false", "1", "1"), ("ALL", "true", "2", "2")]

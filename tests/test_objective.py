@@ -166,3 +166,19 @@ def test_objective_in_worker_processes_writes_the_same_arrays_and_summary(models
     assert (one / "summary.csv").read_text() == (two / "summary.csv").read_text()
     with pytest.raises(CommandError, match="parallel jobs must be at least 1, got 0"):
         _objective(models, tmp_path / "none", "--jobs", "0")
+
+
+def test_a_word_named_all_stays_apart_from_the_pooled_row(tmp_path):
+    """Before: summary.csv named the pooled row "ALL", so a class "ALL" gave two "ALL" rows and the report's
+    headline read the word's own row (n = 2) as if it were every word pooled (n = 6)."""
+    from analysis.report import _objective_headline, _read_csv
+
+    classes = ["ALL", "go", "no"]
+    a, b = _classifier(tmp_path / "A.pt", 1, classes), _classifier(tmp_path / "B.pt", 2, classes)
+    out = tmp_path / "obj"
+    call_command("objective", "--classifier", a, "--evaluator", b, "--methods", "classifier", "--out", str(out),
+                 "--n", "2", "--device", "cpu", verbosity=0)
+    summary = _read_csv(out / "summary.csv")
+    assert [(w, p) for w, p in zip(summary["word"], summary["pooled"])] == [("ALL", False), ("go", False), ("no", False), ("ALL", True)]
+    headline = _objective_headline(summary)
+    assert list(headline["method"]) == ["classifier"] and list(headline["samples"]) == [6]

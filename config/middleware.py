@@ -47,6 +47,8 @@ class RequestSanityMiddleware:
                     name = charset
                 if name not in ACCEPTED_CHARSETS:
                     return f"form data must be sent as UTF-8, not {charset!r}"
+                # Django reads a form only under the exact name "utf-8": "utf8" or "us-ascii" (the same bytes) got its 400
+                request.encoding = "utf-8"
         try:
             fields = [request.GET] + ([request.POST] if request.method == "POST" and request.content_type in FORM_TYPES else [])
             for data in fields:

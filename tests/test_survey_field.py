@@ -322,6 +322,19 @@ def test_a_form_in_another_charset_is_a_400(media, url, charset):
     assert Participant.objects.get().consented_at is None
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("charset", ["utf8", "UTF-8", "us-ascii", "ASCII"])
+def test_a_form_labelled_utf8_by_another_name_is_read(media, charset):
+    """Before: Django read a form only under the name "utf-8"; "utf8" and "us-ascii" (the same bytes) got a 400."""
+    make_experiment()
+    person = Listener("demo")
+    person.client.get("/s/demo/consent")
+    response = person.client.generic("POST", "/s/demo/consent", b"agree=yes",
+                                     content_type=f"application/x-www-form-urlencoded; charset={charset}")
+    assert response.status_code == 303
+    assert Participant.objects.get().consented_at is not None
+
+
 # --- 11.12 no published secret key ------------------------------------------------------------------------
 
 

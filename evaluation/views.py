@@ -17,7 +17,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.clickjacking import xframe_options_exempt
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from evaluation import answers, flow, prolific, rows
 from evaluation import assignment as assigning
@@ -154,7 +154,7 @@ def participant_page(step: str | None, with_trials: bool = False):
     return decorate
 
 
-@require_GET
+@require_safe
 @frameable
 def entry(request: HttpRequest, slug: str) -> HttpResponse:
     """The study link, with MTurk's or Prolific's parameters; staff get a preview that stores nothing."""
@@ -168,6 +168,8 @@ def entry(request: HttpRequest, slug: str) -> HttpResponse:
     if link.is_mturk_preview:
         sample = experiment.stimuli.filter(kind=Stimulus.Kind.PRACTICE).exists()
         return render(request, "evaluation/preview.html", {"experiment": experiment, "sample": sample})
+    if request.method == "HEAD":  # a link checker: the link works, but nobody entered the study
+        return HttpResponse(content_type="text/html; charset=utf-8")
     try:
         participant = flow.enter(experiment, link, _participant(request, experiment), preview=request.user.is_staff)
     except flow.AlreadyTakenPart:
@@ -179,7 +181,7 @@ def entry(request: HttpRequest, slug: str) -> HttpResponse:
     return HttpResponseRedirect(_step_url(participant))
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 @participant_page(Step.CONSENT)
 def consent(request, experiment, participant):
     if request.method == "POST":
@@ -198,7 +200,7 @@ def _anchors(experiment: Experiment) -> list[dict]:
     ]
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 @participant_page(Step.INSTRUCTIONS)
 def instructions(request, experiment, participant):
     if request.method == "POST":
@@ -207,7 +209,7 @@ def instructions(request, experiment, participant):
     return _page(request, "evaluation/instructions.html", participant, {"experiment": experiment, "anchors": _anchors(experiment)})
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 @participant_page(Step.HEADPHONES)
 def headphones(request, experiment, participant):
     flow.headphone_key(participant)
@@ -221,7 +223,7 @@ def headphones(request, experiment, participant):
     return _page(request, "evaluation/headphones.html", participant, context)
 
 
-@require_GET
+@require_safe
 @participant_page(Step.HEADPHONES)
 def headphone_audio(request, experiment, participant, n: int):
     if n >= HEADPHONE_TRIALS:
@@ -229,7 +231,7 @@ def headphone_audio(request, experiment, participant, n: int):
     return audio_response(headphone_trial(flow.headphone_key(participant)[n]), request.headers.get("Range"))
 
 
-@require_GET
+@require_safe
 @participant_page(Step.TRIALS, with_trials=True)
 def trial(request, experiment, participant, trials):
     try:
@@ -301,7 +303,7 @@ def answer(request, slug):
     return HttpResponseRedirect(_carry(reverse("evaluation:trial", args=[experiment.slug]), participant), status=303)
 
 
-@require_GET
+@require_safe
 @participant_page(None)
 def done(request, experiment, participant):
     if participant.step == Step.SCREENED:
@@ -319,7 +321,7 @@ def done(request, experiment, participant):
     return _page(request, "evaluation/done.html", participant, context)
 
 
-@require_GET
+@require_safe
 @frameable
 def audio(request: HttpRequest, token: str) -> HttpResponse:
     """A trial's clip, only for the listener it was handed to; plays are counted and a full serving is noted (assignment.register_fetch)."""
@@ -335,7 +337,7 @@ def audio(request: HttpRequest, token: str) -> HttpResponse:
         size = handle.size
         rng = request.headers.get("Range")
         parsed = parse_range(rng, size)
-        if parsed != "unsatisfiable" and not _is_probe(rng):
+        if parsed != "unsatisfiable" and request.method == "GET" and not _is_probe(rng):  # HEAD reads no sound
             start, end = parsed or (0, size - 1)
             duration_ms = stored_clip_duration_ms(handle, str(getattr(storage, "location", "")), clip.audio, size)
             if assigning.register_fetch(clip.assignment_id, start, end, size, duration_ms, clip.replay_limit) is assigning.Fetch.REFUSED:
@@ -353,7 +355,7 @@ def _public_clip(request: HttpRequest, stimulus_file) -> HttpResponse:
         return audio_response(handle.read(), request.headers.get("Range"))
 
 
-@require_GET
+@require_safe
 @frameable
 def anchor(request: HttpRequest, slug: str, value: int) -> HttpResponse:
     """Rating examples: public by design (they show what each option means)."""
@@ -367,7 +369,7 @@ def anchor(request: HttpRequest, slug: str, value: int) -> HttpResponse:
         return audio_response(handle.read(), request.headers.get("Range"))
 
 
-@require_GET
+@require_safe
 @frameable
 def sample(request: HttpRequest, slug: str) -> HttpResponse:
     """The preview's example clip: a practice word, so nothing under study is revealed."""

@@ -286,6 +286,23 @@ def test_the_clip_served_in_pieces_counts_as_served_in_full(trial_person):
     assert served.play_count == 1 and served.served_full_at is not None
 
 
+@pytest.mark.django_db
+def test_head_answers_like_get_and_changes_nothing(trial_person):
+    """Before: HEAD (link checkers, some players and proxies) got 405 on every survey page; HTTP servers must support
+    it. A HEAD of the study link creates no listener, and a HEAD of a clip is no play."""
+    trial, person = trial_person
+    for page in ("/s/demo/trial", "/s/demo/done", "/s/demo/sample"):
+        assert person.client.head(page).status_code == person.client.get(page).status_code != 405
+    size = len(trial.stimulus.audio.open("rb").read())
+    clip = person.client.head(f"/a/{trial.token}")
+    assert clip.status_code == 200 and int(clip["Content-Length"]) == size and clip["Content-Type"].startswith("audio/")
+    assert Assignment.objects.get(pk=trial.pk).play_count == 0
+    stranger = Client()
+    assert stranger.head("/s/demo/", {"workerId": "A1B2C3D4E5", "assignmentId": "3XYZ", "hitId": "3HIT"}).status_code == 200
+    assert stranger.head("/s/no-such-study/").status_code == 404
+    assert Participant.objects.count() == 1
+
+
 # --- 11.9 / 11.10 bad requests get a 400 on every database -------------------------------------------------
 
 

@@ -151,6 +151,9 @@ def main_contrasts(test: pd.DataFrame, people_fits: pd.DataFrame | None) -> pd.D
                 elif fit.empty:
                     row["note"] = "No contrast: the logistic model could not be fitted" + (
                         f" ({row['note']})" if row["note"] else "")
+                elif np.isnan(fit.iloc[0]["p"]):
+                    why = str(fit.iloc[0].get("note", "") or "the logistic model could not be fitted")
+                    row["note"] = f"No contrast: {why}" + (f" ({row['note']})" if row["note"] else "")
                 else:
                     f = fit.iloc[0]
                     row.update(odds_ratio=f["odds_ratio"], ci_low=f["ci_low"], ci_high=f["ci_high"], p=f["p"],
@@ -199,9 +202,13 @@ def format_ratio(x: float) -> str:
 
 
 def format_p_clause(p: float) -> str:
-    """'< 0.001' or '= 0.028', to follow 'p' in a sentence."""
+    """'< 0.001' or '= 0.028', to follow 'p' in a sentence; 'not computed' for a missing p (never 'nan')."""
+    if np.isnan(p):
+        return "not computed"
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 def format_p(p: float) -> str:
+    if np.isnan(p):
+        return ""
     return "<0.001" if p < 0.001 else f"{p:.3f}"

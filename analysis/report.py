@@ -109,6 +109,27 @@ def _slug(text: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
 
 
+SLUG_MAX = 60
+
+
+def unique_slugs(names) -> dict[str, str]:
+    """A file-name-safe slug per name ([0-9a-z_], at most SLUG_MAX + 9 characters), distinct for distinct names.
+
+    A name whose slug is empty (é, 猫), too long, or shared with another name ('asr:a-b' and 'asr_a.b') gets a
+    short hash of the name itself appended, so no figure or table overwrites another's file.
+    """
+    names = list(dict.fromkeys(str(n) for n in names))
+    plain_slugs = {n: _slug(n) for n in names}
+    counts = pd.Series(list(plain_slugs.values()), dtype=object).value_counts()
+    out = {}
+    for n, slug in plain_slugs.items():
+        if not slug or len(slug) > SLUG_MAX or counts[slug] > 1:
+            digest = hashlib.sha1(n.encode("utf-8")).hexdigest()[:8]
+            slug = f"{slug[:SLUG_MAX]}_{digest}" if slug else digest
+        out[n] = slug
+    return out
+
+
 def _words(info: dict, df: pd.DataFrame) -> list[str]:
     words = [str(w).lower() for w in info.get("words") or [] if str(w).lower() not in NONE_ANSWERS]
     return words or sorted(map(str, df["word"].unique()))
@@ -124,6 +145,10 @@ def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: b
     start = time.perf_counter()
     df = as_categories(normalize(table))
     result = Analysis(info=dict(info), options=options)
+    invalid = list(info.get("invalid_rows") or [])
+    if invalid:  # the command prints each line; the report keeps them with the numbers they changed
+        result.notes.append(f"Answers left out before the analysis: {'; '.join(invalid[:4])}"
+                            + (f"; and {len(invalid) - 4} more lines" if len(invalid) > 4 else "") + ".")
     result.timings["normalize"] = time.perf_counter() - start
     stages: list[tuple[str, Callable]] = [("exclusions", _stage_exclusions)]
     identification = df["correct"].notna().any()
@@ -247,11 +272,21 @@ def _stage_accuracy(res: Analysis, state: dict) -> None:
         "trap clips are quality checks, listed separately and never mixed into the conditions."), tables, figs))
 
 
+def other_label(words: list[str]) -> str:
+    """The name of the bucket for answers outside the word list: 'other', unless a word of the study is itself
+    'other' (then '(other)', and so on), so the bucket never merges with a word's own answers."""
+    label = "other"
+    while label in words:
+        label = f"({label})"
+    return label
+
+
 def _confusion_matrix(counts: pd.DataFrame, words: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     extra = sorted(set(counts.columns) - set(words) - {"none"})
-    cols = list(words) + (["other"] if extra else []) + ["none"]
+    other = other_label(words)
+    cols = list(words) + ([other] if extra else []) + ["none"]
     if extra:
-        counts = counts.assign(other=counts[extra].sum(axis=1)).drop(columns=extra)
+        counts = counts.assign(**{other: counts[extra].sum(axis=1)}).drop(columns=extra)
     counts = counts.reindex(index=words, columns=cols, fill_value=0).fillna(0)
     totals = counts.sum(axis=1)
     share = counts.div(totals.where(totals > 0), axis=0)
@@ -266,6 +301,7 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
     long_rows, figs, shares = [], [], {}
     order = _cell_order(test)
     present = set(grouped.index.droplevel([2, 3]))
+    slugs = unique_slugs(contrasts.group_order(test["listener_group"]))
     for kind in contrasts.group_order(test["listener_group"]):
         panels = []
         for cell in order:
@@ -279,7 +315,7 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
             long_rows.append(stacked.assign(listener_group=kind, cell=cell))
             panels.append((cell, share_m))
         if panels:
-            figs.append(panel_figure(res, f"confusion_{_slug(kind)}", figures.confusion_panels, panels,
+            figs.append(panel_figure(res, f"confusion_{slugs[kind]}", figures.confusion_panels, panels,
                                       f"Intended x heard per condition ({kind}); rows sum to 1"))
     confusion = pd.concat(long_rows, ignore_index=True)
     res.tables["confusion"] = confusion[["listener_group", "cell", "word", "answer", "count", "share"]]
@@ -383,7 +419,8 @@ def _mcnemar(test: pd.DataFrame) -> pd.DataFrame:
             rows.append({"method": method, "matching": matching, "pairs": len(pairs),
                          "both_right": int((before & after).sum()), "right_before_only": b,
                          "right_after_only": c, "both_wrong": int((~before & ~after).sum()),
-                         "p_mcnemar_exact": stats.mcnemar_exact(b, c)})
+                         "p_mcnemar_exact": stats.mcnemar_exact(b, c),
+                         "note": "" if b + c else "no discordant pairs: nothing to test, exact p = 1 by definition"})
     table = pd.DataFrame(rows)
     if not table.empty:
         has_listener = table.groupby("method")["matching"].transform(lambda m: (m == "same listener heard both").any())
@@ -391,21 +428,45 @@ def _mcnemar(test: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _not_estimable(frame: pd.DataFrame, y: np.ndarray, X: pd.DataFrame) -> str:
+    """Why the logistic model of these answers has no finite estimate, in words ('' when it has one)."""
+    if y.size and np.all(y == 1):
+        return "not estimable: every answer was right, so there is no difference to model"
+    if y.size and np.all(y == 0):
+        return "not estimable: every answer was wrong, so there is no difference to model"
+    if not stats.separated(y, X):
+        return ""
+    right = frame.assign(_c=y).groupby(["method", "init", "stage"], observed=True)["_c"].mean()
+    alike = [f"{contrasts.cell_name(m, i, st)} all {'right' if v == 1 else 'wrong'}"
+             for (m, i, st), v in right.items() if v in (0.0, 1.0)]
+    return ("not estimable: the conditions predict every answer in some cells exactly (separation: "
+            + ("; ".join(alike) if alike else "no cell alike, but a combination of them")
+            + "), so the logistic model has no finite estimate and gives no interval or p-value; see the "
+            "accuracies, and the mixed model below, whose prior keeps its estimates finite")
+
+
 def _stage_models(res: Analysis, state: dict) -> None:
     test = state["test"][(state["test"]["listener_group"] == contrasts.PEOPLE) & state["test"]["correct"].notna()]
     rows = []
     for model, frame, X, names in _contrast_designs(test):
-        fits = stats.logistic_cluster(frame["correct"].astype(float).to_numpy(), X.reset_index(drop=True),
-                                      {"listener": frame["listener"], "stimulus": frame["stimulus"]})
+        y = frame["correct"].astype(float).to_numpy()
+        why = _not_estimable(frame, y, X)
+        fits = {} if why else stats.logistic_cluster(y, X.reset_index(drop=True),
+                                                     {"listener": frame["listener"], "stimulus": frame["stimulus"]})
         for clusters, terms in fits.items():
             for fit in terms:
                 if fit.term in names:
                     rows.append({"contrast": names[fit.term], "model": model, "clusters": clusters,
                                  "odds_ratio": fit.odds_ratio, "ci_low": fit.ci_low, "ci_high": fit.ci_high,
-                                 "z": fit.z, "p": fit.p, "answers": fit.answers})
+                                 "z": fit.z, "p": fit.p, "answers": fit.answers, "note": ""})
+        if why:  # one row per contrast saying why, instead of an arbitrary huge odds ratio and a tiny p
+            for term, contrast in names.items():
+                rows.append({"contrast": contrast, "model": model, "clusters": "listener", "odds_ratio": np.nan,
+                             "ci_low": np.nan, "ci_high": np.nan, "z": np.nan, "p": np.nan, "answers": len(y),
+                             "note": why})
     mcn = _mcnemar(test)
     glm = pd.DataFrame(rows, columns=["contrast", "model", "clusters", "odds_ratio", "ci_low", "ci_high", "z", "p",
-                                      "answers"])
+                                      "answers", "note"])
     primary = mcn.index[mcn["primary"]] if not mcn.empty else pd.Index([])
     mcn_p = mcn.loc[primary, "p_mcnemar_exact"].to_numpy(dtype=float) if len(primary) else np.array([])
     glm["p_holm"] = np.nan
@@ -462,8 +523,9 @@ def _stage_summary(res: Analysis, state: dict) -> None:
             for group, part in _by_group(tests):
                 who = "People" if group == contrasts.PEOPLE else f"Machine listener {group}"
                 lines.append(f"{who}, ratings: " + " ".join(
-                    f"{r['contrast']}: mean {r['mean_a']:.2f} vs {r['mean_b']:.2f} (Holm p "
-                    f"{contrasts.format_p_clause(r['p_holm'])})." for _, r in part.iterrows()))
+                    f"{r['contrast']}: mean {r['mean_a']:.2f} vs {r['mean_b']:.2f} ("
+                    + (r["note"] if r["note"] else f"Holm p {contrasts.format_p_clause(r['p_holm'])}") + ")."
+                    for _, r in part.iterrows()))
     if res.summary_crowd:
         lines.append(res.summary_crowd)
     headline = _objective_headline(res.tables.get("objective_summary"))
@@ -532,8 +594,13 @@ def _stage_bayes(res: Analysis, state: dict) -> None:
     test = state["test"][(state["test"]["listener_group"] == contrasts.PEOPLE) & state["test"]["correct"].notna()]
     parts = []
     cap = res.options.bayes_max_answers
+    skipped = []
     for model, frame, X, names in _contrast_designs(test):
         if frame["listener"].nunique() < 2 or frame["stimulus"].nunique() < 2:
+            continue
+        if frame["correct"].astype(bool).nunique() < 2:  # its estimate would be the prior's, not the data's
+            skipped.append(f"model '{model}' is not fitted: every answer was "
+                           f"{'right' if frame['correct'].astype(bool).iloc[0] else 'wrong'}")
             continue
         if cap is not None and len(frame) > cap:
             pick = np.sort(np.random.default_rng(res.options.seed).choice(len(frame), size=cap, replace=False))
@@ -545,6 +612,8 @@ def _stage_bayes(res: Analysis, state: dict) -> None:
         table = table[table["term"].isin(names) | table["term"].str.startswith("sd(")].copy()
         table["term"] = table["term"].map(lambda t: names.get(t, t))
         parts.append(table.assign(model=model, answers_used=used))
+    if skipped and not parts:
+        res.notes.append("Mixed model: " + "; ".join(skipped) + ".")
     if parts:
         res.tables["contrasts_mixed_bayes"] = pd.concat(parts, ignore_index=True)
         res.sections.append(Section("Sensitivity check: mixed model", (
@@ -554,18 +623,19 @@ def _stage_bayes(res: Analysis, state: dict) -> None:
             "approximation. Intervals are posterior mode ± 1.96 posterior sd (from the inverse Hessian) on the "
             "log-odds scale, shown as odds ratios; the sd rows give the estimated spread of listener and clip "
             "intercepts. If it agrees with the clustered GLM the conclusions do not hinge on how clustering is "
-            "handled."), ["contrasts_mixed_bayes"], [],
+            "handled." + "".join(f" The {why}." for why in skipped)), ["contrasts_mixed_bayes"], [],
             guide="Do the main contrasts hold when listeners and clips get their own random intercepts?"))
 
 
 def _stage_agreement(res: Analysis, state: dict) -> None:
     test = state["test"][state["test"]["correct"].notna()]
     cats = state["words"] + ["none"]
+    other = other_label(state["words"])
     rows = []
     for (kind, cell), part in test.groupby(["listener_group", "cell"], sort=True):
-        answers = np.where(part["answer"].isin(cats), part["answer"].to_numpy(dtype=object), "other")
+        answers = np.where(part["answer"].isin(cats), part["answer"].to_numpy(dtype=object), other)
         rows.append({"listener_group": kind, "cell": cell,
-                     **stats.agreement(part["stimulus"], answers, cats + ["other"], "nominal")})
+                     **stats.agreement(part["stimulus"], answers, cats + [other], "nominal")})
     res.tables["agreement"] = pd.DataFrame(rows)
     res.sections.append(Section("Agreement between listeners", (
         "Do listeners give the same answer to the same clip? Fleiss' kappa is used when every clip in a condition "
@@ -705,6 +775,18 @@ def _rating_contrasts(rated: pd.DataFrame):
 RATING_PERMUTATIONS = 999
 
 
+def _rank_test_note(a: np.ndarray, b: np.ndarray, paired: bool, p: float) -> str:
+    """Why a rating comparison has no p-value, or a p of 1 that says nothing, in words ('' otherwise)."""
+    if paired and np.all(a == b):
+        return "no test: every pair got the same rating on both sides, so there is no difference to rank"
+    if np.isnan(p):
+        return "no test: too few ratings on a side (a permutation test needs two at least)"
+    both = np.concatenate([a, b])
+    if np.all(both == both[0]):
+        return "every rating alike: nothing to rank, p = 1 by definition"
+    return ""
+
+
 def _stage_rating_tests(res: Analysis, state: dict) -> None:
     rows = []
     for group, rated in _by_group(_ratings(state)):
@@ -719,19 +801,18 @@ def _stage_rating_tests(res: Analysis, state: dict) -> None:
                 common = pa.index.intersection(pb.index)
                 if len(common) == 0:
                     continue
-                test, stat, p = stats.rank_test(pa[common].to_numpy(), pb[common].to_numpy(), paired=True,
-                                                permutations=perms, seed=res.options.seed)
+                va, vb = pa[common].to_numpy(), pb[common].to_numpy()
+                test, stat, p = stats.rank_test(va, vb, paired=True, permutations=perms, seed=res.options.seed)
                 units = f"{len(common)} pairs (mean rating per clip)"
-                ma, mb = float(pa[common].mean()), float(pb[common].mean())
             else:
-                test, stat, p = stats.rank_test(a["rating"].to_numpy(), b["rating"].to_numpy(), permutations=perms,
-                                                seed=res.options.seed)
+                va, vb = a["rating"].to_numpy(), b["rating"].to_numpy()
+                test, stat, p = stats.rank_test(va, vb, permutations=perms, seed=res.options.seed)
                 units = f"{len(a)} vs {len(b)} {'clips' if machine else 'answers'}"
-                ma, mb = float(a["rating"].mean()), float(b["rating"].mean())
-            rows.append({"listener_group": group, "contrast": name, "test": test, "units": units, "mean_a": ma,
-                         "mean_b": mb, "statistic": stat, "p": p})
+            rows.append({"listener_group": group, "contrast": name, "test": test, "units": units,
+                         "mean_a": float(va.mean()), "mean_b": float(vb.mean()), "statistic": stat, "p": p,
+                         "note": _rank_test_note(va, vb, paired, p)})
     table = pd.DataFrame(rows, columns=["listener_group", "contrast", "test", "units", "mean_a", "mean_b",
-                                        "statistic", "p"])
+                                        "statistic", "p", "note"])
     table["p_holm"] = (table.groupby("listener_group")["p"].transform(lambda p: stats.holm(p.to_numpy()))
                        if not table.empty else [])
     res.tables["rating_tests"] = table
@@ -776,8 +857,9 @@ def _stage_objective(res: Analysis, state: dict) -> None:
     found.update({p.parent.name: p for p in sorted(root.glob("*/heatmap.csv"))})
     pictures = {p.stem[len("heatmap_"):]: p for p in sorted(root.glob("heatmap_*.png"))}
     pictures.update({p.parent.name: p for p in sorted(root.glob("*/heatmap.png"))})
+    slugs = unique_slugs(sorted(set(found) | set(pictures)))
     for method in sorted(set(found) | set(pictures)):
-        name = f"objective_{_slug(method)}_heatmap"
+        name = f"objective_{slugs[method]}_heatmap"
         used.append(found.get(method) or pictures[method])
         if method in found:
             matrix = _read_csv(found[method])
@@ -804,12 +886,13 @@ def _stage_tsne(res: Analysis, state: dict) -> None:
     if not root.is_dir():
         raise HearsayError(f"tsne folder not found: {root}")
     tables, figs = [], []
+    slugs = unique_slugs(p.stem for p in sorted(root.glob("*.csv")) + sorted(root.glob("*.png")))
     for path in sorted(root.glob("*.csv")):
-        name = f"tsne_{_slug(path.stem)}"
+        name = f"tsne_{slugs[path.stem]}"
         res.tables[name] = _read_csv(path)
         tables.append(name)
     for path in sorted(root.glob("*.png")):
-        name = f"tsne_{_slug(path.stem)}"
+        name = f"tsne_{slugs[path.stem]}"
         res.images[name] = path.read_bytes()
         figs.append(name)
     if not tables and not figs:
@@ -1016,12 +1099,16 @@ def _main_contrasts_html(df: pd.DataFrame) -> str:
     for r in df.itertuples(index=False):
         tested = not np.isnan(r.p_holm)
         ratio = "undefined" if np.isnan(r.odds_ratio) else contrasts.format_ratio(r.odds_ratio)
+        note = r.note
+        if tested and np.isnan(r.odds_ratio) and not note:  # an exact test on answers that carry no information
+            note = ("no informative answers (every answer alike, or no discordant pairs): "
+                    "nothing to test, p = 1 by definition")
         rows.append({"listeners": r.listeners, "contrast": r.contrast,
                      "accuracy A vs B": f"{_pct(r.accuracy_a)} vs {_pct(r.accuracy_b)}",
                      "odds ratio [95% CI]": (f"{ratio} [{contrasts.format_ratio(r.ci_low)}, "
                                              f"{contrasts.format_ratio(r.ci_high)}]") if tested else "",
                      "p (Holm)": contrasts.format_p(r.p_holm) if tested else "", "test": r.test,
-                     "note": r.note})
+                     "note": note})
     return ("<h3>main_contrasts <small>(<a href='tables/main_contrasts.csv'>main_contrasts.csv</a>)</small></h3>"
             + _table_html(pd.DataFrame(rows)))
 

@@ -310,9 +310,35 @@ def _estimable(exog: pd.DataFrame) -> pd.DataFrame:
     return exog[kept]
 
 
+def separated(y: np.ndarray, X: pd.DataFrame) -> bool:
+    """Whether the logistic model of y on X (plus an intercept) has no finite maximum-likelihood estimate.
+
+    That happens when every answer is right, or every answer wrong, or when some combination of the
+    predictors splits right from wrong answers (complete or quasi-complete separation: e.g. every answer
+    to decoder clips right). The fit then drifts towards an infinite odds ratio and reports an arbitrary
+    large one with a meaningless interval. Checked exactly as a linear program (Konis 2007): is there a
+    direction b with x·b >= 0 for every right answer and <= 0 for every wrong one, not zero on all? Rows
+    are collapsed to distinct (x, y) patterns first, so a million answers cost nothing.
+    """
+    from scipy.optimize import linprog
+
+    y = np.asarray(y, dtype=float)
+    if y.size == 0 or np.all(y == y[0]):
+        return True
+    exog = np.column_stack([np.ones(y.size), X.to_numpy(dtype=float)])
+    patterns = np.unique(np.column_stack([exog, y]), axis=0)
+    signed = patterns[:, :-1] * np.where(patterns[:, -1] > 0, 1.0, -1.0)[:, None]
+    k = signed.shape[1]
+    # maximize the summed margin subject to every signed margin >= 0 and |b_j| <= 1
+    res = linprog(-signed.sum(axis=0), A_ub=-signed, b_ub=np.zeros(len(signed)), bounds=[(-1.0, 1.0)] * k,
+                  method="highs")
+    return bool(res.status == 0 and -res.fun > 1e-9)
+
+
 def logistic_cluster(y: np.ndarray, X: pd.DataFrame, groups: dict[str, np.ndarray]) -> dict[str, list[ContrastFit]]:
     """Logistic GLM of correct (0/1) on 0/1 predictors, with cluster-robust errors.
 
+    Empty when the model has no finite estimate (every answer alike, or separation: see separated()).
     One fit (maximum likelihood, binomial family, logit link); standard errors are then
     recomputed from it, without refitting, so answers from the same cluster may be correlated: one
     entry per key in `groups` (e.g. listener, stimulus), plus two-way listener x stimulus when two
@@ -328,8 +354,8 @@ def logistic_cluster(y: np.ndarray, X: pd.DataFrame, groups: dict[str, np.ndarra
     if y.size == 0 or X.shape[1] == 0:
         return {}
     exog = _estimable(add_constant(X.astype(float), has_constant="add"))
-    if exog.shape[1] < 2:
-        return {}
+    if exog.shape[1] < 2 or separated(y, exog.drop(columns="const")):
+        return {}  # no finite estimate: see separated()
     model = GLM(y, exog, family=Binomial())
     codes = {name: pd.factorize(pd.Series(g), sort=True)[0] for name, g in groups.items()}
     try:

@@ -181,6 +181,7 @@ def read_answers(path: Path, manifest_path: Path | None = None) -> tuple[pd.Data
     """The long answer table from a CSV (the admin's responses download, or any tool that writes these columns),
     and the experiment info it implies, so a study can be analysed away from its database.
 
+    A listener's second answer to a clip is left out (the first kept) and named in info["invalid_rows"].
     The answer options are the manifest's words when given, else every word the table names as a target or an
     answer (chance is 1 / (options + 1), so give the manifest when some option was never a target nor answered).
     Cells the export neutralized for spreadsheets ('=... written as \'=...) are read back as they were.
@@ -211,21 +212,62 @@ def read_answers(path: Path, manifest_path: Path | None = None) -> tuple[pd.Data
         df = normalize(raw)
     except HearsayError as exc:
         raise HearsayError(f"{path}: {exc}") from None
+    df, repeats = _first_answers(df)
     rated = df["rating"].notna()
     task = "rating" if rated.any() else "identification"
     if task == "rating" and (df["answer"] != "").any() and not rated.all():
         raise HearsayError(f"{path} mixes identification answers and ratings: not the answers of one experiment")
     if manifest_path is not None:
-        words = [w.lower() for w in read_manifest(manifest_path).words]
+        manifest = read_manifest(manifest_path)
+        words = [w.lower() for w in manifest.words]
         unknown = sorted(set(df.loc[df["stimulus_kind"] == "test", "word"].unique()) - set(words))  # a manifest of another study
         if unknown:
             raise HearsayError(f"{path}: word {unknown[0]!r} is not in the manifest {manifest_path}")
+        tested = df.loc[df["stimulus_kind"] == "test", "stimulus"]
+        missing = tested[~tested.isin(set(manifest.by_id()))]
+        if not missing.empty:  # another version of the study's stimuli: its words may not be the options heard
+            raise HearsayError(f"{path}: answer {missing.index[0] + 1}: clip {missing.iloc[0]!r} is not in the "
+                               f"manifest {manifest_path} ({missing.nunique()} clip(s) missing): give the manifest "
+                               "the study was run with, or leave --manifest out to take the words from the table")
     else:
         answered = set(df["answer"].unique()) if task == "identification" else set()
         words = sorted((set(df["word"].unique()) | answered) - {NONE_ANSWER, ""} - set(NONE_ALIASES))
     counts = df.groupby("stimulus").size()
-    return df, {"slug": path.stem, "task": task, "words": words,
-                "ratings_per_stimulus": int(counts.median()), "rejected_answers": 0, "invalid_rows": []}
+    return df.reset_index(drop=True), {"slug": path.stem, "task": task, "words": words,
+                                       "ratings_per_stimulus": int(counts.median()), "rejected_answers": 0,
+                                       "invalid_rows": repeats}
+
+
+REPEATS_LISTED = 3
+
+
+def _first_answers(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Each listener's first answer to each clip (in table order), and one line per kind of repeat left out.
+
+    The survey stores one answer per listener and clip, so a second one comes from tables joined by hand (a
+    download pasted twice, two exports merged). Counting it would weigh that listener's clip twice and break
+    the pairing of McNemar's test, so it is left out, as the results-file reader leaves out a worker's second
+    answer to a clip; the lines say how many and where.
+    """
+    later = df.duplicated(["listener", "stimulus"], keep="first")
+    if not later.any():
+        return df, []
+    same = df.duplicated(keep="first") & later  # the same row again, every column alike
+    lines = []
+    if same.any():
+        lines.append(f"{int(same.sum())} answer(s) repeat an earlier row exactly (the table holds some answers "
+                     "twice): each counted once")
+    differing = later & ~same
+    if differing.any():
+        first = df.reset_index().drop_duplicates(["listener", "stimulus"]).set_index(["listener", "stimulus"])["index"]
+        for i in np.flatnonzero(differing.to_numpy())[:REPEATS_LISTED]:
+            row = df.iloc[i]
+            kept = int(first.loc[(row["listener"], row["stimulus"])]) + 1
+            lines.append(f"answer {i + 1}: listener {row['listener']!r} answered clip {row['stimulus']!r} again "
+                         f"(answer {kept} is kept, later ones left out)")
+        if differing.sum() > REPEATS_LISTED:
+            lines.append(f"... {int(differing.sum()) - REPEATS_LISTED} more repeated answer(s) left out the same way")
+    return df[~later], lines  # the index stays the table's answer number for later messages
 
 
 def is_paper_noise_clip(df: pd.DataFrame) -> pd.Series:

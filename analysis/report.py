@@ -76,7 +76,7 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)
-    long_tables: set[str] = field(default_factory=set)
+    long_tables: dict[str, str] = field(default_factory=dict)  # name -> what its rows are and where they are shown
     wide_figures: set[str] = field(default_factory=set)
     drawing: figures.DrawingAhead | None = None
     summary: list[str] = field(default_factory=list)
@@ -319,7 +319,7 @@ def _stage_confusion(res: Analysis, state: dict) -> None:
                                       f"Intended x heard per condition ({kind}); rows sum to 1"))
     confusion = pd.concat(long_rows, ignore_index=True)
     res.tables["confusion"] = confusion[["listener_group", "cell", "word", "answer", "count", "share"]]
-    res.long_tables.add("confusion")
+    res.long_tables["confusion"] = "one per combination, drawn in this section's figures"
     attrs = test[["cell", "method", "init", "stage"]].drop_duplicates().set_index("cell")
     diff_figs, diff_rows, diff_panels = [], [], []
     for (kind, a), (kind_b, b) in _single_factor_pairs(shares.keys(), attrs):
@@ -364,7 +364,7 @@ def _stage_words(res: Analysis, state: dict) -> None:
     test = state["test"][state["test"]["correct"].notna()]
     table = _accuracy_table(test, ["listener_group", "cell", "word"], state["chance"])
     res.tables["word_accuracy"] = table
-    res.long_tables.add("word_accuracy")
+    res.long_tables["word_accuracy"] = "one per combination, drawn in this section's figures"
     order = _cell_order(test)
     panels = []
     for kind, part in _by_group(table):
@@ -658,7 +658,7 @@ def _stage_crowd(res: Analysis, state: dict) -> None:
     intended = plain(people[["stimulus", "cell", "word"]].drop_duplicates("stimulus"))
     clips = intended.merge(labels.clips, on="stimulus")
     res.tables["crowd_labels"] = clips
-    res.long_tables.add("crowd_labels")
+    res.long_tables["crowd_labels"] = "one per clip, summarized by condition in crowd_label_vs_intended"
     order = {c: i for i, c in enumerate(_cell_order(test))}
     by_cell = crowd.disagreement_by_condition(labels.clips, intended, methods)
     res.tables["crowd_label_vs_intended"] = by_cell.sort_values("cell", key=lambda c: c.map(order))
@@ -724,7 +724,7 @@ def _stage_ratings(res: Analysis, state: dict) -> None:
     words = plain(rated.groupby(["listener_group", "cell", "method", "stage", "word"], sort=True)["rating"].agg(
         answers="size", mean="mean").reset_index())
     res.tables["rating_by_word"] = words
-    res.long_tables.add("rating_by_word")
+    res.long_tables["rating_by_word"] = "one per combination, drawn in this section's figures"
     panels = []
     for kind, part in _by_group(words[words["stage"].isin(["original", "after"])]):
         part = part.assign(group=np.where(part["stage"] == "original", "original", part["method"]))
@@ -1077,12 +1077,11 @@ def _table_html(df: pd.DataFrame) -> str:
     return f"<div class=tw><table class=t><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>"
 
 
-def _html_table(name: str, df: pd.DataFrame, long_format: bool) -> str:
-    """Short tables inline, long ones folded, long-format ones only linked (their heatmaps show them)."""
+def _html_table(name: str, df: pd.DataFrame, long_format: str | None) -> str:
+    """Short tables inline, long ones folded, long-format ones only linked (`long_format` says where they are shown)."""
     link = f"<a href='tables/{html.escape(name)}.csv'>{html.escape(name)}.csv</a>"
     if long_format:
-        return (f"<p class=more>Long-format table {link}: {len(df):,} rows (one per combination), "
-                "shown as the heatmaps above.</p>")
+        return f"<p class=more>Long-format table {link}: {len(df):,} rows ({html.escape(long_format)}).</p>"
     shown = df[[c for c in HTML_COLUMNS[name] if c in df.columns]] if name in HTML_COLUMNS else df
     hidden = "" if shown.shape[1] == df.shape[1] else f"; {df.shape[1] - shown.shape[1]} more columns in the CSV"
     if len(df) <= INLINE_ROWS:
@@ -1162,7 +1161,7 @@ def _html(result: Analysis, pngs: dict[str, bytes], pdf: bool = False) -> str:
             if name == "main_contrasts":
                 parts.append(_main_contrasts_html(result.tables[name]))
             else:
-                parts.append(_html_table(name, result.tables[name], name in result.long_tables))
+                parts.append(_html_table(name, result.tables[name], result.long_tables.get(name)))
         parts.append(f"<details><summary>How this was computed</summary><p>{html.escape(section.text)}</p></details>"
                      "</section>")
     parts.append("</body></html>\n")

@@ -222,3 +222,12 @@ def test_degenerate_designs_write_a_report_that_says_what_is_missing(tmp_path, n
     text = summary(analyze(tmp_path, select(small_table(listeners=4, machines=0))))
     assert "nan" not in text.lower()
     assert name == "one word" or "No contrast:" in text
+
+
+def test_the_crowd_label_table_is_not_said_to_be_drawn_as_heatmaps(tmp_path):
+    """Before: every long-format table's link said 'shown as the heatmaps above', the per-clip crowd labels too,
+    which no figure draws."""
+    text = page_text(analyze(tmp_path, small_table(machines=0)))
+    crowd = re.search(r"Long-format table\s+crowd_labels\.csv\s*: [\d,]+ rows \(([^)]*)\)", text)
+    assert crowd is not None and "heatmap" not in crowd.group(1) and "crowd_label_vs_intended" in crowd.group(1)
+    assert re.search(r"Long-format table\s+confusion\.csv\s*: [\d,]+ rows \(one per combination, drawn in this section's figures\)", text)

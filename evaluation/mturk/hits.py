@@ -23,7 +23,20 @@ from tqdm import tqdm
 
 from evaluation.flow import normalize_worker_id
 from evaluation.models import Experiment, MturkAssignment, MturkHit, Participant, Stimulus
-from evaluation.mturk.api import LIVE_WORKER_SITE, SANDBOX_WORKER_SITE, Api, error_text
+from evaluation.mturk.api import (
+    FUNDS_PAGE,
+    LIVE_WORKER_SITE,
+    SANDBOX_WORKER_SITE,
+    Api,
+    describe,
+    error_text,
+    insufficient_funds,
+    marketplace,
+    may_have_happened,
+    network_error,
+    not_found,
+    transient,
+)
 from hearsay.errors import HearsayError
 
 # System qualification types, identical in sandbox and production.
@@ -241,29 +254,61 @@ def _existing_hit_id(client, exc, token: str) -> str | None:
     return None
 
 
-def create_hits(client, experiment: Experiment, spec: HitSpec, live: bool, progress: bool = True) -> list[MturkHit]:
-    """Create the missing HITs of `spec`, recording each one as soon as MTurk confirms it."""
+def _create_one(client, params: dict) -> dict:
+    """create_hit; after a HitAlreadyExists refusal (a retry of a request that reached MTurk), the existing HIT."""
     from botocore.exceptions import ClientError
+
+    try:
+        return client.create_hit(**params)["HIT"]
+    except ClientError as exc:
+        hit_id = _existing_hit_id(client, exc, params["UniqueRequestToken"])
+        if hit_id is None:
+            raise
+    return client.get_hit(HITId=hit_id)["HIT"]
+
+
+def create_hits(client, experiment: Experiment, spec: HitSpec, live: bool, progress: bool = True) -> list[MturkHit]:
+    """Create the missing HITs of `spec`, recording each one as soon as MTurk confirms it.
+
+    A failure half way (throttling, the network, insufficient funds) stops the run with one line saying how many
+    HITs exist and how many remain; every HIT made so far is recorded, so the same command finishes the job.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
 
     spec.validate(experiment.slug)
     require_live(experiment)
+    todo = pending_indices(experiment, spec, live)
     made: list[MturkHit] = []
-    for index in tqdm(pending_indices(experiment, spec, live), desc="create HITs", unit="HIT", disable=not progress):
+    for index in tqdm(todo, desc="create HITs", unit="HIT", disable=not progress):
         params = spec.create_params(experiment.slug, index)
         try:
-            hit = client.create_hit(**params)["HIT"]
-        except ClientError as exc:
-            hit_id = _existing_hit_id(client, exc, params["UniqueRequestToken"])
-            if hit_id is None:
-                raise HearsayError(f"MTurk create_hit failed for HIT {index} of batch {spec.batch!r}: {error_text(exc)}") from exc
-            with Api("get_hit"):
-                hit = client.get_hit(HITId=hit_id)["HIT"]
+            hit = _create_one(client, params)
+        except (ClientError, BotoCoreError, HearsayError) as exc:
+            if isinstance(exc, BotoCoreError) and not network_error(exc):
+                raise  # no credentials, a bad parameter: nothing to resume
+            raise HearsayError(_creation_stopped(experiment, spec, live, index, exc, len(todo) - len(made))) from exc
         made.append(_record_hit(experiment, spec, index, params, hit, live))
     return made
 
 
+def _creation_stopped(experiment, spec: HitSpec, live: bool, index: int, exc, remaining: int) -> str:
+    exist = spec.hits - remaining
+    text = (f"MTurk create_hit failed for HIT {index} of batch {spec.batch!r} in the {marketplace(live)}: {describe(exc)}; "
+            f"{exist} of {spec.hits} HITs exist (all recorded), {remaining} remain")
+    if insufficient_funds(exc):
+        cost = hit_cost(spec.reward, spec.assignments_per_hit, remaining)
+        text += f" (${cost.total} with fees): add funds at {FUNDS_PAGE}, then"
+    elif may_have_happened(exc):
+        text += f" (HIT {index} may have been made: rerun within 24 hours, while MTurk still knows its request token);"
+    return text + f" rerun the same command to create {'them' if remaining > 1 else 'it'}"
+
+
 def _record_hit(experiment, spec: HitSpec, index: int, params: dict, hit: dict, live: bool) -> MturkHit:
     record = {k: v for k, v in params.items() if k != "Question"} | {"ExternalURL": spec.url}
+    try:  # a HIT found by its token (made by an earlier run) is recorded as MTurk has it, not as asked now
+        reward = Decimal(str(hit.get("Reward", spec.reward)))
+    except InvalidOperation:
+        reward = spec.reward
     return MturkHit.objects.create(
         experiment=experiment,
         sandbox=not live,
@@ -274,8 +319,8 @@ def _record_hit(experiment, spec: HitSpec, index: int, params: dict, hit: dict, 
         request_token=params["UniqueRequestToken"],
         url=spec.url,
         title=spec.title,
-        reward=spec.reward,
-        max_assignments=spec.assignments_per_hit,
+        reward=reward,
+        max_assignments=hit.get("MaxAssignments", spec.assignments_per_hit),
         parameters=record,
         expires_at=hit.get("Expiration"),
         status=hit.get("HITStatus", ""),
@@ -308,12 +353,44 @@ def _hits(experiment: Experiment, live: bool):
     return MturkHit.objects.filter(experiment=experiment, sandbox=not live)
 
 
+def recorded(experiment: Experiment, live: bool) -> tuple[int, int]:
+    """(HITs, assignments) recorded for the experiment in one marketplace."""
+    return (
+        _hits(experiment, live).count(),
+        MturkAssignment.objects.filter(experiment=experiment, sandbox=not live).count(),
+    )
+
+
+def _stopped(what: str, done: int, total: int, hit_id: str, exc, live: bool) -> HearsayError:
+    return HearsayError(
+        f"MTurk stopped answering ({describe(exc)}) at HIT {hit_id} in the {marketplace(live)}: {what} {done} of {total} "
+        f"HITs; {total - done} remain: rerun the same command to finish"
+    )
+
+
+GONE = "Deleted"  # our HITStatus for a HIT that MTurk no longer knows (deleted, or never in this marketplace)
+
+
 def hit_status(client, experiment: Experiment, live: bool) -> StatusReport:
-    """Refresh every recorded HIT's counts from MTurk, plus the account balance."""
+    """Refresh every recorded HIT's counts from MTurk, plus the account balance.
+
+    A HIT MTurk no longer knows is shown as Deleted and the others are still refreshed; throttling or the
+    network stops the run with one line saying how far it got.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
     hits = list(_hits(experiment, live))
-    for hit in hits:
-        with Api(f"get_hit {hit.hit_id}"):
+    for n, hit in enumerate(hits):
+        try:
             info = client.get_hit(HITId=hit.hit_id)["HIT"]
+        except (ClientError, BotoCoreError) as exc:
+            if transient(exc):
+                raise _stopped("refreshed", n, len(hits), hit.hit_id, exc, live) from exc
+            if not (isinstance(exc, ClientError) and not_found(exc)):
+                raise HearsayError(f"MTurk get_hit {hit.hit_id} failed: {describe(exc)}") from exc
+            hit.status, hit.available, hit.pending = GONE, 0, 0
+            hit.save(update_fields=["status", "available", "pending"])
+            continue
         hit.status = info.get("HITStatus", "")
         hit.available = info.get("NumberOfAssignmentsAvailable", 0)
         hit.pending = info.get("NumberOfAssignmentsPending", 0)
@@ -347,6 +424,7 @@ class SyncReport:
     linked: int = 0
     unmatched: list[str] = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)
+    gone: list[str] = field(default_factory=list)
 
 
 def _find_participant(experiment: Experiment, worker_id: str) -> Participant | None:
@@ -372,9 +450,11 @@ def sync(client, experiment: Experiment, live: bool, progress: bool = True) -> S
         .distinct()
         if h not in hit_ids
     ]
+    from botocore.exceptions import BotoCoreError, ClientError
+
     paginator = client.get_paginator("list_assignments_for_hit")
-    for hit_id in tqdm(hit_ids, desc="sync HITs", unit="HIT", disable=not progress):
-        with Api(f"list_assignments_for_hit {hit_id}"):
+    for n, hit_id in enumerate(tqdm(hit_ids, desc="sync HITs", unit="HIT", disable=not progress)):
+        try:
             pages = list(
                 paginator.paginate(
                     HITId=hit_id,
@@ -382,6 +462,13 @@ def sync(client, experiment: Experiment, live: bool, progress: bool = True) -> S
                     PaginationConfig={"PageSize": 100},
                 )
             )
+        except (ClientError, BotoCoreError) as exc:
+            if transient(exc):
+                raise _stopped(f"synced ({report.assignments} assignments stored)", n, len(hit_ids), hit_id, exc, live) from exc
+            if isinstance(exc, ClientError) and not_found(exc):
+                report.gone.append(hit_id)  # its assignments stay as last synced
+                continue
+            raise HearsayError(f"MTurk list_assignments_for_hit {hit_id} failed: {describe(exc)}") from exc
         for page in pages:
             for a in page.get("Assignments", []):
                 _store_assignment(experiment, live, a, report)
@@ -424,19 +511,69 @@ def _store_assignment(experiment: Experiment, live: bool, a: dict, report: SyncR
         p.save(update_fields=changed)
 
 
-def expire(client, experiment: Experiment, live: bool) -> list[str]:
-    """Stop every recorded HIT from taking new workers; workers already on it may still submit."""
+@dataclass
+class ExpireReport:
+    expired: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)  # expired before, or disposed
+    gone: list[str] = field(default_factory=list)  # MTurk no longer knows them
+    failed: list[str] = field(default_factory=list)
+
+
+def _over(info: dict) -> bool:
+    """A HIT that takes no new workers: expired, being reviewed or disposed."""
+    expiry = info.get("Expiration")
+    return info.get("HITStatus") in ("Reviewable", "Reviewing", "Disposed") or (
+        expiry is not None and expiry <= dj_timezone.now()
+    )
+
+
+def expire(client, experiment: Experiment, live: bool) -> ExpireReport:
+    """Stop every recorded HIT from taking new workers; workers already on it may still submit.
+
+    MTurk refuses the call for a HIT it already expired (the same expiry twice) or no longer has: such a HIT is
+    checked with get_hit and recorded as it is, and the others are still expired. Throttling or the network
+    stops the run with one line saying how many remain; a rerun finishes.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
     past = datetime(2015, 1, 1, tzinfo=UTC)
-    expired = []
-    for hit in _hits(experiment, live):
-        with Api(f"update_expiration_for_hit {hit.hit_id}"):
-            client.update_expiration_for_hit(HITId=hit.hit_id, ExpireAt=past)
+    report = ExpireReport()
+    hits = list(_hits(experiment, live))
+    for n, hit in enumerate(hits):
+        try:
+            try:
+                client.update_expiration_for_hit(HITId=hit.hit_id, ExpireAt=past)
+            except ClientError as exc:
+                if transient(exc):
+                    raise
+                info = client.get_hit(HITId=hit.hit_id)["HIT"]
+                if not _over(info):
+                    report.failed.append(f"{hit.hit_id}: {describe(exc)}")
+                    continue
+                hit.status = info.get("HITStatus", hit.status)
+                hit.expires_at = info.get("Expiration") or dj_timezone.now()
+                hit.available = 0
+                hit.save(update_fields=["status", "expires_at", "available"])
+                report.already.append(hit.hit_id)
+                continue
+        except (ClientError, BotoCoreError) as exc:
+            if transient(exc):
+                done = len(report.expired) + len(report.already) + len(report.gone)
+                raise _stopped("expired", done, len(hits), hit.hit_id, exc, live) from exc
+            if isinstance(exc, ClientError) and not_found(exc):
+                hit.status, hit.available = GONE, 0
+                hit.save(update_fields=["status", "available"])
+                report.gone.append(hit.hit_id)
+                continue
+            if not isinstance(exc, ClientError):
+                raise  # no credentials and the like: nothing to resume
+            report.failed.append(f"{hit.hit_id}: {describe(exc)}")
+            continue
         hit.expires_at = dj_timezone.now()
         hit.available = 0
         hit.save(update_fields=["expires_at", "available"])
-        expired.append(hit.hit_id)
-    return expired
-
+        report.expired.append(hit.hit_id)
+    return report
 
 
 def listeners_needed(experiment: Experiment) -> int:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from django.core.management.base import CommandError
+from django.utils import timezone
 
 from config.commands import HearsayCommand
 from evaluation import mturk
@@ -109,10 +110,34 @@ class Command(HearsayCommand):
         if sys.stdin.readline().strip().lower() not in {"y", "yes"}:
             raise CommandError("cancelled; nothing was done")
 
-    def _report(self, verb: str, report: mturk.PayReport) -> None:
+    def _report(self, verb: str, report: mturk.PayReport, opts) -> None:
+        """The summary line; a failure or an early stop is one error line saying what was done and what remains."""
         self.stdout.write(f"{verb}: {len(report.done)}; already {verb.lower()} on MTurk: {len(report.skipped)}")
+        problems = []
         if report.failed:
-            raise CommandError(f"{len(report.failed)} could not be {verb.lower()}: " + "; ".join(report.failed))
+            shown = "; ".join(report.failed[:5]) + (f"; and {len(report.failed) - 5} more" if len(report.failed) > 5 else "")
+            problems.append(f"{len(report.failed)} could not be {verb.lower()}: {shown}")
+        if report.stopped:
+            problems.append(
+                f"stopped at {report.stopped}; {len(report.remaining)} remain: rerun "
+                f"`manage.py mturk {opts['action']} --experiment {opts['experiment']}{' --live' if opts['live'] else ''}` to finish"
+            )
+        if report.unsure:
+            problems.append(report.unsure)
+        if problems:
+            where = mturk.marketplace(opts["live"])
+            raise CommandError(f"{verb} {len(report.done)} of {report.due} in the {where} "
+                               f"({len(report.skipped)} already done on MTurk); " + "; ".join(problems))
+
+    def _check_marketplace(self, experiment, live: bool) -> None:
+        """Nothing recorded in the marketplace asked for but something in the other: the --live flag is wrong."""
+        here, there = mturk.recorded(experiment, live), mturk.recorded(experiment, not live)
+        if not any(here) and any(there):
+            raise CommandError(
+                f"experiment {experiment.slug!r} has no HITs or assignments in the {mturk.marketplace(live)}, but "
+                f"{there[0]} HITs and {there[1]} assignments in the {mturk.marketplace(not live)}: "
+                f"{'drop --live' if live else 'add --live'} to act on those (HIT and assignment IDs of one marketplace do not exist in the other)"
+            )
 
     # ------------------------------------------------------------------ actions
 
@@ -156,9 +181,15 @@ class Command(HearsayCommand):
     def do_status(self, experiment, opts):
         live = opts["live"]
         self._announce(live)
+        self._check_marketplace(experiment, live)
         report = mturk.hit_status(mturk.make_client(live), experiment, live)
         for hit in report.hits:
-            expires = f"  expires {hit.expires_at:%Y-%m-%d %H:%M}" if hit.expires_at else ""
+            expires = ""
+            if hit.status == mturk.GONE:
+                expires = "  no longer on MTurk"
+            elif hit.expires_at:
+                past = hit.expires_at <= timezone.now()
+                expires = f"  {'expired' if past else 'expires'} {hit.expires_at:%Y-%m-%d %H:%M}"
             self.stdout.write(
                 f"{hit.hit_id}  {hit.status or '?':<12} available {hit.available:>4}  pending {hit.pending:>4}  "
                 f"completed {hit.completed:>4}{expires}"
@@ -173,6 +204,7 @@ class Command(HearsayCommand):
     def do_sync(self, experiment, opts):
         live = opts["live"]
         self._announce(live)
+        self._check_marketplace(experiment, live)
         report = mturk.sync(mturk.make_client(live), experiment, live, progress=opts["verbosity"] > 0)
         states = ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items())) or "none"
         self.stdout.write(f"Assignments: {report.assignments} ({states}); new {report.new}; linked to participants {report.linked}")
@@ -180,25 +212,33 @@ class Command(HearsayCommand):
             self.stdout.write(self.style.WARNING(
                 f"{len(report.unmatched)} submitted on MTurk with no survey record (worker/assignment): " + ", ".join(report.unmatched)
             ))
+        if report.gone:
+            self.stdout.write(self.style.WARNING(
+                f"{len(report.gone)} HITs no longer on MTurk (their assignments stay as last synced): " + ", ".join(report.gone)
+            ))
 
     def do_approve(self, experiment, opts):
         live = opts["live"]
         self._announce(live)
-        self._report("Approved", mturk.approve(mturk.make_client(live), experiment, live, progress=opts["verbosity"] > 0))
+        self._check_marketplace(experiment, live)
+        self._report("Approved", mturk.approve(mturk.make_client(live), experiment, live, progress=opts["verbosity"] > 0), opts)
 
     def do_reject(self, experiment, opts):
         live = opts["live"]
         self._announce(live)
+        self._check_marketplace(experiment, live)
         due = mturk.rejections_due(experiment, live)
         if not due:
             self.stdout.write("Nothing to reject.")
             return
         self._confirm(f"Reject {len(due)} assignments (this lowers the workers' approval rates)?", opts["yes"])
-        self._report("Rejected", mturk.reject(mturk.make_client(live), experiment, live, progress=opts["verbosity"] > 0))
+        self._report("Rejected", mturk.reject(mturk.make_client(live), experiment, live, progress=opts["verbosity"] > 0), opts)
 
     def do_bonus(self, experiment, opts):
         live = opts["live"]
         self._announce(live)
+        self._check_marketplace(experiment, live)
+        reason = mturk.check_bonus_reason(opts["reason"])
         due = mturk.bonuses_due(experiment, live)
         if not due:
             self.stdout.write("No unpaid bonuses on approved assignments.")
@@ -206,14 +246,20 @@ class Command(HearsayCommand):
         amount, fees = mturk.bonus_cost(p.bonus_cents for p, _ in due)
         self.stdout.write(f"{len(due)} bonuses: ${amount} + MTurk fee ${fees} = ${amount + fees}")
         self._confirm(f"Pay ${amount + fees}{' of REAL money' if live else ' (sandbox)'}?", opts["yes"])
-        report = mturk.bonus(mturk.make_client(live), experiment, live, opts["reason"], progress=opts["verbosity"] > 0)
-        self._report("Paid", report)
+        report = mturk.bonus(mturk.make_client(live), experiment, live, reason, progress=opts["verbosity"] > 0)
+        self._report("Paid", report, opts)
 
     def do_expire(self, experiment, opts):
         live = opts["live"]
         self._announce(live)
-        expired = mturk.expire(mturk.make_client(live), experiment, live)
-        self.stdout.write(f"Expired {len(expired)} HITs; workers already on them may still submit.")
+        self._check_marketplace(experiment, live)
+        report = mturk.expire(mturk.make_client(live), experiment, live)
+        line = (f"Expired {len(report.expired)} HITs; already expired or disposed {len(report.already)}; "
+                f"no longer on MTurk {len(report.gone)}")
+        if report.failed:
+            raise CommandError(f"{line}; {len(report.failed)} could not be expired and may still take workers: "
+                               + "; ".join(report.failed))
+        self.stdout.write(f"{line}. Workers already on them may still submit.")
 
     def do_export_batch(self, experiment, opts):
         check_output_folder(opts["out"])

@@ -18,13 +18,14 @@ class Command(HearsayCommand):
 
     def handle(self, *args, **opts) -> None:
         experiment = Experiment.objects.by_slug(opts["experiment"])
-        if not experiment.completion_code:
+        code = (experiment.completion_code or "").strip()  # what listeners are sent back with (prolific.completion_url)
+        if not code:
             raise CommandError("set the experiment's completion code (admin) first: Prolific matches it to mark submissions complete")
         base = urlsplit(opts["base_url"])
         if base.query or base.fragment:
             raise CommandError(f"--base-url {opts['base_url']!r} must be the survey's address without ?query or #fragment")
         path = reverse("evaluation:entry", args=[experiment.slug])
         url = prolific.study_url(opts["base_url"].rstrip("/") + path)
-        prolific.completion_url(experiment.completion_code)
+        prolific.completion_url(code)
         self.stdout.write(f"Study URL:       {url}")
-        self.stdout.write(f"Completion code: {experiment.completion_code}")
+        self.stdout.write(f"Completion code: {code}")

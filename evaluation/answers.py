@@ -203,7 +203,9 @@ def store_answer(
 def skip_if_unhearable(assignment: Assignment) -> bool:
     """Void a web trial whose plays are used up without the clip ever being served in full (a connection that broke off
     mid-clip on the last play): no answer to it can be accepted, so without this the listener could never go on. One
-    conditional UPDATE, decided on the row as it is now; True when it voided the trial. The clip goes back to the pool."""
+    conditional UPDATE, decided on the row as it is now; True when the trial is skipped, by this call or by an earlier
+    one (the page resends an answer whose reply was lost: it is told the same skip, not a refusal). The clip goes back
+    to the pool."""
     limit = assignment.participant.experiment.replay_limit
-    return bool(Assignment.objects.filter(pk=assignment.pk, answered=False, void=False, served_full_at__isnull=True,
+    return bool(Assignment.objects.filter(pk=assignment.pk, answered=False, served_full_at__isnull=True,
                                           play_count__gte=limit).update(void=True))

@@ -21,6 +21,7 @@ pytestmark = [
 
 def _answer_current(page, participant: Participant, task: str) -> str:
     """Check the play-to-the-end rule, play, answer; returns the trial's token."""
+    page.wait_for_load_state("domcontentloaded")  # survey.js has locked the answers (the HTML leaves them on for no-JS)
     trial = assigning.next_assignment(participant)
     token = page.locator("input[name=token]").input_value()
     assert token == trial.token
@@ -32,7 +33,8 @@ def _answer_current(page, participant: Participant, task: str) -> str:
     value = right_answer(trial.stimulus, task)
     name, choice = next(iter(value.items()))
     page.locator(f"button.answer[name={name}][value='{choice}']").click()  # selects
-    page.locator("#confirm").click()  # and sends
+    with page.expect_navigation():  # sent in the background, then the page the server sends on to
+        page.locator("#confirm").click()  # and sends
     page.wait_for_load_state("domcontentloaded")
     return token
 

@@ -246,31 +246,99 @@
     var confirmPressed = false;  // for browsers without SubmitEvent.submitter (Safari before 15.4)
     confirm.addEventListener("click", function () { confirmPressed = true; });
 
-    // The answer posts as a plain form (the browser navigates to the next trial), watched over: offline, it is not
-    // sent at all and the listener is told; a server that does not answer is given up on after a while, so the
-    // listener can send it again (the server stores an answer once: a repeat is harmless, never a second answer).
+    // The answer is sent in the background (fetch), not as a plain form post: a connection that resets during a plain
+    // post replaces the survey with the browser's error page ("This site can't be reached", inside MTurk's frame too),
+    // whose Reload asks to re-submit a form. Sent this way the page stays: offline, a reset connection and a server that
+    // does not answer all keep the answer here with Send again (the server stores an answer once and answers a repeat
+    // like the first, so a resend after a lost reply is harmless). A browser without fetch posts the form as before.
     var slowTimer = null;
     var giveUpTimer = null;
+    var attempt = 0;  // each send is one attempt: a failure of an earlier, abandoned one is not this one's
+    var stopSend = null;  // stops the send in progress
+    var leaving = false;  // the server answered with its page: this trial page is done
 
     function notSent(why) {
       clearTimeout(slowTimer);
       clearTimeout(giveUpTimer);
+      attempt += 1;
+      if (stopSend) { stopSend(); stopSend = null; }
       sent = false;
       confirm.disabled = false;
       confirm.textContent = "Send again";
       chosenLabel.textContent = "Your answer (" + chosenText() + ") " + why + " Press Send again to send it.";
     }
 
+    function leave() {  // the server answered: what it sent replaces this trial page, nothing here is waited for any more
+      leaving = true;
+      clearTimeout(slowTimer);
+      clearTimeout(giveUpTimer);
+    }
+
+    function lock() {  // while the answer is on its way, it stays the one chosen
+      confirm.disabled = true;
+      answers.forEach(function (b) { b.disabled = true; });
+    }
+
+    var LOST = "may not have arrived: the connection was lost while sending. It is never stored twice, so sending it again is safe.";
     window.addEventListener("offline", function () {
-      if (!sent) { return; }
-      window.stop();  // the post cannot arrive; keep this page rather than the browser's error page
-      notSent("may not have arrived: the connection was lost while sending. It is never stored twice, so sending it again is safe.");
+      if (sent && !leaving) { notSent(LOST); }
     });
     window.addEventListener("online", function () {
-      if (!sent && chosen !== null && confirm.textContent === "Send again") {
+      if (!sent && !leaving && chosen !== null && confirm.textContent === "Send again") {
         chosenLabel.textContent = "The connection is back. Press Send again to send your answer (" + chosenText() + ").";
       }
     });
+
+    function formBody() {  // what the plain post of Confirm sends, encoded the same way
+      var fields = Array.prototype.map.call(form.querySelectorAll("input[name]"), function (input) {
+        return encodeURIComponent(input.name) + "=" + encodeURIComponent(input.value);
+      });
+      fields.push(encodeURIComponent(confirm.name) + "=" + encodeURIComponent(confirm.value));
+      return fields.join("&");
+    }
+
+    // A page instead of the next trial (the answer refused, the study closed, the recording skipped): show it, as the
+    // plain post would. The address stays this trial page's, so Reload asks the server where things stand.
+    function show(html, status) {
+      var doc = new DOMParser().parseFromString(html, "text/html");
+      if (!doc.body || !doc.body.textContent.trim()) {  // nothing to show (an empty error from a proxy): keep the answer
+        notSent("was not saved: the server had a problem (error " + status + ").");
+        return;
+      }
+      leave();
+      document.title = doc.title;
+      document.documentElement.replaceChild(document.importNode(doc.body, true), document.body);
+      var heading = document.querySelector("h1");
+      if (heading) { heading.tabIndex = -1; heading.focus(); }  // where a screen reader starts reading the new page
+    }
+
+    function send() {
+      var mine = attempt;
+      var controller = window.AbortController ? new AbortController() : null;
+      stopSend = function () { if (controller) { controller.abort(); } };
+      fetch(form.action, {  // the form's action: it carries the listener (?p=...) where the frame refuses cookies
+        method: "POST",
+        credentials: "same-origin",
+        headers: {"Content-Type": "application/x-www-form-urlencoded"},
+        body: formBody(),
+        signal: controller ? controller.signal : undefined
+      }).then(function (response) {
+        if (response.redirected) {
+          // Stored (or stored already): the server's 303 says where to go on. Go there with a plain GET that replaces
+          // this page in history, rather than rendering the page the fetch followed: Reload then reloads that page,
+          // with no form to re-submit, and Back does not return to an answered trial. That page is fetched once more
+          // for it, which a GET of a survey page allows (it shows where the listener is, and changes nothing).
+          leave();
+          window.location.replace(response.url);
+          return;
+        }
+        return response.text().then(function (html) {
+          if (mine === attempt && !leaving) { show(html, response.status); }
+        });
+      }).then(null, function () {  // no connection, reset, given up on (aborted), or the reply broke off
+        if (mine === attempt && !leaving) { notSent(LOST); }
+      });
+    }
 
     form.addEventListener("submit", function (event) {
       var fromConfirm = event.submitter ? event.submitter === confirm : confirmPressed;
@@ -285,19 +353,22 @@
         return;
       }
       sent = true;
+      attempt += 1;
       chosenLabel.textContent = "Sending your answer (" + chosenText() + ")…";
       slowTimer = setTimeout(function () {
         chosenLabel.textContent = "Still sending your answer (" + chosenText() + "): the connection is slow, please wait…";
       }, SEND_SLOW_MS);
       giveUpTimer = setTimeout(function () {
-        window.stop();
         notSent("may not have arrived: the server did not answer in time. It is never stored twice, so sending it again is safe.");
       }, SEND_GIVE_UP_MS);
-      // the submitter's name and value are captured now; disable everything only afterwards
-      setTimeout(function () {
-        confirm.disabled = true;
-        answers.forEach(function (b) { b.disabled = true; });
-      }, 0);
+      if (window.fetch) {
+        event.preventDefault();
+        send();  // reads the fields now
+        lock();
+      } else {
+        stopSend = function () { window.stop(); };  // the plain post: keep this page rather than the browser's error page
+        setTimeout(lock, 0);  // the post reads the submitter's name and value after this handler: disable only then
+      }
     });
 
     // Safari may show this page again from its back-forward cache (Back after answering): it is stale; ask the server.

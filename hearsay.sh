@@ -21,11 +21,12 @@ setup() {
 }
 
 need_chromium() {
-    if [ ! -x /usr/bin/chromium ]; then
-        echo "Installing Debian's chromium for the browser tests..." >&2
+    # chromium for the browser tests; a CJK font (fonts-droid-fallback) for the tests of figures of such words
+    if [ ! -x /usr/bin/chromium ] || [ ! -f /usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf ]; then
+        echo "Installing Debian's chromium and fonts-droid-fallback for the browser and figure tests..." >&2
         if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
         $SUDO apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-droid-fallback >/dev/null
     fi
 }
 

@@ -5,12 +5,16 @@ returns the PNG bytes for embedding. Heatmaps share one fixed colour scale so co
 compare by eye. Where the report has one near-identical chart per listener group or
 condition, they are small multiples: panels of one figure on shared axes, each label
 drawn once. Margins are set from the label lengths rather than measured by
-tight_layout, which draws every figure an extra time.
+tight_layout, which draws every figure an extra time. Words over WORD_MAX characters (and
+condition or group names over NAME_MAX) are shortened in the middle, in figures only, so one
+long word cannot take over a figure; fonts come from hearsay.fonts, so words in any script an
+installed font covers are drawn.
 """
 from __future__ import annotations
 
 import io
 import os
+import unicodedata
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -26,18 +30,71 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.transforms import offset_copy
 
-from hearsay import atomic
+from hearsay import atomic, fonts
 from hearsay.answers import RATING_LABELS
 
 rcParams.update({"svg.hashsalt": "hearsay", "pdf.compression": 6, "font.size": 9, "figure.dpi": 100})
+fonts.configure()
 PNG_DPI = 110
 CHAR_IN = 0.62 / 72  # width of an average DejaVu Sans character per point of font size, in inches
+WIDE_CHARS = 1.6  # a CJK character is about one em wide: 1.6 average Latin characters
 TICK_PT = 7
+WORD_MAX = 24  # characters of a word's label in a figure (at 7 pt, 1.5 inches)
+NAME_MAX = 40  # of a condition or listener group's label, which studies name more freely
+
+
+def _chars(text: str) -> float:
+    """Width of the text in average Latin characters (wide East Asian characters count 1.6)."""
+    wide = sum(1 for c in text if ord(c) > 0x10FF and unicodedata.east_asian_width(c) in ("W", "F"))
+    return len(text) + (WIDE_CHARS - 1) * wide if wide else len(text)
 
 
 def _text_in(labels, points: float = TICK_PT) -> float:
     """Inches the longest label takes at this font size."""
-    return max((len(str(x)) for x in labels), default=0) * points * CHAR_IN
+    return max((_chars(str(x)) for x in labels), default=0) * points * CHAR_IN
+
+
+def _middle(text: str, limit: int) -> str:
+    """The text cut to `limit` characters with an ellipsis in the middle, keeping its start and end."""
+    if len(text) <= limit:
+        return text
+    head = limit // 2
+    return f"{text[:head]}…{text[len(text) - (limit - 1 - head):]}"
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def short_labels(labels, limit: int = WORD_MAX) -> dict[str, str]:
+    """A figure label for each distinct label (keyed by str(label)), at most about `limit` characters and distinct
+    for distinct labels: long ones keep their start and end around an ellipsis ("extraordinar…ification"); where
+    two would read alike, the part where they differ is shown between two ellipses."""
+    texts = list(dict.fromkeys(str(x) for x in labels))
+    out = {t: _middle(t, limit) for t in texts}
+    by_short: dict[str, list[str]] = {}
+    for t in texts:
+        by_short.setdefault(out[t], []).append(t)
+    for group in (g for g in by_short.values() if len(g) > 1):
+        head, window = max(1, (limit - 2) // 3), max(1, (limit - 2) // 3)
+        tail = max(1, limit - 2 - head - window)
+        for t in group:
+            if len(t) <= limit:
+                continue  # a label shown whole stays as it is; the long ones around it move
+            at = max(_shared_prefix(t, u) for u in group if u != t)
+            start = min(max(head, at - 2), max(head, len(t) - tail - window))  # two characters before they part
+            out[t] = f"{t[:head]}…{t[start:start + window]}…{t[len(t) - tail:]}"
+    seen: dict[str, int] = {}
+    for t in texts:  # whatever still reads alike gets a number
+        n = seen[out[t]] = seen.get(out[t], 0) + 1
+        if n > 1:
+            out[t] = f"{out[t][:max(1, limit - 4)]} #{n}"
+    return out
 
 
 @dataclass(frozen=True)
@@ -79,9 +136,10 @@ def _suptitle(fig: Figure, title: str) -> None:
 
 
 def _heatmap_axes(ax: Axes, matrix: pd.DataFrame, vmin: float, vmax: float, cmap: str, show_x: bool, show_y: bool,
-                  xlabel: str, ylabel: str):
-    """One heatmap; row and column names as plain text beside it (with dozens of words, matplotlib's tick
-    machinery costs more than everything else in the figure), axis names beyond the longest name."""
+                  xlabel: str, ylabel: str, row_names: list[str], col_names: list[str]):
+    """One heatmap; row and column names (as drawn: `row_names`, `col_names`) as plain text beside it (with dozens
+    of words, matplotlib's tick machinery costs more than everything else in the figure), axis names beyond the
+    longest name."""
     image = ax.imshow(matrix.to_numpy(dtype=float), vmin=vmin, vmax=vmax, cmap=cmap, aspect="auto",
                       interpolation="nearest")
     ax.set_xticks([])
@@ -89,16 +147,16 @@ def _heatmap_axes(ax: Axes, matrix: pd.DataFrame, vmin: float, vmax: float, cmap
     pad = TICK_PT * 0.4
     if show_x:
         below = offset_copy(ax.get_xaxis_transform(), ax.figure, y=-pad, units="points")
-        for j, name in enumerate(matrix.columns):
-            ax.text(j, 0, str(name), transform=below, rotation=90, ha="center", va="top", fontsize=TICK_PT)
-        names_pt = _text_in(matrix.columns) * 72 + pad
+        for j, name in enumerate(col_names):
+            ax.text(j, 0, name, transform=below, rotation=90, ha="center", va="top", fontsize=TICK_PT)
+        names_pt = _text_in(col_names) * 72 + pad
         ax.text(0.5, 0, xlabel, transform=offset_copy(ax.transAxes, ax.figure, y=-names_pt - 2, units="points"),
                 ha="center", va="top")
     if show_y:
         left = offset_copy(ax.get_yaxis_transform(), ax.figure, x=-pad, units="points")
-        for i, name in enumerate(matrix.index):
-            ax.text(0, i, str(name), transform=left, ha="right", va="center", fontsize=TICK_PT)
-        names_pt = _text_in(matrix.index) * 72 + pad
+        for i, name in enumerate(row_names):
+            ax.text(0, i, name, transform=left, ha="right", va="center", fontsize=TICK_PT)
+        names_pt = _text_in(row_names) * 72 + pad
         ax.text(0, 0.5, ylabel, transform=offset_copy(ax.transAxes, ax.figure, x=-names_pt - 2, units="points"),
                 rotation=90, ha="right", va="center")
     return image
@@ -107,10 +165,11 @@ def _heatmap_axes(ax: Axes, matrix: pd.DataFrame, vmin: float, vmax: float, cmap
 def heatmap_panels(panels: list[tuple[str, pd.DataFrame]], title: str, vmin: float = 0.0, vmax: float = 1.0,
                    cmap: str = "viridis", xlabel: str = "heard", ylabel: str = "intended",
                    colorbar_label: str = "share of answers", ncols: int = 3, cell: float = 0.15,
-                   separator: str | None = None) -> Figure:
+                   separator: str | None = None, label_max: tuple[int, int] = (WORD_MAX, WORD_MAX)) -> Figure:
     """Heatmaps on one fixed colour scale, one panel per (title, rows x columns matrix); a blank (NaN) cell means
     no answers. All panels take the rows and columns of the first, plus any the others add, so one set of
-    labels (left column, bottom row) serves every panel. `separator`: a column set apart by a white line."""
+    labels (left column, bottom row) serves every panel. `separator`: a column set apart by a white line.
+    `label_max`: the longest row and column label drawn, in characters (longer ones are shortened)."""
     rows = list(panels[0][1].index)
     cols = list(panels[0][1].columns)
     for _, matrix in panels[1:]:
@@ -121,14 +180,19 @@ def heatmap_panels(panels: list[tuple[str, pd.DataFrame]], title: str, vmin: flo
     n = len(panels)
     ncols = max(1, min(ncols, n))
     panel = (max(1.6, cell * len(cols)), max(1.2, cell * len(rows)))
-    m = Margins(left=_text_in(rows) + 0.55, right=1.1, top=0.75, bottom=_text_in(cols) + 0.6, wspace=0.2, hspace=0.4)
+    row_short, col_short = short_labels(rows, label_max[0]), short_labels(cols, label_max[1])
+    row_names = [row_short[str(r)] for r in rows]
+    col_names = [col_short[str(c)] for c in cols]
+    m = Margins(left=_text_in(row_names) + 0.55, right=1.1, top=0.75, bottom=_text_in(col_names) + 0.6, wspace=0.2,
+                hspace=0.4)
+    if separator == "none" and separator in cols:  # drawn under this name (the margin allows for the word)
+        col_names[-1] = "can't tell"
     fig, axes = _grid(n, ncols, panel, m)
     image = None
     for i, (ax, (name, matrix)) in enumerate(zip(axes, panels)):
         full = matrix.reindex(index=rows, columns=cols)
-        if separator is not None:
-            full = full.rename(columns={separator: "can't tell" if separator == "none" else separator})
-        image = _heatmap_axes(ax, full, vmin, vmax, cmap, _bottom_row(i, n, ncols), i % ncols == 0, xlabel, ylabel)
+        image = _heatmap_axes(ax, full, vmin, vmax, cmap, _bottom_row(i, n, ncols), i % ncols == 0, xlabel, ylabel,
+                              row_names, col_names)
         if separator in cols:
             ax.axvline(len(cols) - 1.5, color="white", linewidth=2)
         ax.set_title(name, fontsize=8)
@@ -154,7 +218,7 @@ def confusion_difference_panels(panels: list[tuple[str, pd.DataFrame]], title: s
 def word_accuracy_panels(panels: list[tuple[str, pd.DataFrame]], title: str) -> Figure:
     """Words x conditions accuracy per listener group, one fixed [0, 1] scale."""
     return heatmap_panels(panels, title, xlabel="condition", ylabel="intended word", colorbar_label="accuracy",
-                          ncols=6, cell=0.17)
+                          ncols=6, cell=0.17, label_max=(WORD_MAX, NAME_MAX))
 
 
 def heatmap(matrix: pd.DataFrame, title: str, vmin: float = 0.0, vmax: float = 1.0, cmap: str = "viridis",
@@ -182,14 +246,16 @@ def interval_bar_panels(panels: list[tuple[str, pd.DataFrame]], value: str, low:
     column of per-bar marks (e.g. chance)."""
     n = len(panels)
     ncols = max(1, min(ncols, n))
-    labels = [x for _, frame in panels for x in frame[label]]
+    short = short_labels([x for _, frame in panels for x in frame[label]], NAME_MAX)
+    labels = list(short.values())
     longest = max(len(frame) for _, frame in panels)
     m = Margins(left=0.7, right=0.2, top=0.6, bottom=0.7 * _text_in(labels) + 0.3,
                 wspace=0.15, hspace=0.7 * _text_in(labels) + 0.45)
     fig, axes = _grid(n, ncols, (max(2.2, 0.42 * longest + 0.4), 2.6), m, sharey=True)
     for i, (ax, (name, frame)) in enumerate(zip(axes, panels)):
         _bars_axes(ax, frame, value, low, high, reference)
-        ax.set_xticks(np.arange(len(frame)), frame[label].tolist(), rotation=45, ha="right", fontsize=TICK_PT)
+        ax.set_xticks(np.arange(len(frame)), [short[str(x)] for x in frame[label]], rotation=45, ha="right",
+                      fontsize=TICK_PT)
         ax.set_ylim(*ylim)
         if i % ncols == 0:
             ax.set_ylabel(ylabel)
@@ -210,8 +276,9 @@ def grouped_interval_bars(value: pd.DataFrame, low: pd.DataFrame, high: pd.DataF
     Missing cells (NaN) leave a gap rather than a zero-height bar.
     """
     n_rows, n_cols = value.shape
-    legend = _text_in([*value.columns, reference_label]) + 0.5
-    m = Margins(left=0.7, right=legend, top=0.45, bottom=0.5 * _text_in(value.index, 8) + 0.35)
+    rows, cols = short_labels(value.index, NAME_MAX), short_labels(value.columns, NAME_MAX)
+    legend = _text_in([*cols.values(), reference_label]) + 0.5
+    m = Margins(left=0.7, right=legend, top=0.45, bottom=0.5 * _text_in(rows.values(), 8) + 0.35)
     fig, (ax,) = _grid(1, 1, (max(3.5, 0.28 * n_rows * max(n_cols, 1) + 0.6), 2.6), m)
     width = 0.8 / max(n_cols, 1)
     x = np.arange(n_rows)
@@ -220,10 +287,10 @@ def grouped_interval_bars(value: pd.DataFrame, low: pd.DataFrame, high: pd.DataF
         err = np.clip(np.vstack([vals - low[col].to_numpy(dtype=float), high[col].to_numpy(dtype=float) - vals]),
                       0, None)
         ax.bar(x + (j - (n_cols - 1) / 2) * width, np.nan_to_num(vals), width, yerr=np.nan_to_num(err),
-               capsize=2, label=str(col))
+               capsize=2, label=cols[str(col)])
     if reference is not None:
         ax.axhline(reference, color="#555555", linestyle="--", linewidth=1, label=reference_label)
-    ax.set_xticks(x, [str(r) for r in value.index], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(x, [rows[str(r)] for r in value.index], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(*ylim)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -242,7 +309,9 @@ def grouped_bar_panels(panels: list[tuple[str, pd.DataFrame]], ylabel: str, titl
     for _, matrix in panels:
         series += [c for c in matrix.columns if c not in series]
     n_cols = max(len(series), 1)
-    m = Margins(left=0.7, right=_text_in(series) + 0.45, top=0.6, bottom=_text_in(words) + 0.2, hspace=0.35)
+    word_names, series_names = short_labels(words, WORD_MAX), short_labels(series, NAME_MAX)
+    m = Margins(left=0.7, right=_text_in(series_names.values()) + 0.45, top=0.6,
+                bottom=_text_in(word_names.values()) + 0.2, hspace=0.35)
     fig, axes = _grid(len(panels), 1, (max(4.0, 0.12 * len(words) * n_cols + 0.5), 2.1), m)
     width = 0.8 / n_cols
     x = np.arange(len(words))
@@ -259,13 +328,13 @@ def grouped_bar_panels(panels: list[tuple[str, pd.DataFrame]], ylabel: str, titl
             ax.add_collection(PolyCollection(corners[ok], facecolors=colours[col], edgecolors="none"))
         ax.set_xlim(-0.5, len(words) - 0.5)
         if i == len(panels) - 1:  # the word names once, under the last panel
-            ax.set_xticks(x, [str(w) for w in words], rotation=90, fontsize=TICK_PT)
+            ax.set_xticks(x, [word_names[str(w)] for w in words], rotation=90, fontsize=TICK_PT)
         else:
             ax.set_xticks([])
         ax.set_ylim(*ylim)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.set_title(name, fontsize=8)
-    axes[0].legend([Patch(color=colours[c]) for c in series], [str(c) for c in series], fontsize=7,
+    axes[0].legend([Patch(color=colours[c]) for c in series], [series_names[str(c)] for c in series], fontsize=7,
                    loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _suptitle(fig, title)
     return fig
@@ -325,7 +394,8 @@ def histogram(values: np.ndarray, title: str, xlabel: str) -> Figure:
 
 def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=PNG_DPI, metadata={"Software": None})
+    with fonts.quiet():  # characters no font has are reported once, in the report's notes (font_notes)
+        fig.savefig(buf, format="png", dpi=PNG_DPI, metadata={"Software": None})
     return buf.getvalue()
 
 
@@ -335,7 +405,8 @@ def save(fig: Figure, stem: Path, pdf: bool = False) -> bytes:
     atomic.write_bytes(stem.with_suffix(".png"), png)
     if pdf:
         buf = io.BytesIO()
-        fig.savefig(buf, format="pdf", metadata={"CreationDate": None, "Producer": None, "Creator": None})
+        with fonts.quiet():
+            fig.savefig(buf, format="pdf", metadata={"CreationDate": None, "Producer": None, "Creator": None})
         atomic.write_bytes(stem.with_suffix(".pdf"), buf.getvalue())
     return png
 
@@ -359,6 +430,37 @@ class Later:
 
     def figure(self) -> Figure:
         return self.draw(*self.args, **self.kwargs)
+
+
+def _is_text(column: pd.Series) -> bool:
+    """Whether a column holds names (object, string or categorical) rather than numbers, flags or times."""
+    return getattr(column.dtype, "kind", "O") not in "biufcmM"
+
+
+def _label_texts(value) -> list[str]:
+    """The strings a figure's arguments hold: titles, names, and the index, columns and text cells of frames."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, pd.DataFrame):
+        columns = [value.iloc[:, i] for i in range(value.shape[1])]
+        return [*map(str, value.index), *map(str, value.columns),
+                *(str(x) for c in columns if _is_text(c) for x in c.dropna().unique())]
+    if isinstance(value, pd.Index):
+        return list(map(str, value))
+    if isinstance(value, pd.Series):
+        return [*map(str, value.index), *(map(str, value.dropna().unique()) if _is_text(value) else [])]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _label_texts(v)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _label_texts(v)]
+    return []
+
+
+def font_notes(described: dict[str, Later]) -> list[str]:
+    """One note when some figure's labels hold characters no installed font draws (boxes in the figure)."""
+    texts = dict.fromkeys(s for later in described.values() for s in _label_texts([later.args, later.kwargs]))
+    line = fonts.note(texts, where="; the tables are unaffected")
+    return [line] if line else []
 
 
 PARALLEL_MIN_FIGURES = 8

@@ -179,6 +179,7 @@ def analyse(table: pd.DataFrame, info: dict, options: ReportOptions, progress: b
         if result.drawing is not None:
             result.drawing.close()
         raise
+    result.notes += figures.font_notes(result.figures)  # labels with characters no installed font draws
     return result
 
 

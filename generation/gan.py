@@ -391,10 +391,9 @@ def quality(generator: nn.Module, classes: list[str], evaluator: Checkpoint | No
 def write_grid(path: Path, samples: torch.Tensor, labels: torch.Tensor, classes: list[str], title: str, columns: int = 6,
                predicted: list[str] | None = None) -> None:
     """A PNG grid: one row per word (conditional) with `columns` samples each."""
-    import matplotlib
+    from hearsay import fonts
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = fonts.pyplot(classes, predicted)  # Agg, with fonts for words in any installed script
 
     rows = [i for i in range(len(classes)) if (labels == i).any()]
     fig, axes = plt.subplots(len(rows), columns, figsize=(1.6 * columns, 1.1 * len(rows) + 0.6), squeeze=False)
@@ -611,12 +610,11 @@ def run_gan_tsne(generator: str | Path, classifier: str | Path, out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "tsne.csv", ["sample", "target", "kind", "x", "y", "pred_a"], rows)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
+    from hearsay import fonts
+
+    plt = fonts.pyplot()  # Agg, with fonts for words in any installed script
     cmap = plt.get_cmap("tab20" if len(a.classes) > 10 else "tab10")
     colours = [cmap(int(i) % cmap.N) for i in t]
     fig, ax = plt.subplots(figsize=(9, 8))

@@ -215,10 +215,9 @@ def _rate(hits: int, valid: int) -> float:
 
 
 def _write_heatmap(out: Path, method: str, words: list[str], classes: list[str], matrix: np.ndarray) -> None:
-    import matplotlib
+    from hearsay import fonts
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = fonts.pyplot(words, classes)  # Agg, with fonts for words in any installed script
 
     write_csv(out / f"heatmap_{method}.csv", ["target", *classes], [[w, *(f"{v:.6f}" for v in row)] for w, row in zip(words, matrix)])
     fig, ax = plt.subplots(figsize=(2.0 + 0.28 * len(classes), 1.5 + 0.28 * len(words)))

@@ -60,12 +60,11 @@ def claim_output(out: Path, identity: dict) -> None:
 
 
 def _plot(coords: np.ndarray, words: list[str], speakers: list[str], wrong: np.ndarray, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
+    from hearsay import fonts
+
+    plt = fonts.pyplot(words, speakers)  # Agg, with fonts for words in any installed script
     n = len(words)
     orig, maxi = coords[:n], coords[n:]
     fig, axes = plt.subplots(1, 2, figsize=(15, 7))

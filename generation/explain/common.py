@@ -190,13 +190,10 @@ def versions() -> dict[str, str]:
 
 
 def plt():
-    """pyplot on the non-interactive backend (commands run headless)."""
-    import matplotlib
+    """pyplot on the non-interactive backend (commands run headless), with fonts for words in any installed script."""
+    from hearsay import fonts
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as pyplot
-
-    return pyplot
+    return fonts.pyplot()
 
 
 def render(fig):

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from hearsay import atomic, csvread
+from hearsay.answers import is_none
 from hearsay.errors import HearsayError
 
 MANIFEST_NAME = "manifest.csv"
@@ -140,6 +141,8 @@ def _check_row(values: dict[str, str], where: str) -> None:
         raise HearsayError(f"{where}: stimulus_id must be 1-{MAX_ID_LENGTH} characters")
     if not values["word"]:
         raise HearsayError(f"{where}: empty word")
+    if is_none(values["word"]):  # answers of that word would be stored and analysed as can't tell
+        raise HearsayError(f"{where}: word {values['word']!r} is how answers say can't tell; give that class another name")
     if not values["method"]:
         raise HearsayError(f"{where}: empty method")
     if not _TOKEN.fullmatch(values["method"]):

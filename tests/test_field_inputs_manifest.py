@@ -6,6 +6,7 @@ is bare 16-bit mono wav whatever the source file was, so no tag or format tells 
 from __future__ import annotations
 
 import csv
+import re
 import io
 from pathlib import Path
 
@@ -272,3 +273,14 @@ def test_the_same_file_name_in_two_condition_folders_loads_and_joins_by_its_fold
     assert dict(zip(table["stimulus"], table["answer"])) == {"s02": "up", "s00": "down"}
     with pytest.raises(HearsayError, match="fits several files of manifest .*cond1/clip01.wav, cond2/clip01.wav"):
         read_mturk(_results(tmp_path / "flat.csv", [("W1", f"{base}/clip01.wav", "up")]), manifest)
+
+
+@pytest.mark.parametrize("word", ["unknown", "None", "?", "can't tell"])
+@pytest.mark.django_db
+def test_a_word_that_means_cant_tell_in_answers_is_refused(media, tmp_path, word):
+    """Before: a class named 'unknown' loaded, and every listener's answer 'unknown' was stored as can't tell."""
+    manifest = hand_made_set(tmp_path / "set", {f"{w}.wav": {} for w in WORDS})
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace(",down,", f",\"{word}\",", 1), encoding="utf-8")
+    with pytest.raises(CommandError, match=re.escape(f"word {word!r} is how answers say can't tell")):
+        call_command("load_stimuli", str(manifest), "--experiment", "reserved", "--create")
+    assert not Experiment.objects.exists() and media_files(media) == []

@@ -91,6 +91,38 @@ def test_an_answer_whose_connection_resets_is_kept_and_a_resend_stores_it_once(p
 @pytest.mark.django_db(transaction=True)
 @browser
 @needs_chromium
+def test_an_answer_costs_the_server_one_next_page_not_two(phone):  # noqa: F811
+    """Before: the background send followed the server's 303 to the next trial page and threw it away, then
+    loaded that page again: every answer made the server build the next trial page twice. Counted where the
+    server receives requests (the browser's own request events also list a redirect it did not follow)."""
+    from django.core.signals import request_started
+
+    context, page, url = phone
+    make_experiment(replay_limit=2)
+    to_first_trial(page, f"{url}/s/demo/")
+    trial = current_trial(page)
+    play_to_the_end(page)
+    page.locator("button.answer").first.tap()
+    received: list[str] = []
+
+    def note(sender, environ, **kwargs):
+        received.append(f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']}")
+
+    request_started.connect(note)
+    try:
+        with page.expect_navigation():
+            page.locator("#confirm").tap()
+        page.wait_for_selector("#play")
+    finally:
+        request_started.disconnect(note)
+    assert page.locator("input[name=token]").input_value() != trial.token
+    assert [r for r in received if r.startswith(("GET /s/", "POST /s/"))] == ["POST /s/demo/answer", "GET /s/demo/trial"]
+    assert list(Response.objects.values_list("assignment_id", flat=True)) == [trial.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+@browser
+@needs_chromium
 def test_a_page_the_server_answers_instead_of_the_next_trial_is_shown(phone):  # noqa: F811
     context, page, url = phone
     make_experiment(replay_limit=2)

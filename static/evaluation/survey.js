@@ -321,15 +321,16 @@
         credentials: "same-origin",
         headers: {"Content-Type": "application/x-www-form-urlencoded"},
         body: formBody(),
+        redirect: "manual",  // the server's 303 is not followed here: the page below is loaded once, not twice
         signal: controller ? controller.signal : undefined
       }).then(function (response) {
-        if (response.redirected) {
-          // Stored (or stored already): the server's 303 says where to go on. Go there with a plain GET that replaces
-          // this page in history, rather than rendering the page the fetch followed: Reload then reloads that page,
-          // with no form to re-submit, and Back does not return to an answered trial. That page is fetched once more
-          // for it, which a GET of a survey page allows (it shows where the listener is, and changes nothing).
+        if (response.type === "opaqueredirect" || response.redirected) {
+          // Stored (or stored already): the server's 303 sends the listener on, always through this trial page, which
+          // shows where they are now (the next trial, or the next step). Go there with a plain GET that replaces this
+          // page in history: Reload then reloads that page, with no form to re-submit, and Back does not return to an
+          // answered trial. (A browser that followed the redirect anyway says where it ended.)
           leave();
-          window.location.replace(response.url);
+          window.location.replace(response.redirected ? response.url : page);
           return;
         }
         return response.text().then(function (html) {

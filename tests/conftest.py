@@ -1,9 +1,11 @@
-"""Shared test configuration and fixtures: keep torch small and deterministic on a 2-core machine; media, browser, S3, database."""
+"""Shared test configuration and fixtures: keep torch small and deterministic on a 2-core machine; media, browser (a phone, MTurk's frame), S3, database."""
 import os
+import threading
 
 import pytest
 
-from tests.helpers.browser import ARGS, CHROMIUM
+from tests.helpers.browser import ARGS, CHROMIUM, SMALL_PHONE
+from tests.helpers.frame import MTURK, SURVEY, TwoSites, certificate, tls_server
 from tests.helpers.storage import BUCKET
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -47,6 +49,41 @@ def chromium(django_db_setup):
         browser.close()
     if old is None:
         os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+@pytest.fixture
+def phone(live_server, browser_settings, chromium):
+    """A touch phone's page on the live server; yields (context, page, base URL). No server error may happen on it."""
+    context = chromium.new_context(**SMALL_PHONE)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 500 else None)
+    yield context, page, live_server.url
+    context.close()
+    assert errors == []
+
+
+@pytest.fixture
+def two_sites(settings, tmp_path):
+    """MTurk's stand-in and the survey on one local HTTPS server (tests.helpers.frame), with the settings a framed
+    survey runs under; yields the TwoSites app, whose `frame_url` the test sets."""
+    from django.core.wsgi import get_wsgi_application
+
+    sites = TwoSites(get_wsgi_application())
+    server = tls_server(sites, *certificate(tmp_path))
+    sites.port = server.server_address[1]
+    mturk_origin = f"https://{MTURK}:{sites.port}"
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.ALLOWED_HOSTS = [SURVEY]
+    settings.MTURK_FRAME_ORIGINS = [mturk_origin]
+    settings.MTURK_SUBMIT_HOSTS = [mturk_origin]
+    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = True
+    settings.SESSION_COOKIE_SAMESITE = settings.CSRF_COOKIE_SAMESITE = "None"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield sites
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture

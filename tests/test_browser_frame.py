@@ -1,6 +1,6 @@
 """A whole HIT inside MTurk's frame, in real Chromium, with third-party cookies blocked (issue 11.1).
 
-One local HTTPS server (a self-signed certificate made here) answers for two sites that
+One local HTTPS server (a self-signed certificate made for the test) answers for two sites that
 Chromium is told live on 127.0.0.1: `worker.mturk.test`, a stand-in for MTurk's worker
 site (the HIT page that frames the survey, and `/mturk/externalSubmit`, which records what
 it is sent), and `survey.test`, the survey itself. The two are different sites, so inside
@@ -11,112 +11,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import ssl
-import subprocess
-import threading
-from pathlib import Path
-from socketserver import ThreadingMixIn
-from urllib.parse import parse_qs, urlencode
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from urllib.parse import urlencode
 
 import pytest
 
 from evaluation import assignment as assigning
 from evaluation.models import Participant
 from tests.helpers.browser import ARGS, CHROMIUM
+from tests.helpers.frame import MTURK, SURVEY
 from tests.helpers.survey import make_experiment, right_answer
-
-SURVEY, MTURK = "survey.test", "worker.mturk.test"
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
     pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make the test certificate"),
 ]
-
-
-def _certificate(folder: Path) -> tuple[Path, Path]:
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={SURVEY}",
-         "-addext", f"subjectAltName=DNS:{SURVEY},DNS:{MTURK}", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )
-    return cert, key
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
-class TwoSites:
-    """The WSGI app behind both names: MTurk's stand-in by Host, everything else to Django."""
-
-    def __init__(self, django_app):
-        self.django_app = django_app
-        self.port = 0
-        self.submissions: list[dict] = []
-        self.survey_cookies: list[str] = []
-        self.survey_set_cookies = 0
-        self.frame_url = ""
-
-    def __call__(self, environ, start_response):
-        environ["wsgi.url_scheme"] = "https"
-        host = environ.get("HTTP_HOST", "").split(":")[0]
-        if host == MTURK:
-            return self.mturk(environ, start_response)
-        self.survey_cookies.append(environ.get("HTTP_COOKIE", ""))
-
-        def noting_cookies(status, headers, *rest):
-            self.survey_set_cookies += sum(name.lower() == "set-cookie" for name, _ in headers)
-            return start_response(status, headers, *rest)
-
-        return self.django_app(environ, noting_cookies)
-
-    def mturk(self, environ, start_response):
-        path = environ["PATH_INFO"]
-        if path == "/mturk/externalSubmit" and environ["REQUEST_METHOD"] == "POST":
-            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)).decode()
-            self.submissions.append({k: v[0] for k, v in parse_qs(body).items()})
-            page = b"<!doctype html><title>Submitted</title><p id=submitted>HIT submitted</p>"
-        elif path == "/hit":
-            page = (f'<!doctype html><title>HIT</title><iframe id=task src="{self.frame_url}" '
-                    'style="width:1000px;height:900px"></iframe>').encode()
-        else:
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found"]
-        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-        return [page]
-
-
-@pytest.fixture
-def two_sites(settings, tmp_path):
-    from django.core.wsgi import get_wsgi_application
-
-    cert, key = _certificate(tmp_path)
-    sites = TwoSites(get_wsgi_application())
-    server = make_server("127.0.0.1", 0, sites, server_class=_Server, handler_class=_QuietHandler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    sites.port = server.server_address[1]
-    mturk_origin = f"https://{MTURK}:{sites.port}"
-    settings.MEDIA_ROOT = tmp_path / "media"
-    settings.ALLOWED_HOSTS = [SURVEY]
-    settings.MTURK_FRAME_ORIGINS = [mturk_origin]
-    settings.MTURK_SUBMIT_HOSTS = [mturk_origin]
-    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = True
-    settings.SESSION_COOKIE_SAMESITE = settings.CSRF_COOKIE_SAMESITE = "None"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield sites
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -5,7 +5,6 @@ asserts what an analyst reads in report.html or the CSVs.
 """
 from __future__ import annotations
 
-import html
 import re
 
 import numpy as np
@@ -16,22 +15,8 @@ from django.core.management.base import CommandError
 
 import tests.report_data as report_data
 from analysis import stats
+from tests.helpers.report import analyze, page_text
 from tests.report_data import small_table
-
-
-def analyze(tmp_path, table: pd.DataFrame, name: str = "study", **options) -> str:
-    """Save the table as an answer CSV, run `manage.py analyze --answers` and return report.html's text."""
-    path = tmp_path / f"{name}.csv"
-    table.to_csv(path, index=False)
-    out = tmp_path / f"{name}-report"
-    call_command("analyze", answers=str(path), out=str(out), verbosity=0, **options)
-    return (out / "report.html").read_text(encoding="utf-8")
-
-
-def page_text(page: str) -> str:
-    """The words an analyst reads: tags, styles and embedded images taken out, entities decoded."""
-    page = re.sub(r"<style>.*?</style>", "", page, flags=re.S)
-    return html.unescape(re.sub(r"<[^>]+>", " ", re.sub(r"data:image/png;base64,[^'\"]+", "", page)))
 
 
 def summary(page: str) -> str:

@@ -11,8 +11,8 @@ import pytest
 
 from evaluation.models import Assignment, Experiment, Response
 from tests.helpers.browser import CHROMIUM
+from tests.helpers.page import current_trial, play_to_the_end, to_first_trial
 from tests.helpers.survey import Listener, make_experiment
-from tests.test_field_clients_network import current_trial, phone, play_to_the_end, to_first_trial  # noqa: F401  (phone: the fixture)
 
 browser = pytest.mark.browser
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
@@ -54,7 +54,7 @@ def _reset_once(page, *, after_server: bool) -> list[str]:
 @pytest.mark.parametrize("after_server", [False, True], ids=["before-the-server", "reply-lost"])
 @browser
 @needs_chromium
-def test_an_answer_whose_connection_resets_is_kept_and_a_resend_stores_it_once(phone, after_server):  # noqa: F811
+def test_an_answer_whose_connection_resets_is_kept_and_a_resend_stores_it_once(phone, after_server):
     context, page, url = phone
     make_experiment(replay_limit=2)
     to_first_trial(page, f"{url}/s/demo/")
@@ -91,7 +91,7 @@ def test_an_answer_whose_connection_resets_is_kept_and_a_resend_stores_it_once(p
 @pytest.mark.django_db(transaction=True)
 @browser
 @needs_chromium
-def test_an_answer_costs_the_server_one_next_page_not_two(phone):  # noqa: F811
+def test_an_answer_costs_the_server_one_next_page_not_two(phone):
     """Before: the background send followed the server's 303 to the next trial page and threw it away, then
     loaded that page again: every answer made the server build the next trial page twice. Counted where the
     server receives requests (the browser's own request events also list a redirect it did not follow)."""
@@ -123,7 +123,7 @@ def test_an_answer_costs_the_server_one_next_page_not_two(phone):  # noqa: F811
 @pytest.mark.django_db(transaction=True)
 @browser
 @needs_chromium
-def test_a_page_the_server_answers_instead_of_the_next_trial_is_shown(phone):  # noqa: F811
+def test_a_page_the_server_answers_instead_of_the_next_trial_is_shown(phone):
     context, page, url = phone
     make_experiment(replay_limit=2)
     to_first_trial(page, f"{url}/s/demo/")
@@ -142,7 +142,7 @@ def test_a_page_the_server_answers_instead_of_the_next_trial_is_shown(phone):  #
 @pytest.mark.django_db(transaction=True)
 @browser
 @needs_chromium
-def test_a_refused_answer_shows_the_servers_message_and_its_way_on(phone):  # noqa: F811
+def test_a_refused_answer_shows_the_servers_message_and_its_way_on(phone):
     context, page, url = phone
     make_experiment(replay_limit=2)
     to_first_trial(page, f"{url}/s/demo/")

@@ -10,8 +10,8 @@ import pytest
 
 from evaluation.models import Participant
 from tests.helpers.browser import ARGS, CHROMIUM, SPEECH_COMMANDS
+from tests.helpers.frame import MTURK, SURVEY
 from tests.helpers.survey import make_experiment, right_answer
-from tests.test_browser_frame import MTURK, SURVEY, two_sites  # noqa: F401  (the fixture: both sites over TLS)
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")]
 
@@ -50,7 +50,7 @@ def _fits(frame_page, where: str) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_hit_on_a_phone_inside_the_frame_fits_and_completes_by_touch(two_sites):  # noqa: F811
+def test_a_hit_on_a_phone_inside_the_frame_fits_and_completes_by_touch(two_sites):
     from playwright.sync_api import sync_playwright
 
     make_experiment(trials_per_listener=1, replay_limit=2, words=SPEECH_COMMANDS)

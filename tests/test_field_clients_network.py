@@ -7,11 +7,10 @@ import time
 
 import pytest
 
-from evaluation.models import Assignment, Experiment, Participant, Response
+from evaluation.models import Assignment, Experiment, Response
 from tests.helpers.browser import CHROMIUM
+from tests.helpers.page import current_trial, play_to_the_end, to_first_trial
 from tests.helpers.survey import make_experiment
-
-PHONE = {"viewport": {"width": 375, "height": 667}, "is_mobile": True, "has_touch": True}
 
 pytestmark = [
     pytest.mark.browser,
@@ -19,36 +18,8 @@ pytestmark = [
 ]
 
 
-def to_first_trial(page, url: str) -> None:
-    page.goto(url)
-    page.locator("#agree").check()
-    page.locator("#consent-next").click()
-    page.locator("#instructions-next").click()
-    page.wait_for_selector("#play:enabled")
-
-
-def play_to_the_end(page) -> None:
-    page.locator("#play").tap()
-    page.locator("button.answer:enabled").first.wait_for(timeout=15_000)
-
-
 def state(page) -> str:
     return page.locator("#state").inner_text()
-
-
-def current_trial(page) -> Assignment:
-    return Assignment.objects.get(token=page.locator("input[name=token]").input_value())
-
-
-@pytest.fixture
-def phone(live_server, browser_settings, chromium):
-    context = chromium.new_context(**PHONE)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 500 else None)
-    yield context, page, live_server.url
-    context.close()
-    assert errors == []
 
 
 @pytest.mark.django_db(transaction=True)

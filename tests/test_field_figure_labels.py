@@ -24,8 +24,8 @@ import tests.report_data as report_data
 from analysis import figures
 from analysis.report import ReportOptions, analyse
 from analysis.table import Exclusion
+from tests.helpers.report import analyze, page_text
 from tests.report_data import small_table
-from tests.test_field_analysis_studies import analyze, page_text
 
 CAT = "猫"
 ROOT = Path(__file__).resolve().parents[1]

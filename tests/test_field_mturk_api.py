@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 
 from evaluation import mturk
 from evaluation.models import Experiment, MturkAssignment, MturkHit, Participant
-from tests.test_mturk import HIT_A, HIT_B, NOW, SLUG, URL, assignment, experiment, hit, posted, stub  # noqa: F401
+from tests.helpers.mturk import HIT_A, HIT_B, NOW, SLUG, URL, assignment, hit, pilot_experiment, posted, stubbed_mturk
 
 pytestmark = pytest.mark.django_db
 
@@ -22,6 +22,16 @@ THROTTLED = ("ThrottlingException", "Rate exceeded", 400)
 NO_FUNDS = ("RequestError", "This Requester has insufficient funds in their account to complete this transaction. "
             "Please visit https://requester.mturk.com/account to purchase Prepaid HITs. (1700000000000)", 400)
 HIT_C = "3CQN9REUTFGXCRWFZUG9LHQ0J01Y6Z"
+
+
+@pytest.fixture
+def experiment(media):
+    return pilot_experiment()
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    yield from stubbed_mturk(monkeypatch)
 
 
 def hit_id(i: int) -> str:

@@ -11,57 +11,24 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-import boto3
 import pytest
-from botocore.stub import Stubber
 from django.core.management import CommandError, call_command
 
 from evaluation import mturk, prolific
 from evaluation.models import Experiment, MturkAssignment, MturkHit, Participant, Response, Stimulus
+from tests.helpers.mturk import HIT_A, HIT_B, NOW, SLUG, URL, WORDS, assignment, hit, pilot_experiment, posted, stubbed_mturk
 
 pytestmark = pytest.mark.django_db
 
-SLUG = "pilot"
-URL = f"https://survey.example.org/s/{SLUG}/"
-WORDS = ["yes", "no", "dog", "bed"]
-HIT_A = "3AQN9REUTFGXCRWFZUG9LHQ0J01Y6Z"
-HIT_B = "3BQN9REUTFGXCRWFZUG9LHQ0J01Y6Z"
-NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
-
 
 @pytest.fixture
-def experiment(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path / "media"
-    exp = Experiment.objects.create(slug=SLUG, task=Experiment.Task.IDENTIFICATION, words=WORDS, status=Experiment.Status.LIVE)
-    for i, word in enumerate(WORDS):
-        Stimulus.objects.create(
-            experiment=exp, stimulus_id=f"{word}-classifier-noise-{i}", audio=f"stimuli/{i:02d}c4f7a91e3.wav",
-            word=word, method="classifier", init="noise", stage="after", condition="1-classifier-noise",
-        )
-    Stimulus.objects.create(experiment=exp, stimulus_id="practice-1", audio="stimuli/ffa0.wav", word="yes", kind=Stimulus.Kind.PRACTICE)
-    return exp
+def experiment(media):
+    return pilot_experiment()
 
 
 @pytest.fixture
 def stub(monkeypatch):
-    """A real MTurk client (sandbox endpoint, fake keys) behind Stubber; make_client records which marketplace was asked for."""
-    client = boto3.client(
-        "mturk", region_name="us-east-1", endpoint_url=mturk.SANDBOX_ENDPOINT, aws_access_key_id="x", aws_secret_access_key="x"
-    )
-    stubber = Stubber(client)
-    stubber.asked_live = []
-    monkeypatch.setattr(mturk, "make_client", lambda live: stubber.asked_live.append(live) or client)
-    with stubber:
-        yield stubber
-        stubber.assert_no_pending_responses()
-
-
-def hit(hit_id=HIT_A, available=3, pending=0, completed=0, status="Assignable"):
-    return {
-        "HITId": hit_id, "HITTypeId": "3TYPEQN9REUTFGXCRWFZUG9LHQ0J01", "HITStatus": status, "MaxAssignments": 3,
-        "Reward": "0.50", "Expiration": datetime(2026, 1, 12, tzinfo=UTC), "NumberOfAssignmentsAvailable": available,
-        "NumberOfAssignmentsPending": pending, "NumberOfAssignmentsCompleted": completed,
-    }
+    yield from stubbed_mturk(monkeypatch)
 
 
 def expected_create(index: int, live_url: str = URL) -> dict:
@@ -234,14 +201,6 @@ def test_duplicate_without_an_id_in_the_message_is_found_by_its_annotation(exper
 # ---------------------------------------------------------------- status, sync, expire
 
 
-def posted(experiment, *hit_ids):
-    for i, hit_id in enumerate(hit_ids):
-        MturkHit.objects.create(
-            experiment=experiment, hit_id=hit_id, batch="main", index=i, request_token=mturk.request_token(SLUG, "main", i),
-            url=URL, title="t", reward=Decimal("0.50"), max_assignments=3,
-        )
-
-
 def test_status_refreshes_counts_and_shows_the_balance(experiment, stub):
     posted(experiment, HIT_A, HIT_B)
     stub.add_response("get_hit", {"HIT": hit(HIT_A, available=1, pending=1, completed=1)}, {"HITId": HIT_A})
@@ -252,11 +211,6 @@ def test_status_refreshes_counts_and_shows_the_balance(experiment, stub):
     assert "available 1, pending 1, completed 4" in out.getvalue()
     assert "$10000.00" in out.getvalue()
     assert MturkHit.objects.get(hit_id=HIT_B).completed == 3
-
-
-def assignment(aid, worker, status="Submitted", hit_id=HIT_A):
-    return {"AssignmentId": aid, "WorkerId": worker, "HITId": hit_id, "AssignmentStatus": status,
-            "AcceptTime": NOW, "SubmitTime": NOW, "Answer": "<QuestionFormAnswers/>"}
 
 
 STATUSES = ["Submitted", "Approved", "Rejected"]

@@ -5,26 +5,102 @@ import re
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Count, Q
-from django.http import HttpResponse, HttpResponseBadRequest
+from django.http import HttpResponseBadRequest, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.http import content_disposition_header
 
-from evaluation.export import long_table_csv
+from evaluation.export import long_table_csv_chunks
 from evaluation.models import Assignment, Experiment, Participant, Response, Stimulus
 from hearsay.errors import HearsayError
 
 
-def csv_response(slug: str) -> HttpResponse:
-    response = HttpResponse(long_table_csv(slug), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="{slug}-responses.csv"'
+def download_name(slug: str) -> str:
+    """The CSV's file name: the slug's letters (any script), digits, '-', '_' and '.'; anything else becomes '_'."""
+    return re.sub(r"[^\w.-]", "_", slug) + "-responses.csv"
+
+
+def csv_response(slug: str) -> StreamingHttpResponse:
+    """The responses CSV, streamed as it is read (raises HearsayError before any byte for a study without answers)."""
+    response = StreamingHttpResponse(long_table_csv_chunks(slug), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = content_disposition_header(True, download_name(slug))
     return response
+
+
+class KeepsAnswers:
+    """Refuses to delete (page, confirmation or the 'delete selected' action) anything that holds answers.
+
+    Paid answers cannot be collected again, and Django would delete them with their experiment, stimulus or
+    listener after one confirmation. A subclass says which of its objects hold answers (`answered`) and what
+    to do instead (`instead`); objects without answers (a draft, a clip nobody heard) delete as before.
+    """
+
+    instead = ""
+
+    def answered(self, queryset):
+        """The objects of `queryset` that hold answers, each annotated with `n_held` (its answer count)."""
+        raise NotImplementedError
+
+    def _refusal(self, held) -> str:
+        names = ", ".join(f"{obj} ({obj.n_held} answers)" for obj in held[:5]) + (", ..." if len(held) > 5 else "")
+        return f"Not deleted: {names} cannot be deleted, since paid answers cannot be collected again. {self.instead}"
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and self.answered(self.model.objects.filter(pk=obj.pk)).exists():
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        obj = self.get_object(request, object_id)
+        if obj is not None:
+            held = list(self.answered(self.model.objects.filter(pk=obj.pk)))
+            if held:
+                self.message_user(request, self._refusal(held), messages.ERROR)
+                return HttpResponseRedirect(reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk]))
+        return super().delete_view(request, object_id, extra_context)
+
+    @admin.action(permissions=["delete"], description="Delete selected %(verbose_name_plural)s (only those without answers)")
+    def delete_selected(self, request, queryset):
+        held = list(self.answered(queryset))
+        if held:
+            self.message_user(request, self._refusal(held), messages.ERROR)
+            return None
+        return django_delete_selected(self, request, queryset)
+
+
+def answered_experiments(queryset):
+    return queryset.annotate(n_held=Count("stimuli__responses", distinct=True)).filter(n_held__gt=0)
+
+
+class FixedOnceAnswered:
+    """Fields that answers depend on become read-only once the object holds answers, with a note saying why."""
+
+    fixed_once_answered: tuple[str, ...] = ()
+    fixed_note = ""
+
+    def holds_answers(self, obj) -> bool:
+        raise NotImplementedError
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if obj is not None and self.holds_answers(obj):
+            fields += tuple(f for f in self.fixed_once_answered if f not in fields)
+        return fields
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        if request.method == "GET":
+            obj = self.get_object(request, object_id)
+            if obj is not None and self.holds_answers(obj):
+                self.message_user(request, self.fixed_note.format(obj=obj), messages.INFO)
+        return super().change_view(request, object_id, form_url, extra_context)
 
 
 class CheckedSelection:
@@ -79,14 +155,26 @@ def listener_page_gaps(experiment: Experiment) -> list[str]:
 
 
 @admin.register(Experiment)
-class ExperimentAdmin(CheckedSelectionAdmin):
+class ExperimentAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
     list_display = (
         "slug", "title", "task", "status", "ready", "ratings_per_stimulus", "stimulus_count", "answer_total", "participant_count", "links",
     )
     list_filter = ("status", "task")
     search_fields = ("slug", "title")
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}  # a redirect typed without a scheme is https
-    actions = ["make_live", "make_closed", "download_csv"]
+    actions = ["make_live", "make_closed", "download_csv", "delete_selected"]
+    instead = ("To end a study, select it and choose the action 'Mark closed (no more answers)': "
+               "listeners can no longer take it and its answers stay for the analysis.")
+    fixed_once_answered = ("slug", "task", "words", "replay_limit", "anchors")
+    fixed_note = ("Experiment {obj.slug} has answers, and the answers depend on its slug (the survey's links), task, "
+                  "words, replay limit and rating anchors: these are fixed now. Title, texts, answers per clip and "
+                  "status can still be changed; to stop the study, set it closed.")
+
+    def answered(self, queryset):
+        return answered_experiments(queryset)
+
+    def holds_answers(self, obj) -> bool:
+        return Response.objects.filter(stimulus__experiment=obj).exists()
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
@@ -144,9 +232,17 @@ class ExperimentAdmin(CheckedSelectionAdmin):
 
     @admin.action(description="Mark live (open to listeners)")
     def make_live(self, request, queryset):
-        updated = queryset.update(status=Experiment.Status.LIVE)
-        self.message_user(request, f"{updated} experiment(s) are live.")
-        self._warn_gaps(request, queryset)
+        """Opens the selected studies that have test clips; one without any is named and left as it was."""
+        empty = queryset.exclude(stimuli__kind=Stimulus.Kind.TEST)
+        if empty.exists():
+            names = ", ".join(sorted(e.slug for e in empty))
+            self.message_user(request, f"Not made live (no test clips to hear): {names}. Load stimuli first: "
+                                       "manage.py load_stimuli MANIFEST --experiment SLUG.", messages.ERROR)
+        pks = list(queryset.filter(stimuli__kind=Stimulus.Kind.TEST).distinct().values_list("pk", flat=True))
+        if pks:
+            updated = Experiment.objects.filter(pk__in=pks).update(status=Experiment.Status.LIVE)
+            self.message_user(request, f"{updated} experiment(s) are live.")
+        self._warn_gaps(request, Experiment.objects.filter(pk__in=pks))
 
     @admin.action(description="Mark closed (no more answers)")
     def make_closed(self, request, queryset):
@@ -161,7 +257,7 @@ class ExperimentAdmin(CheckedSelectionAdmin):
         try:
             return csv_response(queryset.get().slug)
         except HearsayError as exc:
-            self.message_user(request, str(exc), messages.ERROR)
+            self.message_user(request, f"No CSV: {exc}.", messages.ERROR)
             return None
 
     def get_urls(self):
@@ -175,8 +271,9 @@ class ExperimentAdmin(CheckedSelectionAdmin):
         experiment = get_object_or_404(Experiment, pk=pk)
         try:
             return csv_response(experiment.slug)
-        except HearsayError as exc:
-            return HttpResponse(str(exc), status=404, content_type="text/plain")
+        except HearsayError as exc:  # no answers yet: back to the study's counts, saying so
+            self.message_user(request, f"No CSV: {exc}.", messages.WARNING)
+            return HttpResponseRedirect(reverse("admin:evaluation_experiment_counts", args=[experiment.pk]))
 
     def counts_view(self, request, pk: int):
         """Live progress: answers per stimulus and condition, and per listener with gold/trap accuracy."""
@@ -206,6 +303,7 @@ class ExperimentAdmin(CheckedSelectionAdmin):
         context = {
             **self.admin_site.each_context(request), "title": f"Counts: {experiment.slug}", "experiment": experiment,
             "stimuli": stimuli, "conditions": conditions, "listeners": listeners, "opts": self.model._meta,
+            "answers": Response.objects.filter(stimulus__experiment=experiment).count(),
         }
         return render(request, "evaluation/admin_counts.html", context)
 
@@ -220,20 +318,44 @@ def _passes(experiment: Experiment, response: Response) -> bool:
 
 
 @admin.register(Stimulus)
-class StimulusAdmin(CheckedSelectionAdmin):
+class StimulusAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
     list_display = ("stimulus_id", "experiment", "kind", "word", "condition", "method", "init", "stage", "pair_id", "answer_count")
     list_filter = ("experiment", "kind", "condition", "method", "init", "stage")
     search_fields = ("stimulus_id", "word", "pair_id")
     readonly_fields = ("sha256", "answer_count")
+    actions = ["delete_selected"]
+    instead = "A clip that should leave the analysis is left out there (analyze), not deleted here."
+    fixed_once_answered = ("experiment", "stimulus_id", "audio", "word", "method", "init", "stage", "condition", "pair_id",
+                           "kind", "expected_answer", "provenance")
+    fixed_note = ("Stimulus {obj} has answers, and the answers depend on everything about it (its audio, word, "
+                  "condition, kind, expected answer): it is read-only now.")
+
+    def answered(self, queryset):
+        return queryset.annotate(n_held=Count("responses", distinct=True)).filter(n_held__gt=0)
+
+    def holds_answers(self, obj) -> bool:
+        return obj.responses.exists()
 
 
 @admin.register(Participant)
-class ParticipantAdmin(CheckedSelectionAdmin):
+class ParticipantAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
     list_display = ("pk", "experiment", "source", "worker_id", "step", "answers", "headphone_score", "pay_ok", "analyse_ok", "started_at", "finished_at")
     list_filter = ("experiment", "source", "kind", "step", "pay_ok", "analyse_ok")
     search_fields = ("worker_id", "assignment_id", "hit_id", "study_id")
     readonly_fields = ("token", "headphone_key")
-    actions = ["pay_yes", "pay_no", "analyse_yes", "analyse_no"]
+    actions = ["pay_yes", "pay_no", "analyse_yes", "analyse_no", "delete_selected"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    instead = ("To keep a listener out of the analysis, use the action 'Verdict: not fit to analyse'; "
+               "the answers stay stored and the analysis leaves them out.")
+    fixed_once_answered = ("experiment", "source", "kind", "worker_id", "assignment_id", "hit_id", "study_id", "session_id", "preview")
+    fixed_note = ("Participant {obj} has answers: who they are (experiment, platform, worker id) is fixed now. "
+                  "The pay and analyse verdicts can still be set.")
+
+    def answered(self, queryset):
+        return queryset.annotate(n_held=Count("responses", distinct=True)).filter(n_held__gt=0)
+
+    def holds_answers(self, obj) -> bool:
+        return obj.responses.exists()
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(n_answers=Count("responses"))
@@ -275,9 +397,32 @@ class AssignmentAdmin(CheckedSelectionAdmin):
     list_filter = ("answered", "void", "participant__experiment")
     raw_id_fields = ("participant", "stimulus")
 
+    # The server's record of each trial (plays, timing): shown, never written here; one holding an answer is never deleted.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and Response.objects.filter(assignment=obj).exists():
+            return False
+        return super().has_delete_permission(request, obj)
+
 
 @admin.register(Response)
 class ResponseAdmin(CheckedSelectionAdmin):
+    """Answers as given: shown, never added, edited or deleted here (a verdict or an analysis rule leaves one out)."""
+
     list_display = ("pk", "participant", "stimulus", "answer", "rating", "play_count", "listened_to_end", "response_ms", "answered_at")
     list_filter = ("stimulus__experiment", "stimulus__kind", "listened_to_end")
     raw_id_fields = ("assignment", "participant", "stimulus")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -1,13 +1,15 @@
 """The long answer table: one row per answer, the contract between the survey and the analysis."""
 from __future__ import annotations
 
+import csv
+import io
 import math
 
 import pandas as pd
 
 from evaluation.models import Experiment, MturkAssignment, Participant, Response, Stimulus
 from hearsay.answers import ANSWER_COLUMNS
-from hearsay.csvsafe import safe_frame
+from hearsay.csvsafe import safe_cell
 from hearsay.errors import HearsayError
 
 
@@ -47,18 +49,17 @@ def _pay_ok(response: Response) -> bool | None:
     return response.participant.pay_ok
 
 
-def long_table(slug: str) -> pd.DataFrame:
-    """Every answer of experiment `slug`, in answer order; raises HearsayError if there are none."""
-    experiment = Experiment.objects.by_slug(slug)
+def _answer_rows(experiment: Experiment):
+    """Every analysable answer of `experiment` as a dict of the contract's columns, in answer order, read in chunks."""
     responses = (
         analysable_responses(experiment)
         .select_related("participant", "stimulus", "mturk_assignment")
         .order_by("answered_at", "pk")
     )
-    rows = []
+    identification = experiment.task == Experiment.Task.IDENTIFICATION
     for r in responses.iterator(chunk_size=2000):
         p, s = r.participant, r.stimulus
-        rows.append({
+        yield {
             "listener": p.worker_id if p.source in ("mturk", "machine") and p.worker_id else f"p{p.pk}",
             "listener_kind": p.kind,
             "listener_source": p.source,
@@ -70,7 +71,7 @@ def long_table(slug: str) -> pd.DataFrame:
             "stage": s.stage,
             "condition": s.condition,
             "word": s.word,
-            "answer": r.answer if experiment.task == Experiment.Task.IDENTIFICATION else "",
+            "answer": r.answer if identification else "",
             "correct": _correct(experiment, s, r.answer, r.rating),
             "rating": float(r.rating) if r.rating is not None else math.nan,
             "play_count": int(r.play_count),
@@ -80,7 +81,19 @@ def long_table(slug: str) -> pd.DataFrame:
             "analyse_ok": p.analyse_ok,
             "analyse_reasons": "; ".join(str(x) for x in p.analyse_reasons or []),
             "answered_at": r.answered_at.isoformat(),
-        })
+        }
+
+
+def _answered(slug: str) -> Experiment:
+    experiment = Experiment.objects.by_slug(slug)
+    if not analysable_responses(experiment).exists():
+        raise HearsayError(f"experiment {slug!r} has no answers yet")
+    return experiment
+
+
+def long_table(slug: str) -> pd.DataFrame:
+    """Every answer of experiment `slug`, in answer order; raises HearsayError if there are none."""
+    rows = list(_answer_rows(Experiment.objects.by_slug(slug)))
     if not rows:
         raise HearsayError(f"experiment {slug!r} has no answers yet")
     frame = pd.DataFrame(rows, columns=list(ANSWER_COLUMNS))
@@ -91,9 +104,42 @@ def long_table(slug: str) -> pd.DataFrame:
     return frame
 
 
+def _csv_cell(value):
+    """A cell as pandas' to_csv writes it (missing values empty), behind a quote when a spreadsheet would run it."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return safe_cell(value)
+
+
+def long_table_csv_chunks(slug: str, rows_per_chunk: int = 1000):
+    """The long table as the CSV researchers download, as an iterator of byte chunks.
+
+    Byte for byte what ``safe_frame(long_table(slug)).to_csv(index=False)`` writes, but a study of any
+    size is read from the database in chunks and sent as it is read, never held whole in memory.
+    Raises HearsayError at once (before the first chunk) for an unknown or unanswered experiment.
+    """
+    experiment = _answered(slug)
+    columns = list(ANSWER_COLUMNS)
+
+    def chunks():
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        for i, row in enumerate(_answer_rows(experiment), 1):
+            writer.writerow([_csv_cell(row[c]) for c in columns])
+            if i % rows_per_chunk == 0:
+                yield buffer.getvalue().encode("utf-8")
+                buffer.seek(0)
+                buffer.truncate()
+        if buffer.tell():
+            yield buffer.getvalue().encode("utf-8")
+
+    return chunks()
+
+
 def long_table_csv(slug: str) -> bytes:
     """The long table as the CSV researchers download: cells a spreadsheet would run as formulas are neutralized."""
-    return safe_frame(long_table(slug)).to_csv(index=False).encode("utf-8")
+    return b"".join(long_table_csv_chunks(slug))
 
 
 def experiment_info(slug: str) -> dict:

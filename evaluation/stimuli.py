@@ -19,7 +19,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 
 from evaluation import clean_audio, traps
-from evaluation.models import Experiment, Stimulus
+from evaluation.models import Experiment, Response, Stimulus
 from hearsay import manifest as manifest_contract
 from hearsay.answers import RATING_LABELS
 from hearsay.errors import HearsayError
@@ -162,7 +162,7 @@ def load_manifest(
     experiment = Experiment.objects.filter(slug=slug).first()
     if experiment is None and not create:
         raise HearsayError(f"no experiment named {slug!r}; create it while loading")
-    if experiment is not None and create and task and task != experiment.task:
+    if experiment is not None and task and task != experiment.task:
         raise HearsayError(f"experiment {slug!r} exists with task {experiment.task}, not {task}")
     if task and task not in Experiment.Task.values:
         raise HearsayError(f"unknown task {task!r}: choose identification or rating")
@@ -171,6 +171,10 @@ def load_manifest(
     word_list = list(words) if words else (list(experiment.words) if experiment and experiment.words else manifest_words)
     if len(set(word_list)) != len(word_list):
         raise HearsayError("the word list names a word twice")
+    if (experiment is not None and words and list(experiment.words) != word_list
+            and Response.objects.filter(stimulus__experiment=experiment).exists()):
+        raise HearsayError(f"experiment {slug!r} has answers: its word list ({', '.join(experiment.words)}) is what they "
+                           "were given from and cannot change; load without --words, or into a new experiment")
     unknown = sorted(set(manifest_words) - set(word_list))
     if unknown:
         raise HearsayError(f"manifest word(s) not in the experiment's word list: {', '.join(unknown)}")
@@ -185,6 +189,10 @@ def load_manifest(
                 raise HearsayError(f"stimulus {row.stimulus_id!r} is already loaded with different audio ({row.path} changed)")
             if old is not None and old.word != row.word:
                 raise HearsayError(f"stimulus {row.stimulus_id!r} is already loaded with word {old.word!r}, not {row.word!r}")
+            for name in ("condition", "method", "init", "stage", "pair_id", "kind"):
+                if old is not None and getattr(old, name) != getattr(row, name):
+                    raise HearsayError(f"stimulus {row.stimulus_id!r} is already loaded with {name} {getattr(old, name)!r}, "
+                                       f"not {getattr(row, name)!r}: give a changed clip a new stimulus_id")
     else:
         known = {}
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -11,7 +12,8 @@ from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import Count, Q
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpResponseBadRequest, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import path, reverse
@@ -74,6 +76,16 @@ class KeepsAnswers:
             self.message_user(request, self._refusal(held), messages.ERROR)
             return None
         return django_delete_selected(self, request, queryset)
+
+
+def count_of(queryset, outer: str):
+    """How many rows of `queryset` point (through `outer`) at the admin's row: one correlated subquery, 0 when none.
+
+    A list's per-row counts, joined and grouped instead, multiply rows (stimuli x listeners x answers) before counting;
+    asked per row in Python, they cost a query per row.
+    """
+    rows = queryset.filter(**{outer: OuterRef("pk")}).order_by().values(outer).annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(rows), 0)
 
 
 def answered_experiments(queryset):
@@ -178,7 +190,9 @@ class ExperimentAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
-            n_stimuli=Count("stimuli", distinct=True), n_participants=Count("participants", distinct=True)
+            n_stimuli=count_of(Stimulus.objects.all(), "experiment"),
+            n_participants=count_of(Participant.objects.all(), "experiment"),
+            n_answers=count_of(Response.objects.all(), "stimulus__experiment"),
         )
 
     @admin.display(description="ready for listeners")
@@ -218,9 +232,9 @@ class ExperimentAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
     def participant_count(self, obj):
         return obj.n_participants
 
-    @admin.display(description="answers")
+    @admin.display(description="answers", ordering="n_answers")
     def answer_total(self, obj):
-        return Response.objects.filter(stimulus__experiment=obj).count()
+        return obj.n_answers
 
     @admin.display(description="")
     def links(self, obj):
@@ -276,7 +290,11 @@ class ExperimentAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
             return HttpResponseRedirect(reverse("admin:evaluation_experiment_counts", args=[experiment.pk]))
 
     def counts_view(self, request, pk: int):
-        """Live progress: answers per stimulus and condition, and per listener with gold/trap accuracy."""
+        """Live progress: answers per stimulus and condition, and per listener with gold/trap accuracy.
+
+        A fixed number of queries whatever the crowd's size: the gold/trap answers of all listeners are read in
+        one query and judged in one pass by `passes`, the rule `_passes` applies to one answer.
+        """
         experiment = get_object_or_404(Experiment, pk=pk)
         by_kind = {
             "human": Count("responses", filter=Q(responses__participant__kind=Participant.Kind.HUMAN)),
@@ -290,16 +308,18 @@ class ExperimentAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
         )
         for row in conditions:  # the N answers per clip are people's: machine answers never fill a quota
             row["target"] = row["stimuli"] * experiment.ratings_per_stimulus if row["kind"] == Stimulus.Kind.TEST else None
-        listeners = []
+        checks = [Stimulus.Kind.GOLD, Stimulus.Kind.TRAP]
         participants = experiment.participants.annotate(
             answers=Count("responses"),
-            checks=Count("responses", filter=Q(responses__stimulus__kind__in=["gold", "trap"])),
+            checks=Count("responses", filter=Q(responses__stimulus__kind__in=checks)),
         ).order_by("-started_at")
-        for p in participants:
-            checked = Response.objects.filter(participant=p, stimulus__kind__in=["gold", "trap"]).select_related("stimulus")
-            correct = sum(1 for r in checked if _passes(experiment, r))
-            listeners.append({"p": p, "answers": p.answers, "checks": p.checks, "correct": correct,
-                              "accuracy": f"{100 * correct / p.checks:.0f}%" if p.checks else "-"})
+        checked = Response.objects.filter(participant__experiment=experiment, stimulus__kind__in=checks).values_list(
+            "participant_id", "stimulus__kind", "stimulus__expected_answer", "stimulus__word", "answer", "rating")
+        correct = Counter()
+        for participant_id, kind, expected_answer, word, answer, rating in checked.iterator(chunk_size=5000):
+            correct[participant_id] += passes(experiment.task, kind, expected_answer, word, answer, rating)
+        listeners = [{"p": p, "answers": p.answers, "checks": p.checks, "correct": correct[p.pk],
+                      "accuracy": f"{100 * correct[p.pk] / p.checks:.0f}%" if p.checks else "-"} for p in participants]
         context = {
             **self.admin_site.each_context(request), "title": f"Counts: {experiment.slug}", "experiment": experiment,
             "stimuli": stimuli, "conditions": conditions, "listeners": listeners, "opts": self.model._meta,
@@ -309,12 +329,18 @@ class ExperimentAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
 
 
 def _passes(experiment: Experiment, response: Response) -> bool:
-    expected = response.stimulus.expected_answer or response.stimulus.word
-    if experiment.task == Experiment.Task.RATING:
-        if response.stimulus.kind == Stimulus.Kind.GOLD:
-            return response.rating is not None and response.rating >= 3
-        return str(response.rating) == expected
-    return response.answer == expected
+    stimulus = response.stimulus
+    return passes(experiment.task, stimulus.kind, stimulus.expected_answer, stimulus.word, response.answer, response.rating)
+
+
+def passes(task: str, kind: str, expected_answer: str, word: str, answer: str, rating: int | None) -> bool:
+    """Whether a gold/trap answer is right, from the plain values (so a whole study's are judged from one query)."""
+    expected = expected_answer or word
+    if task == Experiment.Task.RATING:
+        if kind == Stimulus.Kind.GOLD:
+            return rating is not None and rating >= 3
+        return str(rating) == expected
+    return answer == expected
 
 
 @admin.register(Stimulus)
@@ -323,6 +349,7 @@ class StimulusAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
     list_filter = ("experiment", "kind", "condition", "method", "init", "stage")
     search_fields = ("stimulus_id", "word", "pair_id")
     readonly_fields = ("sha256", "answer_count")
+    list_select_related = ("experiment",)
     actions = ["delete_selected"]
     instead = "A clip that should leave the analysis is left out there (analyze), not deleted here."
     fixed_once_answered = ("experiment", "stimulus_id", "audio", "word", "method", "init", "stage", "condition", "pair_id",
@@ -343,6 +370,7 @@ class ParticipantAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
     list_filter = ("experiment", "source", "kind", "step", "pay_ok", "analyse_ok")
     search_fields = ("worker_id", "assignment_id", "hit_id", "study_id")
     readonly_fields = ("token", "headphone_key")
+    list_select_related = ("experiment",)
     actions = ["pay_yes", "pay_no", "analyse_yes", "analyse_no", "delete_selected"]
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     instead = ("To keep a listener out of the analysis, use the action 'Verdict: not fit to analyse'; "
@@ -358,7 +386,7 @@ class ParticipantAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
         return obj.responses.exists()
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(n_answers=Count("responses"))
+        return super().get_queryset(request).annotate(n_answers=count_of(Response.objects.all(), "participant"))
 
     @admin.display(description="answers", ordering="n_answers")
     def answers(self, obj):
@@ -396,6 +424,7 @@ class AssignmentAdmin(CheckedSelectionAdmin):
     list_display = ("pk", "participant", "stimulus", "position", "play_count", "answered", "void", "expires_at")
     list_filter = ("answered", "void", "participant__experiment")
     raw_id_fields = ("participant", "stimulus")
+    list_select_related = ("participant__experiment", "stimulus__experiment")  # their names show the experiment's slug
 
     # The server's record of each trial (plays, timing): shown, never written here; one holding an answer is never deleted.
     def has_add_permission(self, request):
@@ -417,6 +446,7 @@ class ResponseAdmin(CheckedSelectionAdmin):
     list_display = ("pk", "participant", "stimulus", "answer", "rating", "play_count", "listened_to_end", "response_ms", "answered_at")
     list_filter = ("stimulus__experiment", "stimulus__kind", "listened_to_end")
     raw_id_fields = ("assignment", "participant", "stimulus")
+    list_select_related = ("participant__experiment", "stimulus__experiment")  # their names show the experiment's slug
 
     def has_add_permission(self, request):
         return False

@@ -419,19 +419,25 @@ class ParticipantAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
         self._verdict(request, queryset, "analyse_ok", False)
 
 
-@admin.register(Assignment)
-class AssignmentAdmin(CheckedSelectionAdmin):
-    list_display = ("pk", "participant", "stimulus", "position", "play_count", "answered", "void", "expires_at")
-    list_filter = ("answered", "void", "participant__experiment")
+class RecordAdmin(CheckedSelectionAdmin):
+    """What listeners did, as the server recorded it: shown, never added or edited here."""
+
     raw_id_fields = ("participant", "stimulus")
     list_select_related = ("participant__experiment", "stimulus__experiment")  # their names show the experiment's slug
 
-    # The server's record of each trial (plays, timing): shown, never written here; one holding an answer is never deleted.
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(RecordAdmin):
+    """The server's record of each trial (plays, timing); one holding an answer is never deleted."""
+
+    list_display = ("pk", "participant", "stimulus", "position", "play_count", "answered", "void", "expires_at")
+    list_filter = ("answered", "void", "participant__experiment")
 
     def has_delete_permission(self, request, obj=None):
         if obj is not None and Response.objects.filter(assignment=obj).exists():
@@ -440,19 +446,12 @@ class AssignmentAdmin(CheckedSelectionAdmin):
 
 
 @admin.register(Response)
-class ResponseAdmin(CheckedSelectionAdmin):
-    """Answers as given: shown, never added, edited or deleted here (a verdict or an analysis rule leaves one out)."""
+class ResponseAdmin(RecordAdmin):
+    """Answers as given, never deleted here either (a verdict or an analysis rule leaves one out)."""
 
     list_display = ("pk", "participant", "stimulus", "answer", "rating", "play_count", "listened_to_end", "response_ms", "answered_at")
     list_filter = ("stimulus__experiment", "stimulus__kind", "listened_to_end")
     raw_id_fields = ("assignment", "participant", "stimulus")
-    list_select_related = ("participant__experiment", "stimulus__experiment")  # their names show the experiment's slug
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_delete_permission(self, request, obj=None):
         return False

@@ -142,14 +142,24 @@ def pick_balanced(candidates: list[S], loads: dict[int, int], count: int, rng: r
     return chosen
 
 
+def _open_tests(participant: Participant, clips: list[_StimulusLoad]) -> list[_StimulusLoad]:
+    """The test clips this participant may still be handed: not heard by them, and short of answers (any, in a preview)."""
+    need = participant.experiment.ratings_per_stimulus
+    return [c for c in clips if c.kind == Stimulus.Kind.TEST and (participant.preview or c.load < need) and not c.heard]
+
+
+def is_full(participant: Participant) -> bool:
+    """Whether handing out trials now would raise StudyFull; reads only (nothing is handed out or held)."""
+    return not _open_tests(participant, _clips(participant, timezone.now()))
+
+
 def _choose(participant: Participant, clips: list[_StimulusLoad], rng: random.Random) -> list[_StimulusLoad]:
     """Practice first, then the tests, gold and traps in random order; StudyFull when no test clip still needs answers."""
     experiment = participant.experiment
     by_kind: dict[str, list[_StimulusLoad]] = defaultdict(list)
     for clip in clips:
         by_kind[clip.kind].append(clip)
-    candidates = [c for c in by_kind[Stimulus.Kind.TEST]
-                  if (participant.preview or c.load < experiment.ratings_per_stimulus) and not c.heard]
+    candidates = _open_tests(participant, clips)
     tests = pick_balanced(candidates, {c.pk: c.load for c in candidates}, experiment.trials_per_listener, rng)
     if not tests:
         raise StudyFull("every clip of this study already has all the answers it needs")

@@ -40,7 +40,17 @@ class InvalidLink(HearsayError):
 
 
 class AlreadyTakenPart(HearsayError):
-    """This worker already finished the experiment; each person takes it once."""
+    """This worker already finished the experiment (or was screened out of it); each person takes it once.
+
+    `participant` is their finished row: the page says how their earlier visit ended and what to do on the platform.
+    `same_assignment` is true when an MTurk worker opened the link of the very assignment they finished (MTurk's page
+    reloaded), which they still have to submit.
+    """
+
+    def __init__(self, message: str, participant: Participant | None = None, same_assignment: bool = False):
+        super().__init__(message)
+        self.participant = participant
+        self.same_assignment = same_assignment
 
 
 @dataclass(frozen=True)
@@ -115,13 +125,27 @@ def enter(experiment: Experiment, link: Link, current: Participant | None, previ
         return Participant.objects.create(experiment=experiment, source=link.source)
     participant = assigning.with_retries(lambda: _worker_row(experiment, link))
     if participant.finished_at is not None:
-        raise AlreadyTakenPart("you already completed this study, and each person can take it only once")
+        raise AlreadyTakenPart("you already completed this study, and each person can take it only once", participant,
+                               same_assignment(link, participant))
     if link.source == Participant.Source.MTURK and link.assignment_id and link.assignment_id != participant.assignment_id:
         # the worker returned the HIT and accepted another assignment of it: submit to the new one
         participant.assignment_id = link.assignment_id
         participant.turk_submit_to = link.turk_submit_to or participant.turk_submit_to
         participant.save(update_fields=["assignment_id", "turk_submit_to"])
     return participant
+
+
+def same_assignment(link: Link, participant: Participant) -> bool:
+    """The link is the MTurk assignment this participant took part in (MTurk's page reloads it), not another one."""
+    return link.source == Participant.Source.MTURK and bool(link.assignment_id) and link.assignment_id == participant.assignment_id
+
+
+def finished_before(experiment: Experiment, link: Link) -> Participant | None:
+    """The link's worker, if they already finished or were screened out of the experiment (read only, creates nothing)."""
+    if not link.worker_id:
+        return None
+    return Participant.objects.filter(experiment=experiment, source=link.source, worker_id=link.worker_id,
+                                      finished_at__isnull=False).select_related("experiment").first()
 
 
 def _worker_row(experiment: Experiment, link: Link) -> Participant:
@@ -210,6 +234,19 @@ def next_trial(participant: Participant, trials: list[Trial]) -> Progress | None
     live = [t for t in trials if not t.void or t.answered]
     practice_total = sum(1 for t in trials if t.kind == Stimulus.Kind.PRACTICE)
     return Progress(current=current, done=sum(1 for t in live if t.answered), total=len(live), practice_total=practice_total)
+
+
+def study_full(participant: Participant) -> bool:
+    """Whether handing out trials now would find no test clip that still needs answers (assignment's own rule), without
+    handing out or storing anything: shown before consent, so nobody spends minutes on a study they cannot take."""
+    return assigning.is_full(participant)
+
+
+def screened_out_code(participant: Participant) -> str:
+    """The code a screened-out Prolific listener is sent back with ('' when the study has none: they return instead)."""
+    if participant.source != Participant.Source.PROLIFIC:
+        return ""
+    return (participant.experiment.screened_out_code or "").strip()
 
 
 def finish(participant: Participant) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 
@@ -59,6 +60,11 @@ class Experiment(models.Model):
     completion_code = models.CharField(
         max_length=64, blank=True, validators=[RegexValidator(r"^[A-Za-z0-9_-]*$", "Letters, digits, '_' or '-' only (Prolific's rule).")]
     )
+    screened_out_code = models.CharField(
+        max_length=64, blank=True, validators=[RegexValidator(r"^[A-Za-z0-9_-]*$", "Letters, digits, '_' or '-' only (Prolific's rule).")],
+        help_text="Prolific: the study's screen-out code (a completion code with Prolific's fixed screen-out payment). Listeners the "
+                  "headphone check screens out are sent back to Prolific with it; left empty, they are asked to return their submission.",
+    )
     redirect_url = models.URLField(blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
     anchors = models.JSONField(default=list, blank=True, help_text="Rating task: [{label, value, audio}] example clips, one per option.")
@@ -68,6 +74,13 @@ class Experiment(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    def clean(self) -> None:
+        """The screen-out code must not be the completion code: Prolific would pay every screened-out listener in full."""
+        super().clean()
+        code = (self.screened_out_code or "").strip()
+        if code and code == (self.completion_code or "").strip():
+            raise ValidationError({"screened_out_code": "Must differ from the completion code (that one pays the full reward)."})
 
 
 class Stimulus(models.Model):

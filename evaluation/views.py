@@ -28,11 +28,20 @@ from evaluation.rows import Trial
 from hearsay.answers import RATING_HINTS, RATING_LABELS
 
 Step = Participant.Step
+# What a listener whose study ends early does on their platform (README, "Listeners who end early"): Prolific and MTurk
+# both expect an unfinished place to be returned by the participant; only a screened-out listener has more (below, done).
+RETURN_ON = {
+    Participant.Source.MTURK: "Please return this HIT: press Return on Mechanical Turk's page (outside this box), "
+                              "so that it does not count against you.",
+    Participant.Source.PROLIFIC: "Please return your submission on Prolific: on Prolific's page for this study, press "
+                                 "\u201cCancel participation\u201d. Returning does not affect your Prolific account.",
+}
 STUDY_FULL = "Thank you! Every clip already has all the answers we need, so there is nothing left to do."
-STUDY_FULL_MTURK = (
-    "Thank you! Every clip already has all the answers we need, so there is nothing left to do. "
-    "Please return this HIT (the Return button on Mechanical Turk's page) so that it does not count against you."
-)
+STUDY_CLOSED = "Thank you for your interest; this study no longer takes answers."
+SCREENED_OUT = "This study needs headphones, and the sound check suggests you are not wearing them, so the study ends here."
+TAKEN_PART = "You already completed this study, and each person can take it only once."
+SCREENED_BEFORE = ("You already took part in this study: the sound check ended it for you, and each person can take it "
+                   "only once.")
 NO_SESSION = ("Please start from the study link", "We could not find your session; please open the study link again.")
 RATINGS = [(v, RATING_LABELS[v], RATING_HINTS[RATING_LABELS[v]]) for v in range(4, -1, -1)]
 STEP_PAGES = {Step.CONSENT: "consent", Step.INSTRUCTIONS: "instructions", Step.HEADPHONES: "headphones", Step.TRIALS: "trial"}
@@ -58,8 +67,16 @@ def frameable(view):
     return xframe_options_exempt(wrapped)
 
 
-def message(request: HttpRequest, title: str, text: str, status: int, experiment: Experiment | None = None, link: str = "") -> HttpResponse:
-    return render(request, "evaluation/message.html", {"title": title, "text": text, "experiment": experiment, "link": link}, status=status)
+def message(request: HttpRequest, title: str, text: str, status: int, experiment: Experiment | None = None, link: str = "",
+            link_label: str = "") -> HttpResponse:
+    """A page of text; `link_label` marks `link` as the way back to the platform (it leaves MTurk's or any frame)."""
+    return render(request, "evaluation/message.html", {"title": title, "text": text, "experiment": experiment, "link": link,
+                                                       "link_label": link_label}, status=status)
+
+
+def with_next_step(text: str, source: str) -> str:
+    """`text`, then what a listener of `source` does on their platform when the study ends early for them."""
+    return f"{text} {RETURN_ON[source]}" if source in RETURN_ON else text
 
 
 def _session_key(slug: str) -> str:
@@ -74,13 +91,18 @@ def _open_experiment(request: HttpRequest, slug: str) -> Experiment | HttpRespon
     return _refuse_closed(request, experiment) or experiment
 
 
-def _refuse_closed(request: HttpRequest, experiment: Experiment) -> HttpResponse | None:
-    """404 for a draft (unless staff), 410 for a closed study, None for a study that takes visitors."""
+def _refuse_closed(request: HttpRequest, experiment: Experiment, source: str = "") -> HttpResponse | None:
+    """404 for a draft (unless staff), 410 for a closed study (saying what to do on the listener's platform), None for a
+    study that takes visitors."""
     if experiment.status == Experiment.Status.DRAFT and not request.user.is_staff:
         raise Http404("no such study")
     if experiment.status == Experiment.Status.CLOSED:
-        return message(request, "This study is closed", "Thank you for your interest; this study no longer takes answers.", 410, experiment)
+        return message(request, "This study is closed", with_next_step(STUDY_CLOSED, source), 410, experiment)
     return None
+
+
+def _study_full(request: HttpRequest, experiment: Experiment, source: str) -> HttpResponse:
+    return message(request, "This study is full", with_next_step(STUDY_FULL, source), 200, experiment)
 
 
 def _participant_token(request: HttpRequest, slug: str) -> str | None:
@@ -127,9 +149,10 @@ def _visitor(request: HttpRequest, slug: str, step: str | None, with_trials: boo
             return experiment
         return message(request, *NO_SESSION, 403, experiment)
     participant = found[0]
-    refusal = _refuse_closed(request, participant.experiment)
-    if refusal is not None:
-        return refusal
+    if participant.finished_at is None:  # a listener whose study ended keeps their ending page (code, HIT) after it closes
+        refusal = _refuse_closed(request, participant.experiment, participant.source)
+        if refusal is not None:
+            return refusal
     if step is not None and participant.step != step:
         return HttpResponseRedirect(_step_url(participant), status=303 if request.method == "POST" else 302)
     return found
@@ -158,32 +181,71 @@ def participant_page(step: str | None, with_trials: bool = False):
 @frameable
 def entry(request: HttpRequest, slug: str) -> HttpResponse:
     """The study link, with MTurk's or Prolific's parameters; staff get a preview that stores nothing."""
-    experiment = _open_experiment(request, slug)
-    if isinstance(experiment, HttpResponse):
-        return experiment
+    try:
+        experiment = Experiment.objects.by_slug(slug)
+    except UnknownExperiment:
+        raise Http404("no such study") from None
     try:
         link = flow.parse_link(request.GET, tuple(settings.MTURK_SUBMIT_HOSTS))
     except flow.InvalidLink as exc:
-        return message(request, "Invalid study link", f"{exc}.".capitalize(), 400, experiment)
+        return _refuse_closed(request, experiment) or message(request, "Invalid study link", f"{exc}.".capitalize(), 400, experiment)
     if link.is_mturk_preview:
+        if experiment.status == Experiment.Status.CLOSED:
+            return message(request, "This study is closed", f"{STUDY_CLOSED} Please do not accept this HIT.", 410, experiment)
+        refusal = _refuse_closed(request, experiment)
+        if refusal is not None:
+            return refusal
+        if not request.user.is_staff and flow.study_full(Participant(experiment=experiment)):
+            return message(request, "This study is full", f"{STUDY_FULL} Please do not accept this HIT.", 200, experiment)
         sample = experiment.stimuli.filter(kind=Stimulus.Kind.PRACTICE).exists()
         return render(request, "evaluation/preview.html", {"experiment": experiment, "sample": sample})
+    refusal = _refuse_closed(request, experiment, link.source)
+    if refusal is not None:
+        finished = flow.finished_before(experiment, link)  # their ending (code, HIT to submit) outlives the study
+        return refusal if finished is None else _ended_before(request, experiment, finished, flow.same_assignment(link, finished))
     if request.method == "HEAD":  # a link checker: the link works, but nobody entered the study
         return HttpResponse(content_type="text/html; charset=utf-8")
     try:
         participant = flow.enter(experiment, link, _participant(request, experiment), preview=request.user.is_staff)
-    except flow.AlreadyTakenPart:
-        return message(
-            request, "You have already taken part",
-            "Thank you! You already completed this study, and each person can take it only once.", 409, experiment,
-        )
+    except flow.AlreadyTakenPart as taken:
+        return _ended_before(request, experiment, taken.participant, taken.same_assignment)
     request.session[_session_key(experiment.slug)] = participant.token
     return HttpResponseRedirect(_step_url(participant))
+
+
+def _ended_before(request: HttpRequest, experiment: Experiment, participant: Participant, same_assignment: bool) -> HttpResponse:
+    """MTurk's page reloaded the link of the HIT they finished: back to its submit button. Anyone else: 409."""
+    if same_assignment:
+        request.session[_session_key(experiment.slug)] = participant.token
+        return HttpResponseRedirect(_step_url(participant))
+    return _taken_part(request, experiment, participant)
+
+
+def _taken_part(request: HttpRequest, experiment: Experiment, participant: Participant) -> HttpResponse:
+    """409 for a second visit of someone who finished or was screened out: how it ended, and what to do on the platform.
+
+    A Prolific listener who never went back to Prolific still needs their code, so it is on the page (Prolific takes one
+    submission per participant and study, so showing it again pays nobody twice). An MTurk worker in another assignment
+    must return it: one submission per worker and study.
+    """
+    screened = participant.step == Step.SCREENED
+    text = SCREENED_BEFORE if screened else TAKEN_PART
+    title = "You have already taken part"
+    if participant.source == Participant.Source.PROLIFIC:
+        code = flow.screened_out_code(participant) if screened else flow.completion_code(participant)
+        if code:
+            what = "screen-out code" if screened else "completion code"
+            return message(request, title, f"{text} If Prolific still shows this study as in progress, finish it there "
+                                             f"with your {what}, {code}.", 409, experiment,
+                           link=prolific.completion_url(code), link_label="Go back to Prolific to finish")
+    return message(request, title, with_next_step(f"Thank you! {text}", participant.source), 409, experiment)
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
 @participant_page(Step.CONSENT)
 def consent(request, experiment, participant):
+    if request.method != "POST" and not participant.preview and flow.study_full(participant):
+        return _study_full(request, experiment, participant.source)  # before anyone spends time on consent and the checks
     if request.method == "POST":
         if request.POST.get("agree") != "yes":
             return _page(request, "evaluation/consent.html", participant,
@@ -237,8 +299,7 @@ def trial(request, experiment, participant, trials):
     try:
         progress = flow.next_trial(participant, trials)
     except assigning.StudyFull:
-        text = STUDY_FULL_MTURK if participant.source == Participant.Source.MTURK else STUDY_FULL
-        return message(request, "This study is full", text, 200, experiment)
+        return _study_full(request, experiment, participant.source)
     if progress is None:
         return HttpResponseRedirect(_step_url(participant))
     current = progress.current
@@ -288,7 +349,7 @@ def answer(request, slug):
         raise Http404("no such trial")
     participant = target.participant
     experiment = participant.experiment
-    refusal = _refuse_closed(request, experiment)
+    refusal = _refuse_closed(request, experiment, participant.source)
     if refusal is not None:
         return refusal
     data = form.cleaned_data
@@ -306,19 +367,35 @@ def answer(request, slug):
 @require_safe
 @participant_page(None)
 def done(request, experiment, participant):
+    """The ending: completed, or screened out by the headphone check, each as the listener's platform expects it."""
     if participant.step == Step.SCREENED:
-        return message(request, "Thank you", "This study needs headphones, and the sound check suggests you are not wearing them. Thank you for your time.", 200, experiment)
+        return _screened_out(request, experiment, participant)
     if participant.step != Step.DONE:
         return HttpResponseRedirect(_step_url(participant))
     code = flow.completion_code(participant)
     context = {"experiment": experiment, "code": code}
-    if participant.source == Participant.Source.MTURK and participant.turk_submit_to and participant.assignment_id:
+    if _mturk_submits(participant):
         context["mturk_action"] = participant.turk_submit_to + "/mturk/externalSubmit"
     elif participant.source == Participant.Source.PROLIFIC:
         context["redirect"] = prolific.completion_url(code)
     elif experiment.redirect_url:
         context["redirect"] = experiment.redirect_url
     return _page(request, "evaluation/done.html", participant, context)
+
+
+def _mturk_submits(participant: Participant) -> bool:
+    return participant.source == Participant.Source.MTURK and bool(participant.turk_submit_to and participant.assignment_id)
+
+
+def _screened_out(request: HttpRequest, experiment: Experiment, participant: Participant) -> HttpResponse:
+    """Prolific: back with the study's screen-out code (Prolific's fixed screen-out payment), or else return the
+    submission. MTurk has no screen-out payment: a submitted HIT is paid in full once MTurk auto-approves it, which
+    would pay failing the sound check on purpose, so the worker returns the HIT (no effect on their record)."""
+    code = flow.screened_out_code(participant)
+    if code:
+        context = {"experiment": experiment, "screened": True, "code": code, "redirect": prolific.completion_url(code)}
+        return _page(request, "evaluation/done.html", participant, context)
+    return message(request, "Thank you for your time", with_next_step(SCREENED_OUT, participant.source), 200, experiment)
 
 
 @require_safe

@@ -29,3 +29,10 @@ class Command(HearsayCommand):
         prolific.completion_url(code)
         self.stdout.write(f"Study URL:       {url}")
         self.stdout.write(f"Completion code: {code}")
+        screened = (experiment.screened_out_code or "").strip()
+        if screened:
+            prolific.completion_url(screened)
+            self.stdout.write(f"Screen-out code: {screened}  (add it in Prolific as a code with the screen-out payment)")
+        elif experiment.headphone_check:
+            self.stdout.write("Screen-out code: none set; listeners the headphone check screens out are asked to return "
+                              "their submission (set one in the admin to pay Prolific's screen-out reward)")

@@ -218,6 +218,19 @@ def database_cpu_s(database: str) -> float:
     return total / ticks
 
 
+def _port_in_use(port: int) -> str:
+    """Why the port cannot be bound on loopback ('' when it can): gunicorn would fail and the run measure another server."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds: a closing socket is no obstacle
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return ""
+
+
 def ceiling(port: int, clients: int, seconds: float) -> dict:
     """Requests/s of the bare view: `clients` keep-alive connections asking as fast as they can for `seconds`."""
     stop = time.perf_counter() + seconds
@@ -254,6 +267,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ceiling-seconds", type=float, default=5.0, help="how long to measure the bare view")
     args = parser.parse_args()
+    port_in_use = _port_in_use(args.port)
+    if port_in_use:
+        sys.exit(f"load.py: port {args.port} is in use ({port_in_use}); choose a free one with --port")
 
     import psycopg
 
@@ -293,11 +309,15 @@ def main() -> int:
     )
     try:
         for _ in range(100):
+            if server.poll() is not None:
+                sys.exit(f"load.py: gunicorn stopped at start (exit status {server.returncode}); its messages are above")
             try:
                 http.client.HTTPConnection("127.0.0.1", args.port, timeout=1).request("GET", "/admin/login/")
                 break
             except OSError:
                 time.sleep(0.1)
+        else:
+            sys.exit(f"load.py: gunicorn did not answer on port {args.port} within 10 s")
         ceiling(args.port, args.concurrency, 0.5)  # warm-up: every worker thread connected and imported
         cpu0, client0 = server_cpu_s(server.pid), time.process_time()
         bare = ceiling(args.port, args.concurrency, args.ceiling_seconds)
@@ -332,6 +352,8 @@ def main() -> int:
     over = max(0, max(counts) - args.ratings_per_stimulus)
     filled = sum(1 for c in counts if c == args.ratings_per_stimulus)
     latency = sorted(results["latency"])
+    if not latency:
+        sys.exit(f"load.py: no answer went through; first errors: {'; '.join(results['errors'][:3]) or 'none recorded'}")
     p50 = statistics.median(latency) * 1000
     p99 = latency[min(len(latency) - 1, int(0.99 * len(latency)))] * 1000
     ceiling_rps = bare["requests"] / bare["wall_s"]

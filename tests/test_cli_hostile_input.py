@@ -406,3 +406,18 @@ def test_explanation_commands_refuse_nan_settings(models, tmp_path, argv):
     argv = [a.replace("{corpus}", str(models["corpus"])) for a in argv]
     refused(argv[0], "--classifier", str(models["A"]), "--out", str(out), "--device", "cpu", "--steps", "1", *argv[1:])
     assert not out.exists()
+
+
+def test_the_load_bench_refuses_a_port_in_use_instead_of_measuring_another_server():
+    """Before: gunicorn failed to bind, and the bench drove its listeners against whatever held the port, then ended
+    in a traceback ('no median for empty data')."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--port", str(port), "--listeners", "1",
+                               "--database", "hearsay_bench_never_made"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"load.py: port {port} is in use (Address already in use); choose a free one with --port"

@@ -37,26 +37,44 @@ def csv_response(slug: str) -> StreamingHttpResponse:
     return response
 
 
+def count_of(queryset, outer: str):
+    """How many rows of `queryset` point (through `outer`) at the admin's row: one correlated subquery, 0 when none.
+
+    A list's per-row counts, joined and grouped instead, multiply rows (stimuli x listeners x answers) before counting;
+    asked per row in Python, they cost a query per row.
+    """
+    rows = queryset.filter(**{outer: OuterRef("pk")}).order_by().values(outer).annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(rows), 0)
+
+
 class KeepsAnswers:
-    """Refuses to delete (page, confirmation or the 'delete selected' action) anything that holds answers.
+    """For a model whose rows hold answers (experiment, stimulus, participant): nothing holding answers is deleted
+    (page, confirmation or the 'delete selected' action), and the fields the answers depend on become read-only.
 
     Paid answers cannot be collected again, and Django would delete them with their experiment, stimulus or
-    listener after one confirmation. A subclass says which of its objects hold answers (`answered`) and what
-    to do instead (`instead`); objects without answers (a draft, a clip nobody heard) delete as before.
+    listener after one confirmation. A subclass names the path from an answer to its row (`answers_of`), what to
+    do instead of deleting (`instead`), and the fields fixed once answered with a note saying why; objects without
+    answers (a draft, a clip nobody heard) delete and edit as before.
     """
 
+    answers_of = ""  # the Response field path to this admin's model, e.g. "stimulus__experiment"
     instead = ""
+    fixed_once_answered: tuple[str, ...] = ()
+    fixed_note = ""
+
+    def holds_answers(self, obj) -> bool:
+        return Response.objects.filter(**{self.answers_of: obj}).exists()
 
     def answered(self, queryset):
         """The objects of `queryset` that hold answers, each annotated with `n_held` (its answer count)."""
-        raise NotImplementedError
+        return queryset.annotate(n_held=count_of(Response.objects.all(), self.answers_of)).filter(n_held__gt=0)
 
     def _refusal(self, held) -> str:
         names = ", ".join(f"{obj} ({obj.n_held} answers)" for obj in held[:5]) + (", ..." if len(held) > 5 else "")
         return f"Not deleted: {names} cannot be deleted, since paid answers cannot be collected again. {self.instead}"
 
     def has_delete_permission(self, request, obj=None):
-        if obj is not None and self.answered(self.model.objects.filter(pk=obj.pk)).exists():
+        if obj is not None and self.holds_answers(obj):
             return False
         return super().has_delete_permission(request, obj)
 
@@ -76,30 +94,6 @@ class KeepsAnswers:
             self.message_user(request, self._refusal(held), messages.ERROR)
             return None
         return django_delete_selected(self, request, queryset)
-
-
-def count_of(queryset, outer: str):
-    """How many rows of `queryset` point (through `outer`) at the admin's row: one correlated subquery, 0 when none.
-
-    A list's per-row counts, joined and grouped instead, multiply rows (stimuli x listeners x answers) before counting;
-    asked per row in Python, they cost a query per row.
-    """
-    rows = queryset.filter(**{outer: OuterRef("pk")}).order_by().values(outer).annotate(n=Count("pk")).values("n")
-    return Coalesce(Subquery(rows), 0)
-
-
-def answered_experiments(queryset):
-    return queryset.annotate(n_held=Count("stimuli__responses", distinct=True)).filter(n_held__gt=0)
-
-
-class FixedOnceAnswered:
-    """Fields that answers depend on become read-only once the object holds answers, with a note saying why."""
-
-    fixed_once_answered: tuple[str, ...] = ()
-    fixed_note = ""
-
-    def holds_answers(self, obj) -> bool:
-        raise NotImplementedError
 
     def get_readonly_fields(self, request, obj=None):
         fields = tuple(super().get_readonly_fields(request, obj))
@@ -167,7 +161,7 @@ def listener_page_gaps(experiment: Experiment) -> list[str]:
 
 
 @admin.register(Experiment)
-class ExperimentAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
+class ExperimentAdmin(KeepsAnswers, CheckedSelectionAdmin):
     list_display = (
         "slug", "title", "task", "status", "ready", "ratings_per_stimulus", "stimulus_count", "answer_total", "participant_count", "links",
     )
@@ -175,18 +169,13 @@ class ExperimentAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
     search_fields = ("slug", "title")
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}  # a redirect typed without a scheme is https
     actions = ["make_live", "make_closed", "download_csv", "delete_selected"]
+    answers_of = "stimulus__experiment"
     instead = ("To end a study, select it and choose the action 'Mark closed (no more answers)': "
                "listeners can no longer take it and its answers stay for the analysis.")
     fixed_once_answered = ("slug", "task", "words", "replay_limit", "anchors")
     fixed_note = ("Experiment {obj.slug} has answers, and the answers depend on its slug (the survey's links), task, "
                   "words, replay limit and rating anchors: these are fixed now. Title, texts, answers per clip and "
                   "status can still be changed; to stop the study, set it closed.")
-
-    def answered(self, queryset):
-        return answered_experiments(queryset)
-
-    def holds_answers(self, obj) -> bool:
-        return Response.objects.filter(stimulus__experiment=obj).exists()
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(
@@ -344,28 +333,23 @@ def passes(task: str, kind: str, expected_answer: str, word: str, answer: str, r
 
 
 @admin.register(Stimulus)
-class StimulusAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
+class StimulusAdmin(KeepsAnswers, CheckedSelectionAdmin):
     list_display = ("stimulus_id", "experiment", "kind", "word", "condition", "method", "init", "stage", "pair_id", "answer_count")
     list_filter = ("experiment", "kind", "condition", "method", "init", "stage")
     search_fields = ("stimulus_id", "word", "pair_id")
     readonly_fields = ("sha256", "answer_count")
     list_select_related = ("experiment",)
     actions = ["delete_selected"]
+    answers_of = "stimulus"
     instead = "A clip that should leave the analysis is left out there (analyze), not deleted here."
     fixed_once_answered = ("experiment", "stimulus_id", "audio", "word", "method", "init", "stage", "condition", "pair_id",
                            "kind", "expected_answer", "provenance")
     fixed_note = ("Stimulus {obj} has answers, and the answers depend on everything about it (its audio, word, "
                   "condition, kind, expected answer): it is read-only now.")
 
-    def answered(self, queryset):
-        return queryset.annotate(n_held=Count("responses", distinct=True)).filter(n_held__gt=0)
-
-    def holds_answers(self, obj) -> bool:
-        return obj.responses.exists()
-
 
 @admin.register(Participant)
-class ParticipantAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
+class ParticipantAdmin(KeepsAnswers, CheckedSelectionAdmin):
     list_display = ("pk", "experiment", "source", "worker_id", "step", "answers", "headphone_score", "pay_ok", "analyse_ok", "started_at", "finished_at")
     list_filter = ("experiment", "source", "kind", "step", "pay_ok", "analyse_ok")
     search_fields = ("worker_id", "assignment_id", "hit_id", "study_id")
@@ -373,17 +357,12 @@ class ParticipantAdmin(KeepsAnswers, FixedOnceAnswered, CheckedSelectionAdmin):
     list_select_related = ("experiment",)
     actions = ["pay_yes", "pay_no", "analyse_yes", "analyse_no", "delete_selected"]
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    answers_of = "participant"
     instead = ("To keep a listener out of the analysis, use the action 'Verdict: not fit to analyse'; "
                "the answers stay stored and the analysis leaves them out.")
     fixed_once_answered = ("experiment", "source", "kind", "worker_id", "assignment_id", "hit_id", "study_id", "session_id", "preview")
     fixed_note = ("Participant {obj} has answers: who they are (experiment, platform, worker id) is fixed now. "
                   "The pay and analyse verdicts can still be set.")
-
-    def answered(self, queryset):
-        return queryset.annotate(n_held=Count("responses", distinct=True)).filter(n_held__gt=0)
-
-    def holds_answers(self, obj) -> bool:
-        return obj.responses.exists()
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(n_answers=count_of(Response.objects.all(), "participant"))

@@ -93,9 +93,7 @@ def _answered(slug: str) -> Experiment:
 
 def long_table(slug: str) -> pd.DataFrame:
     """Every answer of experiment `slug`, in answer order; raises HearsayError if there are none."""
-    rows = list(_answer_rows(Experiment.objects.by_slug(slug)))
-    if not rows:
-        raise HearsayError(f"experiment {slug!r} has no answers yet")
+    rows = list(_answer_rows(_answered(slug)))
     frame = pd.DataFrame(rows, columns=list(ANSWER_COLUMNS))
     frame["rating"] = frame["rating"].astype(float)
     frame["response_ms"] = frame["response_ms"].astype(float)

@@ -40,10 +40,8 @@ class PayReport:
 class _Stop(Exception):
     """Throttling, an unreachable MTurk or an empty account: every further call would fail the same way."""
 
-    def __init__(self, exc: BaseException, unsure: bool = False):
+    def __init__(self, exc: BaseException):
         super().__init__(describe(exc))
-        self.exc = exc
-        self.unsure = unsure
 
 
 def _stops_the_run(exc: BaseException) -> bool:

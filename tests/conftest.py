@@ -38,13 +38,25 @@ def browser_settings(settings, tmp_path):
 
 @pytest.fixture(scope="module")
 def chromium(django_db_setup):
+    yield from _launched(ARGS)
+
+
+@pytest.fixture(scope="module")
+def framing_chromium(django_db_setup):
+    """Chromium that reaches both sites of `two_sites` over TLS and blocks third-party cookies in the frame, as Safari,
+    Brave and incognito Chrome do."""
+    yield from _launched(ARGS + [f"--host-resolver-rules=MAP {SURVEY} 127.0.0.1, MAP {MTURK} 127.0.0.1",
+                                 "--ignore-certificate-errors", "--test-third-party-cookie-phaseout"])
+
+
+def _launched(args: list[str]):
     """Playwright's sync API keeps an event loop running in this thread; Django must be told the ORM use is safe."""
     from playwright.sync_api import sync_playwright
 
     old = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
         yield browser
         browser.close()
     if old is None:

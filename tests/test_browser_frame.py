@@ -9,7 +9,6 @@ the worker from consent to the submitted HIT.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from urllib.parse import urlencode
 
@@ -17,7 +16,7 @@ import pytest
 
 from evaluation import assignment as assigning
 from evaluation.models import Participant
-from tests.helpers.browser import ARGS, CHROMIUM
+from tests.helpers.browser import CHROMIUM
 from tests.helpers.frame import MTURK, SURVEY
 from tests.helpers.survey import make_experiment, right_answer
 
@@ -29,23 +28,14 @@ pytestmark = [
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_hit_is_completed_inside_a_cross_site_frame_without_cookies(two_sites):
-    from playwright.sync_api import sync_playwright
-
+def test_a_hit_is_completed_inside_a_cross_site_frame_without_cookies(two_sites, framing_chromium):
     make_experiment(trials_per_listener=2, replay_limit=2)
     port = two_sites.port
     params = {"workerId": "AFRAMEWORKER", "assignmentId": "ASG-FRAME", "hitId": "HIT-FRAME", "turkSubmitTo": f"https://{MTURK}:{port}"}
     two_sites.frame_url = f"https://{SURVEY}:{port}/s/demo/?{urlencode(params)}"
-    args = ARGS + [
-        f"--host-resolver-rules=MAP {SURVEY} 127.0.0.1, MAP {MTURK} 127.0.0.1",
-        "--ignore-certificate-errors",
-        "--test-third-party-cookie-phaseout",  # block third-party cookies, as Safari, Brave and incognito Chrome do
-    ]
-    old = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
-        page = browser.new_page()
+    context = framing_chromium.new_context()  # third-party cookies blocked, as Safari, Brave and incognito Chrome do
+    try:
+        page = context.new_page()
         failures: list[str] = []
         page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None)
         page.goto(f"https://{MTURK}:{port}/hit")
@@ -70,9 +60,8 @@ def test_a_hit_is_completed_inside_a_cross_site_frame_without_cookies(two_sites)
             answered += 1
         frame.locator("#mturk-submit button").click()
         frame.locator("#submitted").wait_for(timeout=15_000)
-        browser.close()
-    if old is None:
-        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    finally:
+        context.close()
 
     participant.refresh_from_db()
     assert answered == participant.assignments.count() == 1 + 2 + 1 + 1

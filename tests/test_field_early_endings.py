@@ -5,7 +5,6 @@ full). A screened-out listener never counts as answers, and is paid only when th
 from __future__ import annotations
 
 import io
-import os
 from urllib.parse import urlencode
 
 import pytest
@@ -17,7 +16,7 @@ from evaluation import prolific
 from evaluation.mturk.pay import approvals_due
 from evaluation.export import analysable_responses
 from evaluation.models import Experiment, MturkAssignment, Participant, Response
-from tests.helpers.browser import ARGS, CHROMIUM
+from tests.helpers.browser import CHROMIUM
 from tests.helpers.frame import MTURK, SURVEY
 from tests.helpers.mturk import stubbed_mturk
 from tests.helpers.survey import Listener, make_experiment
@@ -276,45 +275,35 @@ def test_migration_0006_keeps_existing_studies_as_they_were():
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 @pytest.mark.django_db(transaction=True)
-def test_screened_out_worker_on_a_phone_in_the_frame_reads_that_they_return_the_hit(two_sites):
-    from playwright.sync_api import sync_playwright
-
+def test_screened_out_worker_on_a_phone_in_the_frame_reads_that_they_return_the_hit(two_sites, framing_chromium):
     make_experiment(headphone_check=True)
     port = two_sites.port
     params = {"workerId": "APHONESCREEN", "assignmentId": "ASG-SCR", "hitId": "HIT-SCR", "turkSubmitTo": f"https://{MTURK}:{port}"}
     two_sites.frame_url = f"https://{SURVEY}:{port}/s/demo/?{urlencode(params)}"
-    args = ARGS + [f"--host-resolver-rules=MAP {SURVEY} 127.0.0.1, MAP {MTURK} 127.0.0.1", "--ignore-certificate-errors",
-                   "--test-third-party-cookie-phaseout"]
-    old = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    context = framing_chromium.new_context(viewport={"width": 375, "height": 667}, is_mobile=True, has_touch=True, device_scale_factor=2)
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
-            context = browser.new_context(viewport={"width": 375, "height": 667}, is_mobile=True, has_touch=True, device_scale_factor=2)
-            page = context.new_page()
-            failures: list[str] = []
-            page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 500 else None)
-            page.goto(f"https://{MTURK}:{port}/hit")
-            frame = page.frame_locator("#task")
-            frame.locator("#agree").tap()
-            frame.locator("#consent-next").tap()
-            frame.locator("#instructions-next").tap()
-            frame.locator("#headphones-next").wait_for()
-            key = Participant.objects.get().headphone_key
-            for i, k in enumerate(key):
-                frame.locator(f"input[name=t{i}][value='{(k + 1) % 3 + 1}']").tap()
-            frame.locator("#headphones-next").tap()
-            frame.locator("#message").wait_for(timeout=15_000)
-            text = frame.locator("main").inner_text()
-            assert "headphones" in text and "return this HIT" in text and "Submit HIT" not in text
-            inner = next(f for f in page.frames if f.url.startswith(f"https://{SURVEY}"))
-            width = inner.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
-            assert width[0] <= width[1]
-            assert failures == []
-            browser.close()
+        page = context.new_page()
+        failures: list[str] = []
+        page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 500 else None)
+        page.goto(f"https://{MTURK}:{port}/hit")
+        frame = page.frame_locator("#task")
+        frame.locator("#agree").tap()
+        frame.locator("#consent-next").tap()
+        frame.locator("#instructions-next").tap()
+        frame.locator("#headphones-next").wait_for()
+        key = Participant.objects.get().headphone_key
+        for i, k in enumerate(key):
+            frame.locator(f"input[name=t{i}][value='{(k + 1) % 3 + 1}']").tap()
+        frame.locator("#headphones-next").tap()
+        frame.locator("#message").wait_for(timeout=15_000)
+        text = frame.locator("main").inner_text()
+        assert "headphones" in text and "return this HIT" in text and "Submit HIT" not in text
+        inner = next(f for f in page.frames if f.url.startswith(f"https://{SURVEY}"))
+        width = inner.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert width[0] <= width[1]
+        assert failures == []
     finally:
-        if old is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        context.close()
     assert two_sites.submissions == []
     assert not Participant.objects.get().assignments.exists()
 

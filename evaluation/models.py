@@ -10,9 +10,9 @@ from __future__ import annotations
 import secrets
 
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
 from django.db import models
 
+from evaluation.prolific import CODE_RULE, MAX_CODE_LENGTH
 from hearsay.errors import HearsayError
 
 
@@ -58,10 +58,10 @@ class Experiment(models.Model):
     replay_limit = models.PositiveIntegerField(default=3, help_text="Plays allowed per clip, the first included.")
     assignment_timeout_minutes = models.PositiveIntegerField(default=30)
     completion_code = models.CharField(
-        max_length=64, blank=True, validators=[RegexValidator(r"^[A-Za-z0-9_-]*$", "Letters, digits, '_' or '-' only (Prolific's rule).")]
+        max_length=MAX_CODE_LENGTH, blank=True, validators=[CODE_RULE]
     )
     screened_out_code = models.CharField(
-        max_length=64, blank=True, validators=[RegexValidator(r"^[A-Za-z0-9_-]*$", "Letters, digits, '_' or '-' only (Prolific's rule).")],
+        max_length=MAX_CODE_LENGTH, blank=True, validators=[CODE_RULE],
         help_text="Prolific: the study's screen-out code (a completion code with Prolific's fixed screen-out payment). Listeners the "
                   "headphone check screens out are sent back to Prolific with it; left empty, they are asked to return their submission.",
     )

@@ -9,17 +9,22 @@ from __future__ import annotations
 import re
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from django.core.validators import RegexValidator
+
 from hearsay.errors import HearsayError
 
 COMPLETE_URL = "https://app.prolific.com/submissions/complete"
 URL_PARAMETERS = ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID")
+CODE_CHARACTERS = "[A-Za-z0-9_-]"  # what Prolific takes in a completion code (completion and screen-out codes alike)
+MAX_CODE_LENGTH = 64
+CODE_RULE = RegexValidator(f"^{CODE_CHARACTERS}*$", "Letters, digits, '_' or '-' only (Prolific's rule).")
 
 
 def completion_url(code: str) -> str:
     """Where a finished Prolific listener is sent; Prolific matches the code to mark the submission complete."""
     code = (code or "").strip()
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", code):
-        raise HearsayError(f"Prolific completion code {code!r} must be 1-64 letters, digits, '_' or '-'")
+    if not re.fullmatch(f"{CODE_CHARACTERS}{{1,{MAX_CODE_LENGTH}}}", code):
+        raise HearsayError(f"Prolific completion code {code!r} must be 1-{MAX_CODE_LENGTH} letters, digits, '_' or '-'")
     return f"{COMPLETE_URL}?{urlencode({'cc': code})}"
 
 
